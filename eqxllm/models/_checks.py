@@ -1,0 +1,25 @@
+"""Input checks shared by every family, run at trace time (shapes) and at run time (token values)."""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Int
+
+from eqxllm.errors import InputError
+
+
+def check_tokens(input_ids: Int[Array, " seq"], vocab_size: int, max_len: int | None, limit_name: str):
+    """Raise :class:`InputError` for an empty or over-long sequence (at trace time), and an
+    ``EqxRuntimeError`` naming the vocabulary size for ids outside ``[0, vocab_size)`` (at run time,
+    also under ``jit``; set ``EQX_ON_ERROR=nan`` to turn the check off)."""
+    seq = input_ids.shape[0]
+    if seq == 0:
+        raise InputError("got an empty sequence of token ids; pass at least one token")
+    if max_len is not None and seq > max_len:
+        raise InputError(
+            f"sequence of {seq} tokens is longer than {limit_name}={max_len}; truncate it or use a model "
+            "with a longer context"
+        )
+    bad = (input_ids < 0) | (input_ids >= vocab_size)
+    return eqx.error_if(
+        input_ids, jnp.any(bad), f"token ids must be in [0, {vocab_size}) (the vocabulary size); got one outside"
+    )

@@ -1,0 +1,250 @@
+"""GPT-2 (Radford et al., 2019, "Language Models are Unsupervised Multitask Learners").
+
+How this family differs: learned absolute positions (``wpe``), pre-norm LayerNorm blocks with biases,
+a tanh-GELU MLP four times wider than the model, fused ``c_attn`` in Hugging Face checkpoints
+(split into q/k/v here), Conv1D weights stored ``[in, out]`` (transposed by the key map), and the
+output head tied to the token embedding. Residual projections start with a ``1/sqrt(2 n_layer)``
+smaller init. A gated SwiGLU MLP (``mlp="swiglu"``) is offered for community variants; it has no
+Hugging Face equivalent.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from eqxllm.errors import ConfigError
+from eqxllm.models._checks import check_tokens
+from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, attention_mask, dropout
+from eqxllm.nn.activations import ACTIVATIONS
+from eqxllm.nn.attention_kernel import AttentionImpl
+
+
+@dataclass(frozen=True, kw_only=True)
+class GPT2Config:
+    """GPT-2 hyperparameters, named as in Hugging Face's ``GPT2Config`` (plus eqxllm's own options)."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+    # eqxllm options (no Hugging Face counterpart; exported only when they differ from GPT-2's)
+    use_bias: bool = True
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    pad_vocab_multiple: int = 1
+    attention_impl: AttentionImpl = "xla"
+    remat: Literal["none", "dots", "full"] = "none"
+
+    model_type = "gpt2"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "pad_vocab_multiple"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"GPT2Config.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.activation_function not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown activation_function {self.activation_function!r}; expected one of {sorted(ACTIVATIONS)}"
+            )
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ConfigError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"GPT2Config.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def inner_dim(self) -> int:
+        return 4 * self.n_embd if self.n_inner is None else self.n_inner
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def replace(self, **changes) -> "GPT2Config":
+        return dataclasses.replace(self, **changes)
+
+    # presets ------------------------------------------------------------------------------------
+    @classmethod
+    def gpt2_small(cls) -> "GPT2Config":
+        return cls()
+
+    @classmethod
+    def gpt2_medium(cls) -> "GPT2Config":
+        return cls(n_embd=1024, n_layer=24, n_head=16)
+
+    @classmethod
+    def gpt2_large(cls) -> "GPT2Config":
+        return cls(n_embd=1280, n_layer=36, n_head=20)
+
+    @classmethod
+    def gpt2_xl(cls) -> "GPT2Config":
+        return cls(n_embd=1600, n_layer=48, n_head=25)
+
+    @classmethod
+    def tiny(cls) -> "GPT2Config":
+        """Two layers, width 64: for tests and quick CPU experiments."""
+        return cls(vocab_size=512, n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+
+
+GPT2_PRESETS = {
+    "gpt2": GPT2Config.gpt2_small,
+    "gpt2-medium": GPT2Config.gpt2_medium,
+    "gpt2-large": GPT2Config.gpt2_large,
+    "gpt2-xl": GPT2Config.gpt2_xl,
+    "gpt2-tiny": GPT2Config.tiny,
+}
+
+
+class GPT2Block(eqx.Module):
+    """``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    ln_1: LayerNorm
+    attn: Attention
+    ln_2: LayerNorm
+    mlp: MLP
+    resid_pdrop: float = eqx.field(static=True)
+
+    def __init__(self, cfg: GPT2Config, *, key: PRNGKeyArray):
+        attn_key, mlp_key = jax.random.split(key)
+        out_std = cfg.initializer_range / math.sqrt(2 * cfg.n_layer)
+        self.ln_1 = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, use_bias=cfg.use_bias)
+        self.attn = Attention(
+            cfg.n_embd,
+            cfg.n_head,
+            use_bias=cfg.use_bias,
+            impl=cfg.attention_impl,
+            init_std=cfg.initializer_range,
+            out_init_std=out_std,
+            key=attn_key,
+        )
+        self.ln_2 = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, use_bias=cfg.use_bias)
+        gated = cfg.mlp == "swiglu"
+        self.mlp = MLP(
+            cfg.n_embd,
+            cfg.inner_dim,
+            activation="silu" if gated else cfg.activation_function,
+            gated=gated,
+            use_bias=cfg.use_bias,
+            init_std=cfg.initializer_range,
+            out_init_std=out_std,
+            key=mlp_key,
+        )
+        self.resid_pdrop = cfg.resid_pdrop
+
+    def __call__(self, x, *, mask, cache=None, cache_index=None, key=None):
+        attn_key, mlp_key = (None, None) if key is None else jax.random.split(key)
+        h, cache = self.attn(self.ln_1(x), mask=mask, cache=cache, cache_index=cache_index)
+        x = x + dropout(h, self.resid_pdrop, attn_key)
+        x = x + dropout(self.mlp(self.ln_2(x)), self.resid_pdrop, mlp_key)
+        return x, cache
+
+
+class GPT2(eqx.Module):
+    """The GPT-2 language model: token ids ``[seq]`` -> next-token logits ``[seq, vocab]``."""
+
+    wte: Embedding
+    wpe: Embedding
+    blocks: Stack[GPT2Block]
+    ln_f: LayerNorm
+    lm_head: Linear | None
+    config: GPT2Config = eqx.field(static=True)
+
+    def __init__(self, config: GPT2Config, *, key: PRNGKeyArray):
+        wte_key, wpe_key, blocks_key, head_key = jax.random.split(key, 4)
+        self.config = config
+        self.wte = Embedding(config.padded_vocab_size, config.n_embd, init_std=config.initializer_range, key=wte_key)
+        self.wpe = Embedding(config.n_positions, config.n_embd, init_std=0.01, key=wpe_key)
+        self.blocks = Stack(lambda k: GPT2Block(config, key=k), config.n_layer, key=blocks_key, remat=config.remat)
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, use_bias=config.use_bias)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else Linear(config.n_embd, config.padded_vocab_size, use_bias=False, key=head_key)
+        )
+
+    def __call__(
+        self,
+        input_ids: Int[Array, " seq"],
+        *,
+        positions: Int[Array, " seq"] | None = None,
+        mask: Bool[Array, " seq"] | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "seq vocab"]:
+        """Logits for every position. ``mask`` marks real tokens of a (left-)padded sequence; padding
+        is never attended to, and positions default to counting real tokens only. Dropout is active
+        only when ``key`` is given."""
+        seq = input_ids.shape[0]
+        input_ids = check_tokens(input_ids, self.config.vocab_size, self.config.n_positions, "n_positions")
+        if mask is None:
+            mask = jnp.ones((seq,), bool)
+        if positions is None:
+            positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
+        attn_mask = attention_mask(jnp.arange(seq), mask, causal=True)
+        x = self._embed(input_ids, positions, key)
+        keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.config.n_layer)
+
+        def body(block, x, layer_key):
+            x, _ = block(x, mask=attn_mask, key=layer_key)
+            return x, None
+
+        x, _ = self.blocks(body, x, keys)
+        return self._head(x)
+
+    def decode(
+        self, input_ids: Int[Array, " seq"], cache: KVCache, *, mask: Bool[Array, " seq"] | None = None
+    ) -> tuple[Float[Array, "seq vocab"], KVCache]:
+        """Run ``seq`` new tokens against a KV cache (prefill or one decoding step); returns their
+        logits and the cache with them written."""
+        seq = input_ids.shape[0]
+        input_ids = check_tokens(input_ids, self.config.vocab_size, cache.max_len, "the cache length")
+        mask = jnp.ones((seq,), bool) if mask is None else mask
+        positions, slots, valid = cache.prepare(mask)
+        attn_mask = attention_mask(slots, valid, causal=True)
+        x = self._embed(input_ids, positions, None)
+
+        def body(block, x, kv):
+            x, kv = block(x, mask=attn_mask, cache=kv, cache_index=cache.index)
+            return x, kv
+
+        x, (k, v) = self.blocks(body, x, (cache.k, cache.v))
+        return self._head(x), cache.advanced(k, v, valid, seq)
+
+    def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
+        """An empty cache for one sequence of up to ``max_len`` tokens (at most ``n_positions``)."""
+        cfg = self.config
+        if max_len > cfg.n_positions:
+            raise ValueError(f"a cache of {max_len} slots exceeds n_positions={cfg.n_positions}")
+        return KVCache.empty(
+            num_layers=cfg.n_layer, max_len=max_len, num_kv_heads=cfg.n_head, head_dim=cfg.head_dim, dtype=dtype
+        )
+
+    def _embed(self, input_ids, positions, key):
+        x = self.wte(input_ids) + self.wpe(positions).astype(self.wte.weight.dtype)
+        return dropout(x, self.config.embd_pdrop, key)
+
+    def _head(self, x: Float[Array, "seq embed"]) -> Float[Array, "seq vocab"]:
+        x = self.ln_f(x)
+        logits = self.wte.attend(x) if self.lm_head is None else self.lm_head(x)
+        return logits[:, : self.config.vocab_size]

@@ -1,0 +1,55 @@
+"""The layer library: small, immutable, single-example Equinox modules that every family composes.
+
+Dimension names used in every annotation (one vocabulary, used everywhere):
+
+- ``seq``: query positions of one sequence.
+- ``kv_seq``: key/value positions (the same sequence, an encoder output, or a KV cache's slots).
+- ``heads``: query heads; ``kv_heads``: key/value heads (MQA: 1, GQA: divides ``heads``).
+- ``head_dim``: width of one head.
+- ``embed``: the residual stream width (``d_model``, ``n_embd``, ``hidden_size``).
+- ``mlp``: the feed-forward hidden width.
+- ``vocab``: vocabulary size (possibly padded).
+- ``latent`` / ``latent_tokens``: the T5-VAE bottleneck width and token count.
+- ``layers``: the leading axis of stacked (scanned) blocks.
+
+Every module takes one example; ``jax.vmap`` adds a batch at the edge (loss, sampler).
+"""
+
+from eqxllm.nn.activations import ACTIVATIONS, activation
+from eqxllm.nn.attention import Attention
+from eqxllm.nn.attention_kernel import AttentionImpl, dot_product_attention
+from eqxllm.nn.dropout import dropout
+from eqxllm.nn.embedding import Embedding
+from eqxllm.nn.kv_cache import KVCache
+from eqxllm.nn.linear import Linear
+from eqxllm.nn.masks import attention_mask
+from eqxllm.nn.mlp import MLP
+from eqxllm.nn.norms import LayerNorm, RMSNorm
+from eqxllm.nn.positions import (
+    RelativePositionBias,
+    apply_rotary,
+    relative_position_bucket,
+    sinusoidal_positions,
+)
+from eqxllm.nn.stack import Stack
+
+__all__ = [
+    "ACTIVATIONS",
+    "Attention",
+    "AttentionImpl",
+    "Embedding",
+    "KVCache",
+    "LayerNorm",
+    "Linear",
+    "MLP",
+    "RMSNorm",
+    "RelativePositionBias",
+    "Stack",
+    "activation",
+    "apply_rotary",
+    "attention_mask",
+    "dot_product_attention",
+    "dropout",
+    "relative_position_bucket",
+    "sinusoidal_positions",
+]

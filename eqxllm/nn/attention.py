@@ -1,0 +1,139 @@
+"""Multi-head attention: self, causal and cross attention, MQA/GQA, rotary positions, an additive
+bias, query/key norms, soft-capping, and a KV cache slot, all in one module."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from eqxllm.nn.attention_kernel import AttentionImpl, dot_product_attention
+from eqxllm.nn.linear import Linear
+from eqxllm.nn.norms import RMSNorm
+from eqxllm.nn.positions import apply_rotary
+
+LayerKV = tuple[Float[Array, "kv_seq kv_heads head_dim"], Float[Array, "kv_seq kv_heads head_dim"]]
+Rotary = tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]]
+
+
+class Attention(eqx.Module):
+    """Multi-head attention (Vaswani et al., 2017) with grouped key/value heads (Ainslie et al., 2023).
+
+    ``num_kv_heads`` = ``num_heads`` is MHA, 1 is MQA (Shazeer, 2019), anything dividing it is GQA.
+    ``head_dim`` is independent of the model width (Gemma). ``scale`` defaults to ``1/sqrt(head_dim)``;
+    T5 uses ``1.0`` (its init absorbs it). ``qk_norm`` adds RMSNorms on queries and keys (Gemma 3).
+    ``softcap`` caps logits with ``c * tanh(x / c)`` (Gemma 2). Masks and biases are built by the
+    caller, once per forward, so that scanned layers share them.
+
+    Shapes: ``x [seq, embed]``, ``context [kv_seq, kv_embed]`` (cross attention) -> ``[seq, embed]``.
+    """
+
+    q_proj: Linear
+    k_proj: Linear
+    v_proj: Linear
+    o_proj: Linear
+    q_norm: RMSNorm | None
+    k_norm: RMSNorm | None
+    num_heads: int = eqx.field(static=True)
+    num_kv_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+    scale: float = eqx.field(static=True)
+    softcap: float | None = eqx.field(static=True)
+    impl: AttentionImpl = eqx.field(static=True)
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        kv_dim: int | None = None,
+        use_bias: bool = False,
+        out_bias: bool | None = None,
+        scale: float | None = None,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+        norm_unit_offset: bool = False,
+        softcap: float | None = None,
+        impl: AttentionImpl = "xla",
+        init_std: float = 0.02,
+        out_init_std: float | None = None,
+        key: PRNGKeyArray,
+    ):
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}; give head_dim")
+            head_dim = dim // num_heads
+        kv_dim = dim if kv_dim is None else kv_dim
+        out_bias = use_bias if out_bias is None else out_bias
+        qk, kk, vk, ok = jax.random.split(key, 4)
+        self.q_proj = Linear(dim, num_heads * head_dim, use_bias=use_bias, init_std=init_std, key=qk)
+        self.k_proj = Linear(kv_dim, num_kv_heads * head_dim, use_bias=use_bias, init_std=init_std, key=kk)
+        self.v_proj = Linear(kv_dim, num_kv_heads * head_dim, use_bias=use_bias, init_std=init_std, key=vk)
+        o_std = init_std if out_init_std is None else out_init_std
+        self.o_proj = Linear(num_heads * head_dim, dim, use_bias=out_bias, init_std=o_std, key=ok)
+        self.q_norm = RMSNorm(head_dim, eps=norm_eps, unit_offset=norm_unit_offset) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps=norm_eps, unit_offset=norm_unit_offset) if qk_norm else None
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+        self.softcap = softcap
+        self.impl = impl
+
+    def project_kv(self, context: Float[Array, "kv_seq kv_embed"], rotary: Rotary | None = None) -> LayerKV:
+        """Keys and values of ``context`` (with key norm and rotation applied), e.g. to cache an encoder's."""
+        k = self.k_proj(context).reshape(context.shape[0], self.num_kv_heads, self.head_dim)
+        v = self.v_proj(context).reshape(context.shape[0], self.num_kv_heads, self.head_dim)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if rotary is not None:
+            k = apply_rotary(k, *rotary)
+        return k, v
+
+    def __call__(
+        self,
+        x: Float[Array, "seq embed"],
+        *,
+        mask: Bool[Array, "seq kv_seq"] | None,
+        context: Float[Array, "kv_seq kv_embed"] | None = None,
+        kv: LayerKV | None = None,
+        rotary: Rotary | None = None,
+        bias: Float[Array, "heads seq kv_seq"] | None = None,
+        cache: LayerKV | None = None,
+        cache_index: Int[Array, ""] | None = None,
+    ) -> tuple[Float[Array, "seq embed"], LayerKV | None]:
+        """Attend from ``x`` to itself, to ``context``, or to precomputed ``kv`` (cached cross attention).
+
+        With ``cache`` (``[max_len, kv_heads, head_dim]`` keys and values) the new keys and values are
+        written at ``cache_index`` and the queries attend over every slot; ``mask`` is then
+        ``[seq, max_len]``. Returns the output and the updated cache (None without one).
+        """
+        seq = x.shape[0]
+        q = self.q_proj(x).reshape(seq, self.num_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if rotary is not None:
+            q = apply_rotary(q, *rotary)
+        if kv is None:
+            k, v = self.project_kv(x if context is None else context, rotary if context is None else None)
+        else:
+            k, v = kv
+        new_cache = None
+        if cache is not None:
+            if cache_index is None:
+                raise ValueError("a KV cache needs cache_index, the slot of the first new token")
+            zero = jnp.zeros((), jnp.int32)
+            k_cache = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (cache_index, zero, zero))
+            v_cache = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (cache_index, zero, zero))
+            new_cache = (k_cache, v_cache)
+            k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+        out = dot_product_attention(
+            q, k, v, mask=mask, bias=bias, scale=self.scale, softcap=self.softcap, impl=self.impl
+        )
+        return self.o_proj(out.reshape(seq, self.num_heads * self.head_dim)), new_cache

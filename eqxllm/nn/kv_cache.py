@@ -1,0 +1,54 @@
+"""A preallocated key/value cache for one sequence, shared by every decoder-only family."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+
+class KVCache(eqx.Module):
+    """Keys and values of every (stacked) layer for one sequence, written in place as decoding goes.
+
+    ``k``/``v``: ``[layers, max_len, kv_heads, head_dim]``; ``valid`` marks slots holding real tokens
+    (left padding stays ``False``); ``index`` is the next slot to write. ``jax.vmap`` over a batch of
+    caches gives per-sequence state. Slots, not positions, index the cache: a left-padded prompt's
+    positions are ``slot - num_pad``.
+    """
+
+    k: Float[Array, "layers max_len kv_heads head_dim"]
+    v: Float[Array, "layers max_len kv_heads head_dim"]
+    valid: Bool[Array, " max_len"]
+    index: Int[Array, ""]
+
+    @classmethod
+    def empty(
+        cls, *, num_layers: int, max_len: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32
+    ) -> "KVCache":
+        shape = (num_layers, max_len, num_kv_heads, head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            valid=jnp.zeros((max_len,), bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[1]
+
+    def prepare(
+        self, mask: Bool[Array, " seq"]
+    ) -> tuple[Int[Array, " seq"], Int[Array, " seq"], Bool[Array, " max_len"]]:
+        """For ``seq`` new tokens (``mask`` marks real ones): their positions, their slots, and the
+        validity of every slot once they are written. Positions count only real tokens, so a
+        left-padded prompt starts at position 0."""
+        seq = mask.shape[0]
+        slots = self.index + jnp.arange(seq, dtype=jnp.int32)
+        prior = jnp.sum(self.valid.astype(jnp.int32))
+        positions = jnp.maximum(prior + jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
+        valid = jax.lax.dynamic_update_slice(self.valid, mask, (self.index,))
+        return positions, slots, valid
+
+    def advanced(self, k, v, valid: Bool[Array, " max_len"], seq: int) -> "KVCache":
+        """The cache after writing ``seq`` tokens: new layer keys/values, validity and index."""
+        return KVCache(k=k, v=v, valid=valid, index=self.index + seq)

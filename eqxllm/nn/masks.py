@@ -1,0 +1,29 @@
+"""Boolean attention masks (``True`` = may attend), built from slot indices so the same code serves
+full sequences, padded batches and KV caches."""
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Int
+
+
+def attention_mask(
+    q_slots: Int[Array, " seq"],
+    kv_valid: Bool[Array, " kv_seq"],
+    *,
+    causal: bool,
+    window: Int[Array, ""] | int | None = None,
+) -> Bool[Array, "seq kv_seq"]:
+    """Which key slots each query may see.
+
+    ``q_slots[i]`` is query ``i``'s slot index in the key axis (``arange(seq)`` without a cache,
+    ``cache_index + arange(seq)`` with one); ``kv_valid`` marks real (non-padding, already written)
+    keys. ``causal`` keeps keys at or before the query; ``window`` (sliding-window attention,
+    Beltagy et al., 2020; Gemma 2/3) further keeps only the last ``window`` keys, i.e.
+    ``q - k < window``. ``window`` may be a traced scalar so scanned layers can differ.
+    """
+    k_slots = jnp.arange(kv_valid.shape[0])
+    mask = jnp.broadcast_to(kv_valid[None, :], (q_slots.shape[0], kv_valid.shape[0]))
+    if causal:
+        mask = mask & (k_slots[None, :] <= q_slots[:, None])
+    if window is not None:
+        mask = mask & (q_slots[:, None] - k_slots[None, :] < window)
+    return mask

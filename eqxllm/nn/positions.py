@@ -1,0 +1,110 @@
+"""Position information: sinusoidal tables, rotary embeddings and T5 relative-position buckets.
+
+Learned absolute positions (GPT-2's ``wpe``) are a plain :class:`eqxllm.nn.Embedding`.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+
+def sinusoidal_positions(positions: Int[Array, " seq"], dim: int) -> Float[Array, "seq embed"]:
+    """Vaswani et al. (2017), section 3.5: ``PE[p, 2i] = sin(p / 10000^(2i/d))``, ``PE[p, 2i+1] = cos(...)``."""
+    if dim % 2:
+        raise ValueError(f"sinusoidal positions need an even width, got {dim}")
+    inv = 1.0 / (10000.0 ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    angles = positions.astype(jnp.float32)[:, None] * inv[None, :]
+    # interleave: even columns sin, odd columns cos, as in the paper's equations
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(positions.shape[0], dim)
+
+
+def rotary_angles(
+    positions: Int[Array, " seq"],
+    head_dim: int,
+    *,
+    base: float | Float[Array, ""] = 10000.0,
+    scale: float | Float[Array, ""] = 1.0,
+) -> tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]]:
+    """``(cos, sin)`` of RoFormer's rotation angles (Su et al., 2021), for the half-rotation layout.
+
+    ``base`` and ``scale`` (linear position interpolation, Chen et al., 2023) may be traced scalars,
+    so scanned layers can use different bases (Gemma 3: local 10k, global 1M). Computed in float32.
+    """
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = (positions.astype(jnp.float32) / scale)[:, None] * inv_freq[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rotary(
+    x: Float[Array, "seq heads head_dim"],
+    cos: Float[Array, "seq head_dim"],
+    sin: Float[Array, "seq head_dim"],
+) -> Float[Array, "seq heads head_dim"]:
+    """Rotate pairs ``(x[i], x[i + d/2])`` by the position's angle (the ``rotate_half`` convention of
+    GPT-NeoX, Llama and Gemma, not the interleaved pairs of the RoFormer paper)."""
+    half = x.shape[-1] // 2
+    x32 = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, None, :] + rotated * sin[:, None, :]
+    return out.astype(x.dtype)
+
+
+def relative_position_bucket(
+    relative_position: Int[Array, "*shape"], *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Int[Array, "*shape"]:
+    """T5's bucketing of ``key_pos - query_pos`` (Raffel et al., 2020; Shaw et al., 2018).
+
+    Half the buckets (all of them if not ``bidirectional``, where only the past is seen) cover exact
+    small distances, the rest log-spaced distances up to ``max_distance``; beyond it, the last bucket.
+    """
+    buckets = jnp.zeros_like(relative_position)
+    n = num_buckets
+    if bidirectional:
+        n //= 2
+        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * n
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = n // 2
+    is_small = distance < max_exact
+    # log-spaced buckets; the max(…, 1) only guards log(0) in the branch that `is_small` discards
+    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(
+        max_distance / max_exact
+    )
+    large = max_exact + (log_ratio * (n - max_exact)).astype(relative_position.dtype)
+    large = jnp.minimum(large, n - 1)
+    return buckets + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(eqx.Module):
+    """T5's learned per-head bias ``b[heads, q, k] = table[bucket(k - q), heads]``, added to attention logits.
+
+    Only the first layer of each T5 stack owns a table; all layers add the same bias.
+    """
+
+    weight: Float[Array, "buckets heads"]
+    bidirectional: bool = eqx.field(static=True)
+    max_distance: int = eqx.field(static=True)
+
+    def __init__(
+        self, num_buckets: int, num_heads: int, *, bidirectional: bool, max_distance: int, key: PRNGKeyArray
+    ):
+        if num_buckets < 4 or max_distance <= num_buckets // (4 if bidirectional else 2):
+            raise ValueError(
+                f"relative attention needs num_buckets >= 4 and max_distance > the exact range; got "
+                f"num_buckets={num_buckets}, max_distance={max_distance}"
+            )
+        self.weight = jax.random.normal(key, (num_buckets, num_heads), jnp.float32) * 0.02
+        self.bidirectional = bidirectional
+        self.max_distance = max_distance
+
+    def __call__(self, q_positions: Int[Array, " seq"], k_positions: Int[Array, " kv_seq"]) -> Float[Array, "heads seq kv_seq"]:
+        rel = k_positions[None, :] - q_positions[:, None]
+        buckets = relative_position_bucket(
+            rel, bidirectional=self.bidirectional, num_buckets=self.weight.shape[0], max_distance=self.max_distance
+        )
+        return jnp.transpose(jnp.take(self.weight, buckets, axis=0), (2, 0, 1))

@@ -1,0 +1,70 @@
+"""N identical blocks stored as one stacked module and run with ``jax.lax.scan``.
+
+Compile time and program size stay flat as depth grows (MaxText, Levanter do the same); an optional
+rematerialisation policy trades compute for activation memory in training.
+"""
+
+import copy
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import equinox as eqx
+import jax
+from jaxtyping import PRNGKeyArray
+
+Block = TypeVar("Block", bound=eqx.Module)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # keep matmul outputs that carry no batch dimension: the usual transformer trade-off
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Stack(eqx.Module, Generic[Block]):
+    """``num_layers`` copies of a block, built with ``eqx.filter_vmap`` so every array leaf gains a
+    leading ``layers`` axis.
+
+    ``stack(body, carry, xs)`` scans ``body(block, carry, x) -> (carry, y)`` over the layers, where ``xs``
+    is a pytree of per-layer inputs (a cache slice, a dropout key, a per-layer window) with a leading
+    ``layers`` axis, or None. Returns ``(carry, ys)``.
+    """
+
+    blocks: Block
+    num_layers: int = eqx.field(static=True)
+    remat: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        make_block: Callable[[PRNGKeyArray], Block],
+        num_layers: int,
+        *,
+        key: PRNGKeyArray,
+        remat: str = "none",
+    ):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat policy {remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        self.blocks = eqx.filter_vmap(make_block)(jax.random.split(key, num_layers))
+        self.num_layers = num_layers
+        self.remat = remat
+
+    def __call__(self, body: Callable[[Block, Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None):
+        dynamic, static = eqx.partition(self.blocks, eqx.is_array)
+
+        def step(carry, inputs):
+            params, x = inputs
+            return body(eqx.combine(params, static), carry, x)
+
+        if self.remat != "none":
+            step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat])
+        return jax.lax.scan(step, carry, (dynamic, xs))
+
+    def with_remat(self, remat: str) -> "Stack[Block]":
+        """The same weights with another rematerialisation policy."""
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat policy {remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        # static fields are not pytree leaves, so eqx.tree_at cannot reach them: copy and set
+        new = copy.copy(self)
+        object.__setattr__(new, "remat", remat)
+        return new
