@@ -1,1 +1,32 @@
-"""eqxllm."""
+"""eqxllm: language models in Equinox — build, train, shard, convert and sample.
+
+>>> import eqxllm
+>>> model = eqxllm.from_pretrained("gpt2")          # Hub id or a local Hugging Face directory
+>>> logits = model(input_ids)                        # one sequence; jax.vmap for a batch
+>>> eqxllm.save_pretrained(model, "out/")            # transformers loads it as is
+"""
+
+from eqxllm import models, nn
+from eqxllm.checkpoints import from_pretrained, load_config, save_pretrained
+from eqxllm.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EqxllmError,
+    InputError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EqxllmError",
+    "InputError",
+    "from_pretrained",
+    "load_config",
+    "models",
+    "nn",
+    "save_pretrained",
+]

@@ -1,0 +1,16 @@
+"""Model families, each a frozen config plus modules composed from :mod:`eqxllm.nn`."""
+
+from eqxllm.models.gpt2 import GPT2, GPT2_PRESETS, GPT2Config
+
+PRESETS = {**GPT2_PRESETS}
+
+
+def config_preset(name: str):
+    """A config by preset name (``"gpt2"``, ``"gpt2-medium"``, ``"gpt2-tiny"``, ...)."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
+
+
+__all__ = ["GPT2", "GPT2Config", "PRESETS", "config_preset"]

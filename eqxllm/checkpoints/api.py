@@ -1,0 +1,93 @@
+"""``from_pretrained`` and ``save_pretrained``: whole models in the Hugging Face layout."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from eqxllm.checkpoints.hub import resolve_pretrained
+from eqxllm.checkpoints.keymap import export_from, load_into
+from eqxllm.checkpoints.registry import family_for_config, family_for_model_type
+from eqxllm.checkpoints.safetensors_io import read_checkpoint, write_checkpoint
+from eqxllm.errors import CheckpointError
+
+
+def read_config_json(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no config.json; a Hugging Face model directory needs one")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(cfg).__name__}")
+    return cfg
+
+
+def load_config(src: str | os.PathLike, *, revision: str | None = None):
+    """The eqxllm config of a local or Hub checkpoint, without reading any weights."""
+    directory = resolve_pretrained(src, revision=revision)
+    hf = read_config_json(directory)
+    return family_for_model_type(hf.get("model_type"), str(directory / "config.json")).config_from_hf(hf)
+
+
+def from_pretrained(src: str | os.PathLike, *, dtype: Any = jnp.float32, revision: str | None = None) -> eqx.Module:
+    """Load a model from a Hub repo id or a local directory in Hugging Face layout.
+
+    The family comes from ``config.json``'s ``model_type``; weights from ``model.safetensors`` or a
+    sharded ``model.safetensors.index.json`` (pickled ``.bin`` files are never read). Floating
+    weights are cast to ``dtype``. The model is built abstractly first (``eqx.filter_eval_shape``),
+    so weights are allocated once.
+    """
+    directory = resolve_pretrained(src, revision=revision)
+    hf = read_config_json(directory)
+    family = family_for_model_type(hf.get("model_type"), str(directory / "config.json"))
+    config = family.config_from_hf(hf)
+    tensors = family.normalize_keys(read_checkpoint(directory), config)
+    skeleton = eqx.filter_eval_shape(family.model_cls, config, key=jax.random.key(0))
+    return load_into(skeleton, family.key_map(config), tensors, dtype)
+
+
+def save_pretrained(
+    model: eqx.Module,
+    dst: str | os.PathLike,
+    *,
+    max_shard_size: int | str | None = "5GB",
+    dtype: Any = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Write ``config.json`` and safetensors weights (sharded above ``max_shard_size``) that
+    ``transformers`` loads as they are; optionally ``tokenizer.json`` from a ``tokenizers.Tokenizer``.
+
+    Weights are written first and atomically, ``config.json`` last (atomically too), so a failed
+    save never leaves a directory whose config describes weights that are not there.
+    """
+    config = model.config  # type: ignore[attr-defined]
+    family = family_for_config(config)
+    directory = Path(dst)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = export_from(model, family.key_map(config), dtype=dtype)
+    write_checkpoint(tensors, directory, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    if tokenizer is not None:
+        _atomic_write_text(directory / "tokenizer.json", tokenizer.to_str())
+    _atomic_write_text(directory / "config.json", json.dumps(family.config_to_hf(config), indent=2) + "\n")
+    return directory
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,147 @@
+"""The machinery shared by every family's key map: Hugging Face tensors <-> model leaves.
+
+A family describes its checkpoint as a list of :class:`Param` entries. Loading builds an abstract
+skeleton with ``eqx.filter_eval_shape`` (no weights allocated), converts each checkpoint tensor,
+checks its dtype and shape against the skeleton (naming the key), and places all arrays in one
+``eqx.tree_at``. Saving reads the same entries backwards.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eqxllm.errors import CheckpointError, DtypeMismatchError, MissingKeyError, ShapeMismatchError, UnexpectedKeyError
+
+Where = Callable[[eqx.Module], jax.Array]
+
+
+def _identity_in(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    return (x,)
+
+
+def _identity_out(xs: tuple[np.ndarray, ...]) -> np.ndarray:
+    return xs[0]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One checkpoint tensor and the model leaves it fills.
+
+    ``key`` may contain ``{i}`` for per-layer tensors; then ``layered`` is true and each leaf has a
+    leading ``layers`` axis (a scanned :class:`eqxllm.nn.Stack`). ``to_model`` splits/transposes one
+    checkpoint tensor into the leaves' values (one layer's slice); ``to_hf`` is its inverse.
+    """
+
+    key: str
+    leaves: tuple[Where, ...]
+    to_model: Callable[[np.ndarray], tuple[np.ndarray, ...]] = _identity_in
+    to_hf: Callable[[tuple[np.ndarray, ...]], np.ndarray] = _identity_out
+    num_layers: int = 0
+
+    @property
+    def layered(self) -> bool:
+        return "{i}" in self.key
+
+    def keys(self) -> list[str]:
+        return [self.key.format(i=i) for i in range(self.num_layers)] if self.layered else [self.key]
+
+
+def param(key: str, *leaves: Where, num_layers: int = 0, **transforms) -> Param:
+    return Param(key=key, leaves=tuple(leaves), num_layers=num_layers, **transforms)
+
+
+def transpose(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    return (np.ascontiguousarray(x.T),)
+
+
+def transpose_back(xs: tuple[np.ndarray, ...]) -> np.ndarray:
+    return np.ascontiguousarray(xs[0].T)
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """A family's full map: entries, plus checkpoint keys that are known and ignored (buffers)."""
+
+    params: list[Param]
+    ignore: tuple[str, ...] = field(default=())  # suffixes of keys to skip (e.g. GPT-2's attn.bias)
+
+
+def _float_dtype_check(key: str, arr: np.ndarray) -> None:
+    if not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != "bfloat16":
+        raise DtypeMismatchError(
+            f"checkpoint tensor {key!r} has dtype {arr.dtype}; expected a floating dtype "
+            "(float32, float16 or bfloat16). The file does not hold weights of this model."
+        )
+
+
+def load_into(skeleton: eqx.Module, keymap: KeyMap, tensors: dict[str, np.ndarray], dtype) -> eqx.Module:
+    """Fill ``skeleton`` (a ``filter_eval_shape`` of the model) with ``tensors`` cast to ``dtype``."""
+    expected = {k for p in keymap.params for k in p.keys()}
+    missing = sorted(expected - tensors.keys())
+    if missing:
+        raise MissingKeyError(
+            f"checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[:5]}; "
+            "the checkpoint was written for a different architecture or config.json does not match it"
+        )
+    extra = sorted(k for k in tensors.keys() - expected if not k.endswith(keymap.ignore))
+    if extra:
+        raise UnexpectedKeyError(
+            f"checkpoint holds {len(extra)} tensor(s) the model has no place for, e.g. {extra[:5]}; "
+            "check that config.json describes these weights (layer count, tied head, model_type)"
+        )
+    wheres, values = [], []
+    for p in keymap.params:
+        per_layer: list[tuple[np.ndarray, ...]] = []
+        for key in p.keys():
+            arr = tensors[key]
+            _float_dtype_check(key, arr)
+            per_layer.append(p.to_model(arr))
+        for j, where in enumerate(p.leaves):
+            target = where(skeleton)
+            slices = [parts[j] for parts in per_layer]
+            want = target.shape[1:] if p.layered else target.shape
+            for key, s in zip(p.keys(), slices):
+                if tuple(s.shape) != tuple(want):
+                    raise ShapeMismatchError(
+                        f"checkpoint tensor {key!r} has shape {tuple(s.shape)} after conversion; the config implies "
+                        f"{tuple(want)}. config.json and the weights disagree."
+                    )
+            value = np.stack(slices) if p.layered else slices[0]
+            wheres.append(where)
+            values.append(jnp.asarray(value, dtype=dtype))
+    model = eqx.tree_at(lambda m: [w(m) for w in wheres], skeleton, values)
+    leftover = [x for x in jax.tree.leaves(model) if isinstance(x, jax.ShapeDtypeStruct)]
+    if leftover:  # a key map that forgets a leaf is a bug in eqxllm, not in the user's file
+        raise CheckpointError(f"internal: {len(leftover)} model leaves have no checkpoint key")
+    return model
+
+
+def export_from(model: eqx.Module, keymap: KeyMap, dtype=None) -> dict[str, np.ndarray]:
+    """The model's tensors under their checkpoint keys, as contiguous NumPy arrays."""
+    out: dict[str, np.ndarray] = {}
+    for p in keymap.params:
+        leaves = [np.asarray(w(model)) for w in p.leaves]
+        if dtype is not None:
+            leaves = [x.astype(dtype) for x in leaves]
+        if p.layered:
+            for i, key in enumerate(p.keys()):
+                out[key] = np.ascontiguousarray(p.to_hf(tuple(x[i] for x in leaves)))
+        else:
+            out[p.key] = np.ascontiguousarray(p.to_hf(tuple(leaves)))
+    return out
+
+
+def strip_prefix(tensors: dict[str, np.ndarray], prefixes: Iterable[str]) -> dict[str, np.ndarray]:
+    """Drop a wrapper prefix (``transformer.``, ``model.``) from every key that has it."""
+    out = {}
+    for k, v in tensors.items():
+        for prefix in prefixes:
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+                break
+        out[k] = v
+    return out

@@ -1,0 +1,40 @@
+"""``eqxllm convert SRC DST``: copy a checkpoint between layouts, dtypes and shard sizes.
+
+SRC: a Hugging Face directory or Hub id (any family eqxllm knows), or a training run / Orbax
+checkpoint directory once the trainer has written one. DST is always a Hugging Face directory.
+"""
+
+import argparse
+
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint to Hugging Face safetensors layout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", help="Hugging Face directory or Hub repo id")
+    p.add_argument("dst", help="output directory (created; written atomically)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast floating weights (default: keep)")
+    p.add_argument("--max-shard-size", default="5GB", help="shard above this size, e.g. 500MB (default 5GB)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from eqxllm.checkpoints import from_pretrained, save_pretrained
+    from eqxllm.checkpoints.hub import resolve_pretrained
+    from eqxllm.data.tokenizer import find_tokenizer
+
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    src = resolve_pretrained(args.src, revision=args.revision)
+    model = from_pretrained(src, dtype=dtype or jnp.float32)
+    tokenizer = find_tokenizer(src)  # carried along when the source has one
+    out = save_pretrained(model, args.dst, max_shard_size=args.max_shard_size, dtype=dtype, tokenizer=tokenizer)
+    print(f"wrote {type(model).__name__} ({model.config.model_type}) to {out}")
+    return 0
