@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from eqxllm.errors import ConfigError
+from eqxllm.errors import ConfigError, InputError
 from eqxllm.models._checks import check_tokens
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, attention_mask, dropout
 from eqxllm.nn.activations import ACTIVATIONS
@@ -52,6 +52,7 @@ class GPT2Config:
     remat: Literal["none", "dots", "full"] = "none"
 
     model_type = "gpt2"
+    is_encoder_decoder = False
 
     def __post_init__(self):
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "pad_vocab_multiple"):
@@ -72,6 +73,11 @@ class GPT2Config:
     @property
     def inner_dim(self) -> int:
         return 4 * self.n_embd if self.n_inner is None else self.n_inner
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence (prompt + generated tokens) the model accepts."""
+        return self.n_positions
 
     @property
     def padded_vocab_size(self) -> int:
@@ -235,7 +241,9 @@ class GPT2(eqx.Module):
         """An empty cache for one sequence of up to ``max_len`` tokens (at most ``n_positions``)."""
         cfg = self.config
         if max_len > cfg.n_positions:
-            raise ValueError(f"a cache of {max_len} slots exceeds n_positions={cfg.n_positions}")
+            raise InputError(
+                f"a cache of {max_len} slots (prompt + new tokens) exceeds the context, n_positions={cfg.n_positions}"
+            )
         return KVCache.empty(
             num_layers=cfg.n_layer, max_len=max_len, num_kv_heads=cfg.n_head, head_dim=cfg.head_dim, dtype=dtype
         )
