@@ -1,0 +1,141 @@
+"""Turn what a user passes to ``from_pretrained`` (a local directory or a Hugging Face Hub repo id) into a
+local checkpoint directory holding ``config.json``.
+
+Repo ids go through ``huggingface_hub.snapshot_download``, so the Hub cache, ``HF_HOME`` /
+``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1`` behave exactly as they do for ``transformers``: a repo already
+in the cache resolves offline. Only the files a checkpoint needs are fetched (safetensors weights, never
+``pytorch_model.bin``).
+"""
+
+import contextlib
+import importlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HFValidationError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from eqxllm.errors import CheckpointError
+
+DEFAULT_PATTERNS: tuple[str, ...] = (
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "special_tokens_map.json",
+)
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """Transport errors of the HTTP client this huggingface_hub uses; they are not OSErrors."""
+    found = []
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError")):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
+# Every error snapshot_download raises for an unreachable, unknown or uncached repo.
+_HUB_ERRORS = (HFValidationError, OSError, *_network_errors())
+
+
+def _path_reason(text: str) -> str | None:
+    """Why ``text`` reads as a local path rather than a repo id (``name`` or ``org/name``), or None."""
+    if text.startswith((".", "/", "~")):
+        return f"it starts with {text[0]!r}"
+    if text.count("/") > 1 or "\\" in text or (os.sep != "/" and os.sep in text):
+        return "it has more separators than a repo id 'org/name'"
+    head = text.split("/")[0]
+    if "/" in text and Path(head).is_dir():
+        return f"{head!r} is a local directory"
+    return None
+
+
+def _local_dir(path: Path, why: str) -> Path:
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such directory (read as a local path because {why}); pass an existing checkpoint "
+            "directory, or a Hub repo id such as 'gpt2' or 'google/gemma-2b'"
+        )
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; pass the directory that holds config.json and the weights")
+    if not (path / "config.json").is_file():
+        found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+        raise CheckpointError(
+            f"{path} has no config.json (found: {found}); a checkpoint directory holds config.json and "
+            "model.safetensors, as transformers' save_pretrained writes them"
+        )
+    return path
+
+
+def _hub_error(repo_id: str, revision: str | None, cache: str, err: Exception) -> CheckpointError:
+    """A message for each way ``snapshot_download`` fails, with what to do about it."""
+    at = f"Hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    if isinstance(err, GatedRepoError):
+        hint = "it is gated: accept its license on huggingface.co and log in (`hf auth login`)"
+    elif isinstance(err, RepositoryNotFoundError):
+        hint = "check the id (and log in with `hf auth login` if it is private), or pass a local directory"
+    elif isinstance(err, RevisionNotFoundError):
+        hint = "the repo has no such branch, tag or commit; check the revision"
+    elif isinstance(err, HFValidationError):
+        hint = "it is neither an existing directory nor a valid repo id ('name' or 'org/name')"
+    elif constants.HF_HUB_OFFLINE:
+        hint = (
+            f"it is not in the cache {cache} and HF_HUB_OFFLINE=1 forbids downloading it: set "
+            "HF_HUB_OFFLINE=0, download it where the Hub is reachable (HF_HOME / HF_HUB_CACHE select the "
+            "cache), or pass a local directory"
+        )
+    else:
+        hint = (
+            f"it is not (completely) in the cache {cache} and the Hub could not be reached: check the "
+            "network and the id, or pass a local directory"
+        )
+    return CheckpointError(f"cannot get {at}: {hint} ({type(err).__name__}: {err})")
+
+
+def resolve_pretrained(
+    src: str | os.PathLike,
+    *,
+    allow_patterns: Sequence[str] = DEFAULT_PATTERNS,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """The local checkpoint directory for ``src``.
+
+    An existing directory (``str`` or path) must hold ``config.json`` and is returned as is. A string that
+    reads as a path (starts with ``.``, ``/`` or ``~``, has more than one separator, or its first component
+    is a local directory) but does not exist raises :class:`CheckpointError` ("no such directory"). Any
+    other string is a Hub repo id, downloaded (files matching ``allow_patterns``, at ``revision``) into the
+    Hugging Face cache (``cache_dir``, else ``HF_HUB_CACHE`` / ``HF_HOME``) or found there when offline.
+    Hub failures are re-raised as :class:`CheckpointError` naming the repo, chained from the original.
+    """
+    text = os.fspath(src)
+    path = Path(text).expanduser()
+    if path.exists() or not isinstance(src, str):
+        return _local_dir(path, "it is a path object" if not isinstance(src, str) else "it exists")
+    why = _path_reason(text)
+    if why is not None:
+        return _local_dir(path, why)
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
+    try:
+        folder = snapshot_download(
+            text, revision=revision, allow_patterns=list(allow_patterns), cache_dir=cache
+        )
+    except _HUB_ERRORS as err:
+        raise _hub_error(text, revision, cache or constants.HF_HUB_CACHE, err) from err
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"Hub repo {text!r} (snapshot {folder}) has no config.json; eqxllm loads transformers checkpoints"
+        )
+    return folder
