@@ -12,7 +12,10 @@ from eqxllm.errors import EqxllmError
 
 # subcommand name -> module under eqxllm.cli
 SUBCOMMANDS = {
+    "train": "eqxllm.cli.train",
     "convert": "eqxllm.cli.convert",
+    "eval": "eqxllm.cli.eval",
+    "plot": "eqxllm.cli.plot",
 }
 
 
@@ -29,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         return int(args.func(args) or 0)
     except EqxllmError as e:  # bad input: one clear line, no traceback

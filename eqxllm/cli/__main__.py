@@ -1,0 +1,3 @@
+from eqxllm.cli import main
+
+raise SystemExit(main())

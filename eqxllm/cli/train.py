@@ -1,0 +1,62 @@
+"""``eqxllm train``: train a model from a preset, a config file and flag overrides.
+
+    eqxllm train --config gpt2-tinystories --data ../shared/data/tinystories --out runs/ts
+    eqxllm train --config gpt2-tinystories --train.max-steps 50 --model.n-layer 2
+    eqxllm train --config-file runs/ts/run_config.json --resume
+
+Every field of the configuration is a flag (``--help`` lists them with their defaults); ``--data``,
+``--out``, ``--max-steps``, ``--checkpoint-every``, ``--resume`` and ``--mesh`` are short forms.
+"""
+
+import argparse
+
+SHORT_FLAGS = {
+    "--data": "--data.source",
+    "--max-steps": "--train.max-steps",
+    "--checkpoint-every": "--train.checkpoint-every",
+    "--max-minutes": "--train.max-minutes",
+    "--seed": "--train.seed",
+}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model (presets: gpt2-tinystories, ...)", description=__doc__, add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-h", "--help", action="store_true", help="show every configuration flag")
+    p.set_defaults(func=run, takes_rest=True)
+
+
+def _expand(argv: list[str]) -> list[str]:
+    out = []
+    for a in argv:
+        name, eq, value = a.partition("=")
+        out.append(SHORT_FLAGS.get(name, name) + eq + value)
+    return out
+
+
+def parse(argv: list[str]):
+    """Turn ``eqxllm train`` arguments into a :class:`TrainConfig` (``--config``/``--config-file`` first)."""
+    import tyro
+
+    from eqxllm.train.config import TRAIN_PRESETS, TrainConfig, load_config_file, train_preset
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default="gpt2-tinystories", choices=sorted(TRAIN_PRESETS))
+    pre.add_argument("--config-file", default=None)
+    known, rest = pre.parse_known_args(argv)
+    default = load_config_file(known.config_file) if known.config_file else train_preset(known.config)
+    return tyro.cli(
+        TrainConfig, args=_expand(rest), default=default, prog="eqxllm train",
+        description=f"{__doc__}\nPresets (--config): {', '.join(sorted(TRAIN_PRESETS))}; or --config-file FILE.",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from eqxllm.train.loop import train
+
+    cfg = parse(args.rest + (["--help"] if args.help else []))
+    export = train(cfg)
+    print(f"model exported to {export}")
+    return 0

@@ -1,0 +1,228 @@
+"""The training run's configuration: one frozen dataclass tree, presets by name, flags for every field.
+
+``eqxllm train --config gpt2-tinystories --train.max-steps 100`` starts from a preset and overrides
+fields; ``--config-file run.json`` starts from a JSON file written by an earlier run
+(``OUT/run_config.json``). The model's ``vocab_size`` is always taken from the tokenizer.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from eqxllm.errors import ConfigError
+from eqxllm.models.gpt2 import GPT2Config
+from eqxllm.train.optim import OptimConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the text and the tokenizer come from."""
+
+    source: str = "hub"
+    """``hub`` (TinyStories on the Hugging Face Hub), a Hub dataset id, a text file or a folder of them."""
+    version: Literal["v1", "v2"] = "v1"
+    """TinyStories files on the Hub: v1 (TinyStories-train.txt) or v2 (the GPT-4-only TinyStoriesV2 files)."""
+    val_fraction: float = 0.01
+    """Fraction of stories held out for validation when the source has no validation file."""
+    tokenizer: str = "train"
+    """``train`` (byte-level BPE trained on the training stories), ``gpt2`` or a directory / Hub id."""
+    vocab_size: int = 4096
+    """Vocabulary size of a trained tokenizer (ignored for a pretrained one)."""
+    cache_dir: str | None = None
+    """Token cache directory (default ``~/.cache/eqxllm/tokens``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """Steps, batches, evaluation, logging and checkpoints."""
+
+    seq_len: int = 256
+    batch_size: int = 32
+    """Global batch size (sequences per optimizer step, over all devices and micro-batches)."""
+    accum_steps: int = 1
+    max_steps: int = 2000
+    max_minutes: float | None = None
+    """Stop (and save) after this much training time even if ``max_steps`` is not reached."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    seed: int = 0
+    eval_every: int = 100
+    eval_batches: int = 16
+    """Validation batches per evaluation (0 = the whole validation split)."""
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    num_samples: int = 2
+    sample_tokens: int = 96
+    sample_prompt: str = "Once upon a time"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """A whole training run."""
+
+    model: GPT2Config = field(default_factory=GPT2Config)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    mesh: str = "auto"
+    """Device mesh, e.g. ``data=4,fsdp=2,tensor=1``; ``auto`` = data parallel over all devices."""
+    out: str = "runs/gpt2-tinystories"
+    resume: bool = False
+    """Continue from the latest checkpoint in ``out`` (bit-identical to an uninterrupted run)."""
+
+    def __post_init__(self):
+        t = self.train
+        for name in ("seq_len", "batch_size", "accum_steps", "max_steps", "eval_every", "log_every"):
+            if getattr(t, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if t.batch_size % t.accum_steps:
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}"
+            )
+        if t.seq_len > self.model.max_positions:
+            raise ConfigError(
+                f"train.seq_len={t.seq_len} exceeds the model's context {self.model.max_positions}"
+            )
+        if self.optim.total_steps != t.max_steps:
+            raise ConfigError(
+                f"optim.total_steps={self.optim.total_steps} must equal train.max_steps={t.max_steps} "
+                "(the schedule decays over the run)"
+            )
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        raw = json.loads(text)
+        try:
+            return cls(
+                model=GPT2Config(**raw["model"]),
+                data=DataConfig(**raw["data"]),
+                optim=OptimConfig(**raw["optim"]),
+                train=LoopConfig(**raw["train"]),
+                **{k: v for k, v in raw.items() if k not in ("model", "data", "optim", "train")},
+            )
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not a TrainConfig JSON: {e}") from e
+
+
+def _gpt2_tinystories() -> TrainConfig:
+    # Sized so that ~10 minutes on a 2-core CPU trains it meaningfully (about two passes over the
+    # 2 MiB slice): 4 layers of width 256, a 4096-token BPE trained on the stories.
+    steps = 600
+    return TrainConfig(
+        model=GPT2Config(
+            vocab_size=4096,
+            n_positions=256,
+            n_embd=256,
+            n_layer=4,
+            n_head=4,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        data=DataConfig(vocab_size=4096),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
+        train=LoopConfig(
+            seq_len=128,
+            batch_size=32,
+            max_steps=steps,
+            max_minutes=10.0,
+            eval_every=100,
+            checkpoint_every=200,
+        ),
+        out="runs/gpt2-tinystories",
+    )
+
+
+def _gpt2_tinystories_gpu() -> TrainConfig:
+    # For one GPU/TPU host or more: GPT-2 small shape, bfloat16 compute, vocabulary padded to 128s.
+    steps = 20_000
+    return TrainConfig(
+        model=GPT2Config(
+            n_positions=512,
+            pad_vocab_multiple=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            attention_impl="jax",
+            remat="dots",
+        ),
+        data=DataConfig(tokenizer="gpt2"),
+        optim=OptimConfig(learning_rate=6e-4, warmup_steps=500, total_steps=steps),
+        train=LoopConfig(
+            seq_len=512,
+            batch_size=256,
+            max_steps=steps,
+            compute_dtype="bfloat16",
+            eval_every=500,
+            checkpoint_every=1000,
+        ),
+        out="runs/gpt2-tinystories-gpu",
+    )
+
+
+def _gpt2_tinystories_test() -> TrainConfig:
+    # Seconds on a CPU: for tests and smoke runs.
+    steps = 8
+    return TrainConfig(
+        model=GPT2Config(
+            vocab_size=300,
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        data=DataConfig(vocab_size=300),
+        optim=OptimConfig(learning_rate=1e-2, warmup_steps=2, total_steps=steps),
+        train=LoopConfig(
+            seq_len=16,
+            batch_size=8,
+            max_steps=steps,
+            eval_every=4,
+            eval_batches=2,
+            log_every=2,
+            checkpoint_every=4,
+            num_samples=1,
+            sample_tokens=8,
+        ),
+        out="runs/test",
+    )
+
+
+TRAIN_PRESETS = {
+    "gpt2-tinystories": _gpt2_tinystories,
+    "gpt2-tinystories-gpu": _gpt2_tinystories_gpu,
+    "gpt2-tinystories-test": _gpt2_tinystories_test,
+}
+
+
+def train_preset(name: str) -> TrainConfig:
+    try:
+        return TRAIN_PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown training preset {name!r}; known: {sorted(TRAIN_PRESETS)}") from None
+
+
+def load_config_file(path: str | Path) -> TrainConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    return TrainConfig.from_json(p.read_text())
+
+
+def as_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

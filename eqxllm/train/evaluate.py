@@ -1,0 +1,100 @@
+"""Evaluation: mean next-token loss, perplexity and bits per byte.
+
+Bits per byte (BPB) divides the total negative log-likelihood, in bits, by the UTF-8 byte count of
+the text, so models with different tokenizers compare fairly (Gao et al., 2020, "The Pile").
+"""
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from eqxllm.errors import DataError
+from eqxllm.train.loss import cross_entropy
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    perplexity: float
+    bits_per_byte: float
+    tokens: int
+    bytes: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+        }
+
+
+@eqx.filter_jit
+def _window_nll(
+    model, windows: Int[Array, "batch window"], mask: Bool[Array, "batch window"]
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    logits = jax.vmap(lambda ids: model(ids))(inputs)
+    return cross_entropy(logits, targets, mask[:, 1:] & mask[:, :-1])
+
+
+def windows_covering(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of ``seq_len + 1`` tokens starting every ``seq_len``, so every token but the first is
+    predicted exactly once; the last is padded and masked. Returns ``(windows, mask)``."""
+    n = len(tokens)
+    if n < 2:
+        raise DataError(f"evaluation needs at least 2 tokens, got {n}")
+    count = math.ceil((n - 1) / seq_len)
+    windows = np.zeros((count, seq_len + 1), np.int32)
+    mask = np.zeros((count, seq_len + 1), bool)
+    for i in range(count):
+        piece = np.asarray(tokens[i * seq_len : i * seq_len + seq_len + 1], np.int32)
+        windows[i, : len(piece)] = piece
+        mask[i, : len(piece)] = True
+    return windows, mask
+
+
+def evaluate_tokens(
+    model,
+    tokens: np.ndarray,
+    *,
+    num_bytes: int,
+    seq_len: int,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+    place: Callable[[np.ndarray], jax.Array] = jnp.asarray,
+) -> EvalResult:
+    """Loss over ``tokens`` (every token predicted once, or the first ``max_batches`` batches of
+    windows), with BPB scaled to the ``num_bytes`` of text those tokens encode."""
+    windows, mask = windows_covering(tokens, seq_len)
+    total, count = 0.0, 0.0
+    batches: Iterable[int] = range(0, len(windows), batch_size)
+    for b, start in enumerate(batches):
+        if max_batches is not None and b >= max_batches:
+            break
+        w, m = windows[start : start + batch_size], mask[start : start + batch_size]
+        if len(w) < batch_size:  # pad the last batch so that one program serves every batch
+            pad = batch_size - len(w)
+            w = np.concatenate([w, np.zeros((pad, w.shape[1]), w.dtype)])
+            m = np.concatenate([m, np.zeros((pad, m.shape[1]), bool)])
+        nll, n = _window_nll(model, place(w), place(m))
+        total += float(nll)
+        count += float(n)
+    loss = total / max(count, 1.0)
+    # scale the bits of the evaluated tokens to the bytes they stand for
+    evaluated_bytes = num_bytes * count / max(len(tokens) - 1, 1)
+    bpb = total / math.log(2) / max(evaluated_bytes, 1.0)
+    return EvalResult(
+        loss=loss,
+        perplexity=math.exp(min(loss, 700.0)),
+        bits_per_byte=bpb,
+        tokens=int(count),
+        bytes=int(round(evaluated_bytes)),
+    )
