@@ -10,10 +10,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from eqxllm.checkpoints.checkpoint_dir import read_checkpoint, write_checkpoint
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import export_from, load_into
 from eqxllm.checkpoints.registry import family_for_config, family_for_model_type
-from eqxllm.checkpoints.safetensors_io import read_checkpoint, write_checkpoint
 from eqxllm.errors import CheckpointError
 
 

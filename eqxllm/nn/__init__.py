@@ -29,6 +29,7 @@ from eqxllm.nn.positions import (
     RelativePositionBias,
     apply_rotary,
     relative_position_bucket,
+    rotary_angles,
     sinusoidal_positions,
 )
 from eqxllm.nn.stack import Stack
@@ -51,5 +52,6 @@ __all__ = [
     "dot_product_attention",
     "dropout",
     "relative_position_bucket",
+    "rotary_angles",
     "sinusoidal_positions",
 ]

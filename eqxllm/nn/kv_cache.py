@@ -41,13 +41,22 @@ class KVCache(eqx.Module):
     ) -> tuple[Int[Array, " seq"], Int[Array, " seq"], Bool[Array, " max_len"]]:
         """For ``seq`` new tokens (``mask`` marks real ones): their positions, their slots, and the
         validity of every slot once they are written. Positions count only real tokens, so a
-        left-padded prompt starts at position 0."""
+        left-padded prompt starts at position 0.
+
+        Tokens that do not fit in the remaining slots raise an ``EquinoxRuntimeError`` (also under
+        ``jit``): ``dynamic_update_slice`` would otherwise clamp the write and silently overwrite
+        earlier slots."""
         seq = mask.shape[0]
         slots = self.index + jnp.arange(seq, dtype=jnp.int32)
         prior = jnp.sum(self.valid.astype(jnp.int32))
         positions = jnp.maximum(prior + jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
         valid = jax.lax.dynamic_update_slice(self.valid, mask, (self.index,))
-        return positions, slots, valid
+        return eqx.error_if(
+            (positions, slots, valid),
+            self.index + seq > self.max_len,
+            f"KV cache overflow: {seq} new token(s) do not fit in the slots left of a {self.max_len}-slot "
+            "cache; make a longer cache or stop decoding earlier",
+        )
 
     def advanced(self, k, v, valid: Bool[Array, " max_len"], seq: int) -> "KVCache":
         """The cache after writing ``seq`` tokens: new layer keys/values, validity and index."""

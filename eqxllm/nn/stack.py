@@ -57,7 +57,9 @@ class Stack(eqx.Module, Generic[Block]):
             return body(eqx.combine(params, static), carry, x)
 
         if self.remat != "none":
-            step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat])
+            # prevent_cse=False: scan already keeps the recomputation apart, and the extra
+            # optimisation barriers would only slow the step (the JAX docs and MaxText do the same)
+            step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
         return jax.lax.scan(step, carry, (dynamic, xs))
 
     def with_remat(self, remat: str) -> "Stack[Block]":

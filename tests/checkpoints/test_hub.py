@@ -15,8 +15,8 @@ from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, R
 from huggingface_hub.utils import filter_repo_objects
 
 from eqxllm.checkpoints import hub
+from eqxllm.checkpoints.checkpoint_dir import read_checkpoint, write_checkpoint
 from eqxllm.checkpoints.hub import DEFAULT_PATTERNS, resolve_pretrained
-from eqxllm.checkpoints.safetensors_io import read_checkpoint, write_checkpoint
 from eqxllm.errors import CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

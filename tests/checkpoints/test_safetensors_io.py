@@ -16,14 +16,8 @@ import safetensors.torch
 import torch
 
 from eqxllm.checkpoints import safetensors_io as sio
-from eqxllm.checkpoints.safetensors_io import (
-    checkpoint_files,
-    parse_size,
-    read_checkpoint,
-    read_metadata,
-    read_safetensors,
-    write_checkpoint,
-)
+from eqxllm.checkpoints.checkpoint_dir import checkpoint_files, parse_size, read_checkpoint, write_checkpoint
+from eqxllm.checkpoints.safetensors_io import read_metadata, read_safetensors
 from eqxllm.errors import CheckpointError, MissingKeyError, SafetensorsFormatError, ShardIndexError
 
 DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64, "BOOL": np.bool_}
@@ -253,7 +247,7 @@ def test_failed_save_leaves_directory_untouched(tmp_path, tensors, monkeypatch):
     (tmp_path / "config.json").write_text("{}")
     write_checkpoint(tensors, tmp_path, max_shard_size=None)
     before = _snapshot(tmp_path)
-    real, calls = sio._write_file, []
+    real, calls = sio.write_file, []
 
     def write_then_fail(path, shard, metadata):
         calls.append(path)
@@ -261,7 +255,7 @@ def test_failed_save_leaves_directory_untouched(tmp_path, tensors, monkeypatch):
             raise OSError("disk full")
         real(path, shard, metadata)
 
-    monkeypatch.setattr(sio, "_write_file", write_then_fail)
+    monkeypatch.setattr(sio, "write_file", write_then_fail)
     updated = {k: np.zeros_like(v) for k, v in tensors.items()}
     with pytest.raises(OSError, match="disk full"):
         write_checkpoint(updated, tmp_path, max_shard_size=100)

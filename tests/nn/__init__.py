@@ -1,0 +1,1 @@
+"""Tests of the layer library ``eqxllm.nn`` against NumPy references written from the papers."""
