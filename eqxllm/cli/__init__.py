@@ -14,6 +14,7 @@ from eqxllm.errors import EqxllmError
 SUBCOMMANDS = {
     "train": "eqxllm.cli.train",
     "convert": "eqxllm.cli.convert",
+    "generate": "eqxllm.cli.generate",
     "eval": "eqxllm.cli.eval",
     "plot": "eqxllm.cli.plot",
 }

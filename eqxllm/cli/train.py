@@ -29,10 +29,19 @@ def add_parser(sub) -> None:
 
 
 def _expand(argv: list[str]) -> list[str]:
-    out = []
-    for a in argv:
-        name, eq, value = a.partition("=")
-        out.append(SHORT_FLAGS.get(name, name) + eq + value)
+    """Short flags to their full names; ``--max-steps`` also sets the schedule's length."""
+    out, i = [], 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if not eq and name in SHORT_FLAGS and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 1
+        if name in SHORT_FLAGS:
+            out += [SHORT_FLAGS[name], value]
+            if name == "--max-steps":  # the schedule decays over the run: keep its length equal
+                out += ["--optim.total-steps", value]
+        else:
+            out.append(argv[i])
+        i += 1
     return out
 
 
@@ -49,6 +58,7 @@ def parse(argv: list[str]):
     default = load_config_file(known.config_file) if known.config_file else train_preset(known.config)
     return tyro.cli(
         TrainConfig, args=_expand(rest), default=default, prog="eqxllm train",
+        config=(tyro.conf.AvoidSubcommands,),
         description=f"{__doc__}\nPresets (--config): {', '.join(sorted(TRAIN_PRESETS))}; or --config-file FILE.",
     )
 

@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from eqxllm.checkpoints.registry import family_for_model_type
 from eqxllm.errors import ConfigError
+from eqxllm.models.gemma_config import GemmaConfig
 from eqxllm.models.gpt2 import GPT2Config
+from eqxllm.models.t5_config import T5Config
 from eqxllm.train.optim import OptimConfig
+
+# Every family's config; `eqxllm train` exposes the fields of the preset's family as flags.
+ModelConfig = GPT2Config | GemmaConfig | T5Config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +68,10 @@ class LoopConfig:
 class TrainConfig:
     """A whole training run."""
 
-    model: GPT2Config = field(default_factory=GPT2Config)
+    model: ModelConfig = field(default_factory=GPT2Config)
+    """The model to train; its family decides the checkpoint format (``vocab_size`` comes from the tokenizer)."""
+    task: str = "lm"
+    """What to learn: ``lm`` (next-token prediction on stories) or another entry of ``eqxllm.train.tasks.TASKS``."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
@@ -81,7 +90,7 @@ class TrainConfig:
             raise ConfigError(
                 f"train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}"
             )
-        if t.seq_len > self.model.max_positions:
+        if self.model.max_positions is not None and t.seq_len > self.model.max_positions:
             raise ConfigError(
                 f"train.seq_len={t.seq_len} exceeds the model's context {self.model.max_positions}"
             )
@@ -95,14 +104,18 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        raw = dataclasses.asdict(self)
+        raw["model"] = {"model_type": self.model.model_type, **raw["model"]}
+        return json.dumps(raw, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         raw = json.loads(text)
         try:
+            model = dict(raw["model"])
+            model_cls = family_for_model_type(model.pop("model_type", "gpt2"), "the config file").config_cls
             return cls(
-                model=GPT2Config(**raw["model"]),
+                model=model_cls(**model),
                 data=DataConfig(**raw["data"]),
                 optim=OptimConfig(**raw["optim"]),
                 train=LoopConfig(**raw["train"]),

@@ -14,23 +14,20 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from eqxllm.checkpoints import save_pretrained
-from eqxllm.data import batch_at
+from eqxllm.checkpoints.registry import family_for_config
 from eqxllm.errors import CheckpointError, ConfigError, EqxllmError
-from eqxllm.models.gpt2 import GPT2
 from eqxllm.train.checkpoint import TrainCheckpointer
 from eqxllm.train.config import TrainConfig
 from eqxllm.train.distributed import initialize_distributed
-from eqxllm.train.evaluate import evaluate_tokens
-from eqxllm.train.loss import next_token_loss
 from eqxllm.train.metrics import RunLogger
 from eqxllm.train.optim import init_opt_state, make_optimizer
 from eqxllm.train.plot import plot_run
-from eqxllm.train.prepare import PreparedData, prepare_data
 from eqxllm.train.precision import resolve_dtype
+from eqxllm.train.step import make_train_step
+from eqxllm.train.tasks import make_task
 from eqxllm.train.sharding import (
     batch_sharding,
     check_batch_size,
@@ -86,30 +83,6 @@ def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
                 )
 
 
-def _samples(model, data: PreparedData, cfg: TrainConfig, key) -> list[str]:
-    from eqxllm.generation import generate
-
-    t = cfg.train
-    prompt = np.asarray(data.tokenizer.encode(t.sample_prompt).ids, np.int32)
-    room = model.config.max_positions - len(prompt)
-    if t.num_samples < 1 or room < 1:
-        return []
-    prompts = np.repeat(prompt[None], t.num_samples, axis=0)
-    new = generate(
-        model,
-        jnp.asarray(prompts),
-        max_new_tokens=min(t.sample_tokens, room),
-        temperature=0.8,
-        top_k=50,
-        key=key,
-        eos_token_id=data.eot,
-    )
-    return [
-        t.sample_prompt + data.tokenizer.decode([i for i in row.tolist() if i != data.eot])
-        for row in np.asarray(new)
-    ]
-
-
 def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | None = None) -> Path:
     """Run a whole training job; returns the exported model directory ``OUT/model``.
 
@@ -121,27 +94,22 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     _check_out_dir(cfg, out)
     lead = jax.process_index() == 0
     t = cfg.train
-    data = prepare_data(cfg.data, out, seed=t.seed, progress=progress and lead)
-    model_cfg = cfg.model.replace(
-        vocab_size=data.tokenizer.get_vocab_size(), bos_token_id=data.eot, eos_token_id=data.eot
-    )
+    task = make_task(cfg, out, progress=progress and lead)
+    model_cfg = task.model_config(cfg.model)
     if lead and not cfg.resume:
         (out / "run_config.json").write_text(cfg.to_json())
 
     mesh = make_mesh(f"data={jax.device_count()}" if cfg.mesh == "auto" else cfg.mesh)
     check_batch_size(t.batch_size, mesh)
-    key = jax.random.key(t.seed)
-    init_key, train_key, sample_key = jax.random.split(key, 3)
-    model = GPT2(model_cfg, key=init_key)
+    init_key, train_key, sample_key = jax.random.split(jax.random.key(t.seed), 3)
+    model = family_for_config(model_cfg).model_cls(model_cfg, key=init_key)
     optimizer = make_optimizer(cfg.optim, model)
     model_sh = model_shardings(model, mesh)
     opt_sh = opt_state_shardings(optimizer, model, mesh)
     model = place(model, model_sh)
     opt_state = place(init_opt_state(optimizer, model), opt_sh)
-    from eqxllm.train.step import make_train_step
-
     step_fn = make_train_step(
-        next_token_loss,
+        task.loss_fn,
         optimizer,
         accum_steps=t.accum_steps,
         compute_dtype=resolve_dtype(t.compute_dtype),
@@ -150,11 +118,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
         batch_sharding=batch_sharding(mesh),
         max_traces=1,
     )
-    uses_dropout = max(model_cfg.resid_pdrop, model_cfg.embd_pdrop, model_cfg.attn_pdrop) > 0
-    ckpt = TrainCheckpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+    ckpt = TrainCheckpointer(out / "checkpoints", keep=t.keep_checkpoints)
     start = 0
     if cfg.resume:
-        start = ckpt.latest_step()  # type: ignore[assignment]
+        start = ckpt.latest_step() or 0
         model, opt_state, train_key, _ = ckpt.restore(start, model, opt_state, (model_sh, opt_sh))
 
     log = RunLogger(out, enabled=lead, progress=progress, total_steps=t.max_steps, initial_step=start)
@@ -163,27 +130,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     t0, window_start, step = time.time(), time.time(), start
 
     def evaluate_and_sample(step: int) -> None:
-        res = evaluate_tokens(
-            model,
-            data.validation,
-            num_bytes=data.validation_bytes,
-            seq_len=t.seq_len,
-            batch_size=t.batch_size,
-            max_batches=t.eval_batches or None,
-        )
-        log.log(
-            "eval",
-            step,
-            val_loss=res.loss,
-            val_perplexity=res.perplexity,
-            val_bits_per_byte=res.bits_per_byte,
-        )
-        log.text(
-            "eval",
-            step,
-            f"step {step}: val loss {res.loss:.4f}  ppl {res.perplexity:.2f}  bpb {res.bits_per_byte:.4f}",
-        )
-        for i, text in enumerate(_samples(model, data, cfg, jax.random.fold_in(sample_key, step))):
+        metrics = task.evaluate(model)
+        log.log("eval", step, **metrics)
+        log.text("eval", step, f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        for i, text in enumerate(task.samples(model, jax.random.fold_in(sample_key, step))):
             log.log("sample", step, text=text)
             log.text(f"sample/{i}", step, f"  sample {i}: {text!r}")
 
@@ -194,20 +144,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
         host = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, host):
             if not math.isfinite(float(m["loss"])):
-                raise TrainingDiverged(
-                    f"loss is {float(m['loss'])} at step {s}; lower the learning rate or check data"
-                )
+                raise TrainingDiverged(f"loss is {float(m['loss'])} at step {s}; lower the learning rate or check data")
         s, m = pending[-1][0], host[-1]
-        elapsed = time.time() - window_start
-        tps = tokens_per_step * len(pending) / max(elapsed, 1e-9)
-        log.log(
-            "train",
-            s,
-            loss=float(m["loss"]),
-            grad_norm=float(m["grad_norm"]),
-            learning_rate=float(m.get("learning_rate", float("nan"))),
-            tokens_per_s=tps,
-        )
+        tps = tokens_per_step * len(pending) / max(time.time() - window_start, 1e-9)
+        extra = {k: float(v) for k, v in m.items() if k not in ("loss", "tokens")}
+        log.log("train", s, loss=float(m["loss"]), tokens_per_s=tps, **extra)
         log.bar.set_postfix(loss=f"{float(m['loss']):.3f}", tok_s=f"{tps:,.0f}")
         pending.clear()
         window_start = time.time()
@@ -215,33 +156,24 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     try:
         with _StopFlag() as stop:
             while step < t.max_steps:
-                local = batch_at(
-                    data.train,
-                    step,
-                    batch_size=t.batch_size,
-                    seq_len=t.seq_len,
-                    seed=t.seed,
-                    process_index=jax.process_index(),
-                    process_count=jax.process_count(),
-                )
-                batch = place_batch(jnp.asarray(local), mesh)
-                step_key = jax.random.fold_in(train_key, step) if uses_dropout else None
+                local = task.batch(step, process_index=jax.process_index(), process_count=jax.process_count())
+                batch = place_batch(local, mesh)
+                step_key = jax.random.fold_in(train_key, step)
                 model, opt_state, metrics = step_fn(model, opt_state, batch, step_key)
                 step += 1
                 pending.append((step, metrics))
                 log.bar.update(1)
                 timed_out = t.max_minutes is not None and time.time() - t0 > 60 * t.max_minutes
-                if step % t.log_every == 0 or step == t.max_steps or stop.signal or timed_out:
-                    flush_metrics()
                 paused = stop_after_step is not None and step >= stop_after_step
+                if step % t.log_every == 0 or step == t.max_steps or stop.signal or timed_out or paused:
+                    flush_metrics()
                 if step % t.checkpoint_every == 0 or stop.signal or timed_out or paused:
                     ckpt.save(step, model, opt_state, train_key, {"data_step": step})
                 if stop.signal is not None or paused:
-                    flush_metrics()
                     why = f"signal {stop.signal}" if stop.signal is not None else "stop_after_step"
                     log.text("stop", step, f"{why}: saved checkpoint at step {step}, exiting")
                     return out / "checkpoints"
-                if step % t.eval_every == 0 and step != t.max_steps:
+                if step % t.eval_every == 0 and step != t.max_steps and not timed_out:
                     evaluate_and_sample(step)
                 if timed_out:
                     log.text("time", step, f"time budget of {t.max_minutes} min reached at step {step}")
@@ -252,7 +184,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
         evaluate_and_sample(step)
         export = out / "model"
         if lead:
-            save_pretrained(model, export, tokenizer=data.tokenizer)
+            save_pretrained(model, export, tokenizer=task.tokenizer)
             plot_run(out)
         return export
     finally:

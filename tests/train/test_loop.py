@@ -143,13 +143,13 @@ def test_mesh_and_batch_errors(tmp_path):
 
 
 def test_nan_loss_names_the_step(tmp_path, monkeypatch):
-    import eqxllm.train.loop as loop
+    import eqxllm.train.tasks.lm as lm
 
     def nan_loss(model, batch, key):
         loss, aux = eqxllm.train.next_token_loss(model, batch, key)
         return loss * jax.numpy.nan, aux
 
-    monkeypatch.setattr(loop, "next_token_loss", nan_loss)
+    monkeypatch.setattr(lm, "next_token_loss", nan_loss)
     with pytest.raises(TrainingDiverged, match="at step 1"):
         train(_cfg(tmp_path), progress=False)
 

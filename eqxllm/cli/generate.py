@@ -1,0 +1,94 @@
+"""``eqxllm generate --model DIR|HUB_ID --prompt TEXT``: continue a prompt, printing text as it comes.
+
+The model loads with ``eqxllm.from_pretrained`` and the tokenizer from the same directory (or Hub
+repository). Sampling is the default (temperature 1, seed 0); ``--greedy`` (or ``--temperature 0``)
+picks the most likely token. Each of ``--num-samples`` samples starts with the prompt and uses its
+own key, ``fold_in(key(seed), i)``, so a run is reproducible and sample ``i`` does not depend on how
+many were asked for.
+"""
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eqxllm.errors import InputError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="continue a prompt with a model, streaming the text",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="Hugging Face directory or Hub repo id (with a tokenizer)")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per sample (default 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 is greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of probability p, in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print (default 1)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
+    p.add_argument("--chunk-size", type=int, default=8, help="tokens per compiled call while streaming (default 8)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from eqxllm.checkpoints import from_pretrained
+    from eqxllm.checkpoints.hub import resolve_pretrained
+    from eqxllm.data.tokenizer import load_tokenizer
+
+    out = sys.stdout
+    if args.num_samples < 1:
+        raise InputError(f"--num-samples must be >= 1, got {args.num_samples}")
+    directory = resolve_pretrained(args.model, revision=args.revision)
+    model = from_pretrained(directory)
+    tokenizer = load_tokenizer(directory)
+    prompt = jnp.asarray(tokenizer.encode(args.prompt).ids, jnp.int32)
+    if prompt.shape[0] == 0:
+        raise InputError(f"the prompt {args.prompt!r} encodes to no tokens; give some text")
+    options = {} if args.greedy else dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n")
+        key = None if args.greedy else jax.random.fold_in(jax.random.key(args.seed), i)
+        out.write(args.prompt)
+        out.flush()
+        print_stream(model, tokenizer, prompt, args, key, options, out)
+        out.write("\n")
+    return 0
+
+
+def print_stream(model, tokenizer, prompt, args, key, options, out) -> None:
+    """Generate with :func:`eqxllm.generation.stream` and print the decoded text as it grows.
+
+    The whole continuation is decoded again after every chunk and only the new suffix printed: a
+    byte-level token may hold half a character, which shows as U+FFFD until its other half comes.
+    """
+    from eqxllm.generation import stream
+
+    eos = model.config.eos_token_id
+    stops = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    ids: list[int] = []
+    printed = ""
+    for chunk in stream(
+        model, prompt, max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, key=key, **options
+    ):
+        new = np.asarray(chunk).tolist()
+        done = next((j for j, t in enumerate(new) if t in stops), None)
+        ids.extend(new if done is None else new[:done])  # the stop token and padding are not text
+        text = tokenizer.decode(ids)
+        ready = text.rstrip("\ufffd")
+        if len(ready) > len(printed):
+            out.write(ready[len(printed) :])
+            out.flush()
+            printed = ready
+        if done is not None:
+            break
+    text = tokenizer.decode(ids)
+    out.write(text[len(printed) :])

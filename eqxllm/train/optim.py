@@ -1,0 +1,120 @@
+"""The optimizer: global-norm clipping, then AdamW with linear warmup and cosine decay.
+
+AdamW (Loshchilov & Hutter, 2019) with the GPT-2/3 recipe (Radford et al., 2019; Brown et al., 2020):
+clip the gradient's global norm, Adam moments, decoupled weight decay on matrices only, learning rate
+warmed up linearly from 0 and decayed along a cosine to ``min_lr_ratio * learning_rate``.
+
+Which leaves decay is decided from the model's structure, not from shapes alone: the ``weight`` of
+every :class:`eqxllm.nn.Linear` (a matrix, or a stack of them) decays; embeddings and position tables
+(:class:`eqxllm.nn.Embedding`, relative-position biases), norm scales and every bias do not (stacked
+norm scales are 2-D, which is why ``ndim`` alone would get them wrong).
+
+The optimizer acts on ``eqx.filter(model, eqx.is_inexact_array)`` only; see :func:`init_opt_state`.
+The current learning rate is kept in the optimizer state (``optax.inject_hyperparams``), so the train
+step can report it without knowing the schedule.
+"""
+
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import optax
+from jaxtyping import PyTree
+
+from eqxllm.errors import ConfigError
+from eqxllm.nn import Linear
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW hyperparameters and the learning-rate schedule, checked when made.
+
+    ``total_steps`` is the schedule's length including warmup; past it the rate stays at
+    ``min_lr_ratio * learning_rate``. ``grad_clip_norm=None`` disables clipping.
+    """
+
+    learning_rate: float = 3e-4
+    warmup_steps: int = 100
+    total_steps: int = 10_000
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip_norm: float | None = 1.0
+
+    def __post_init__(self):
+        checks = [
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("total_steps", self.total_steps > self.warmup_steps, f"> warmup_steps={self.warmup_steps}"),
+            ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("b1", 0.0 <= self.b1 < 1.0, "in [0, 1)"),
+            ("b2", 0.0 <= self.b2 < 1.0, "in [0, 1)"),
+            ("eps", self.eps > 0, "> 0"),
+            ("grad_clip_norm", self.grad_clip_norm is None or self.grad_clip_norm > 0, "> 0 or None"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"OptimConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+
+def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
+    """Linear warmup from 0 to ``learning_rate`` over ``warmup_steps``, then cosine decay to
+    ``min_lr_ratio * learning_rate`` at ``total_steps``."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        decay_steps=cfg.total_steps,
+        end_value=cfg.learning_rate * cfg.min_lr_ratio,
+    )
+
+
+def decay_mask(model: PyTree) -> PyTree[bool]:
+    """True for the leaves that get weight decay, False for the others, None where
+    ``eqx.filter(model, eqx.is_inexact_array)`` has None: the same structure as the optimized params.
+
+    Only ``Linear.weight`` leaves with ``ndim >= 2`` decay (a stacked Linear's weight is
+    ``[layers, out, in]``); biases, norms, embeddings and position tables do not.
+    """
+    params = eqx.filter(model, eqx.is_inexact_array)
+
+    def mark(node):
+        if isinstance(node, Linear):
+            flags = jax.tree.map(lambda _: False, node)
+            return eqx.tree_at(lambda lin: lin.weight, flags, node.weight.ndim >= 2)
+        return jax.tree.map(lambda _: False, node)
+
+    return jax.tree.map(mark, params, is_leaf=lambda x: isinstance(x, Linear))
+
+
+def make_optimizer(cfg: OptimConfig, model: PyTree) -> optax.GradientTransformation:
+    """``clip_by_global_norm -> scale_by_adam -> add_decayed_weights(mask) -> -learning_rate(step)``.
+
+    This is ``optax.adamw`` behind clipping, with the weight-decay mask computed from ``model``'s
+    structure (:func:`decay_mask`). Use it on ``eqx.filter(model, eqx.is_inexact_array)``.
+    """
+    parts = []
+    if cfg.grad_clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+    if cfg.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask(model)))
+    # inject_hyperparams stores the rate used by each update in the state, where the step reads it
+    parts.append(optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=learning_rate_schedule(cfg)))
+    return optax.chain(*parts)
+
+
+def init_opt_state(optimizer: optax.GradientTransformation, model: PyTree) -> optax.OptState:
+    """``optimizer.init`` on the model's floating-point array leaves (the only ones it updates)."""
+    return optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+
+def current_learning_rate(opt_state: optax.OptState) -> jax.Array | None:
+    """The learning rate of the last update (or of the first, before any), read from the state that
+    ``make_optimizer`` builds; None for optimizers that do not record it."""
+    return optax.tree_utils.tree_get(
+        opt_state, "learning_rate", filtering=lambda _path, value: isinstance(value, jax.Array)
+    )

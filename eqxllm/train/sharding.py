@@ -1,0 +1,216 @@
+"""Device meshes, partition rules keyed on pytree paths, and batch placement.
+
+A mesh has three named axes (any of size 1):
+
+- ``data``: pure data parallelism; parameters replicated.
+- ``fsdp``: data parallelism with parameters and optimizer state sharded (ZeRO-3, Rajbhandari et
+  al., 2020): each big weight is split along its largest dimension that divides evenly.
+- ``tensor``: Megatron-style tensor parallelism (Shoeybi et al., 2019): attention heads (q/k/v
+  output features, o_proj input features) and the MLP hidden width (up/gate output features, down
+  input features) are split.
+
+The batch is split over ``("data", "fsdp")``. Rules are ``(regex, per_layer_spec)`` pairs matched with
+``re.search`` against ``jax.tree_util.keystr`` of each leaf's path (first match wins; leaves matching
+none get no tensor sharding). ``per_layer_spec`` names a mesh axis (or None) for the leading dims of
+one layer's array, e.g. ``("tensor",)`` for a ``[out, in]`` weight and its ``[out]`` bias. Leaves inside
+an :class:`eqxllm.nn.Stack` carry a leading ``layers`` axis that is never sharded; it is found from the
+pytree's structure, so the same rules serve the Adam moments, which mirror the parameters.
+Any dimension that an axis does not divide stays replicated.
+"""
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from jaxtyping import PyTree
+
+from eqxllm.errors import ConfigError
+from eqxllm.nn import Stack
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+Rule = tuple[str, tuple[str | None, ...]]
+DEFAULT_RULES: tuple[Rule, ...] = (
+    # column-parallel: a weight's output features (and its bias) split across tensor shards
+    (r"\.(q_proj|k_proj|v_proj|up|gate)\.(weight|bias)$", ("tensor",)),
+    # row-parallel: input features split; the partial sums are all-reduced by XLA
+    (r"\.(o_proj|down)\.weight$", (None, "tensor")),
+)
+
+
+def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
+    """``"data=4,fsdp=2"`` -> ``{"data": 4, "fsdp": 2, "tensor": 1}`` (absent axes have size 1)."""
+    if isinstance(spec, str):
+        items = {}
+        for part in (p.strip() for p in spec.split(",")):
+            name, sep, value = part.partition("=")
+            name, value = name.strip(), value.strip()
+            if not sep or not name or not value.lstrip("-").isdigit():
+                raise ConfigError(
+                    f"malformed mesh spec {spec!r}: each comma-separated part must be axis=size "
+                    f"(e.g. 'data=4,fsdp=2'), found {part!r}"
+                )
+            if name in items:
+                raise ConfigError(f"mesh spec {spec!r} gives axis {name!r} twice")
+            items[name] = int(value)
+    else:
+        items = dict(spec)
+    unknown = sorted(set(items) - set(AXES))
+    if unknown:
+        raise ConfigError(f"mesh spec {spec!r} names unknown axes {unknown}; expected some of {list(AXES)}")
+    bad = {k: v for k, v in items.items() if not isinstance(v, int) or v < 1}
+    if bad:
+        raise ConfigError(f"mesh axis sizes must be integers >= 1; mesh spec {spec!r} has {bad}")
+    return {axis: items.get(axis, 1) for axis in AXES}
+
+
+def make_mesh(spec: str | Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh with axes ``("data", "fsdp", "tensor")`` over ``devices`` (default: every device of every
+    process).
+
+    The product of the axis sizes must equal the number of devices. ``tensor`` is the innermost
+    axis, so tensor-parallel shards sit on neighbouring (fastest-connected) devices.
+    """
+    sizes = parse_mesh_spec(spec)
+    devices = jax.devices() if devices is None else list(devices)
+    product = math.prod(sizes.values())
+    if product != len(devices):
+        shape = " x ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ConfigError(
+            f"mesh {shape} has {product} devices but {len(devices)} are available; "
+            f"make the axis sizes multiply to {len(devices)}"
+        )
+    # Auto axes: shardings are propagated by XLA from the constraints we place (jax.make_mesh's
+    # default of Explicit axes would put shardings into the types instead)
+    return jax.make_mesh(tuple(sizes.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def _leaves_with_layer_dims(tree: PyTree, is_leaf) -> list[tuple[tuple, Any, int]]:
+    """``(path, leaf, layer_dims)`` for each leaf in ``jax.tree.leaves`` order, where ``layer_dims``
+    counts the ``Stack`` modules enclosing the leaf (each adds one leading ``layers`` axis)."""
+
+    def visit(subtree, prefix, depth):
+        if isinstance(subtree, Stack):
+            return visit(subtree.blocks, prefix + (jax.tree_util.GetAttrKey("blocks"),), depth + 1)
+        out = []
+        flat = jax.tree_util.tree_flatten_with_path(subtree, is_leaf=lambda x: is_leaf(x) or isinstance(x, Stack))[0]
+        for path, leaf in flat:
+            if isinstance(leaf, Stack):
+                out += visit(leaf, prefix + path, depth)
+            else:
+                out.append((prefix + path, leaf, depth))
+        return out
+
+    return visit(tree, (), 0)
+
+
+def partition_spec(
+    path: str, shape: tuple[int, ...], layer_dims: int, mesh_shape: Mapping[str, int], rules: Sequence[Rule]
+) -> P:
+    """The ``PartitionSpec`` of one leaf: the first matching rule's tensor sharding of its per-layer
+    dims, then ``fsdp`` on the largest remaining per-layer dim it divides (matrices only)."""
+    per_layer = shape[layer_dims:]
+    spec: list[str | None] = [None] * len(per_layer)
+    for pattern, rule_spec in rules:
+        if re.search(pattern, path):
+            for i, axis in enumerate(rule_spec[: len(per_layer)]):
+                spec[i] = axis
+            break
+    for i, axis in enumerate(spec):
+        if axis is not None and (mesh_shape.get(axis, 1) == 1 or per_layer[i] % mesh_shape[axis]):
+            spec[i] = None
+    fsdp = mesh_shape.get("fsdp", 1)
+    if fsdp > 1 and len(per_layer) >= 2 and "fsdp" not in spec:
+        free = [i for i, axis in enumerate(spec) if axis is None and per_layer[i] % fsdp == 0]
+        if free:
+            spec[max(free, key=lambda i: per_layer[i])] = "fsdp"
+    return P(*([None] * layer_dims), *spec)
+
+
+def _is_array_like(x) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | jax.ShapeDtypeStruct)
+
+
+def tree_shardings(tree: PyTree, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES) -> PyTree:
+    """A ``NamedSharding`` for every array (or ``ShapeDtypeStruct``) leaf of ``tree``, None elsewhere."""
+    arrays = eqx.filter(tree, _is_array_like)
+    leaves, treedef = jax.tree.flatten(arrays)
+    found = _leaves_with_layer_dims(arrays, is_leaf=lambda x: x is None)
+    found = [item for item in found if item[1] is not None]
+    assert len(found) == len(leaves)  # the same traversal order, by construction
+    mesh_shape = dict(mesh.shape)
+    specs = [
+        NamedSharding(mesh, partition_spec(jax.tree_util.keystr(path), leaf.shape, depth, mesh_shape, rules))
+        for path, leaf, depth in found
+    ]
+    return jax.tree.unflatten(treedef, specs)
+
+
+def model_shardings(model: PyTree, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES) -> PyTree:
+    """Shardings matching ``eqx.filter(model, eqx.is_array)``, for ``eqx.filter_shard``."""
+    return tree_shardings(eqx.filter(model, eqx.is_array), mesh, rules)
+
+
+def opt_state_shardings(
+    optimizer: optax.GradientTransformation, model: PyTree, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES
+) -> PyTree:
+    """Shardings of ``optimizer.init(eqx.filter(model, eqx.is_inexact_array))``, computed on its shape
+    alone: moments that mirror a parameter shard like it, counters and scalars are replicated."""
+    abstract = eqx.filter_eval_shape(optimizer.init, eqx.filter(model, eqx.is_inexact_array))
+    return tree_shardings(abstract, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The batch's leading axis split over ``("data", "fsdp")``; other axes replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """Raise ``ConfigError`` unless ``batch_size`` splits evenly over the mesh's batch shards."""
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if batch_size % shards:
+        raise ConfigError(
+            f"global batch size {batch_size} is not divisible by data x fsdp = "
+            f"{mesh.shape['data']} x {mesh.shape['fsdp']} = {shards}; choose a multiple of {shards}"
+        )
+
+
+def place_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
+    """Assemble a global batch from each process's rows (``jax.make_array_from_process_local_data``).
+
+    Every process passes its own ``[local_batch, ...]`` arrays, the same size everywhere; the global
+    batch is their concatenation in process order, split over ``("data", "fsdp")``. With one process
+    this is a plain sharded ``device_put``.
+    """
+    sharding = batch_sharding(mesh)
+
+    def place(x):
+        x = np.asarray(x)
+        check_batch_size(x.shape[0] * jax.process_count(), mesh)
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(place, local_batch)
+
+
+def place(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Put a pytree that every process holds identically (e.g. a model built from the same key) onto
+    the devices with ``shardings`` (a pytree matching ``eqx.filter(tree, eqx.is_array)``). Each device
+    receives only its own slices, which also works when the sharding spans several processes."""
+    arrays, static = eqx.partition(tree, eqx.is_array)
+
+    def put(x, sharding):
+        if x is None:
+            return None
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    placed = jax.tree.map(put, arrays, shardings, is_leaf=lambda x: x is None)
+    return eqx.combine(placed, static)

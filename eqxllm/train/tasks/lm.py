@@ -1,0 +1,53 @@
+"""Language modelling on packed stories: the task of decoder-only models (GPT-2, Gemma)."""
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from eqxllm.data import batch_at
+from eqxllm.train.evaluate import evaluate_tokens
+from eqxllm.train.loss import next_token_loss
+from eqxllm.train.prepare import prepare_data
+
+
+class LMTask:
+    """Next-token prediction on fixed-length windows of the token stream; validation reports loss,
+    perplexity and bits per byte; samples continue ``train.sample_prompt``."""
+
+    def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
+        self.cfg = cfg
+        self.data = prepare_data(cfg.data, run_dir, seed=cfg.train.seed, progress=progress)
+        self.tokenizer = self.data.tokenizer
+
+    def model_config(self, model_cfg):
+        eot = self.data.eot
+        return model_cfg.replace(vocab_size=self.tokenizer.get_vocab_size(), bos_token_id=eot, eos_token_id=eot)
+
+    def loss_fn(self, model, batch, key):
+        return next_token_loss(model, batch, key)
+
+    def batch(self, step: int, *, process_index: int, process_count: int) -> np.ndarray:
+        t = self.cfg.train
+        return batch_at(self.data.train, step, batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed,
+                        process_index=process_index, process_count=process_count)
+
+    def evaluate(self, model, *, max_batches: int | None = -1) -> dict[str, float]:
+        t = self.cfg.train
+        limit = (t.eval_batches or None) if max_batches == -1 else max_batches
+        res = evaluate_tokens(model, self.data.validation, num_bytes=self.data.validation_bytes, seq_len=t.seq_len,
+                              batch_size=t.batch_size, max_batches=limit)
+        return {"val_loss": res.loss, "val_perplexity": res.perplexity, "val_bits_per_byte": res.bits_per_byte}
+
+    def samples(self, model, key) -> list[str]:
+        from eqxllm.generation import generate
+
+        t, tok, eot = self.cfg.train, self.tokenizer, self.data.eot
+        prompt = np.asarray(tok.encode(t.sample_prompt).ids, np.int32)
+        room = model.config.max_positions - len(prompt)
+        if t.num_samples < 1 or room < 1:
+            return []
+        prompts = jnp.asarray(np.repeat(prompt[None], t.num_samples, axis=0))
+        new = generate(model, prompts, max_new_tokens=min(t.sample_tokens, room), temperature=0.8, top_k=50,
+                       key=key, eos_token_id=eot)
+        return [t.sample_prompt + tok.decode([i for i in row if i != eot]) for row in np.asarray(new).tolist()]

@@ -1,0 +1,1 @@
+"""Tests of ``eqxllm.train``: loss, optimizer, step, precision, sharding, multi-process training."""
