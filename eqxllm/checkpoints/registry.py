@@ -17,6 +17,8 @@ from eqxllm.errors import UnknownModelTypeError
 
 _FAMILY_MODULES = (
     "eqxllm.checkpoints.gpt2",
+    "eqxllm.checkpoints.gemma",
+    "eqxllm.checkpoints.t5",
 )
 
 

@@ -1,8 +1,10 @@
 """Model families, each a frozen config plus modules composed from :mod:`eqxllm.nn`."""
 
+from eqxllm.models.gemma import GEMMA_PRESETS, Gemma, GemmaConfig
 from eqxllm.models.gpt2 import GPT2, GPT2_PRESETS, GPT2Config
+from eqxllm.models.t5 import T5, T5_PRESETS, T5Config
 
-PRESETS = {**GPT2_PRESETS}
+PRESETS = {**GPT2_PRESETS, **GEMMA_PRESETS, **T5_PRESETS}
 
 
 def config_preset(name: str):
@@ -13,4 +15,4 @@ def config_preset(name: str):
         raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
 
 
-__all__ = ["GPT2", "GPT2Config", "PRESETS", "config_preset"]
+__all__ = ["GPT2", "GPT2Config", "Gemma", "GemmaConfig", "PRESETS", "T5", "T5Config", "T5_PRESETS", "config_preset"]

@@ -8,8 +8,9 @@ say what each generation adds (soft-caps, sliding windows, a second rotary base)
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from eqxllm.errors import ConfigError
 from eqxllm.nn.activations import ACTIVATIONS
@@ -61,11 +62,11 @@ class GemmaConfig:
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
     sliding_window: int | None = None
-    layer_types: tuple[str, ...] | None = None
+    layer_types: Sequence[str] | None = None  # stored as a tuple
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
     bos_token_id: int | None = 2
-    eos_token_id: int | tuple[int, ...] | None = 1
+    eos_token_id: int | Sequence[int] | None = 1  # a sequence is stored as a tuple
     pad_token_id: int | None = 0
     # eqxllm options (no Hugging Face counterpart)
     attention_impl: AttentionImpl = "xla"
@@ -77,7 +78,7 @@ class GemmaConfig:
             object.__setattr__(self, "layer_types", default_layer_types(self.generation, self.num_hidden_layers))
         else:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
-        if isinstance(self.eos_token_id, list):
+        if self.eos_token_id is not None and not isinstance(self.eos_token_id, int):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         self._validate()
 
@@ -90,8 +91,10 @@ class GemmaConfig:
         ):  # fmt: skip
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"GemmaConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("rms_norm_eps", "rope_theta", "rope_local_base_freq", "rope_scaling", "query_pre_attn_scalar",
-                     "attn_logit_softcapping", "final_logit_softcapping", "sliding_window"):  # fmt: skip
+        for name in (
+            "rms_norm_eps", "rope_theta", "rope_local_base_freq", "rope_scaling", "query_pre_attn_scalar",
+            "attn_logit_softcapping", "final_logit_softcapping", "sliding_window",
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"GemmaConfig.{name} must be positive (or None), got {value!r}")
@@ -104,7 +107,8 @@ class GemmaConfig:
             raise ConfigError(f"GemmaConfig.head_dim must be even for rotary positions, got {self.head_dim}")
         if self.hidden_activation not in ACTIVATIONS:
             raise ConfigError(
-                f"GemmaConfig.hidden_activation={self.hidden_activation!r} is unknown; expected one of {sorted(ACTIVATIONS)}"
+                f"GemmaConfig.hidden_activation={self.hidden_activation!r} is unknown; "
+                f"expected one of {sorted(ACTIVATIONS)}"
             )
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"GemmaConfig.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
@@ -120,7 +124,9 @@ class GemmaConfig:
             )
         unknown = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
         if unknown:
-            raise ConfigError(f"GemmaConfig.layer_types holds unknown layer type(s) {unknown}; expected {list(LAYER_TYPES)}")
+            raise ConfigError(
+                f"GemmaConfig.layer_types holds unknown layer type(s) {unknown}; expected {list(LAYER_TYPES)}"
+            )
         if SLIDING in self.layer_types and self.sliding_window is None:
             raise ConfigError("GemmaConfig.layer_types has sliding_attention layers but sliding_window is None")
 
@@ -173,8 +179,10 @@ class GemmaConfig:
     # gemma-3-1b-pt and the text_config of gemma-3-4b-pt on the Hugging Face Hub -------------------
     @classmethod
     def gemma_2b(cls) -> "GemmaConfig":
-        return cls(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
-                   num_key_value_heads=1)  # fmt: skip
+        return cls(
+            hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+            num_key_value_heads=1,
+        )  # fmt: skip
 
     @classmethod
     def gemma_7b(cls) -> "GemmaConfig":
@@ -182,43 +190,57 @@ class GemmaConfig:
 
     @classmethod
     def gemma2_2b(cls) -> "GemmaConfig":
-        return cls(generation=2, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
-                   num_key_value_heads=4, query_pre_attn_scalar=256, attn_logit_softcapping=50.0,
-                   final_logit_softcapping=30.0, sliding_window=4096)  # fmt: skip
+        return cls(
+            generation=2, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+            num_attention_heads=8, num_key_value_heads=4, query_pre_attn_scalar=256.0,
+            attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096,
+        )  # fmt: skip
 
     @classmethod
     def gemma2_9b(cls) -> "GemmaConfig":
-        return cls(generation=2, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
-                   num_key_value_heads=8, query_pre_attn_scalar=256, attn_logit_softcapping=50.0,
-                   final_logit_softcapping=30.0, sliding_window=4096)  # fmt: skip
+        return cls(
+            generation=2, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+            num_attention_heads=16, num_key_value_heads=8, query_pre_attn_scalar=256.0,
+            attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096,
+        )  # fmt: skip
 
     @classmethod
     def gemma3_1b(cls) -> "GemmaConfig":
-        return cls(generation=3, vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
-                   num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32768,
-                   rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, query_pre_attn_scalar=256,
-                   sliding_window=512, eos_token_id=(1, 106))  # fmt: skip
+        return cls(
+            generation=3, vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+            num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32768,
+            rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, query_pre_attn_scalar=256.0,
+            sliding_window=512, eos_token_id=(1, 106),
+        )  # fmt: skip
 
     @classmethod
     def gemma3_4b(cls) -> "GemmaConfig":
-        return cls(generation=3, vocab_size=262208, hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
-                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=131072,
-                   rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, rope_scaling=8.0, query_pre_attn_scalar=256,
-                   sliding_window=1024, eos_token_id=(1, 106))  # fmt: skip
+        return cls(
+            generation=3, vocab_size=262208, hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+            num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=131072,
+            rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, rope_scaling=8.0,
+            query_pre_attn_scalar=256.0, sliding_window=1024, eos_token_id=(1, 106),
+        )  # fmt: skip
 
     @classmethod
     def tiny(cls, generation: Literal[1, 2, 3] = 1) -> "GemmaConfig":
         """Width 64, head_dim 16, MQA in Gemma 1, GQA later, windows of 8 tokens: for tests and CPU runs."""
-        common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, head_dim=16, num_attention_heads=4,
-                      max_position_embeddings=128)  # fmt: skip
+        common: dict[str, Any] = dict(
+            vocab_size=512, hidden_size=64, intermediate_size=128, head_dim=16, num_attention_heads=4,
+            max_position_embeddings=128,
+        )  # fmt: skip
         if generation == 1:
             return cls(generation=1, num_hidden_layers=2, num_key_value_heads=1, **common)
         if generation == 2:
-            return cls(generation=2, num_hidden_layers=4, num_key_value_heads=2, query_pre_attn_scalar=16,
-                       attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=8, **common)  # fmt: skip
-        return cls(generation=3, num_hidden_layers=4, num_key_value_heads=2, query_pre_attn_scalar=16,
-                   rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, sliding_window=8,
-                   layer_types=default_layer_types(3, 4, sliding_window_pattern=2), **common)  # fmt: skip
+            return cls(
+                generation=2, num_hidden_layers=4, num_key_value_heads=2, query_pre_attn_scalar=16.0,
+                attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=8, **common,
+            )  # fmt: skip
+        return cls(
+            generation=3, num_hidden_layers=4, num_key_value_heads=2, query_pre_attn_scalar=16.0,
+            rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, sliding_window=8,
+            layer_types=default_layer_types(3, 4, sliding_window_pattern=2), **common,
+        )  # fmt: skip
 
 
 GEMMA_PRESETS = {
