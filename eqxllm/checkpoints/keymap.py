@@ -14,7 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eqxllm.errors import CheckpointError, DtypeMismatchError, MissingKeyError, ShapeMismatchError, UnexpectedKeyError
+from eqxllm.errors import (
+    CheckpointError,
+    DtypeMismatchError,
+    MissingKeyError,
+    ShapeMismatchError,
+    UnexpectedKeyError,
+)
 
 Where = Callable[[eqx.Module], jax.Array]
 
@@ -79,7 +85,8 @@ def _float_dtype_check(key: str, arr: np.ndarray) -> None:
 
 
 def load_into(skeleton: eqx.Module, keymap: KeyMap, tensors: dict[str, np.ndarray], dtype) -> eqx.Module:
-    """Fill ``skeleton`` (a ``filter_eval_shape`` of the model) with ``tensors`` cast to ``dtype``."""
+    """Fill ``skeleton`` (a ``filter_eval_shape`` of the model) with ``tensors`` cast to ``dtype``
+    (``None`` keeps each tensor's stored dtype)."""
     expected = {k for p in keymap.params for k in p.keys()}
     missing = sorted(expected - tensors.keys())
     if missing:
@@ -112,7 +119,7 @@ def load_into(skeleton: eqx.Module, keymap: KeyMap, tensors: dict[str, np.ndarra
                     )
             value = np.stack(slices) if p.layered else slices[0]
             wheres.append(where)
-            values.append(jnp.asarray(value, dtype=dtype))
+            values.append(jnp.asarray(value) if dtype is None else jnp.asarray(value, dtype=dtype))
     model = eqx.tree_at(lambda m: [w(m) for w in wheres], skeleton, values)
     leftover = [x for x in jax.tree.leaves(model) if isinstance(x, jax.ShapeDtypeStruct)]
     if leftover:  # a key map that forgets a leaf is a bug in eqxllm, not in the user's file

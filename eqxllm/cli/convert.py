@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     src = resolve_pretrained(args.src, revision=args.revision)
-    model = from_pretrained(src, dtype=dtype or jnp.float32)
+    model = from_pretrained(src, dtype=dtype)  # None: keep the stored dtype
     tokenizer = find_tokenizer(src)  # carried along when the source has one
     out = save_pretrained(model, args.dst, max_shard_size=args.max_shard_size, dtype=dtype, tokenizer=tokenizer)
     print(f"wrote {type(model).__name__} ({model.config.model_type}) to {out}")

@@ -153,6 +153,13 @@ class GemmaConfig:
     def model_type(self) -> str:
         return MODEL_TYPES[self.generation]
 
+    is_encoder_decoder = False
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence (prompt + generated tokens) the shared sampler and trainer allow."""
+        return self.max_position_embeddings
+
     @property
     def attention_scale(self) -> float:
         """Gemma 1: ``head_dim**-0.5``; Gemma 2/3: ``query_pre_attn_scalar**-0.5``."""

@@ -17,6 +17,7 @@ Sharded (any mesh of ``data`` x ``fsdp`` x ``tensor`` devices, one or many proce
     model, opt_state, metrics = step(model, opt_state, place_batch(local_rows, mesh), key)
 """
 
+from eqxllm.train.config import DataConfig, LoopConfig, TrainConfig, train_preset
 from eqxllm.train.distributed import initialize_distributed
 from eqxllm.train.loss import cross_entropy, next_token_loss
 from eqxllm.train.optim import (
@@ -44,6 +45,10 @@ from eqxllm.train.sharding import (
 from eqxllm.train.step import make_eval_step, make_train_step
 
 __all__ = [
+    "DataConfig",
+    "LoopConfig",
+    "TrainConfig",
+    "train_preset",
     "DEFAULT_RULES",
     "OptimConfig",
     "batch_sharding",

@@ -216,7 +216,29 @@ def _gpt2_tinystories_test() -> TrainConfig:
     )
 
 
+def _gemma_tinystories() -> TrainConfig:
+    # A Gemma 3-style model at TinyStories scale: grouped-query attention (4 query heads sharing 2
+    # key/value heads), query/key norms, GeGLU, sliding-window layers (64 tokens) alternating with
+    # global ones using different rotary bases. About ten minutes on a 2-core CPU.
+    steps = 500
+    return TrainConfig(
+        model=GemmaConfig(
+            generation=3, vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
+            query_pre_attn_scalar=64.0, sliding_window=64, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+            layer_types=("sliding_attention", "full_attention", "sliding_attention", "full_attention"),
+            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        ),
+        data=DataConfig(vocab_size=4096),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
+        train=LoopConfig(seq_len=128, batch_size=32, max_steps=steps, max_minutes=10.0, eval_every=100,
+                         checkpoint_every=200),
+        out="runs/gemma-tinystories",
+    )
+
+
 TRAIN_PRESETS = {
+    "gemma-tinystories": _gemma_tinystories,
     "gpt2-tinystories": _gpt2_tinystories,
     "gpt2-tinystories-gpu": _gpt2_tinystories_gpu,
     "gpt2-tinystories-test": _gpt2_tinystories_test,

@@ -46,7 +46,8 @@ def initialize_distributed(
     """Connect this process to the others with ``jax.distributed.initialize``; returns whether it did.
 
     - With ``coordinator_address`` (``"host:port"`` of process 0), ``num_processes`` and ``process_id``
-      given, connects explicitly (e.g. several processes on one machine, or a custom launcher).
+      given (as arguments, or as ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+      ``JAX_PROCESS_ID`` in the environment), connects explicitly (e.g. several processes on one machine, or a custom launcher).
     - With none given, defers to JAX's auto-detection when a cluster launcher is present (SLURM,
       Open MPI, Cloud TPU pod slices, GKE, or ``JAX_COORDINATOR_ADDRESS`` in the environment).
     - Otherwise (a plain single process), or with ``num_processes=1``, or when already initialized,
@@ -54,6 +55,11 @@ def initialize_distributed(
 
     Must be called before any JAX computation (device lists are fixed at first use).
     """
+    # JAX itself reads only JAX_COORDINATOR_ADDRESS; a hand launch also needs the count and the rank
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
     if jax.distributed.is_initialized() or num_processes == 1:
         return False
     given = (coordinator_address, num_processes, process_id)
