@@ -15,6 +15,7 @@ from eqxllm.errors import (
     EqxllmError,
     InputError,
 )
+from eqxllm.generation import generate
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "EqxllmError",
     "InputError",
     "from_pretrained",
+    "generate",
     "load_config",
     "models",
     "nn",

@@ -1,0 +1,15 @@
+"""Generating text: greedy decoding and sampling (temperature, top-k, top-p) over a KV cache.
+
+>>> tokens = eqxllm.generate(model, prompt_ids, max_new_tokens=64)                       # greedy
+>>> tokens = eqxllm.generate(model, prompt_ids, max_new_tokens=64, temperature=0.8,
+...                          top_k=50, top_p=0.95, key=jax.random.key(0))                 # sampled
+>>> for chunk in eqxllm.generation.stream(model, prompt_ids, max_new_tokens=64): ...      # as it comes
+
+``sampling`` chooses one token from logits, ``prompts`` checks and left-pads the input, ``loop``
+holds the compiled prefill + ``lax.while_loop`` shared by every family.
+"""
+
+from eqxllm.generation.api import generate, sequence_lengths, stream
+from eqxllm.generation.sampling import Sampler, make_sampler, nucleus_mask
+
+__all__ = ["Sampler", "generate", "make_sampler", "nucleus_mask", "sequence_lengths", "stream"]

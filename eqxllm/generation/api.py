@@ -1,0 +1,139 @@
+"""``generate`` (the whole run in one compiled call) and ``stream`` (the same tokens, chunk by chunk)."""
+
+from collections.abc import Iterator, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Int, PRNGKeyArray
+
+from eqxllm.errors import InputError
+from eqxllm.generation import loop
+from eqxllm.generation.prompts import Prompt, check_context, check_ids, left_pad
+from eqxllm.generation.sampling import make_sampler
+
+
+def generate(
+    model: eqx.Module,
+    prompt: Prompt,
+    *,
+    max_new_tokens: int,
+    temperature: float | int = 1.0,
+    top_k: int | None = None,
+    top_p: float | int | None = None,
+    key: PRNGKeyArray | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    stop_token_ids: Sequence[int] = (),
+    pad_token_id: int | None = None,
+    return_lengths: bool = False,
+) -> Int[Array, "*batch new"] | tuple[Int[Array, "*batch new"], Int[Array, "*batch"]]:
+    """Continue ``prompt`` by up to ``max_new_tokens`` tokens; returns only the new tokens.
+
+    Args:
+        model: any eqxllm language model (decoder-only or encoder-decoder).
+        prompt: token ids: ``[seq]`` (one prompt; the result is ``[new]``), ``[batch, seq]``, or a list of
+            1-D arrays / lists of different lengths (left-padded internally; the result is ``[batch, new]``).
+            For an encoder-decoder model the prompt is the encoder input.
+        max_new_tokens: how many tokens to produce; prompt + new tokens must fit in the context.
+        temperature, top_k, top_p: sampling options (applied in that order); ``temperature=0`` is greedy.
+        key: the random key; without one decoding is greedy (and sampling options are an error).
+            The same key gives the same tokens.
+        eos_token_id: stop ids; ``None`` takes the model config's, ``()`` never stops early.
+        stop_token_ids: more ids that end a sequence.
+        pad_token_id: fills a sequence's slots after its stop token; default: the first EOS id, else 0.
+        return_lengths: also return each sequence's length (up to and including its stop token).
+
+    Raises :class:`InputError` for an empty prompt, a prompt or ``max_new_tokens`` beyond the
+    context, ids outside the vocabulary, and out-of-range sampling options.
+    """
+    decoder, ids, mask, single = _prepare(
+        model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id
+    )
+    tokens = loop.generate_tokens(decoder, ids, mask, key, max_new_tokens)
+    lengths = sequence_lengths(tokens, decoder.stop_ids)
+    if single:
+        tokens, lengths = tokens[0], lengths[0]
+    return (tokens, lengths) if return_lengths else tokens
+
+
+def stream(
+    model: eqx.Module,
+    prompt: Prompt,
+    *,
+    max_new_tokens: int,
+    chunk_size: int = 16,
+    temperature: float | int = 1.0,
+    top_k: int | None = None,
+    top_p: float | int | None = None,
+    key: PRNGKeyArray | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    stop_token_ids: Sequence[int] = (),
+    pad_token_id: int | None = None,
+) -> Iterator[Int[Array, "*batch chunk"]]:
+    """The tokens of :func:`generate` (the same ones, for the same arguments), yielded as they come:
+    first the first token alone (right after the prefill), then chunks of up to ``chunk_size``.
+
+    Each chunk is one compiled call of the same loop, the cache donated from one to the next; the
+    iteration ends when every sequence has stopped or ``max_new_tokens`` are out.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InputError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    decoder, ids, mask, single = _prepare(
+        model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id
+    )
+    state, first = loop.start(decoder, ids, mask, key, max_new_tokens)
+    yield first[0, None] if single else first[:, None]
+    produced = 1
+    while produced < max_new_tokens and not bool(jnp.all(state.finished)):
+        state, chunk = loop.advance(decoder, state, chunk_size)
+        chunk = chunk[:, : max_new_tokens - produced]
+        produced += chunk.shape[1]
+        yield chunk[0] if single else chunk
+
+
+def sequence_lengths(
+    tokens: Int[Array, "*batch new"], stop_ids: Int[Array, " stops"] | Sequence[int]
+) -> Int[Array, "*batch"]:
+    """How many of ``tokens`` each sequence really produced: up to and including its first stop id,
+    or all of them when it never stopped (padding comes only after a stop id)."""
+    stop_ids = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
+    is_stop = jnp.any(tokens[..., None] == stop_ids, axis=-1)
+    new = tokens.shape[-1]
+    return jnp.where(jnp.any(is_stop, axis=-1), jnp.argmax(is_stop, axis=-1) + 1, new).astype(jnp.int32)
+
+
+def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id):
+    """Check every argument and build the loop's inputs: ``(decoder, ids, mask, single)``."""
+    config = model.config
+    stops = _stop_ids(config.eos_token_id if eos_token_id is None else eos_token_id) + _stop_ids(stop_token_ids)
+    if pad_token_id is None:
+        pad_token_id = stops[0] if stops else 0
+    ids, mask, single = left_pad(prompt, pad_id=0)
+    check_context(ids.shape[1], max_new_tokens, config.max_positions, encoder_decoder=config.is_encoder_decoder)
+    check_ids(ids, mask, config.vocab_size)
+    sampler = make_sampler(
+        temperature=temperature, top_k=top_k, top_p=top_p, has_key=key is not None, vocab_size=config.vocab_size
+    )
+    decoder = loop.Decoder(
+        model=model,
+        sampler=sampler,
+        stop_ids=jnp.asarray(stops, jnp.int32).reshape(-1),
+        pad_id=jnp.asarray(pad_token_id, jnp.int32),
+        cache_dtype=_float_dtype(model),
+    )
+    return decoder, jnp.asarray(ids), jnp.asarray(mask), single
+
+
+def _stop_ids(ids: int | Sequence[int] | None) -> tuple[int, ...]:
+    if ids is None:
+        return ()
+    if isinstance(ids, int | np.integer):
+        return (int(ids),)
+    return tuple(int(i) for i in ids)
+
+
+def _float_dtype(model: eqx.Module):
+    """The dtype of the model's floating weights: the cache holds keys and values in it."""
+    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    return leaves[0].dtype if leaves else jnp.float32

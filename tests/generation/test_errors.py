@@ -1,0 +1,70 @@
+"""Bad input raises InputError with a message that says what was expected and what was found."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqxllm
+from eqxllm.errors import InputError
+from eqxllm.generation import stream
+from eqxllm.generation.prompts import check_context
+
+from ._helpers import tiny_gpt2
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_gpt2()  # n_positions=64, vocab_size=211
+
+
+@pytest.mark.parametrize(
+    ("prompt", "kwargs", "match"),
+    [
+        (jnp.zeros((0,), jnp.int32), {}, r"empty prompt \(0 tokens\)"),
+        (jnp.zeros((2, 0), jnp.int32), {}, r"empty prompt \(0 tokens\)"),
+        ([[1, 2], []], {}, r"prompt 1 of the batch is empty"),
+        ([], {}, "batch of 0 prompts"),
+        ([1, 2, 3], {}, "items are ints"),
+        (jnp.zeros((1, 2, 3), jnp.int32), {}, r"1-D \[seq\] or 2-D \[batch, seq\], got shape \(1, 2, 3\)"),
+        (jnp.zeros((65,), jnp.int32), {"max_new_tokens": 1}, r"prompt has 65 tokens, longer than .*max_positions=64"),
+        (jnp.zeros((60,), jnp.int32), {"max_new_tokens": 5}, r"60 tokens\) \+ max_new_tokens=5 = 65 .* at most 4 new"),
+        ([[1] * 10, [1] * 59], {"max_new_tokens": 6}, r"59 tokens\) \+ max_new_tokens=6"),
+        (jnp.ones((3,), jnp.int32), {"max_new_tokens": 0}, r"max_new_tokens must be an integer >= 1, got 0"),
+        (jnp.asarray([1, 211, 2]), {}, r"prompt 0 holds token id 211 at index 1, outside the vocabulary \[0, 211\)"),
+        ([[5], [3, -1]], {}, r"prompt 1 holds token id -1 at index 1"),
+        (jnp.ones((3,), jnp.int32), {"top_p": 0.0, "key": KEY}, r"top_p must be in \(0, 1\].*got 0.0"),
+        (jnp.ones((3,), jnp.int32), {"top_p": 1.5, "key": KEY}, r"top_p must be in \(0, 1\].*got 1.5"),
+        (jnp.ones((3,), jnp.int32), {"top_k": 0, "key": KEY}, r"top_k must be an integer >= 1.*got 0"),
+        (jnp.ones((3,), jnp.int32), {"temperature": -0.5, "key": KEY}, r"temperature must be >= 0.*got -0.5"),
+        (jnp.ones((3,), jnp.int32), {"temperature": float("nan"), "key": KEY}, r"finite number >= 0, got nan"),
+        (jnp.ones((3,), jnp.int32), {"top_k": 5}, r"sampling options \{'top_k': 5\} need a random key"),
+        (jnp.ones((3,), jnp.int32), {"temperature": 0.7}, r"sampling options \{'temperature': 0.7\} need a random key"),
+    ],
+)
+def test_bad_input_raises_input_error(model, prompt, kwargs, match):
+    kwargs = {"max_new_tokens": 4, **kwargs}
+    with pytest.raises(InputError, match=match):
+        eqxllm.generate(model, prompt, **kwargs)
+    with pytest.raises(InputError, match=match):  # streaming checks the same before compiling anything
+        next(iter(stream(model, prompt, **kwargs)))
+
+
+def test_numpy_prompts_and_the_whole_context_are_accepted(model):
+    out = eqxllm.generate(model, np.arange(60, dtype=np.int64) % 211, max_new_tokens=4)
+    assert out.shape == (4,)
+
+
+def test_stream_rejects_a_bad_chunk_size(model):
+    with pytest.raises(InputError, match="chunk_size must be an integer >= 1, got 0"):
+        next(iter(stream(model, jnp.ones((3,), jnp.int32), max_new_tokens=4, chunk_size=0)))
+
+
+def test_a_model_without_a_fixed_context_bounds_nothing():
+    check_context(5000, 3000, None, encoder_decoder=True)  # T5: relative positions, max_positions=None
+    with pytest.raises(InputError, match="max_new_tokens must be an integer >= 1"):
+        check_context(5, 0, None, encoder_decoder=True)
+    with pytest.raises(InputError, match="exceeds the decoder's context"):
+        check_context(5, 30, 24, encoder_decoder=True)
