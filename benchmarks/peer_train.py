@@ -95,9 +95,11 @@ def main() -> None:
     cfg = train_preset(args.preset)
     cfg = cfg.replace(data=dataclasses.replace(cfg.data, source=args.data),
                       train=dataclasses.replace(cfg.train, max_minutes=args.minutes), out=str(Path(args.out) / "eqxllm"))
+    load = {"before_eqxllm": os.getloadavg()}
     t0 = time.time()
     export = Path(cfg.out) / "model" if args.skip_eqxllm else train(cfg, progress=False)
     eqx_wall = time.time() - t0
+    load["after_eqxllm"] = os.getloadavg()
     data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False)
     model = eqxllm.from_pretrained(export)
     ours = evaluate_tokens(model, data.validation, num_bytes=data.validation_bytes, seq_len=cfg.train.seq_len,
@@ -105,7 +107,9 @@ def main() -> None:
     rows = [json.loads(x) for x in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     steps = max(r["step"] for r in rows if r["kind"] == "train")
     peer = torch_run(cfg, data, args.minutes)
+    load["after_transformers"] = os.getloadavg()
     print(json.dumps({
+        "load_average_1_5_15": load,
         "minutes": args.minutes, "preset": args.preset, "validation_tokens": int(len(data.validation)),
         "eqxllm": {"steps": steps, "wall_s": round(eqx_wall, 1), "val_loss": ours.loss,
                    "val_bits_per_byte": ours.bits_per_byte},

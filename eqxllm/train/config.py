@@ -16,10 +16,11 @@ from eqxllm.errors import ConfigError
 from eqxllm.models.gemma_config import GemmaConfig
 from eqxllm.models.gpt2 import GPT2Config
 from eqxllm.models.t5_config import T5Config
+from eqxllm.models.t5_vae_config import T5VAEConfig
 from eqxllm.train.optim import OptimConfig
 
 # Every family's config; `eqxllm train` exposes the fields of the preset's family as flags.
-ModelConfig = GPT2Config | GemmaConfig | T5Config
+ModelConfig = GPT2Config | GemmaConfig | T5Config | T5VAEConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,8 +128,9 @@ class TrainConfig:
 
 def _gpt2_tinystories() -> TrainConfig:
     # Sized so that ~10 minutes on a 2-core CPU trains it meaningfully (about two passes over the
-    # 2 MiB slice): 4 layers of width 256, a 4096-token BPE trained on the stories.
-    steps = 600
+    # 2 MiB slice): 4 layers of width 256, a 4096-token BPE trained on the stories. The schedule
+    # spans 400 steps of 4096 tokens (~1.5 s each here); the 10-minute budget stops it if slower.
+    steps = 400
     return TrainConfig(
         model=GPT2Config(
             vocab_size=4096,
@@ -237,11 +239,58 @@ def _gemma_tinystories() -> TrainConfig:
     )
 
 
+def _t5_vae_tinystories() -> TrainConfig:
+    # Autoencode TinyStories sentences of < 32 tokens (see docs/t5_vae.md for the choices and the run).
+    steps = 1500
+    return TrainConfig(
+        model=T5VAEConfig.tinystories(),
+        task="vae",
+        data=DataConfig(vocab_size=2048, val_fraction=0.02),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=50, total_steps=steps, weight_decay=0.01, b2=0.99),
+        train=LoopConfig(seq_len=32, batch_size=64, max_steps=steps, max_minutes=15.0, eval_every=250,
+                         eval_batches=8, checkpoint_every=500),
+        out="runs/t5-vae-tinystories",
+    )
+
+
+def _t5_vae_test() -> TrainConfig:
+    # Seconds on a CPU: for tests and smoke runs.
+    steps = 8
+    return TrainConfig(
+        model=T5VAEConfig.tiny(),
+        task="vae",
+        data=DataConfig(vocab_size=300, val_fraction=0.1),
+        optim=OptimConfig(learning_rate=1e-2, warmup_steps=2, total_steps=steps),
+        train=LoopConfig(seq_len=16, batch_size=8, max_steps=steps, eval_every=4, eval_batches=2, log_every=2,
+                         checkpoint_every=4, num_samples=1),
+        out="runs/t5-vae-test",
+    )
+
+
+def _t5_tinystories() -> TrainConfig:
+    # T5 v1.1 style (gated GELU, untied head, RMSNorm, relative positions) at TinyStories scale:
+    # the first half of a story in, its second half out. About ten minutes on a 2-core CPU.
+    steps = 400
+    return TrainConfig(
+        model=T5Config(vocab_size=4096, d_model=256, d_kv=64, d_ff=640, num_layers=3, num_decoder_layers=3,
+                       num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0),
+        task="seq2seq",
+        data=DataConfig(vocab_size=4096),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
+        train=LoopConfig(seq_len=96, batch_size=32, max_steps=steps, max_minutes=10.0, eval_every=100,
+                         checkpoint_every=200, sample_tokens=64),
+        out="runs/t5-tinystories",
+    )
+
+
 TRAIN_PRESETS = {
+    "t5-tinystories": _t5_tinystories,
     "gemma-tinystories": _gemma_tinystories,
     "gpt2-tinystories": _gpt2_tinystories,
     "gpt2-tinystories-gpu": _gpt2_tinystories_gpu,
     "gpt2-tinystories-test": _gpt2_tinystories_test,
+    "t5-vae-test": _t5_vae_test,
+    "t5-vae-tinystories": _t5_vae_tinystories,
 }
 
 
