@@ -37,13 +37,14 @@ def load_config(src: str | os.PathLike, *, revision: str | None = None):
     return family_for_model_type(hf.get("model_type"), str(directory / "config.json")).config_from_hf(hf)
 
 
-def from_pretrained(src: str | os.PathLike, *, dtype: Any = jnp.float32, revision: str | None = None) -> eqx.Module:
+def from_pretrained(src: str | os.PathLike, *, dtype: Any = jnp.float32, revision: str | None = None) -> Any:
     """Load a model from a Hub repo id or a local directory in Hugging Face layout.
 
     The family comes from ``config.json``'s ``model_type``; weights from ``model.safetensors`` or a
     sharded ``model.safetensors.index.json`` (pickled ``.bin`` files are never read). Floating
     weights are cast to ``dtype`` (``None`` keeps the stored dtype, e.g. bfloat16). The model is built abstractly first (``eqx.filter_eval_shape``),
-    so weights are allocated once.
+    so weights are allocated once. Returns the family's model (``GPT2``, ``T5``, ``T5VAE``,
+    ``Gemma``), typed ``Any`` because the family is only known from the file.
     """
     directory = resolve_pretrained(src, revision=revision)
     hf = read_config_json(directory)

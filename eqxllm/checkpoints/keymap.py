@@ -8,6 +8,7 @@ checks its dtype and shape against the skeleton (naming the key), and places all
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -22,7 +23,8 @@ from eqxllm.errors import (
     UnexpectedKeyError,
 )
 
-Where = Callable[[eqx.Module], jax.Array]
+# an accessor from a model to one of its leaves, e.g. ``lambda m: m.wte.weight``
+Where = Callable[[Any], Any]
 
 
 def _identity_in(x: np.ndarray) -> tuple[np.ndarray, ...]:
