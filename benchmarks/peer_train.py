@@ -17,8 +17,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 import eqxllm
 from eqxllm.data import batch_at
 from eqxllm.train.config import train_preset
@@ -35,16 +33,29 @@ def torch_run(cfg, data, minutes: float) -> dict:
     torch.manual_seed(cfg.train.seed)
     m, o, t = cfg.model, cfg.optim, cfg.train
     hf_cfg = transformers.GPT2Config(
-        vocab_size=data.tokenizer.get_vocab_size(), n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer,
-        n_head=m.n_head, n_inner=m.n_inner, activation_function=m.activation_function, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=m.layer_norm_epsilon, bos_token_id=data.eot,
+        vocab_size=data.tokenizer.get_vocab_size(),
+        n_positions=m.n_positions,
+        n_embd=m.n_embd,
+        n_layer=m.n_layer,
+        n_head=m.n_head,
+        n_inner=m.n_inner,
+        activation_function=m.activation_function,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=m.layer_norm_epsilon,
+        bos_token_id=data.eot,
         eos_token_id=data.eot,
     )
     model = transformers.GPT2LMHeadModel(hf_cfg).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "wte" not in n and "wpe" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "wte" not in n and "wpe" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.learning_rate,
+        betas=(o.b1, o.b2),
+        eps=o.eps,
+    )
 
     def lr_at(step: int) -> float:  # warmup then cosine to min_lr_ratio, as optax.warmup_cosine_decay_schedule
         if step < o.warmup_steps:
@@ -57,7 +68,9 @@ def torch_run(cfg, data, minutes: float) -> dict:
     while step < t.max_steps and time.time() - t0 < 60 * minutes:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        batch = torch.from_numpy(batch_at(data.train, step, batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed)).long()
+        batch = torch.from_numpy(
+            batch_at(data.train, step, batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed)
+        ).long()
         logits = model(batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -79,8 +92,13 @@ def torch_run(cfg, data, minutes: float) -> dict:
             valid = mk[:, 1:] & mk[:, :-1]
             total += float(nll[valid].sum())
             count += float(valid.sum())
-    return {"steps": step, "train_s": round(train_s, 1), "tokens_per_s": round(step * t.batch_size * t.seq_len / train_s, 1),
-            "val_loss": total / count, "val_bits_per_byte": total / math.log(2) / data.validation_bytes}
+    return {
+        "steps": step,
+        "train_s": round(train_s, 1),
+        "tokens_per_s": round(step * t.batch_size * t.seq_len / train_s, 1),
+        "val_loss": total / count,
+        "val_bits_per_byte": total / math.log(2) / data.validation_bytes,
+    }
 
 
 def main() -> None:
@@ -93,8 +111,11 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = train_preset(args.preset)
-    cfg = cfg.replace(data=dataclasses.replace(cfg.data, source=args.data),
-                      train=dataclasses.replace(cfg.train, max_minutes=args.minutes), out=str(Path(args.out) / "eqxllm"))
+    cfg = cfg.replace(
+        data=dataclasses.replace(cfg.data, source=args.data),
+        train=dataclasses.replace(cfg.train, max_minutes=args.minutes),
+        out=str(Path(args.out) / "eqxllm"),
+    )
     load = {"before_eqxllm": os.getloadavg()}
     t0 = time.time()
     export = Path(cfg.out) / "model" if args.skip_eqxllm else train(cfg, progress=False)
@@ -102,19 +123,34 @@ def main() -> None:
     load["after_eqxllm"] = os.getloadavg()
     data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False)
     model = eqxllm.from_pretrained(export)
-    ours = evaluate_tokens(model, data.validation, num_bytes=data.validation_bytes, seq_len=cfg.train.seq_len,
-                           batch_size=cfg.train.batch_size)
+    ours = evaluate_tokens(
+        model,
+        data.validation,
+        num_bytes=data.validation_bytes,
+        seq_len=cfg.train.seq_len,
+        batch_size=cfg.train.batch_size,
+    )
     rows = [json.loads(x) for x in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     steps = max(r["step"] for r in rows if r["kind"] == "train")
     peer = torch_run(cfg, data, args.minutes)
     load["after_transformers"] = os.getloadavg()
-    print(json.dumps({
-        "load_average_1_5_15": load,
-        "minutes": args.minutes, "preset": args.preset, "validation_tokens": int(len(data.validation)),
-        "eqxllm": {"steps": steps, "wall_s": round(eqx_wall, 1), "val_loss": ours.loss,
-                   "val_bits_per_byte": ours.bits_per_byte},
-        "transformers": peer,
-    }))
+    print(
+        json.dumps(
+            {
+                "load_average_1_5_15": load,
+                "minutes": args.minutes,
+                "preset": args.preset,
+                "validation_tokens": int(len(data.validation)),
+                "eqxllm": {
+                    "steps": steps,
+                    "wall_s": round(eqx_wall, 1),
+                    "val_loss": ours.loss,
+                    "val_bits_per_byte": ours.bits_per_byte,
+                },
+                "transformers": peer,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def main() -> None:
         "compile_s": round(compile_s, 2),
         "peak_memory_mb": round(peak_mem / 2**20, 1),
         "model_tflops_per_s": round(fpt * tokens / step_s / 1e12, 4),
-        "mfu": None if args.peak_tflops is None
+        "mfu": None
+        if args.peak_tflops is None
         else round(fpt * tokens / step_s / (args.peak_tflops * 1e12 * jax.device_count()), 4),
     }
     print(json.dumps(out))

@@ -37,8 +37,14 @@ def main() -> None:
     model = eqxllm.from_pretrained(model_dir)
     tokenizer = load_tokenizer(model_dir)
     prompt = "Once upon a time"
-    new = eqxllm.generate(model, jnp.asarray(tokenizer.encode(prompt).ids), max_new_tokens=120,
-                          temperature=0.8, top_k=50, key=jax.random.key(0))
+    new = eqxllm.generate(
+        model,
+        jnp.asarray(tokenizer.encode(prompt).ids),
+        max_new_tokens=120,
+        temperature=0.8,
+        top_k=50,
+        key=jax.random.key(0),
+    )
     print(f"\n{prompt}{tokenizer.decode(new.tolist())}")
 
 

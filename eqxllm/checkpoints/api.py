@@ -43,7 +43,7 @@ def from_pretrained(src: str | os.PathLike, *, dtype: Any = jnp.float32, revisio
     The family comes from ``config.json``'s ``model_type``; weights from ``model.safetensors`` or a
     sharded ``model.safetensors.index.json`` (pickled ``.bin`` files are never read). Floating
     weights are cast to ``dtype`` (``None`` keeps the stored dtype, e.g. bfloat16). The model is built abstractly first (``eqx.filter_eval_shape``),
-    so weights are allocated once. Returns the family's model (``GPT2``, ``T5``, ``T5VAE``,
+    so weights are allocated once. Returns the family's model (``GPT2``, ``T5``,
     ``Gemma``), typed ``Any`` because the family is only known from the file.
     """
     directory = resolve_pretrained(src, revision=revision)

@@ -57,14 +57,10 @@ def _weight_map(index: Path) -> dict[str, Path]:
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise ShardIndexError(
-            f"{index}: not valid JSON ({e}); expected {{'weight_map': {{name: file}}}}"
-        ) from e
+        raise ShardIndexError(f"{index}: not valid JSON ({e}); expected {{'weight_map': {{name: file}}}}") from e
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
-        raise ShardIndexError(
-            f"{index}: expected a non-empty 'weight_map' object of tensor name -> shard file"
-        )
+        raise ShardIndexError(f"{index}: expected a non-empty 'weight_map' object of tensor name -> shard file")
     roots, shards = _allowed_roots(index.parent), {}
     for key, name in weight_map.items():
         if name in shards:
@@ -116,8 +112,7 @@ def read_checkpoint(directory: PathLike, *, mmap: bool = False) -> dict[str, Ten
     if missing:
         key = missing[0]
         raise MissingKeyError(
-            f"{index} lists {len(missing)} tensors absent from their shards, e.g. {key!r} "
-            f"in {weight_map[key].name}"
+            f"{index} lists {len(missing)} tensors absent from their shards, e.g. {key!r} in {weight_map[key].name}"
         )
     return out
 
@@ -135,9 +130,7 @@ def parse_size(size: int | str) -> int:
     else:
         value = -1 if isinstance(size, bool) else size
     if value <= 0:
-        raise CheckpointError(
-            f"max_shard_size={size!r}: expected a positive number of bytes or a size like '5GB'"
-        )
+        raise CheckpointError(f"max_shard_size={size!r}: expected a positive number of bytes or a size like '5GB'")
     return value
 
 

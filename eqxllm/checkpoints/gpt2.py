@@ -92,18 +92,40 @@ def key_map(cfg: GPT2Config) -> KeyMap:
             to_model=_split3,
             to_hf=_join3,
         ),
-        param("transformer.h.{i}.attn.c_proj.weight", lambda m: blk(m).attn.o_proj.weight, num_layers=n,
-              to_model=transpose, to_hf=transpose_back),
+        param(
+            "transformer.h.{i}.attn.c_proj.weight",
+            lambda m: blk(m).attn.o_proj.weight,
+            num_layers=n,
+            to_model=transpose,
+            to_hf=transpose_back,
+        ),
         param("transformer.h.{i}.ln_1.weight", lambda m: blk(m).ln_1.weight, num_layers=n),
         param("transformer.h.{i}.ln_2.weight", lambda m: blk(m).ln_2.weight, num_layers=n),
-        param("transformer.h.{i}.mlp.c_fc.weight", lambda m: blk(m).mlp.up.weight, num_layers=n,
-              to_model=transpose, to_hf=transpose_back),
-        param("transformer.h.{i}.mlp.c_proj.weight", lambda m: blk(m).mlp.down.weight, num_layers=n,
-              to_model=transpose, to_hf=transpose_back),
+        param(
+            "transformer.h.{i}.mlp.c_fc.weight",
+            lambda m: blk(m).mlp.up.weight,
+            num_layers=n,
+            to_model=transpose,
+            to_hf=transpose_back,
+        ),
+        param(
+            "transformer.h.{i}.mlp.c_proj.weight",
+            lambda m: blk(m).mlp.down.weight,
+            num_layers=n,
+            to_model=transpose,
+            to_hf=transpose_back,
+        ),
     ]
     if cfg.mlp == "swiglu":
-        p.append(param("transformer.h.{i}.mlp.c_gate.weight", lambda m: blk(m).mlp.gate.weight, num_layers=n,
-                       to_model=transpose, to_hf=transpose_back))
+        p.append(
+            param(
+                "transformer.h.{i}.mlp.c_gate.weight",
+                lambda m: blk(m).mlp.gate.weight,
+                num_layers=n,
+                to_model=transpose,
+                to_hf=transpose_back,
+            )
+        )
     if cfg.use_bias:
         p += [
             param("transformer.ln_f.bias", lambda m: m.ln_f.bias),

@@ -128,9 +128,7 @@ def resolve_pretrained(
         return _local_dir(path, why)
     cache = os.fspath(cache_dir) if cache_dir is not None else None
     try:
-        folder = snapshot_download(
-            text, revision=revision, allow_patterns=list(allow_patterns), cache_dir=cache
-        )
+        folder = snapshot_download(text, revision=revision, allow_patterns=list(allow_patterns), cache_dir=cache)
     except _HUB_ERRORS as err:
         raise _hub_error(text, revision, cache or constants.HF_HUB_CACHE, err) from err
     folder = Path(folder)

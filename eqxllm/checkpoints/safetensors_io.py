@@ -88,9 +88,7 @@ def _is_int(x: object) -> bool:
 def _entry(path: Path, name: str, info: object) -> _Entry:
     """Check one header entry: known dtype, non-negative shape, offsets spanning exactly its bytes."""
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-        raise _error(
-            path, f"header entry {name!r} is {info!r}; expected {{'dtype', 'shape', 'data_offsets'}}"
-        )
+        raise _error(path, f"header entry {name!r} is {info!r}; expected {{'dtype', 'shape', 'data_offsets'}}")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if dtype not in SAFE_DTYPES:
         raise _error(path, f"tensor {name!r} has dtype {dtype!r}; eqxllm reads {', '.join(SAFE_DTYPES)}")
@@ -118,9 +116,7 @@ def _layout(path: PathLike) -> _Layout:
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise _error(
-                path, f"file is {size} bytes, shorter than the 8-byte header length; not a safetensors file"
-            )
+            raise _error(path, f"file is {size} bytes, shorter than the 8-byte header length; not a safetensors file")
         n = int.from_bytes(prefix, "little")
         if n > size - 8 or n > _MAX_HEADER:
             raise _error(
@@ -134,9 +130,7 @@ def _layout(path: PathLike) -> _Layout:
     except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise _error(path, f"header is not valid JSON ({e}); not a safetensors file{_sniff(prefix)}") from e
     if not isinstance(header, dict):
-        raise _error(
-            path, f"header is a JSON {type(header).__name__}, expected an object; not a safetensors file"
-        )
+        raise _error(path, f"header is a JSON {type(header).__name__}, expected an object; not a safetensors file")
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise _error(path, f"__metadata__ is {metadata!r}; expected an object of strings")
@@ -146,17 +140,13 @@ def _layout(path: PathLike) -> _Layout:
     for e in sorted(entries, key=lambda e: (e.begin, e.end)):
         if e.begin != pos:
             kind = f"overlaps tensor {prev!r}" if e.begin < pos else f"leaves bytes [{pos}, {e.begin}) unused"
-            raise _error(
-                path, f"tensor {e.name!r} at data_offsets [{e.begin}, {e.end}] {kind}; corrupted header"
-            )
+            raise _error(path, f"tensor {e.name!r} at data_offsets [{e.begin}, {e.end}] {kind}; corrupted header")
         pos, prev = e.end, e.name
     found = size - 8 - n
     if pos > found:
         raise _error(path, f"truncated: expected {pos} bytes of data after the header, found {found}")
     if pos < found:
-        raise _error(
-            path, f"{found - pos} bytes follow the last tensor's data; the header does not cover them"
-        )
+        raise _error(path, f"{found - pos} bytes follow the last tensor's data; the header does not cover them")
     return _Layout(entries, metadata, 8 + n)
 
 
@@ -176,9 +166,9 @@ def read_safetensors(path: PathLike, *, mmap: bool = False) -> dict[str, Tensor]
     if mmap:
         data = np.memmap(path, dtype=np.uint8, mode="r")
         return {
-            e.name: np.asarray(
-                data[layout.data_start + e.begin : layout.data_start + e.end].view(e.dtype)
-            ).reshape(e.shape)
+            e.name: np.asarray(data[layout.data_start + e.begin : layout.data_start + e.end].view(e.dtype)).reshape(
+                e.shape
+            )
             for e in layout.entries
         }
     out = {}
@@ -188,9 +178,7 @@ def read_safetensors(path: PathLike, *, mmap: bool = False) -> dict[str, Tensor]
             f.seek(layout.data_start + e.begin)
             got = f.readinto(array.reshape(-1).view(np.uint8).data)
             if got != e.end - e.begin:  # the file shrank after the header was checked
-                raise _error(
-                    path, f"truncated while reading tensor {e.name!r}: got {got} of {e.end - e.begin} bytes"
-                )
+                raise _error(path, f"truncated while reading tensor {e.name!r}: got {got} of {e.end - e.begin} bytes")
             out[e.name] = array
     return out
 
@@ -217,5 +205,3 @@ def write_file(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str])
             f.write(tensors[key].reshape(-1).view(np.uint8).data)
         f.flush()
         os.fsync(f.fileno())
-
-

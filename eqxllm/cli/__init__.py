@@ -17,7 +17,6 @@ SUBCOMMANDS = {
     "generate": "eqxllm.cli.generate",
     "eval": "eqxllm.cli.eval",
     "plot": "eqxllm.cli.plot",
-    "vae": "eqxllm.cli.vae",
 }
 
 

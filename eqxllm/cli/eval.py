@@ -9,8 +9,12 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on a text file", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on a text file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model directory or Hub id (with its tokenizer)")
     p.add_argument("--data", required=True, help="UTF-8 text file")
     p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")

@@ -21,7 +21,10 @@ SHORT_FLAGS = {
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a model (presets: gpt2-tinystories, ...)", description=__doc__, add_help=False,
+        "train",
+        help="train a model (presets: gpt2-tinystories, ...)",
+        description=__doc__,
+        add_help=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-h", "--help", action="store_true", help="show every configuration flag")
@@ -57,7 +60,10 @@ def parse(argv: list[str]):
     known, rest = pre.parse_known_args(argv)
     default = load_config_file(known.config_file) if known.config_file else train_preset(known.config)
     return tyro.cli(
-        TrainConfig, args=_expand(rest), default=default, prog="eqxllm train",
+        TrainConfig,
+        args=_expand(rest),
+        default=default,
+        prog="eqxllm train",
         config=(tyro.conf.AvoidSubcommands,),
         description=f"{__doc__}\nPresets (--config): {', '.join(sorted(TRAIN_PRESETS))}; or --config-file FILE.",
     )

@@ -57,9 +57,7 @@ def hub_cache_dir() -> Path:
     return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
-def download(
-    repo_id: str, filename: str, *, repo_type: str | None = None, revision: str | None = None
-) -> Path:
+def download(repo_id: str, filename: str, *, repo_type: str | None = None, revision: str | None = None) -> Path:
     """``hf_hub_download`` one file into the Hub cache and return its local path.
 
     Raises :class:`HubFileMissing` when the repository lacks the file (or, offline, the cache lacks it),
@@ -79,9 +77,7 @@ def download(
             local_files_only=is_offline,
         )
     except GatedRepoError as e:
-        raise DataError(
-            f"the {where} is gated; accept its terms on the Hub and log in (`hf auth login`)"
-        ) from e
+        raise DataError(f"the {where} is gated; accept its terms on the Hub and log in (`hf auth login`)") from e
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise DataError(f"the Hub has no {where} ({type(e).__name__}); check the id and revision") from e
     except EntryNotFoundError as e:

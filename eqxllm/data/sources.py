@@ -41,9 +41,7 @@ class StorySource:
         """The stories in order; streamed file by file unless a hold-out needs them all at once."""
         if self.holdout is None:
             return (story for path in self.files for story in iter_stories(path))
-        train, val = train_val_split(
-            read_all_stories(self.files), self.holdout.val_fraction, self.holdout.seed
-        )
+        train, val = train_val_split(read_all_stories(self.files), self.holdout.val_fraction, self.holdout.seed)
         return iter(val if self.split == "validation" else train)
 
     def stories(self) -> list[str]:
@@ -58,9 +56,7 @@ class StorySource:
                 stat = os.stat(path)
             except OSError as e:
                 raise DataError(f"data file {path} cannot be read: {e.strerror}") from e
-            files.append(
-                {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-            )
+            files.append({"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
         holdout = None if self.holdout is None else [self.holdout.val_fraction, self.holdout.seed]
         return {"files": files, "split": self.split, "holdout": holdout}
 

@@ -80,9 +80,7 @@ def _folder_files(folder: Path, split: Split) -> list[Path]:
     is_val = [bool(_VALIDATION_NAME.search(p.stem)) for p in texts]
     chosen = [p for p, v in zip(texts, is_val, strict=True) if v == (split == "validation")]
     if split == "train" and not chosen:
-        raise DataError(
-            f"folder {folder} holds only validation files ({[p.name for p in texts]}); add a training file"
-        )
+        raise DataError(f"folder {folder} holds only validation files ({[p.name for p in texts]}); add a training file")
     return chosen
 
 
@@ -140,9 +138,7 @@ def _stories(path: Path) -> Iterator[str]:
         return
     if count == 0:
         if not any_text:
-            raise DataError(
-                f"data file {path} is empty (only whitespace); expected stories separated by {EOT!r}"
-            )
+            raise DataError(f"data file {path} is empty (only whitespace); expected stories separated by {EOT!r}")
         why = "only a truncated story after its last separator" if tail else f"only {EOT!r} separators"
         raise DataError(f"data file {path} holds no complete story ({why})")
 
@@ -157,9 +153,7 @@ def read_all_stories(paths: Sequence[Path]) -> list[str]:
     return [story for path in paths for story in iter_stories(path)]
 
 
-def train_val_split(
-    stories: Sequence[str], val_fraction: float, seed: int = 0
-) -> tuple[list[str], list[str]]:
+def train_val_split(stories: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
     """Hold out ``round(val_fraction * len(stories))`` stories (at least one) for validation.
 
     Which stories are held out depends only on ``(len(stories), val_fraction, seed)``; both parts keep the

@@ -82,9 +82,7 @@ def cached_tokens(
                 out.flush()
                 os.fsync(out.fileno())
             if count == 0:
-                raise DataError(
-                    f"the {source.split} split of {[str(p) for p in source.files]} holds no stories"
-                )
+                raise DataError(f"the {source.split} split of {[str(p) for p in source.files]} holds no stories")
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

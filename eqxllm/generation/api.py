@@ -36,7 +36,9 @@ def generate(
             1-D arrays / lists of different lengths (left-padded internally; the result is ``[batch, new]``).
             For an encoder-decoder model the prompt is the encoder input.
         max_new_tokens: how many tokens to produce; prompt + new tokens must fit in the context.
-        temperature, top_k, top_p: sampling options (applied in that order); ``temperature=0`` is greedy.
+        temperature: divides the logits before sampling; ``temperature=0`` is greedy.
+        top_k: sample only among the ``top_k`` most likely tokens (applied after the temperature).
+        top_p: then only among the smallest set whose probability reaches ``top_p`` (nucleus sampling).
         key: the random key; without one decoding is greedy (and sampling options are an error).
             The same key gives the same tokens.
         eos_token_id: stop ids; ``None`` takes the model config's, ``()`` never stops early.

@@ -24,4 +24,3 @@ def activation(name: str) -> Callable[[Array], Array]:
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
-

@@ -21,9 +21,7 @@ class KVCache(eqx.Module):
     index: Int[Array, ""]
 
     @classmethod
-    def empty(
-        cls, *, num_layers: int, max_len: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32
-    ) -> "KVCache":
+    def empty(cls, *, num_layers: int, max_len: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
         shape = (num_layers, max_len, num_kv_heads, head_dim)
         return cls(
             k=jnp.zeros(shape, dtype),

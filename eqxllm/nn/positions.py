@@ -72,9 +72,7 @@ def relative_position_bucket(
     max_exact = n // 2
     is_small = distance < max_exact
     # log-spaced buckets; the max(…, 1) only guards log(0) in the branch that `is_small` discards
-    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(
-        max_distance / max_exact
-    )
+    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
     large = max_exact + (log_ratio * (n - max_exact)).astype(relative_position.dtype)
     large = jnp.minimum(large, n - 1)
     return buckets + jnp.where(is_small, distance, large)
@@ -90,9 +88,7 @@ class RelativePositionBias(eqx.Module):
     bidirectional: bool = eqx.field(static=True)
     max_distance: int = eqx.field(static=True)
 
-    def __init__(
-        self, num_buckets: int, num_heads: int, *, bidirectional: bool, max_distance: int, key: PRNGKeyArray
-    ):
+    def __init__(self, num_buckets: int, num_heads: int, *, bidirectional: bool, max_distance: int, key: PRNGKeyArray):
         if num_buckets < 4 or max_distance <= num_buckets // (4 if bidirectional else 2):
             raise ValueError(
                 f"relative attention needs num_buckets >= 4 and max_distance > the exact range; got "
@@ -102,7 +98,9 @@ class RelativePositionBias(eqx.Module):
         self.bidirectional = bidirectional
         self.max_distance = max_distance
 
-    def __call__(self, q_positions: Int[Array, " seq"], k_positions: Int[Array, " kv_seq"]) -> Float[Array, "heads seq kv_seq"]:
+    def __call__(
+        self, q_positions: Int[Array, " seq"], k_positions: Int[Array, " kv_seq"]
+    ) -> Float[Array, "heads seq kv_seq"]:
         rel = k_positions[None, :] - q_positions[:, None]
         buckets = relative_position_bucket(
             rel, bidirectional=self.bidirectional, num_buckets=self.weight.shape[0], max_distance=self.max_distance

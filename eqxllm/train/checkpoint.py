@@ -28,9 +28,7 @@ class TrainCheckpointer:
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False
-            ),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
         )
 
     def latest_step(self) -> int | None:
@@ -39,9 +37,7 @@ class TrainCheckpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(
-        self, step: int, model: eqx.Module, opt_state: Any, key: jax.Array, extra: dict[str, Any]
-    ) -> None:
+    def save(self, step: int, model: eqx.Module, opt_state: Any, key: jax.Array, extra: dict[str, Any]) -> None:
         arrays = jax.tree.leaves(eqx.filter((model, opt_state), eqx.is_array))
         meta = {"step": step, "key": jax.random.key_data(key).tolist(), **extra}
         self._manager.save(
@@ -64,18 +60,14 @@ class TrainCheckpointer:
         leaves, treedef = jax.tree.flatten(tree)
         sharding_leaves = jax.tree.leaves(shardings) if shardings is not None else [None] * len(leaves)
         abstract = [
-            jax.ShapeDtypeStruct(
-                x.shape, x.dtype, sharding=s if s is not None else getattr(x, "sharding", None)
-            )
+            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s if s is not None else getattr(x, "sharding", None))
             for x, s in zip(leaves, sharding_leaves)
         ]
         where = self.directory / str(step)
         try:
             restored = self._manager.restore(
                 step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                ),
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
             )
         except Exception as e:  # orbax raises many types (ValueError, FileNotFoundError, tensorstore errors)
             raise CheckpointError(

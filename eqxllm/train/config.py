@@ -16,11 +16,10 @@ from eqxllm.errors import ConfigError
 from eqxllm.models.gemma_config import GemmaConfig
 from eqxllm.models.gpt2 import GPT2Config
 from eqxllm.models.t5_config import T5Config
-from eqxllm.models.t5_vae_config import T5VAEConfig
 from eqxllm.train.optim import OptimConfig
 
 # Every family's config; `eqxllm train` exposes the fields of the preset's family as flags.
-ModelConfig = GPT2Config | GemmaConfig | T5Config | T5VAEConfig
+ModelConfig = GPT2Config | GemmaConfig | T5Config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,13 +87,9 @@ class TrainConfig:
             if getattr(t, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
         if t.batch_size % t.accum_steps:
-            raise ConfigError(
-                f"train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}"
-            )
+            raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}")
         if self.model.max_positions is not None and t.seq_len > self.model.max_positions:
-            raise ConfigError(
-                f"train.seq_len={t.seq_len} exceeds the model's context {self.model.max_positions}"
-            )
+            raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's context {self.model.max_positions}")
         if self.optim.total_steps != t.max_steps:
             raise ConfigError(
                 f"optim.total_steps={self.optim.total_steps} must equal train.max_steps={t.max_steps} "
@@ -225,45 +220,30 @@ def _gemma_tinystories() -> TrainConfig:
     steps = 500
     return TrainConfig(
         model=GemmaConfig(
-            generation=3, vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
-            query_pre_attn_scalar=64.0, sliding_window=64, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+            generation=3,
+            vocab_size=4096,
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+            max_position_embeddings=256,
+            query_pre_attn_scalar=64.0,
+            sliding_window=64,
+            rope_theta=1_000_000.0,
+            rope_local_base_freq=10_000.0,
             layer_types=("sliding_attention", "full_attention", "sliding_attention", "full_attention"),
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
         ),
         data=DataConfig(vocab_size=4096),
         optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
-        train=LoopConfig(seq_len=128, batch_size=32, max_steps=steps, max_minutes=10.0, eval_every=100,
-                         checkpoint_every=200),
+        train=LoopConfig(
+            seq_len=128, batch_size=32, max_steps=steps, max_minutes=10.0, eval_every=100, checkpoint_every=200
+        ),
         out="runs/gemma-tinystories",
-    )
-
-
-def _t5_vae_tinystories() -> TrainConfig:
-    # Autoencode TinyStories sentences of < 32 tokens (see docs/t5_vae.md for the choices and the run).
-    steps = 1500
-    return TrainConfig(
-        model=T5VAEConfig.tinystories(),
-        task="vae",
-        data=DataConfig(vocab_size=2048, val_fraction=0.02),
-        optim=OptimConfig(learning_rate=2e-3, warmup_steps=50, total_steps=steps, weight_decay=0.01, b2=0.99),
-        train=LoopConfig(seq_len=32, batch_size=64, max_steps=steps, max_minutes=15.0, eval_every=250,
-                         eval_batches=8, checkpoint_every=500),
-        out="runs/t5-vae-tinystories",
-    )
-
-
-def _t5_vae_test() -> TrainConfig:
-    # Seconds on a CPU: for tests and smoke runs.
-    steps = 8
-    return TrainConfig(
-        model=T5VAEConfig.tiny(),
-        task="vae",
-        data=DataConfig(vocab_size=300, val_fraction=0.1),
-        optim=OptimConfig(learning_rate=1e-2, warmup_steps=2, total_steps=steps),
-        train=LoopConfig(seq_len=16, batch_size=8, max_steps=steps, eval_every=4, eval_batches=2, log_every=2,
-                         checkpoint_every=4, num_samples=1),
-        out="runs/t5-vae-test",
     )
 
 
@@ -272,13 +252,30 @@ def _t5_tinystories() -> TrainConfig:
     # the first half of a story in, its second half out. About ten minutes on a 2-core CPU.
     steps = 400
     return TrainConfig(
-        model=T5Config(vocab_size=4096, d_model=256, d_kv=64, d_ff=640, num_layers=3, num_decoder_layers=3,
-                       num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0),
+        model=T5Config(
+            vocab_size=4096,
+            d_model=256,
+            d_kv=64,
+            d_ff=640,
+            num_layers=3,
+            num_decoder_layers=3,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            dropout_rate=0.0,
+        ),
         task="seq2seq",
         data=DataConfig(vocab_size=4096),
         optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
-        train=LoopConfig(seq_len=96, batch_size=32, max_steps=steps, max_minutes=10.0, eval_every=100,
-                         checkpoint_every=200, sample_tokens=64),
+        train=LoopConfig(
+            seq_len=96,
+            batch_size=32,
+            max_steps=steps,
+            max_minutes=10.0,
+            eval_every=100,
+            checkpoint_every=200,
+            sample_tokens=64,
+        ),
         out="runs/t5-tinystories",
     )
 
@@ -289,8 +286,6 @@ TRAIN_PRESETS = {
     "gpt2-tinystories": _gpt2_tinystories,
     "gpt2-tinystories-gpu": _gpt2_tinystories_gpu,
     "gpt2-tinystories-test": _gpt2_tinystories_test,
-    "t5-vae-test": _t5_vae_test,
-    "t5-vae-tinystories": _t5_vae_tinystories,
 }
 
 

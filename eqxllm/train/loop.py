@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from eqxllm.checkpoints import save_pretrained
 from eqxllm.checkpoints.registry import family_for_config
@@ -26,8 +25,6 @@ from eqxllm.train.metrics import RunLogger
 from eqxllm.train.optim import init_opt_state, make_optimizer
 from eqxllm.train.plot import plot_run
 from eqxllm.train.precision import resolve_dtype
-from eqxllm.train.step import make_train_step
-from eqxllm.train.tasks import make_task
 from eqxllm.train.sharding import (
     batch_sharding,
     check_batch_size,
@@ -37,6 +34,8 @@ from eqxllm.train.sharding import (
     place,
     place_batch,
 )
+from eqxllm.train.step import make_train_step
+from eqxllm.train.tasks import make_task
 
 
 class TrainingDiverged(EqxllmError, FloatingPointError):
@@ -69,9 +68,7 @@ class _StopFlag:
 def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
     has_ckpt = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
     if has_ckpt and not cfg.resume:
-        raise ConfigError(
-            f"{out} already holds a training run; pass --resume to continue it or choose another --out"
-        )
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     if cfg.resume and not has_ckpt:
         raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
     if cfg.resume and (out / "run_config.json").is_file():

@@ -45,11 +45,7 @@ def prepare_data(cfg: DataConfig, run_dir: Path, *, seed: int, progress: bool = 
     train = cached_tokens(sources["train"], tok, cache_dir=cfg.cache_dir, progress=progress)
     val = cached_tokens(sources["validation"], tok, cache_dir=cfg.cache_dir, progress=progress)
     if len(val) < 2:
-        raise DataError(
-            f"the validation split of {cfg.source!r} is too small to evaluate ({len(val)} tokens)"
-        )
+        raise DataError(f"the validation split of {cfg.source!r} is too small to evaluate ({len(val)} tokens)")
     eot = eot_id(tok)
-    val_bytes = sum(
-        len(s.encode("utf-8")) + len("<|endoftext|>") for s in sources["validation"].iter_stories()
-    )
+    val_bytes = sum(len(s.encode("utf-8")) + len("<|endoftext|>") for s in sources["validation"].iter_stories())
     return PreparedData(tokenizer=tok, eot=eot, train=train, validation=val, validation_bytes=val_bytes)

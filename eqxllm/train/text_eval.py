@@ -44,7 +44,5 @@ def evaluate_text_file(
         ids = [eot] + ids[:-1]  # the first document is predicted from a separator, like the others
     tokens = np.asarray(ids, np.int32)
     seq = min(seq_len or model.config.max_positions, model.config.max_positions)
-    res = evaluate_tokens(
-        model, tokens, num_bytes=len(text.encode("utf-8")), seq_len=seq, batch_size=batch_size
-    )
+    res = evaluate_tokens(model, tokens, num_bytes=len(text.encode("utf-8")), seq_len=seq, batch_size=batch_size)
     return res.as_dict()

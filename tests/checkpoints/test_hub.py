@@ -94,9 +94,7 @@ def test_cache_dir_argument(tmp_path, offline_cache):
 def test_environment_selects_the_cache(tmp_path, variable):
     """A fresh interpreter, configured only by the environment, as a user would run it."""
     cache = tmp_path / "env-cache"
-    snapshot = fake_hub_repo(
-        cache if variable == "HF_HUB_CACHE" else cache / "hub", "org/name", {"config.json": b"{}"}
-    )
+    snapshot = fake_hub_repo(cache if variable == "HF_HUB_CACHE" else cache / "hub", "org/name", {"config.json": b"{}"})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env |= {variable: str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     code = "from eqxllm.checkpoints.hub import resolve_pretrained as r; print(r('org/name'))"
@@ -109,9 +107,7 @@ def test_uncached_repo_offline_raises_with_hint(offline_cache):
     with pytest.raises(CheckpointError) as info:
         resolve_pretrained("org/missing-model")
     message = str(info.value)
-    assert (
-        "'org/missing-model'" in message and "HF_HUB_OFFLINE=0" in message and str(offline_cache) in message
-    )
+    assert "'org/missing-model'" in message and "HF_HUB_OFFLINE=0" in message and str(offline_cache) in message
     assert isinstance(info.value.__cause__, LocalEntryNotFoundError)
     fake_hub_repo(offline_cache, "org/name", {"config.json": b"{}"})
     with pytest.raises(CheckpointError, match="revision 'v2'"):
@@ -125,9 +121,7 @@ def test_invalid_repo_id():
 
 
 def test_repo_not_found_on_the_hub(monkeypatch):
-    response = httpx2.Response(
-        404, request=httpx2.Request("GET", "https://huggingface.co/api/models/org/typo")
-    )
+    response = httpx2.Response(404, request=httpx2.Request("GET", "https://huggingface.co/api/models/org/typo"))
 
     def not_found(*args, **kwargs):
         raise RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)

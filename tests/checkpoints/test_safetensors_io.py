@@ -232,9 +232,7 @@ def test_new_save_replaces_old_weights_only(tmp_path, tensors):
     (tmp_path / "config.json").write_text("{}")
     write_checkpoint(tensors, tmp_path, max_shard_size=60)
     write_checkpoint(tensors, tmp_path, max_shard_size=200)  # fewer shards: the extra old ones must go
-    names = sorted(
-        set(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"].values())
-    )
+    names = sorted(set(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"].values()))
     assert sorted(os.listdir(tmp_path)) == sorted([*names, "model.safetensors.index.json", "config.json"])
     write_checkpoint(tensors, tmp_path, max_shard_size=None)
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
@@ -309,9 +307,7 @@ def test_index_and_shards_must_agree(tmp_path):
         with pytest.raises(error, match=message):
             read_checkpoint(tmp_path)
     safetensors.numpy.save_file({"c": np.ones(1)}, tmp_path / "s2.safetensors")
-    _index(
-        tmp_path, {"a": "s1.safetensors", "b": "s1.safetensors", "c": "s2.safetensors", "d": "s2.safetensors"}
-    )
+    _index(tmp_path, {"a": "s1.safetensors", "b": "s1.safetensors", "c": "s2.safetensors", "d": "s2.safetensors"})
     with pytest.raises(MissingKeyError, match="'d' in s2.safetensors"):
         read_checkpoint(tmp_path)
 

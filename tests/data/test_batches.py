@@ -40,9 +40,7 @@ def test_same_seed_and_step_same_batch(tokens):
 
 def test_an_epoch_visits_each_window_at_most_once(tokens):
     steps = num_batches(tokens, 4, SEQ)
-    starts = np.concatenate(
-        [batch_at(tokens, s, batch_size=4, seq_len=SEQ, seed=1)[:, 0] for s in range(steps)]
-    )
+    starts = np.concatenate([batch_at(tokens, s, batch_size=4, seq_len=SEQ, seed=1)[:, 0] for s in range(steps)])
     assert len(np.unique(starts)) == len(starts) == steps * 4
     next_epoch = np.concatenate(
         [batch_at(tokens, steps + s, batch_size=4, seq_len=SEQ, seed=1)[:, 0] for s in range(steps)]
@@ -55,8 +53,7 @@ def test_an_epoch_visits_each_window_at_most_once(tokens):
 def test_process_shares_concatenate_to_the_global_batch(tokens):
     whole = batch_at(tokens, 9, batch_size=8, seq_len=SEQ, seed=2)
     shares = [
-        batch_at(tokens, 9, batch_size=8, seq_len=SEQ, seed=2, process_index=p, process_count=4)
-        for p in range(4)
+        batch_at(tokens, 9, batch_size=8, seq_len=SEQ, seed=2, process_index=p, process_count=4) for p in range(4)
     ]
     assert all(s.shape == (2, SEQ + 1) for s in shares)
     np.testing.assert_array_equal(np.concatenate(shares), whole)

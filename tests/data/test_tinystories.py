@@ -21,9 +21,7 @@ from ._helpers import SAMPLE_STORIES, write_stories
 
 def test_split_strip_and_drop_empty(tmp_path):
     path = tmp_path / "s.txt"
-    path.write_text(
-        "  first story \n<|endoftext|>\n\n<|endoftext|>second\nstory<|endoftext|>\n", encoding="utf-8"
-    )
+    path.write_text("  first story \n<|endoftext|>\n\n<|endoftext|>second\nstory<|endoftext|>\n", encoding="utf-8")
     assert read_stories(path) == ["first story", "second\nstory"]
 
 
@@ -85,9 +83,7 @@ def test_whitespace_only_file(tmp_path):
 
 def test_only_separators(tmp_path):
     (tmp_path / "seps.txt").write_text("<|endoftext|>\n\n<|endoftext|>\n", encoding="utf-8")
-    with pytest.raises(
-        DataError, match=r"seps\.txt holds no complete story \(only '<\|endoftext\|>' separators"
-    ):
+    with pytest.raises(DataError, match=r"seps\.txt holds no complete story \(only '<\|endoftext\|>' separators"):
         read_stories(tmp_path / "seps.txt")
 
 
@@ -182,17 +178,13 @@ def test_hub_dataset_from_cache_offline(tmp_path):
 
 
 def test_hub_v2_file_names(tmp_path):
-    _fake_hub_dataset(
-        Path(os.environ["HF_HOME"]), "someone/TinyStoriesMirror", {HUB_FILES[("v2", "validation")]: "x"}
-    )
+    _fake_hub_dataset(Path(os.environ["HF_HOME"]), "someone/TinyStoriesMirror", {HUB_FILES[("v2", "validation")]: "x"})
     (path,) = resolve_text_files("someone/TinyStoriesMirror", split="validation", version="v2")
     assert path.name == "TinyStoriesV2-GPT4-valid.txt"
 
 
 def test_hub_file_not_cached_offline(tmp_path):
-    with pytest.raises(
-        DataError, match=r"'TinyStories-train\.txt' from the dataset repository .*HF_HUB_OFFLINE"
-    ):
+    with pytest.raises(DataError, match=r"'TinyStories-train\.txt' from the dataset repository .*HF_HUB_OFFLINE"):
         resolve_text_files("hub")
 
 

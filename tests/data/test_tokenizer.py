@@ -118,9 +118,7 @@ def test_hub_tokenizer_json_from_cache(tmp_path):
 
 
 def test_hub_repo_without_tokenizer_files():
-    with pytest.raises(
-        DataError, match=r"'nobody/none' gives neither tokenizer\.json .* nor vocab\.json \+ merges"
-    ):
+    with pytest.raises(DataError, match=r"'nobody/none' gives neither tokenizer\.json .* nor vocab\.json \+ merges"):
         load_tokenizer("nobody/none")
 
 
@@ -147,9 +145,7 @@ def test_malformed_vocab(tmp_path):
 
 
 def test_missing_local_tokenizer_path(tmp_path):
-    with pytest.raises(
-        DataError, match=r"'\./no/such/dir' is neither an existing file or folder nor a Hub model id"
-    ):
+    with pytest.raises(DataError, match=r"'\./no/such/dir' is neither an existing file or folder nor a Hub model id"):
         load_tokenizer("./no/such/dir")
 
 

@@ -16,11 +16,22 @@ TOL = 1e-4
 CONFIGS = {
     "tied-gelu_new": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=64),
     "untied-relu-ninner": dict(
-        n_layer=3, n_embd=48, n_head=3, n_inner=80, vocab_size=257, n_positions=40,
-        activation_function="relu", tie_word_embeddings=False,
+        n_layer=3,
+        n_embd=48,
+        n_head=3,
+        n_inner=80,
+        vocab_size=257,
+        n_positions=40,
+        activation_function="relu",
+        tie_word_embeddings=False,
     ),
     "one-layer-gelu-eps": dict(
-        n_layer=1, n_embd=32, n_head=8, vocab_size=100, n_positions=32, activation_function="gelu",
+        n_layer=1,
+        n_embd=32,
+        n_head=8,
+        vocab_size=100,
+        n_positions=32,
+        activation_function="gelu",
         layer_norm_epsilon=1e-6,
     ),
 }
@@ -47,7 +58,9 @@ def _randomize(model: GPT2, seed: int) -> GPT2:
     leaves, treedef = jax.tree.flatten(model)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     new = [
-        x + 0.3 * jax.random.normal(k, x.shape, x.dtype) if isinstance(x, jax.Array) and x.ndim <= 2 and "float" in str(x.dtype) else x
+        x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
+        if isinstance(x, jax.Array) and x.ndim <= 2 and "float" in str(x.dtype)
+        else x
         for x, k in zip(leaves, keys)
     ]
     return jax.tree.unflatten(treedef, new)
@@ -93,8 +106,9 @@ def test_left_padded_batch_matches_hf_and_unpadded(tmp_path):
     # transformers derives positions from the mask only in generate; give them explicitly
     pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
     with torch.no_grad():
-        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)),
-                 position_ids=torch.tensor(pos)).logits.numpy()
+        ref = hf(
+            torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)), position_ids=torch.tensor(pos)
+        ).logits.numpy()
     assert np.abs(ours[:, :][mask] - ref[mask]).max() <= TOL
 
 

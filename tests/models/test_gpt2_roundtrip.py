@@ -35,8 +35,11 @@ def test_gpt2_124m_round_trip_is_bit_identical(tmp_path):
     assert model.config.n_layer == 12 and model.config.n_embd == 768
     eqxllm.save_pretrained(model, dst)
     a, b = _tensors(src), _tensors(dst)
-    a = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in a.items()
-         if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    a = {
+        k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v
+        for k, v in a.items()
+        if not k.endswith((".attn.bias", ".attn.masked_bias"))
+    }
     a.pop("lm_head.weight", None)  # tied: written once
     assert sorted(a) == sorted(b)
     for k in a:

@@ -137,9 +137,7 @@ def _decode(att, cache: KVCache, chunk, chunk_mask):
     positions, slots, valid = cache.prepare(chunk_mask)
     mask = attention_mask(slots, valid, causal=True)
     rotary = rotary_angles(positions, att.head_dim)
-    out, (k, v) = att(
-        chunk, mask=mask, rotary=rotary, cache=(cache.k[0], cache.v[0]), cache_index=cache.index
-    )
+    out, (k, v) = att(chunk, mask=mask, rotary=rotary, cache=(cache.k[0], cache.v[0]), cache_index=cache.index)
     return out, cache.advanced(k[None], v[None], valid, chunk.shape[0])
 
 

@@ -76,9 +76,7 @@ def test_traced_window_inside_jit():
 
 def test_per_layer_windows_under_vmap():
     windows = jnp.array([3, 6], jnp.int32)
-    masks = jax.vmap(lambda w: attention_mask(jnp.arange(6), jnp.ones(6, bool), causal=True, window=w))(
-        windows
-    )
+    masks = jax.vmap(lambda w: attention_mask(jnp.arange(6), jnp.ones(6, bool), causal=True, window=w))(windows)
     np.testing.assert_array_equal(np.asarray(masks[0]), WINDOW_3)
     np.testing.assert_array_equal(np.asarray(masks[1]), np.tril(np.ones((6, 6), bool)))
 

@@ -62,9 +62,7 @@ def test_rmsnorm_unit_offset_differs_from_plain_weight():
     gemma = RMSNorm(DIM, unit_offset=True)
     gemma = jax.tree.map(lambda _: plain.weight, gemma)  # same stored w, scale 1 + w
     x = _inputs(jnp.float32)
-    np.testing.assert_allclose(
-        np64(gemma(x)), np64(plain(x)) + rms_norm(np64(x), 1.0, 1e-6, False), atol=1e-5
-    )
+    np.testing.assert_allclose(np64(gemma(x)), np64(plain(x)) + rms_norm(np64(x), 1.0, 1e-6, False), atol=1e-5)
 
 
 @pytest.mark.parametrize("unit_offset", [False, True])

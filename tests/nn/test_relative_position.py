@@ -72,9 +72,7 @@ def test_buckets_of_a_matrix():
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_relative_position_bias_values(bidirectional):
     heads, buckets = 3, 32
-    rpb = RelativePositionBias(
-        buckets, heads, bidirectional=bidirectional, max_distance=128, key=jax.random.key(0)
-    )
+    rpb = RelativePositionBias(buckets, heads, bidirectional=bidirectional, max_distance=128, key=jax.random.key(0))
     assert rpb.weight.shape == (buckets, heads)
     q_pos, k_pos = np.arange(5) + 10, np.arange(200)
     out = rpb(jnp.asarray(q_pos), jnp.asarray(k_pos))

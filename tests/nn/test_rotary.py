@@ -64,9 +64,7 @@ def test_apply_rotary_matches_rotate_half(dtype):
 def test_rotation_preserves_norms_and_position_zero_is_identity():
     x = jax.random.normal(jax.random.key(0), (6, 2, HEAD_DIM), jnp.float32)
     out = apply_rotary(x, *rotary_angles(jnp.arange(6), HEAD_DIM))
-    np.testing.assert_allclose(
-        np.linalg.norm(np64(out), axis=-1), np.linalg.norm(np64(x), axis=-1), rtol=1e-5
-    )
+    np.testing.assert_allclose(np.linalg.norm(np64(out), axis=-1), np.linalg.norm(np64(x), axis=-1), rtol=1e-5)
     np.testing.assert_allclose(np64(out[0]), np64(x[0]), atol=1e-7)
 
 

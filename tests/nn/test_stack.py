@@ -112,9 +112,7 @@ def test_remat_changes_nothing_but_memory(remat):
 
 
 def test_unknown_remat_policy():
-    with pytest.raises(
-        ValueError, match=r"unknown remat policy 'some'; expected one of \['dots', 'full', 'none'\]"
-    ):
+    with pytest.raises(ValueError, match=r"unknown remat policy 'some'; expected one of \['dots', 'full', 'none'\]"):
         _stack(2, remat="some")
     with pytest.raises(ValueError, match="unknown remat policy 'Full'"):
         _stack(3).with_remat("Full")

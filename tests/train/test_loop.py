@@ -37,9 +37,7 @@ def _corpus(path: Path, n: int = 240, seed: int = 0) -> Path:
 
 def _cfg(tmp_path: Path, **loop):
     cfg = train_preset("gpt2-tinystories-test")
-    data = dataclasses.replace(
-        cfg.data, source=str(_corpus(tmp_path / "stories.txt")), cache_dir=str(tmp_path / "c")
-    )
+    data = dataclasses.replace(cfg.data, source=str(_corpus(tmp_path / "stories.txt")), cache_dir=str(tmp_path / "c"))
     train_cfg = dataclasses.replace(cfg.train, num_samples=0, **loop)
     optim = dataclasses.replace(cfg.optim, total_steps=train_cfg.max_steps)
     return cfg.replace(data=data, train=train_cfg, optim=optim, out=str(tmp_path / "run"))
@@ -155,9 +153,7 @@ def test_nan_loss_names_the_step(tmp_path, monkeypatch):
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-    cfg = _cfg(
-        tmp_path, max_steps=100000, max_minutes=3.0, eval_every=100000, checkpoint_every=100000, log_every=1
-    )
+    cfg = _cfg(tmp_path, max_steps=100000, max_minutes=3.0, eval_every=100000, checkpoint_every=100000, log_every=1)
     (tmp_path / "cfg.json").write_text(cfg.to_json())
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(

@@ -36,13 +36,31 @@ def test_seq2seq_training_runs_and_exports_a_t5(tmp_path):
     data = tmp_path / "stories.txt"
     data.write_text("\n<|endoftext|>\n".join(STORIES) + "\n<|endoftext|>\n")
     cfg = TrainConfig(
-        model=T5Config(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=2,
-                       num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+        model=T5Config(
+            vocab_size=300,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_decoder_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+        ),
         task="seq2seq",
         data=DataConfig(source=str(data), vocab_size=300, val_fraction=0.1, cache_dir=str(tmp_path / "c")),
         optim=OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=6),
-        train=LoopConfig(seq_len=32, batch_size=8, max_steps=6, eval_every=3, eval_batches=1, log_every=1,
-                         checkpoint_every=6, num_samples=1, sample_tokens=4),
+        train=LoopConfig(
+            seq_len=32,
+            batch_size=8,
+            max_steps=6,
+            eval_every=3,
+            eval_batches=1,
+            log_every=1,
+            checkpoint_every=6,
+            num_samples=1,
+            sample_tokens=4,
+        ),
         out=str(tmp_path / "run"),
     )
     export = train(cfg, progress=False)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-
 from eqxllm.errors import ConfigError
 
 
@@ -41,7 +40,13 @@ def _lm(cfg, run_dir: Path, progress: bool) -> Task:
     return LMTask(cfg, run_dir, progress=progress)
 
 
-TASKS: dict[str, Callable[[Any, Path, bool], Task]] = {"lm": _lm}
+def _seq2seq(cfg, run_dir: Path, progress: bool) -> Task:
+    from eqxllm.train.tasks.seq2seq import Seq2SeqTask
+
+    return Seq2SeqTask(cfg, run_dir, progress=progress)
+
+
+TASKS: dict[str, Callable[[Any, Path, bool], Task]] = {"lm": _lm, "seq2seq": _seq2seq}
 
 
 def make_task(cfg, run_dir: Path, *, progress: bool = True) -> Task:

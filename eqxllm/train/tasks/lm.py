@@ -29,14 +29,27 @@ class LMTask:
 
     def batch(self, step: int, *, process_index: int, process_count: int) -> np.ndarray:
         t = self.cfg.train
-        return batch_at(self.data.train, step, batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed,
-                        process_index=process_index, process_count=process_count)
+        return batch_at(
+            self.data.train,
+            step,
+            batch_size=t.batch_size,
+            seq_len=t.seq_len,
+            seed=t.seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     def evaluate(self, model, *, max_batches: int | None = -1) -> dict[str, float]:
         t = self.cfg.train
         limit = (t.eval_batches or None) if max_batches == -1 else max_batches
-        res = evaluate_tokens(model, self.data.validation, num_bytes=self.data.validation_bytes, seq_len=t.seq_len,
-                              batch_size=t.batch_size, max_batches=limit)
+        res = evaluate_tokens(
+            model,
+            self.data.validation,
+            num_bytes=self.data.validation_bytes,
+            seq_len=t.seq_len,
+            batch_size=t.batch_size,
+            max_batches=limit,
+        )
         return {"val_loss": res.loss, "val_perplexity": res.perplexity, "val_bits_per_byte": res.bits_per_byte}
 
     def samples(self, model, key) -> list[str]:
@@ -48,6 +61,13 @@ class LMTask:
         if t.num_samples < 1 or room < 1:
             return []
         prompts = jnp.asarray(np.repeat(prompt[None], t.num_samples, axis=0))
-        new = generate(model, prompts, max_new_tokens=min(t.sample_tokens, room), temperature=0.8, top_k=50,
-                       key=key, eos_token_id=eot)
+        new = generate(
+            model,
+            prompts,
+            max_new_tokens=min(t.sample_tokens, room),
+            temperature=0.8,
+            top_k=50,
+            key=key,
+            eos_token_id=eot,
+        )
         return [t.sample_prompt + tok.decode([i for i in row if i != eot]) for row in np.asarray(new).tolist()]

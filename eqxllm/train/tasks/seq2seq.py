@@ -32,8 +32,13 @@ class Seq2SeqArrays:
     dec_mask: np.ndarray
 
     def rows(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return {"enc": self.enc[idx], "enc_mask": self.enc_mask[idx], "dec_in": self.dec_in[idx],
-                "target": self.target[idx], "dec_mask": self.dec_mask[idx]}
+        return {
+            "enc": self.enc[idx],
+            "enc_mask": self.enc_mask[idx],
+            "dec_in": self.dec_in[idx],
+            "target": self.target[idx],
+            "dec_mask": self.dec_mask[idx],
+        }
 
 
 def _cut(ids: list[int], boundaries: set[int]) -> int:
@@ -58,8 +63,10 @@ def build_examples(stories: list[str], tok, *, encoder_len: int, decoder_len: in
         raise DataError("no story is long enough to split into a first and a second half")
     n = len(rows)
     out = Seq2SeqArrays(
-        enc=np.full((n, encoder_len), eot, np.int32), enc_mask=np.zeros((n, encoder_len), bool),
-        dec_in=np.full((n, decoder_len), eot, np.int32), target=np.full((n, decoder_len), eot, np.int32),
+        enc=np.full((n, encoder_len), eot, np.int32),
+        enc_mask=np.zeros((n, encoder_len), bool),
+        dec_in=np.full((n, decoder_len), eot, np.int32),
+        target=np.full((n, decoder_len), eot, np.int32),
         dec_mask=np.zeros((n, decoder_len), bool),
     )
     for r, (src, tgt) in enumerate(rows):
@@ -117,8 +124,12 @@ class Seq2SeqTask:
             raise DataError(f"{len(self.train.enc)} training stories are fewer than one batch of {t.batch_size}")
 
     def model_config(self, model_cfg):
-        return model_cfg.replace(vocab_size=self.tokenizer.get_vocab_size(), pad_token_id=self.eot,
-                                 eos_token_id=self.eot, decoder_start_token_id=self.eot)
+        return model_cfg.replace(
+            vocab_size=self.tokenizer.get_vocab_size(),
+            pad_token_id=self.eot,
+            eos_token_id=self.eot,
+            decoder_start_token_id=self.eot,
+        )
 
     def loss_fn(self, model, batch, key):
         return seq2seq_loss(model, batch, key)
@@ -143,8 +154,11 @@ class Seq2SeqTask:
             s, c, k = _eval_batch(model, {k: jnp.asarray(v) for k, v in rows.items()})
             total, count, correct = total + float(s), count + float(c), correct + float(k)
         loss = total / max(count, 1.0)
-        return {"val_loss": loss, "val_perplexity": float(np.exp(min(loss, 700.0))),
-                "val_token_accuracy": correct / max(count, 1.0)}
+        return {
+            "val_loss": loss,
+            "val_perplexity": float(np.exp(min(loss, 700.0))),
+            "val_token_accuracy": correct / max(count, 1.0),
+        }
 
     def samples(self, model, key) -> list[str]:
         from eqxllm.generation import generate
@@ -154,8 +168,9 @@ class Seq2SeqTask:
         if k < 1:
             return []
         prompts = [self.val.enc[i][self.val.enc_mask[i]] for i in range(k)]
-        new = generate(model, [jnp.asarray(p) for p in prompts], max_new_tokens=t.sample_tokens, key=None,
-                       eos_token_id=self.eot)
+        new = generate(
+            model, [jnp.asarray(p) for p in prompts], max_new_tokens=t.sample_tokens, key=None, eos_token_id=self.eot
+        )
         out = []
         for p, row in zip(prompts, np.asarray(new).tolist()):
             first = self.tokenizer.decode(p.tolist())
