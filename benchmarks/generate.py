@@ -4,8 +4,8 @@ GPT-2 124M shape with random weights, greedy decoding, a 32-token prompt and 128
 stop: EOS is disabled in both), batch 1 and batch 8. ``tokens_per_s`` counts new tokens over the
 whole call (prefill included); eqxllm's compile time is measured on the first call and reported
 apart (``compile_s``); both report the best of ``--repeats`` timed calls after a warm-up. Prints one
-JSON line per (implementation, batch); eqxllm's carries ``speedup`` = its tokens/s over
-transformers'.
+JSON line per (implementation, batch), with the machine's 1-minute load average (``load1``);
+eqxllm's carries ``speedup`` = its tokens/s over transformers'.
 
     python benchmarks/generate.py [--batch 1 8] [--prompt 32] [--new 128] [--repeats 3]
 """
@@ -55,6 +55,11 @@ def time_transformers(model, ids: np.ndarray, new: int, repeats: int) -> dict:
     return {"seconds": min(times)}
 
 
+def _load() -> float:
+    """The 1-minute load average: on a shared machine, other processes move both timings (and their ratio)."""
+    return round(os.getloadavg()[0], 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -85,12 +90,12 @@ def main() -> None:
             ref = time_transformers(hf, ids, args.new, args.repeats)
             tps = batch * args.new / ref["seconds"]
             line = {"impl": "transformers", "batch": batch, **common, "seconds": round(ref["seconds"], 3),
-                    "tokens_per_s": round(tps, 1), "threads": torch.get_num_threads()}  # fmt: skip
+                    "tokens_per_s": round(tps, 1), "threads": torch.get_num_threads(), "load1": _load()}  # fmt: skip
             print(json.dumps(line), flush=True)
         ours = time_eqxllm(model, ids, args.new, args.repeats)
         tps = batch * args.new / ours["seconds"]
         line = {"impl": "eqxllm", "batch": batch, **common, "seconds": round(ours["seconds"], 3),
-                "tokens_per_s": round(tps, 1), "compile_s": round(ours["compile_s"], 2)}  # fmt: skip
+                "tokens_per_s": round(tps, 1), "compile_s": round(ours["compile_s"], 2), "load1": _load()}  # fmt: skip
         if ref is not None:
             line["speedup"] = round(ref["seconds"] / ours["seconds"], 2)
         print(json.dumps(line), flush=True)

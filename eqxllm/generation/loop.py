@@ -6,7 +6,7 @@ then one token per step. Encoder-decoder models also give ``encode(ids, *, mask=
 ``init_decoder_cache(encoder_out, encoder_mask, max_len, dtype)``: the encoder runs once, its
 cross-attention keys/values are cached, and the decoder starts from ``decoder_start_token_id``.
 A cache is any pytree; its 0-d leaves must be counters that every sequence shares (the write
-index), and leaves of rank >= 2 should carry a leading ``layers`` axis.
+index); the batch axis of every other leaf goes first.
 
 The loop is one compiled program per shape (batch, prompt length, ``max_new_tokens``, ``top_k``):
 nothing is traced per token, and it exits as soon as every sequence has stopped. Batches are
@@ -29,12 +29,12 @@ def _batch_axis(leaf: Array | jax.ShapeDtypeStruct) -> int | None:
     """Where a one-sequence cache leaf takes the batch axis.
 
     0-d leaves (the write index) are shared: every sequence of a batch advances in lockstep, and a
-    shared index keeps cache writes ``dynamic_update_slice`` instead of scatters. Leaves of rank >= 2
-    are per-layer stacks (``[layers, slots, ...]``, scanned by ``Stack``): the batch goes second, so
-    that scanning over layers slices them in place; batch-first, XLA transposes the whole cache
-    several times per token. Other leaves (slot masks) take it first.
+    shared index keeps cache writes ``dynamic_update_slice`` instead of scatters. Every other leaf
+    takes it first: the models carry their per-layer stacks (``[layers, slots, ...]``) through the
+    layer scan and index them by layer, and a vmapped scan keeps a carry's batch axis first, so any
+    other place would cost a transpose of the whole cache on the way in and out of every step.
     """
-    return None if leaf.ndim == 0 else 1 if leaf.ndim >= 2 else 0
+    return None if leaf.ndim == 0 else 0
 
 
 class Caches(eqx.Module):

@@ -26,7 +26,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from eqxllm.models._checks import check_tokens
 from eqxllm.models.gemma_config import GEMMA_PRESETS, GemmaConfig
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack, attention_mask
-from eqxllm.nn.attention import LayerKV, Rotary
+from eqxllm.nn.attention import CacheKV, Rotary
 from eqxllm.nn.positions import rotary_angles
 
 __all__ = ["GEMMA_PRESETS", "Gemma", "GemmaBlock", "GemmaConfig"]
@@ -82,10 +82,13 @@ class GemmaBlock(eqx.Module):
         *,
         mask: Bool[Array, "seq kv_seq"],
         rotary: Rotary,
-        cache: LayerKV | None = None,
+        cache: CacheKV | None = None,
         cache_index: Int[Array, ""] | None = None,
-    ) -> tuple[Float[Array, "seq embed"], LayerKV | None]:
-        h, cache = self.attn(self.pre_attn_norm(x), mask=mask, rotary=rotary, cache=cache, cache_index=cache_index)
+        layer: Int[Array, ""] | None = None,
+    ) -> tuple[Float[Array, "seq embed"], CacheKV | None]:
+        h, cache = self.attn(
+            self.pre_attn_norm(x), mask=mask, rotary=rotary, cache=cache, cache_index=cache_index, layer=layer
+        )
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = x + h
@@ -165,18 +168,16 @@ class Gemma(eqx.Module):
         masks = self._masks(slots, valid)
         rotaries = self._rotaries(positions)
 
-        def body(block, x, inputs):
-            is_sliding, kv = inputs
-            x, kv = block(
-                x,
-                mask=_pick(is_sliding, masks),
-                rotary=_pick(is_sliding, rotaries),
-                cache=kv,
-                cache_index=cache.index,
-            )
-            return x, kv
+        # the whole cache rides in the scan carry and each layer writes its new slots in place
+        def body(block, carry, inputs):
+            is_sliding, layer = inputs
+            x, kv = carry
+            kw = dict(cache=kv, cache_index=cache.index, layer=layer)
+            return block(x, mask=_pick(is_sliding, masks), rotary=_pick(is_sliding, rotaries), **kw), None
 
-        x, (k, v) = self.blocks(body, self._embed(input_ids), (self._sliding_flags(), (cache.k, cache.v)))
+        layers = jnp.arange(self.config.num_hidden_layers)
+        carry = (self._embed(input_ids), (cache.k, cache.v))
+        (x, (k, v)), _ = self.blocks(body, carry, (self._sliding_flags(), layers))
         return self._head(x), cache.advanced(k, v, valid, seq)
 
     def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:

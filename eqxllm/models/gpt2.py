@@ -159,9 +159,9 @@ class GPT2Block(eqx.Module):
         )
         self.resid_pdrop = cfg.resid_pdrop
 
-    def __call__(self, x, *, mask, cache=None, cache_index=None, key=None):
+    def __call__(self, x, *, mask, cache=None, cache_index=None, layer=None, key=None):
         attn_key, mlp_key = (None, None) if key is None else jax.random.split(key)
-        h, cache = self.attn(self.ln_1(x), mask=mask, cache=cache, cache_index=cache_index)
+        h, cache = self.attn(self.ln_1(x), mask=mask, cache=cache, cache_index=cache_index, layer=layer)
         x = x + dropout(h, self.resid_pdrop, attn_key)
         x = x + dropout(self.mlp(self.ln_2(x)), self.resid_pdrop, mlp_key)
         return x, cache
@@ -230,11 +230,12 @@ class GPT2(eqx.Module):
         attn_mask = attention_mask(slots, valid, causal=True)
         x = self._embed(input_ids, positions, None)
 
-        def body(block, x, kv):
-            x, kv = block(x, mask=attn_mask, cache=kv, cache_index=cache.index)
-            return x, kv
+        # the whole cache rides in the scan carry and each layer writes its new slots in place
+        def body(block, carry, layer):
+            x, kv = carry
+            return block(x, mask=attn_mask, cache=kv, cache_index=cache.index, layer=layer), None
 
-        x, (k, v) = self.blocks(body, x, (cache.k, cache.v))
+        (x, (k, v)), _ = self.blocks(body, (x, (cache.k, cache.v)), jnp.arange(self.config.n_layer))
         return self._head(x), cache.advanced(k, v, valid, seq)
 
     def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:

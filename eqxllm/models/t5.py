@@ -120,11 +120,12 @@ class T5Layer(eqx.Module):
         cross_mask: Bool[Array, "seq enc_seq"] | None = None,
         cache: tuple[Array, Array] | None = None,
         cache_index: Int[Array, ""] | None = None,
+        layer: Int[Array, ""] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "seq embed"], tuple[Array, Array] | None]:
         self_key, cross_key, ffn_key = _split(key, 3)
         h, cache = self.self_attn(
-            self._in(x, self.self_norm), mask=mask, bias=bias, cache=cache, cache_index=cache_index
+            self._in(x, self.self_norm), mask=mask, bias=bias, cache=cache, cache_index=cache_index, layer=layer
         )
         x = self._out(x, h, self.self_norm, self_key)
         if self.cross_attn is not None:
@@ -306,15 +307,16 @@ class T5(eqx.Module):
         x = self._embed(self._decoder_table, ids, positions, None)
         index = cache.index
 
-        def body(layer, x, per_layer):
-            kv, cross = per_layer
-            cross = tuple(c.astype(x.dtype) for c in cross)
-            return layer(
-                x, mask=self_mask, bias=bias, cross_kv=cross, cross_mask=cross_mask, cache=kv, cache_index=index
-            )
+        # the self-attention cache rides in the scan carry (each layer writes its new slots in place);
+        # the read-only cross keys/values are indexed by layer, not scanned (no per-token restacking)
+        def body(block, carry, layer):
+            x, kv = carry
+            cross = tuple(c[layer].astype(x.dtype) for c in (cache.cross_k, cache.cross_v))
+            kw = dict(cross_kv=cross, cross_mask=cross_mask, cache=kv, cache_index=index, layer=layer)
+            return block(x, mask=self_mask, bias=bias, **kw), None
 
-        per_layer = ((cache.self_kv.k, cache.self_kv.v), (cache.cross_k, cache.cross_v))
-        x, (k, v) = self.decoder.layers(body, x, per_layer)
+        carry = (x, (cache.self_kv.k, cache.self_kv.v))
+        (x, (k, v)), _ = self.decoder.layers(body, carry, jnp.arange(self.config.decoder_layers))
         new_kv = cache.self_kv.advanced(k, v, valid, seq)
         return self._logits(self.decoder.finish(x, None)), eqx.tree_at(lambda c: c.self_kv, cache, new_kv)
 

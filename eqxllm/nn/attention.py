@@ -5,16 +5,18 @@ import math
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.nn.attention_kernel import AttentionImpl, dot_product_attention
+from eqxllm.nn.kv_cache import write_slots
 from eqxllm.nn.linear import Linear
 from eqxllm.nn.norms import RMSNorm
 from eqxllm.nn.positions import apply_rotary
 
 LayerKV = tuple[Float[Array, "kv_seq kv_heads head_dim"], Float[Array, "kv_seq kv_heads head_dim"]]
 Rotary = tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]]
+# one layer's cache slots, or every layer's (``[layers, max_len, ...]``, written at one ``layer``)
+CacheKV = tuple[Float[Array, "*layers max_len kv_heads head_dim"], Float[Array, "*layers max_len kv_heads head_dim"]]
 
 
 class Attention(eqx.Module):
@@ -105,14 +107,18 @@ class Attention(eqx.Module):
         kv: LayerKV | None = None,
         rotary: Rotary | None = None,
         bias: Float[Array, "heads seq kv_seq"] | None = None,
-        cache: LayerKV | None = None,
+        cache: CacheKV | None = None,
         cache_index: Int[Array, ""] | None = None,
-    ) -> tuple[Float[Array, "seq embed"], LayerKV | None]:
+        layer: Int[Array, ""] | None = None,
+    ) -> tuple[Float[Array, "seq embed"], CacheKV | None]:
         """Attend from ``x`` to itself, to ``context``, or to precomputed ``kv`` (cached cross attention).
 
         With ``cache`` (``[max_len, kv_heads, head_dim]`` keys and values) the new keys and values are
         written at ``cache_index`` and the queries attend over every slot; ``mask`` is then
-        ``[seq, max_len]``. Returns the output and the updated cache (None without one).
+        ``[seq, max_len]``. With ``layer`` as well, ``cache`` holds every layer's keys and values
+        (``[layers, max_len, kv_heads, head_dim]``) and only this layer's new slots are written: carried
+        through the layer scan, the whole cache is then updated in place instead of being sliced out and
+        stacked back (a full copy per token). Returns the output and the updated cache (None without one).
         """
         seq = x.shape[0]
         q = self.q_proj(x).reshape(seq, self.num_heads, self.head_dim)
@@ -128,11 +134,9 @@ class Attention(eqx.Module):
         if cache is not None:
             if cache_index is None:
                 raise ValueError("a KV cache needs cache_index, the slot of the first new token")
-            zero = jnp.zeros((), jnp.int32)
-            k_cache = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (cache_index, zero, zero))
-            v_cache = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (cache_index, zero, zero))
-            new_cache = (k_cache, v_cache)
-            k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+            new_cache = tuple(write_slots(c, new, cache_index, layer) for c, new in ((cache[0], k), (cache[1], v)))
+            k, v = (c if layer is None else c[layer] for c in new_cache)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
         out = dot_product_attention(
             q, k, v, mask=mask, bias=bias, scale=self.scale, softcap=self.softcap, impl=self.impl
         )

@@ -44,6 +44,8 @@ def dot_product_attention(
             scale=scale,
             implementation=None if impl == "jax" else "cudnn",
         )
+    if q.shape[0] == 1:
+        return _one_query(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap)
     group = heads // kv_heads
     qg = q.reshape(q.shape[0], kv_heads, group, q.shape[2])
     logits = jnp.einsum("qhgd,khd->hgqk", qg, k, preferred_element_type=jnp.float32) * scale
@@ -56,3 +58,43 @@ def dot_product_attention(
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("hgqk,khd->qhgd", weights, v)
     return out.reshape(q.shape)
+
+
+def _one_query(q, k, v, *, mask, bias, scale, softcap):
+    """The ``"xla"`` path for a single query (a decoding step), in float32 and on the stored
+    ``[kv_seq, kv_heads, head_dim]`` layout of a KV cache.
+
+    The einsums above make XLA:CPU copy every layer's cache into heads-major order at every token
+    (their dots batch over heads, which must then be the major axis), which costs more than the
+    attention itself. Here no dot batches over heads. Logits: with one query head per key head, an
+    elementwise product reduced by a dot with a ones vector (a plain ``sum`` goes to a slow XLA:CPU
+    reduction kernel); with shared key heads (GQA/MQA), one ``[kv_seq, kv_heads * head_dim]`` matmul
+    against the block-diagonal matrix of the queries. Output: one ``[heads, kv_seq] @ [kv_seq,
+    kv_heads * head_dim]`` matmul whose diagonal blocks (each head with its own value head) are kept.
+    The zero blocks cost ``kv_heads`` times the (small) flops of one query. Same results up to rounding.
+    """
+    kv_seq, kv_heads, head_dim = k.shape
+    heads = q.shape[1]
+    group = heads // kv_heads
+    f32 = jnp.float32
+    qg = q[0].reshape(kv_heads, group, head_dim).astype(f32)
+    k = k.astype(f32)
+    if group == 1:
+        prod = (qg[None, :, 0] * k).reshape(kv_seq * heads, head_dim)
+        logits = (prod @ jnp.ones((head_dim,), f32)).reshape(kv_seq, heads)
+    else:
+        eye = jnp.eye(kv_heads, dtype=f32)
+        block_diag = eye[:, None, :, None] * jnp.transpose(qg, (2, 0, 1))[None]  # [kv_heads, head_dim, kv_heads, group]
+        logits = k.reshape(kv_seq, kv_heads * head_dim) @ block_diag.reshape(kv_heads * head_dim, heads)
+    logits = logits * scale
+    if softcap is not None:
+        logits = softcap * jnp.tanh(logits / softcap)
+    if bias is not None:
+        logits = logits + bias[:, 0, :].T.astype(f32)
+    if mask is not None:
+        logits = jnp.where(mask[0][:, None], logits, jnp.finfo(f32).min)
+    weights = jax.nn.softmax(logits, axis=0).astype(v.dtype)  # [kv_seq, heads]
+    every = weights.T @ v.reshape(kv_seq, kv_heads * head_dim)  # [heads, kv_heads * head_dim]
+    every = every.reshape(kv_heads, group, kv_heads, head_dim)
+    out = jnp.diagonal(every, axis1=0, axis2=2)  # [group, head_dim, kv_heads]
+    return jnp.transpose(out, (2, 0, 1)).reshape(q.shape).astype(q.dtype)

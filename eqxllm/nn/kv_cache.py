@@ -59,3 +59,18 @@ class KVCache(eqx.Module):
     def advanced(self, k, v, valid: Bool[Array, " max_len"], seq: int) -> "KVCache":
         """The cache after writing ``seq`` tokens: new layer keys/values, validity and index."""
         return KVCache(k=k, v=v, valid=valid, index=self.index + seq)
+
+
+def write_slots(
+    cache: Float[Array, "*layers max_len kv_heads head_dim"],
+    new: Float[Array, "seq kv_heads head_dim"],
+    index: Int[Array, ""],
+    layer: Int[Array, ""] | None = None,
+) -> Float[Array, "*layers max_len kv_heads head_dim"]:
+    """``cache`` with ``new`` written at slots ``index, ..., index + seq - 1`` (of layer ``layer`` when
+    ``cache`` stacks every layer's slots). ``dynamic_update_slice`` of a loop-carried buffer is done in
+    place by XLA: one token's keys are written, not the whole cache."""
+    zero = jnp.zeros((), jnp.int32)
+    if layer is None:
+        return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (index, zero, zero))
+    return jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), (layer, index, zero, zero))

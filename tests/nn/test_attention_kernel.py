@@ -90,6 +90,24 @@ def test_xla_and_jax_agree(heads, kv_heads):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize(("heads", "kv_heads"), HEADS, ids=HEAD_IDS)
+def test_single_query_decoding_path(heads, kv_heads, softcap):
+    """One query (a decoding step) takes the transpose-free path: same result as the reference."""
+    q, k, v = _qkv(heads, kv_heads, q_scale=4.0)
+    q, mask, bias = q[:1], _mask()[:1], _bias(heads)[:, :1]
+    out = dot_product_attention(q, k, v, mask=mask, bias=bias, scale=0.5, softcap=softcap)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    ref = attention(np64(q), np64(k), np64(v), mask=np.asarray(mask), bias=np64(bias), scale=0.5, softcap=softcap)
+    np.testing.assert_allclose(np64(out), ref, atol=1e-5)
+    low = dot_product_attention(
+        q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask=mask, scale=0.5
+    )
+    assert low.dtype == jnp.bfloat16
+    ref = attention(np64(q), np64(k), np64(v), mask=np.asarray(mask), scale=0.5)
+    np.testing.assert_allclose(np64(low), ref, atol=5e-2)
+
+
 @pytest.mark.parametrize("impl", ["xla", "jax"])
 def test_fully_masked_rows_are_finite(impl):
     """Left padding leaves query rows with no visible key: no NaN, and other rows are unaffected."""
