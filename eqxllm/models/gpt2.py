@@ -141,6 +141,7 @@ class GPT2Block(eqx.Module):
             cfg.n_head,
             use_bias=cfg.use_bias,
             impl=cfg.attention_impl,
+            dropout_rate=cfg.attn_pdrop,
             init_std=cfg.initializer_range,
             out_init_std=out_std,
             key=attn_key,
@@ -160,8 +161,8 @@ class GPT2Block(eqx.Module):
         self.resid_pdrop = cfg.resid_pdrop
 
     def __call__(self, x, *, mask, cache=None, cache_index=None, layer=None, key=None):
-        attn_key, mlp_key = (None, None) if key is None else jax.random.split(key)
-        h, cache = self.attn(self.ln_1(x), mask=mask, cache=cache, cache_index=cache_index, layer=layer)
+        probs_key, attn_key, mlp_key = (None, None, None) if key is None else jax.random.split(key, 3)
+        h, cache = self.attn(self.ln_1(x), mask=mask, cache=cache, cache_index=cache_index, layer=layer, key=probs_key)
         x = x + dropout(h, self.resid_pdrop, attn_key)
         x = x + dropout(self.mlp(self.ln_2(x)), self.resid_pdrop, mlp_key)
         return x, cache

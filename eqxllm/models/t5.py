@@ -83,7 +83,7 @@ class T5Layer(eqx.Module):
         def make_attn(k):
             attn = Attention(
                 d, cfg.num_heads, head_dim=cfg.d_kv, scale=None if cfg.scale_attention else 1.0,
-                impl=cfg.attention_impl, init_std=f * d**-0.5,
+                impl=cfg.attention_impl, dropout_rate=cfg.dropout_rate, init_std=f * d**-0.5,
                 out_init_std=f * (cfg.num_heads * cfg.d_kv) ** -0.5, key=k,
             )  # fmt: skip
             if cfg.scale_attention:
@@ -98,7 +98,7 @@ class T5Layer(eqx.Module):
         self.ffn_norm = make_norm()
         self.ffn = MLP(
             d, cfg.d_ff, activation=cfg.activation, gated=cfg.gated, use_bias=cfg.ffn_bias,
-            init_std=f * d**-0.5, out_init_std=f * cfg.d_ff**-0.5, key=ffn_key,
+            init_std=f * d**-0.5, out_init_std=f * cfg.d_ff**-0.5, dropout_rate=cfg.dropout_rate, key=ffn_key,
         )  # fmt: skip
         self.post_norm = cfg.norm == "layer_post"
         self.dropout_rate = cfg.dropout_rate
@@ -123,15 +123,18 @@ class T5Layer(eqx.Module):
         layer: Int[Array, ""] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "seq embed"], tuple[Array, Array] | None]:
-        self_key, cross_key, ffn_key = _split(key, 3)
+        # dropout as in Hugging Face's T5: attention probabilities, the feed-forward's hidden units, and
+        # every sub-layer's output before the residual add
+        self_key, self_probs, cross_key, cross_probs, ffn_key, ffn_hidden = _split(key, 6)
         h, cache = self.self_attn(
-            self._in(x, self.self_norm), mask=mask, bias=bias, cache=cache, cache_index=cache_index, layer=layer
-        )
+            self._in(x, self.self_norm), mask=mask, bias=bias, cache=cache, cache_index=cache_index, layer=layer,
+            key=self_probs,
+        )  # fmt: skip
         x = self._out(x, h, self.self_norm, self_key)
         if self.cross_attn is not None:
-            h, _ = self.cross_attn(self._in(x, self.cross_norm), mask=cross_mask, kv=cross_kv)
+            h, _ = self.cross_attn(self._in(x, self.cross_norm), mask=cross_mask, kv=cross_kv, key=cross_probs)
             x = self._out(x, h, self.cross_norm, cross_key)
-        x = self._out(x, self.ffn(self._in(x, self.ffn_norm)), self.ffn_norm, ffn_key)
+        x = self._out(x, self.ffn(self._in(x, self.ffn_norm), key=ffn_hidden), self.ffn_norm, ffn_key)
         return x, cache
 
 

@@ -43,6 +43,7 @@ class Attention(eqx.Module):
     scale: float = eqx.field(static=True)
     softcap: float | None = eqx.field(static=True)
     impl: AttentionImpl = eqx.field(static=True)
+    dropout_rate: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class Attention(eqx.Module):
         norm_unit_offset: bool = False,
         softcap: float | None = None,
         impl: AttentionImpl = "xla",
+        dropout_rate: float = 0.0,
         init_std: float = 0.02,
         out_init_std: float | None = None,
         key: PRNGKeyArray,
@@ -87,6 +89,9 @@ class Attention(eqx.Module):
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
         self.softcap = softcap
         self.impl = impl
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+        self.dropout_rate = dropout_rate
 
     def project_kv(self, context: Float[Array, "kv_seq kv_embed"], rotary: Rotary | None = None) -> LayerKV:
         """Keys and values of ``context`` (with key norm and rotation applied), e.g. to cache an encoder's."""
@@ -110,6 +115,7 @@ class Attention(eqx.Module):
         cache: CacheKV | None = None,
         cache_index: Int[Array, ""] | None = None,
         layer: Int[Array, ""] | None = None,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "seq embed"], CacheKV | None]:
         """Attend from ``x`` to itself, to ``context``, or to precomputed ``kv`` (cached cross attention).
 
@@ -118,7 +124,8 @@ class Attention(eqx.Module):
         ``[seq, max_len]``. With ``layer`` as well, ``cache`` holds every layer's keys and values
         (``[layers, max_len, kv_heads, head_dim]``) and only this layer's new slots are written: carried
         through the layer scan, the whole cache is then updated in place instead of being sliced out and
-        stacked back (a full copy per token). Returns the output and the updated cache (None without one).
+        stacked back (a full copy per token). ``key`` turns on dropout of the attention probabilities
+        (``dropout_rate``). Returns the output and the updated cache (None without one).
         """
         seq = x.shape[0]
         q = self.q_proj(x).reshape(seq, self.num_heads, self.head_dim)
@@ -138,6 +145,7 @@ class Attention(eqx.Module):
             k, v = (c if layer is None else c[layer] for c in new_cache)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         out = dot_product_attention(
-            q, k, v, mask=mask, bias=bias, scale=self.scale, softcap=self.softcap, impl=self.impl
-        )
+            q, k, v, mask=mask, bias=bias, scale=self.scale, softcap=self.softcap, impl=self.impl,
+            dropout_rate=self.dropout_rate, key=key,
+        )  # fmt: skip
         return self.o_proj(out.reshape(seq, self.num_heads * self.head_dim)), new_cache

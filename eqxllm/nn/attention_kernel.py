@@ -9,7 +9,9 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from eqxllm.nn.dropout import dropout
 
 AttentionImpl = Literal["xla", "jax", "cudnn"]
 
@@ -24,17 +26,25 @@ def dot_product_attention(
     scale: float = 1.0,
     softcap: float | None = None,
     impl: AttentionImpl = "xla",
+    dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
 ) -> Float[Array, "seq heads head_dim"]:
     """``softmax(cap(scale * q k^T) + bias, masked) v`` (Vaswani et al., 2017), grouped over kv heads.
 
     ``softcap`` applies ``c * tanh(logits / c)`` before the bias and mask (Gemma 2). Logits and softmax
     run in float32. A query row whose keys are all masked (left padding) gets a uniform average
     instead of NaN; its output is meaningless and must be ignored by the caller.
+
+    With ``key`` and ``dropout_rate > 0``, the attention probabilities are dropped out (each zeroed
+    with probability ``dropout_rate``, the rest scaled by ``1 / (1 - rate)``), as GPT-2's ``attn_pdrop``
+    and T5's ``dropout_rate`` do in training; that always takes the ``"xla"`` path, since
+    ``jax.nn.dot_product_attention`` has no dropout.
     """
     heads, kv_heads = q.shape[1], k.shape[1]
     if heads % kv_heads:
         raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")
-    if impl != "xla" and softcap is None:
+    dropping = key is not None and dropout_rate > 0.0
+    if impl != "xla" and softcap is None and not dropping:
         return jax.nn.dot_product_attention(
             q,
             k,
@@ -44,7 +54,7 @@ def dot_product_attention(
             scale=scale,
             implementation=None if impl == "jax" else "cudnn",
         )
-    if q.shape[0] == 1:
+    if q.shape[0] == 1 and not dropping:
         return _one_query(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap)
     group = heads // kv_heads
     qg = q.reshape(q.shape[0], kv_heads, group, q.shape[2])
@@ -55,7 +65,7 @@ def dot_product_attention(
         logits = logits + bias.astype(jnp.float32).reshape(kv_heads, group, *bias.shape[1:])
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    weights = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, key).astype(v.dtype)
     out = jnp.einsum("hgqk,khd->qhgd", weights, v)
     return out.reshape(q.shape)
 

@@ -5,6 +5,7 @@ import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from eqxllm.nn.activations import activation as get_activation
+from eqxllm.nn.dropout import dropout
 from eqxllm.nn.linear import Linear
 
 
@@ -14,12 +15,14 @@ class MLP(eqx.Module):
     Gated variants: SwiGLU (``activation="silu"``), GeGLU (``"gelu"`` exact, or ``"gelu_pytorch_tanh"``).
     Hugging Face names: GPT-2 ``c_fc``/``c_proj``; T5 ``wi``/``wo`` or ``wi_0`` (gate) / ``wi_1`` (up) / ``wo``;
     Gemma ``gate_proj``/``up_proj``/``down_proj``. Shapes: ``[seq, embed] -> [seq, embed]``.
+    ``dropout_rate`` drops hidden units before ``down`` when a ``key`` is passed (T5's feed-forward).
     """
 
     up: Linear
     gate: Linear | None
     down: Linear
     activation: str = eqx.field(static=True)
+    dropout_rate: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -31,6 +34,7 @@ class MLP(eqx.Module):
         use_bias: bool,
         init_std: float = 0.02,
         out_init_std: float | None = None,
+        dropout_rate: float = 0.0,
         key: PRNGKeyArray,
     ):
         up_key, gate_key, down_key = jax.random.split(key, 3)
@@ -40,11 +44,14 @@ class MLP(eqx.Module):
         self.down = Linear(hidden, dim, use_bias=use_bias, init_std=out_std, key=down_key)
         get_activation(activation)  # validate the name now, not at the first call
         self.activation = activation
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+        self.dropout_rate = dropout_rate
 
-    def __call__(self, x: Float[Array, "seq embed"]) -> Float[Array, "seq embed"]:
+    def __call__(self, x: Float[Array, "seq embed"], *, key: PRNGKeyArray | None = None) -> Float[Array, "seq embed"]:
         act = get_activation(self.activation)
         if self.gate is None:
             hidden = act(self.up(x))
         else:
             hidden = act(self.gate(x)) * self.up(x)
-        return self.down(hidden)
+        return self.down(dropout(hidden, self.dropout_rate, key))

@@ -148,3 +148,35 @@ def test_cudnn_agrees_with_xla_in_bfloat16():
     a = dot_product_attention(q, k, v, mask=mask, scale=0.125, impl="xla")
     b = dot_product_attention(q, k, v, mask=mask, scale=0.125, impl="cudnn")
     np.testing.assert_allclose(np64(a), np64(b), atol=2e-2)
+
+
+@pytest.mark.parametrize("impl", ["xla", "jax"])
+def test_dropout_on_probabilities(impl):
+    """With one-hot values the output is the probability matrix itself: with a key, each entry is
+    either dropped (0) or scaled by 1 / (1 - rate), about ``rate`` of them are dropped, and no key
+    (or rate 0) changes nothing. Both implementations take the same path when dropping."""
+    heads, kv_heads, rate = 4, 2, 0.3
+    q, k, _ = _qkv(heads, kv_heads)
+    v = jnp.broadcast_to(jnp.eye(KV_SEQ, HEAD_DIM)[:, None, :], (KV_SEQ, kv_heads, HEAD_DIM))  # one-hot rows
+    mask = _mask()
+    attend = lambda **kw: np.asarray(dot_product_attention(q, k, v, mask=mask, scale=0.35, impl=impl, **kw))[
+        ..., :KV_SEQ
+    ]  # noqa: E731
+    probs = attend()  # [seq, heads, kv_seq]
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(attend(dropout_rate=rate), probs)
+    np.testing.assert_array_equal(attend(dropout_rate=0.0, key=jax.random.key(1)), probs)
+    dropped = [attend(dropout_rate=rate, key=key) for key in jax.random.split(jax.random.key(7), 200)]
+    p = probs
+    for d in dropped[:5]:
+        kept = d != 0
+        np.testing.assert_allclose(d[kept], p[kept] / (1 - rate), rtol=1e-5)
+    visible = np.broadcast_to(np.asarray(mask)[:, None, :], p.shape)
+    zero_fraction = np.mean(np.stack(dropped)[:, visible] == 0)
+    assert abs(zero_fraction - rate) < 0.02
+    sigma = p * np.sqrt(rate / (1 - rate) / len(dropped))  # the standard error of each mean below
+    assert np.all(np.abs(np.mean(dropped, axis=0) - p) <= 4 * sigma + 1e-6)  # unbiased
+    with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
+        from eqxllm.nn import Attention
+
+        Attention(16, 2, dropout_rate=1.0, key=jax.random.key(0))
