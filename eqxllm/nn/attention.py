@@ -141,7 +141,7 @@ class Attention(eqx.Module):
         if cache is not None:
             if cache_index is None:
                 raise ValueError("a KV cache needs cache_index, the slot of the first new token")
-            new_cache = tuple(write_slots(c, new, cache_index, layer) for c, new in ((cache[0], k), (cache[1], v)))
+            new_cache = (write_slots(cache[0], k, cache_index, layer), write_slots(cache[1], v, cache_index, layer))
             k, v = (c if layer is None else c[layer] for c in new_cache)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         out = dot_product_attention(
