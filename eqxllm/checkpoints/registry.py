@@ -19,6 +19,7 @@ _FAMILY_MODULES = (
     "eqxllm.checkpoints.gpt2",
     "eqxllm.checkpoints.gemma",
     "eqxllm.checkpoints.t5",
+    "eqxllm.checkpoints.t5_vae",
 )
 
 

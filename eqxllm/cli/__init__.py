@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "generate": "eqxllm.cli.generate",
     "eval": "eqxllm.cli.eval",
     "plot": "eqxllm.cli.plot",
+    "vae": "eqxllm.cli.vae",
 }
 
 

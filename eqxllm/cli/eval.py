@@ -30,7 +30,12 @@ def run(args: argparse.Namespace) -> int:
 
     directory = resolve_pretrained(args.model)
     model = from_pretrained(directory)
-    result = evaluate_text_file(model, directory, args.data, seq_len=args.seq_len, batch_size=args.batch_size)
+    if model.config.model_type == "t5_vae":  # an autoencoder: reconstruction metrics, not perplexity
+        from eqxllm.vae.evaluate import evaluate_text_file as evaluate_vae
+
+        result = evaluate_vae(model, directory, args.data, batch_size=args.batch_size)
+    else:
+        result = evaluate_text_file(model, directory, args.data, seq_len=args.seq_len, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(result))
     else:

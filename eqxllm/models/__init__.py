@@ -3,8 +3,9 @@
 from eqxllm.models.gemma import GEMMA_PRESETS, Gemma, GemmaConfig
 from eqxllm.models.gpt2 import GPT2, GPT2_PRESETS, GPT2Config
 from eqxllm.models.t5 import T5, T5_PRESETS, T5Config
+from eqxllm.models.t5_vae import T5VAE, T5VAE_PRESETS, T5VAEConfig
 
-PRESETS = {**GPT2_PRESETS, **GEMMA_PRESETS, **T5_PRESETS}
+PRESETS = {**GPT2_PRESETS, **GEMMA_PRESETS, **T5_PRESETS, **T5VAE_PRESETS}
 
 
 def config_preset(name: str):
@@ -15,4 +16,17 @@ def config_preset(name: str):
         raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
 
 
-__all__ = ["GPT2", "GPT2Config", "Gemma", "GemmaConfig", "PRESETS", "T5", "T5Config", "T5_PRESETS", "config_preset"]
+__all__ = [
+    "GPT2",
+    "GPT2Config",
+    "Gemma",
+    "GemmaConfig",
+    "PRESETS",
+    "T5",
+    "T5Config",
+    "T5_PRESETS",
+    "T5VAE",
+    "T5VAEConfig",
+    "T5VAE_PRESETS",
+    "config_preset",
+]

@@ -16,10 +16,11 @@ from eqxllm.errors import ConfigError
 from eqxllm.models.gemma_config import GemmaConfig
 from eqxllm.models.gpt2 import GPT2Config
 from eqxllm.models.t5_config import T5Config
+from eqxllm.models.t5_vae_config import T5VAEConfig
 from eqxllm.train.optim import OptimConfig
 
 # Every family's config; `eqxllm train` exposes the fields of the preset's family as flags.
-ModelConfig = GPT2Config | GemmaConfig | T5Config
+ModelConfig = GPT2Config | GemmaConfig | T5Config | T5VAEConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,8 +111,10 @@ class TrainConfig:
         try:
             model = dict(raw["model"])
             model_cls = family_for_model_type(model.pop("model_type", "gpt2"), "the config file").config_cls
+            # nested configs (the T5-VAE's T5) rebuild themselves from plain dicts
+            from_dict = getattr(model_cls, "from_dict", None)
             return cls(
-                model=model_cls(**model),
+                model=from_dict(model) if from_dict is not None else model_cls(**model),
                 data=DataConfig(**raw["data"]),
                 optim=OptimConfig(**raw["optim"]),
                 train=LoopConfig(**raw["train"]),
@@ -280,12 +283,58 @@ def _t5_tinystories() -> TrainConfig:
     )
 
 
+def _t5_vae_tinystories() -> TrainConfig:
+    # Autoencode TinyStories sentences of < 24 tokens; about 14 minutes on a 2-core CPU (docs/t5_vae.md).
+    steps = 2500
+    return TrainConfig(
+        model=T5VAEConfig.tinystories(),
+        task="vae",
+        data=DataConfig(vocab_size=4096, val_fraction=0.02),
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=50, total_steps=steps, weight_decay=0.01, b2=0.99),
+        train=LoopConfig(
+            seq_len=24,
+            batch_size=32,
+            max_steps=steps,
+            max_minutes=20.0,
+            eval_every=250,
+            eval_batches=8,
+            log_every=25,
+            checkpoint_every=500,
+        ),
+        out="runs/t5-vae-tinystories",
+    )
+
+
+def _t5_vae_test() -> TrainConfig:
+    # Seconds on a CPU: for tests and smoke runs.
+    steps = 8
+    return TrainConfig(
+        model=T5VAEConfig.tiny(),
+        task="vae",
+        data=DataConfig(vocab_size=300, val_fraction=0.1),
+        optim=OptimConfig(learning_rate=1e-2, warmup_steps=2, total_steps=steps),
+        train=LoopConfig(
+            seq_len=16,
+            batch_size=8,
+            max_steps=steps,
+            eval_every=4,
+            eval_batches=2,
+            log_every=2,
+            checkpoint_every=4,
+            num_samples=1,
+        ),
+        out="runs/t5-vae-test",
+    )
+
+
 TRAIN_PRESETS = {
     "t5-tinystories": _t5_tinystories,
     "gemma-tinystories": _gemma_tinystories,
     "gpt2-tinystories": _gpt2_tinystories,
     "gpt2-tinystories-gpu": _gpt2_tinystories_gpu,
     "gpt2-tinystories-test": _gpt2_tinystories_test,
+    "t5-vae-test": _t5_vae_test,
+    "t5-vae-tinystories": _t5_vae_tinystories,
 }
 
 

@@ -40,13 +40,19 @@ def _lm(cfg, run_dir: Path, progress: bool) -> Task:
     return LMTask(cfg, run_dir, progress=progress)
 
 
+def _vae(cfg, run_dir: Path, progress: bool) -> Task:
+    from eqxllm.train.tasks.vae import VAETask
+
+    return VAETask(cfg, run_dir, progress=progress)
+
+
 def _seq2seq(cfg, run_dir: Path, progress: bool) -> Task:
     from eqxllm.train.tasks.seq2seq import Seq2SeqTask
 
     return Seq2SeqTask(cfg, run_dir, progress=progress)
 
 
-TASKS: dict[str, Callable[[Any, Path, bool], Task]] = {"lm": _lm, "seq2seq": _seq2seq}
+TASKS: dict[str, Callable[[Any, Path, bool], Task]] = {"lm": _lm, "seq2seq": _seq2seq, "vae": _vae}
 
 
 def make_task(cfg, run_dir: Path, *, progress: bool = True) -> Task:

@@ -1,0 +1,120 @@
+"""``eqxllm vae``: a trained T5-VAE's latent space from the command line.
+
+    eqxllm vae interpolate --model DIR --a "Tom saw a dog." --b "Lily ate an apple." --steps 7
+    eqxllm vae encode --model DIR --input sentences.txt --output latents.npy
+    eqxllm vae decode --model DIR --input latents.npy [--output sentences.txt]
+    eqxllm vae sample --model DIR --num 5 [--seed 0]
+
+``encode`` reads one sentence per line and writes ``[n, latent_tokens, latent]`` float32 latents (the
+posterior means) with ``numpy.save``; ``decode`` writes one sentence per latent (greedy), to the
+output file or to stdout; ``sample`` decodes draws from the N(0, I) prior. The tokenizer is the one
+saved beside the model.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from eqxllm.errors import DataError, InputError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "vae", help="encode, decode and interpolate sentences with a T5-VAE", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        a = actions.add_parser(name, help=help, description=help)
+        a.add_argument("--model", required=True, help="T5-VAE directory or Hub id (with its tokenizer)")
+        return a
+
+    a = action("interpolate", "print the sentences along the latent path between two sentences")
+    a.add_argument("--a", required=True, help="the first sentence")
+    a.add_argument("--b", required=True, help="the last sentence")
+    a.add_argument("--steps", type=int, default=7, help="points on the path, both ends included (default 7)")
+    a.add_argument("--method", choices=("slerp", "linear"), default="slerp", help="path shape (default slerp)")
+    a.add_argument(
+        "--all-tokens", action="store_true", help="slerp the whole code as one vector (default: per latent token)"
+    )
+    a = action("encode", "sentences (one per line) -> latents (.npy)")
+    a.add_argument("--input", required=True, help="UTF-8 text file, one sentence per line")
+    a.add_argument("--output", required=True, help=".npy file to write")
+    a = action("decode", "latents (.npy) -> sentences")
+    a.add_argument("--input", required=True, help=".npy file of [n, latent_tokens, latent] latents")
+    a.add_argument("--output", default=None, help="text file to write (default: stdout)")
+    a = action("sample", "sentences written from N(0, I) latent draws")
+    a.add_argument("--num", type=int, default=5, help="how many (default 5)")
+    a.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def _load(model_src: str):
+    from eqxllm.checkpoints import from_pretrained
+    from eqxllm.checkpoints.hub import resolve_pretrained
+    from eqxllm.data.tokenizer import load_tokenizer
+    from eqxllm.models.t5_vae import T5VAE
+
+    directory = resolve_pretrained(model_src)
+    model = from_pretrained(directory)
+    if not isinstance(model, T5VAE):
+        raise InputError(f"{model_src} holds a {type(model).__name__}; `eqxllm vae` needs a T5-VAE (model_type t5_vae)")
+    return model, load_tokenizer(directory)
+
+
+def _write_lines(lines: list[str], output: str | None) -> None:
+    text = "".join(f"{line}\n" for line in lines)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
+
+    model, tokenizer = _load(args.model)
+    if args.action == "interpolate":
+        path = interpolate_texts(
+            model, tokenizer, args.a, args.b, args.steps, method=args.method, per_token=not args.all_tokens
+        )
+        for i, text in enumerate(path):
+            print(f"{i / (len(path) - 1):.2f}  {text}")
+    elif args.action == "encode":
+        from eqxllm.train.text_eval import read_utf8
+
+        lines = [line.strip() for line in read_utf8(args.input).splitlines() if line.strip()]
+        np.save(args.output, encode_texts(model, tokenizer, lines))
+        print(f"wrote {len(lines)} latents to {args.output}", file=sys.stderr)
+    elif args.action == "decode":
+        latents = _read_latents(args.input)
+        _write_lines(decode_latents(model, tokenizer, latents), args.output)
+    else:
+        if args.num < 1:
+            raise InputError(f"--num must be >= 1, got {args.num}")
+        cfg = model.config
+        z = jax.random.normal(jax.random.key(args.seed), (args.num, cfg.n_latent_tokens, cfg.latent_size))
+        _write_lines(decode_latents(model, tokenizer, z), None)
+    return 0
+
+
+def _read_latents(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"latent file {p} does not exist")
+    try:
+        latents = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{p} is not a .npy array file: {e}") from e
+    if latents.ndim == 2:
+        latents = latents[None]
+    if latents.ndim != 3 or not np.issubdtype(latents.dtype, np.floating):
+        raise DataError(
+            f"{p} holds a {latents.dtype} array of shape {latents.shape}; expected float [n, tokens, latent]"
+        )
+    return latents

@@ -1,0 +1,92 @@
+"""Autoencoding sentences: the task of the T5-VAE.
+
+The stories are split into sentences (:mod:`eqxllm.data.sentences`); those of up to
+``train.seq_len - 1`` tokens are kept, each with its end token, padded to ``train.seq_len``. The
+validation stories are held out whole (``data.val_fraction``), and their sentences that also occur in
+the training stories are dropped, so validation measures sentences the model never read. The step
+rides in every batch row, so that the regulariser's warm-up stays inside a pure loss.
+"""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from eqxllm.data import eot_id, load_tokenizer, save_tokenizer, story_sources, train_bpe_tokenizer
+from eqxllm.data.sentences import encode_sentences, sentence_batch, story_sentences, unseen
+from eqxllm.errors import ConfigError, DataError
+from eqxllm.models.t5_vae_config import T5VAEConfig
+from eqxllm.vae.evaluate import evaluate_sentences
+from eqxllm.vae.losses import vae_loss
+
+
+class VAETask:
+    """Reconstruct each sentence through the latent; validation reports the reconstruction loss,
+    token and whole-sentence accuracy, the regulariser and the active latent units; samples show
+    held-out sentences next to their reconstructions, and a sentence written from a prior draw."""
+
+    def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
+        if not isinstance(cfg.model, T5VAEConfig):
+            raise ConfigError(f"task 'vae' trains a T5-VAE (T5VAEConfig), got {type(cfg.model).__name__}")
+        self.cfg = cfg
+        d, seq_len = cfg.data, cfg.train.seq_len
+        sources = story_sources(d.source, version=d.version, val_fraction=d.val_fraction, seed=cfg.train.seed)
+        train_stories = sources["train"].stories()
+        saved = run_dir / "tokenizer.json"
+        if saved.is_file():  # a resumed run keeps its vocabulary
+            self.tokenizer = load_tokenizer(run_dir)
+        elif d.tokenizer == "train":
+            self.tokenizer = train_bpe_tokenizer(train_stories, d.vocab_size, progress=progress)
+        else:
+            self.tokenizer = load_tokenizer(d.tokenizer)
+        if not saved.is_file():
+            save_tokenizer(self.tokenizer, run_dir)
+        self.eot = eot_id(self.tokenizer)
+        options = dict(max_length=seq_len, eos_id=self.eot, pad_id=self.eot)
+        self.train = encode_sentences(self.tokenizer, story_sentences(train_stories), **options)
+        val = encode_sentences(self.tokenizer, story_sentences(sources["validation"].iter_stories()), **options)
+        self.validation = unseen(val, self.train)
+        if len(self.validation) == 0:
+            raise DataError(f"the validation stories of {d.source!r} hold no unseen sentence of < {seq_len} tokens")
+
+    def model_config(self, model_cfg: T5VAEConfig) -> T5VAEConfig:
+        vocab = self.tokenizer.get_vocab_size()
+        # one special token plays T5's pad, end and decoder-start roles (masks tell padding apart)
+        cfg = model_cfg.with_vocabulary(vocab, pad=self.eot, eos=self.eot, start=self.eot)
+        return cfg.replace(max_length=self.cfg.train.seq_len)
+
+    def loss_fn(self, model, batch, key):
+        return vae_loss(model, batch, key)
+
+    def batch(self, step: int, *, process_index: int, process_count: int) -> dict[str, np.ndarray]:
+        t = self.cfg.train
+        return sentence_batch(
+            self.train, step, batch_size=t.batch_size, seed=t.seed, process_index=process_index,
+            process_count=process_count,
+        )  # fmt: skip
+
+    def evaluate(self, model, *, max_batches: int | None = -1) -> dict[str, float]:
+        t = self.cfg.train
+        limit = (t.eval_batches or None) if max_batches == -1 else max_batches
+        m = evaluate_sentences(model, self.validation, batch_size=t.batch_size, max_batches=limit)
+        reg = model.config.regulariser
+        return {
+            "val_loss": m["reconstruction_loss"],
+            "val_token_accuracy": m["token_accuracy"],
+            "val_sequence_accuracy": m["sequence_accuracy"],
+            f"val_{reg}": m[reg],
+            "val_active_units": float(m["active_units"]),
+        }
+
+    def samples(self, model, key) -> list[str]:
+        from eqxllm.vae.text import decode_latents, encode_rows
+
+        n = min(self.cfg.train.num_samples, len(self.validation))
+        if n < 1:
+            return []
+        rows = self.validation.take(range(n))
+        latents = encode_rows(model, rows, batch_size=n)
+        prior = jax.random.normal(key, (1, *latents.shape[1:]))
+        texts = decode_latents(model, self.tokenizer, np.concatenate([latents, np.asarray(prior)]))
+        out = [f"{src!r} -> {rec!r}" for src, rec in zip(rows.texts, texts)]
+        return [*out, f"prior draw -> {texts[-1]!r}"]

@@ -1,0 +1,46 @@
+"""The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, latent
+paths, decoding latents with the shared sampler, and text helpers.
+
+>>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
+>>> decode_latents(vae, tok, z)                                                 # the sentences back
+>>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5)
+"""
+
+from eqxllm.vae.decoding import LatentSource, generate_from_latent
+from eqxllm.vae.evaluate import evaluate_sentences, evaluate_text_file
+from eqxllm.vae.interpolate import interpolate, interpolation_path, lerp, slerp
+from eqxllm.vae.losses import (
+    active_units,
+    annealed_weight,
+    gaussian_kernel,
+    gaussian_kl,
+    mmd,
+    mmd_to_normal,
+    sequence_accuracy,
+    token_accuracy,
+    vae_loss,
+)
+from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
+
+__all__ = [
+    "LatentSource",
+    "active_units",
+    "annealed_weight",
+    "decode_latents",
+    "encode_texts",
+    "evaluate_sentences",
+    "evaluate_text_file",
+    "gaussian_kernel",
+    "gaussian_kl",
+    "generate_from_latent",
+    "interpolate",
+    "interpolate_texts",
+    "interpolation_path",
+    "lerp",
+    "mmd",
+    "mmd_to_normal",
+    "sequence_accuracy",
+    "slerp",
+    "token_accuracy",
+    "vae_loss",
+]

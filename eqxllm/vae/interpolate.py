@@ -1,0 +1,77 @@
+"""Paths between two latents: linear and spherical (slerp), per latent token or over all tokens at once.
+
+Slerp (Shoemake, 1985; for generative models White, 2016, "Sampling Generative Networks") follows
+the great circle between ``a`` and ``b``: under a N(0, I) prior, points on the straight line between
+two typical codes have a smaller norm than any typical code, and slerp avoids that dip. ``per_token``
+treats each latent token as its own vector (its own angle); otherwise the ``[latent_tokens, latent]``
+code is flattened into one vector.
+"""
+
+from typing import Literal
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from eqxllm.errors import InputError
+
+# "linear" | "slerp"; plain str in signatures so that a bad value is an InputError under runtime type checks too
+Method = Literal["linear", "slerp"]
+_PARALLEL = 1e-6  # below this angle slerp is numerically a lerp
+
+
+def lerp(a: Float[Array, "*dims"], b: Float[Array, "*dims"], t: Float[Array, ""] | float) -> Float[Array, "*dims"]:
+    """``(1 - t) a + t b``: exactly ``a`` at ``t = 0`` and exactly ``b`` at ``t = 1``."""
+    return (1.0 - t) * a + t * b
+
+
+def slerp(
+    a: Float[Array, "*rows dim"], b: Float[Array, "*rows dim"], t: Float[Array, ""] | float
+) -> Float[Array, "*rows dim"]:
+    """Spherical interpolation along the last axis, row by row:
+    ``sin((1 - t) theta) / sin(theta) a + sin(t theta) / sin(theta) b`` with ``theta`` the angle between
+    ``a`` and ``b``. Nearly parallel rows fall back to :func:`lerp`."""
+    a32, b32 = a.astype(jnp.float32), b.astype(jnp.float32)
+    norms = jnp.linalg.norm(a32, axis=-1, keepdims=True) * jnp.linalg.norm(b32, axis=-1, keepdims=True)
+    cos = jnp.clip(jnp.sum(a32 * b32, axis=-1, keepdims=True) / jnp.maximum(norms, 1e-12), -1.0, 1.0)
+    theta = jnp.arccos(cos)
+    sin = jnp.sin(theta)
+    parallel = sin < _PARALLEL
+    safe = jnp.where(parallel, 1.0, sin)
+    wa = jnp.where(parallel, 1.0 - t, jnp.sin((1.0 - t) * theta) / safe)
+    wb = jnp.where(parallel, t, jnp.sin(t * theta) / safe)
+    return (wa * a32 + wb * b32).astype(a.dtype)
+
+
+def interpolate(
+    a: Float[Array, "latent_tokens latent"],
+    b: Float[Array, "tokens_b latent_b"],  # checked below, with a message that names both shapes
+    t: Float[Array, ""] | float,
+    *,
+    method: str = "slerp",
+    per_token: bool = True,
+) -> Float[Array, "latent_tokens latent"]:
+    """One point of the path from ``a`` (``t = 0``) to ``b`` (``t = 1``)."""
+    if a.shape != b.shape:
+        raise InputError(f"cannot interpolate between latents of shapes {a.shape} and {b.shape}")
+    if method == "linear":
+        return lerp(a, b, t)
+    if method != "slerp":
+        raise InputError(f"interpolation method must be 'linear' or 'slerp', got {method!r}")
+    if per_token:
+        return slerp(a, b, t)
+    return slerp(a.reshape(1, -1), b.reshape(1, -1), t).reshape(a.shape)
+
+
+def interpolation_path(
+    a: Float[Array, "latent_tokens latent"],
+    b: Float[Array, "latent_tokens latent"],
+    steps: int,
+    *,
+    method: str = "slerp",
+    per_token: bool = True,
+) -> Float[Array, "steps latent_tokens latent"]:
+    """``steps`` evenly spaced points from ``a`` to ``b``, both included (exactly)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise InputError(f"an interpolation path needs steps >= 2 (both ends included), got {steps!r}")
+    # the weights are exactly (1, 0) and (0, 1) at the ends, so the path starts at a and ends at b exactly
+    return jnp.stack([interpolate(a, b, i / (steps - 1), method=method, per_token=per_token) for i in range(steps)])

@@ -1,0 +1,84 @@
+"""Text in, latents out and back: a T5-VAE with its tokenizer (what ``eqxllm vae`` and the example use)."""
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from eqxllm.data.sentences import SentenceSet, encode_sentences
+from eqxllm.errors import InputError
+from eqxllm.vae.decoding import generate_from_latent, strip_after_end
+from eqxllm.vae.interpolate import interpolation_path
+
+
+def tokenize(model, tokenizer, texts: Sequence[str], *, strict: bool = True) -> SentenceSet:
+    """``texts`` as the model's input rows (tokens, end token, padding to ``max_length``). With
+    ``strict``, a text too long for the model (or empty) raises :class:`InputError` naming it."""
+    cfg = model.config
+    data = encode_sentences(
+        tokenizer, list(texts), max_length=cfg.max_length, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id
+    )
+    if strict and data.dropped:
+        kept = set(data.texts)
+        bad = next(t for t in texts if t not in kept)
+        n = len(tokenizer.encode(bad, add_special_tokens=False).ids)
+        raise InputError(
+            f"the text {bad[:80]!r} is {n} tokens; this model encodes 1 to {cfg.max_length - 1} tokens "
+            "(max_length minus the end token): split it into sentences"
+        )
+    return data
+
+
+@eqx.filter_jit
+def _encode_batch(
+    model, ids: Int[Array, "batch seq"], mask: Bool[Array, "batch seq"]
+) -> Float[Array, "batch latent_tokens latent"]:
+    return jax.vmap(lambda i, m: model.encode(i, mask=m))(ids, mask)
+
+
+def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    """The latents ``[n, latent_tokens, latent]`` (posterior means) of ``texts``."""
+    data = tokenize(model, tokenizer, texts)
+    return encode_rows(model, data, batch_size=batch_size)
+
+
+def encode_rows(model, data: SentenceSet, *, batch_size: int = 64) -> np.ndarray:
+    """The latents of already tokenized rows, in fixed-size batches (one compiled program)."""
+    mask = np.arange(data.ids.shape[1])[None, :] < data.lengths[:, None]
+    out = []
+    for start in range(0, len(data), batch_size):
+        ids, m = data.ids[start : start + batch_size], mask[start : start + batch_size]
+        pad = batch_size - len(ids)
+        if pad:
+            ids = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
+            m = np.concatenate([m, np.ones((pad, m.shape[1]), bool)])
+        out.append(np.asarray(_encode_batch(model, jnp.asarray(ids), jnp.asarray(m)))[: batch_size - pad])
+    cfg = model.config
+    return np.concatenate(out) if out else np.zeros((0, cfg.n_latent_tokens, cfg.latent_size), np.float32)
+
+
+def decode_latents(
+    model, tokenizer, latents: np.ndarray | Array, *, temperature: float = 0.0, key: jax.Array | None = None
+) -> list[str]:
+    """The sentences written from ``latents [n, latent_tokens, latent]`` (greedy by default)."""
+    latents = jnp.asarray(latents, jnp.float32)
+    if latents.ndim == 2:
+        latents = latents[None]
+    if latents.shape[0] == 0:
+        return []
+    options = {} if key is None or temperature == 0 else {"temperature": temperature, "key": key}
+    tokens = np.asarray(generate_from_latent(model, latents, **options))
+    eos = model.config.eos_token_id
+    return [tokenizer.decode(strip_after_end(row, eos)) for row in tokens]
+
+
+def interpolate_texts(
+    model, tokenizer, a: str, b: str, steps: int, *, method: str = "slerp", per_token: bool = True
+) -> list[str]:
+    """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included)."""
+    za, zb = encode_texts(model, tokenizer, [a, b])
+    path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token)
+    return decode_latents(model, tokenizer, path)

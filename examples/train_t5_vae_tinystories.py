@@ -1,0 +1,120 @@
+"""Train a T5-VAE on TinyStories sentences, then look at its latent space.
+
+    python examples/train_t5_vae_tinystories.py --data ../shared/data/tinystories/TinyStories-train-prefix-2MiB.txt
+    python examples/train_t5_vae_tinystories.py --data ... --skip-training     # only the figures, from --out
+
+Training is the `t5-vae-tinystories` preset (`eqxllm train --config t5-vae-tinystories` does the same).
+Afterwards the script evaluates the held-out sentences (the validation stories' sentences never seen in
+training; also written to OUT/heldout.txt, so that `eqxllm eval --model OUT/model --data
+OUT/heldout.txt --json` gives the same figures), draws a PCA projection of their latents coloured by
+sentence length and by first word (t5_vae_latents.png, into --figures, default OUT) and writes
+interpolations between held-out sentences (OUT/t5_vae_interpolations.md, a markdown table).
+"""
+
+import argparse
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+import eqxllm
+from eqxllm.train import train_preset
+from eqxllm.train.loop import train
+from eqxllm.train.tasks.vae import VAETask
+from eqxllm.vae import evaluate_sentences
+from eqxllm.vae.text import encode_rows, interpolate_texts
+
+
+def pca_figure(latents: np.ndarray, texts: list[str], lengths: np.ndarray, path: Path) -> None:
+    """Two panels: the first two principal components of the flattened latents, coloured by length
+    in tokens and by first word (the six most common; the rest grey)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    flat = latents.reshape(len(latents), -1)
+    centred = flat - flat.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    explained = s[:2] ** 2 / np.sum(s**2)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    sc = axes[0].scatter(xy[:, 0], xy[:, 1], c=lengths, cmap="viridis", s=8)
+    fig.colorbar(sc, ax=axes[0], label="sentence length (tokens)")
+    axes[0].set_title("coloured by length")
+    first = [t.split()[0].strip('"“,').capitalize() for t in texts]
+    top = [w for w, _ in Counter(first).most_common(6)]
+    grey = np.array([w not in top for w in first])
+    axes[1].scatter(xy[grey, 0], xy[grey, 1], c="lightgrey", s=6, label="other")
+    for w in top:
+        pick = np.array([f == w for f in first])
+        axes[1].scatter(xy[pick, 0], xy[pick, 1], s=8, label=w)
+    axes[1].legend(markerscale=2, fontsize=8)
+    axes[1].set_title("coloured by first word")
+    for ax in axes:
+        ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
+        ax.set_ylabel(f"PC 2 ({explained[1]:.0%})")
+    fig.suptitle(f"T5-VAE latents of {len(latents)} held-out TinyStories sentences (PCA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def interpolation_table(pairs: list[tuple[str, str]], paths: list[list[str]]) -> str:
+    """A markdown table: the two held-out sentences, then the sentence written at each point of the path
+    (t = 0 and t = 1 are the reconstructions of the inputs)."""
+    steps = len(paths[0])
+    rows = ["| | " + " | ".join(f"path {i + 1}" for i in range(len(paths))) + " |", "|---" * (len(paths) + 1) + "|"]
+    esc = lambda text: text.replace("|", "\\|")  # noqa: E731
+    rows.append("| input a | " + " | ".join(f"*{esc(a)}*" for a, _ in pairs) + " |")
+    for j in range(steps):
+        rows.append(f"| t = {j / (steps - 1):.2f} | " + " | ".join(esc(p[j]) for p in paths) + " |")
+    rows.append("| input b | " + " | ".join(f"*{esc(b)}*" for _, b in pairs) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="hub", help="'hub' (default), a text file or a folder of them")
+    parser.add_argument("--out", default="runs/t5-vae-tinystories", help="run directory")
+    parser.add_argument("--minutes", type=float, default=None, help="training time budget (default: the preset's)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--skip-training", action="store_true", help="use the model already in OUT/model")
+    parser.add_argument("--figures", default=None, help="folder for the PNG (default: --out)")
+    parser.add_argument("--paths", type=int, default=3, help="interpolations to write (default 3)")
+    parser.add_argument("--steps", type=int, default=7, help="points per interpolation (default 7)")
+    args = parser.parse_args()
+
+    cfg = train_preset("t5-vae-tinystories")
+    loop = cfg.train if args.minutes is None else dataclasses.replace(cfg.train, max_minutes=args.minutes)
+    cfg = cfg.replace(data=dataclasses.replace(cfg.data, source=args.data), train=loop, out=args.out,
+                      resume=args.resume)  # fmt: skip
+    out = Path(args.out)
+    model_dir = out / "model" if args.skip_training else train(cfg)
+
+    model = eqxllm.from_pretrained(model_dir)
+    task = VAETask(cfg, out, progress=False)  # the run's tokenizer and the same held-out sentences
+    heldout = task.validation
+    (out / "heldout.txt").write_text("".join(f"{t}\n" for t in heldout.texts), encoding="utf-8")
+    metrics = evaluate_sentences(model, heldout)
+    print(json.dumps(metrics, indent=2))
+
+    figures = Path(args.figures) if args.figures else out
+    figures.mkdir(parents=True, exist_ok=True)
+    latents = encode_rows(model, heldout)
+    pca_figure(latents, list(heldout.texts), heldout.lengths - 1, figures / "t5_vae_latents.png")
+
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(heldout), size=(args.paths, 2), replace=False)
+    pairs = [(heldout.texts[a], heldout.texts[b]) for a, b in picks]
+    paths = [interpolate_texts(model, task.tokenizer, a, b, args.steps) for a, b in pairs]
+    table = interpolation_table(pairs, paths)
+    (out / "t5_vae_interpolations.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"picture: {figures / 't5_vae_latents.png'}, table: {out / 't5_vae_interpolations.md'}")
+
+
+if __name__ == "__main__":
+    main()
