@@ -10,7 +10,6 @@ periodic evaluations), then ``transformers`` with ``torch.set_num_threads(os.cpu
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -110,11 +109,8 @@ def main() -> None:
     ap.add_argument("--skip-eqxllm", action="store_true", help="reuse OUT/eqxllm from an earlier run")
     args = ap.parse_args()
 
-    cfg = train_preset(args.preset)
-    cfg = cfg.replace(
-        data=dataclasses.replace(cfg.data, source=args.data),
-        train=dataclasses.replace(cfg.train, max_minutes=args.minutes),
-        out=str(Path(args.out) / "eqxllm"),
+    cfg = train_preset(args.preset).for_run(
+        data=args.data, out=str(Path(args.out) / "eqxllm"), max_minutes=args.minutes
     )
     load = {"before_eqxllm": os.getloadavg()}
     t0 = time.time()

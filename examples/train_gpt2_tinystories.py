@@ -8,7 +8,6 @@ curve and logs land in --out. The same run from the command line: `eqxllm train 
 """
 
 import argparse
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +26,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     args = parser.parse_args()
 
-    cfg = train_preset("gpt2-tinystories")
-    cfg = cfg.replace(
-        data=dataclasses.replace(cfg.data, source=args.data),
-        train=dataclasses.replace(cfg.train, max_minutes=args.minutes),
-        out=args.out,
-        resume=args.resume,
+    cfg = train_preset("gpt2-tinystories").for_run(
+        data=args.data, out=args.out, max_minutes=args.minutes, resume=args.resume
     )
     model_dir = train(cfg)
 

@@ -8,7 +8,6 @@ T5 checkpoint: `transformers.T5ForConditionalGeneration.from_pretrained(OUT/mode
 """
 
 import argparse
-import dataclasses
 
 import jax.numpy as jnp
 
@@ -25,12 +24,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     args = parser.parse_args()
 
-    cfg = train_preset("t5-tinystories")
-    cfg = cfg.replace(
-        data=dataclasses.replace(cfg.data, source=args.data),
-        train=dataclasses.replace(cfg.train, max_minutes=args.minutes),
-        out=args.out,
-    )
+    cfg = train_preset("t5-tinystories").for_run(data=args.data, out=args.out, max_minutes=args.minutes)
     model_dir = train(cfg)
 
     model = eqxllm.from_pretrained(model_dir)

@@ -12,7 +12,6 @@ interpolations between held-out sentences (OUT/t5_vae_interpolations.md, a markd
 """
 
 import argparse
-import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -87,10 +86,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="points per interpolation (default 7)")
     args = parser.parse_args()
 
-    cfg = train_preset("t5-vae-tinystories")
-    loop = cfg.train if args.minutes is None else dataclasses.replace(cfg.train, max_minutes=args.minutes)
-    cfg = cfg.replace(data=dataclasses.replace(cfg.data, source=args.data), train=loop, out=args.out,
-                      resume=args.resume)  # fmt: skip
+    cfg = train_preset("t5-vae-tinystories").for_run(
+        data=args.data, out=args.out, max_minutes=args.minutes, resume=args.resume
+    )
     out = Path(args.out)
     model_dir = out / "model" if args.skip_training else train(cfg)
 

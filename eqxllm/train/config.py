@@ -100,6 +100,27 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
+    def for_run(
+        self,
+        *,
+        data: str | None = None,
+        out: str | None = None,
+        max_minutes: float | None = None,
+        resume: bool | None = None,
+    ) -> "TrainConfig":
+        """The same config pointed at a data source, run directory and time budget (what the example
+        scripts and benchmarks set on a preset); arguments left ``None`` keep their values."""
+        cfg = self
+        if data is not None:
+            cfg = cfg.replace(data=dataclasses.replace(cfg.data, source=data))
+        if max_minutes is not None:
+            cfg = cfg.replace(train=dataclasses.replace(cfg.train, max_minutes=max_minutes))
+        if out is not None:
+            cfg = cfg.replace(out=out)
+        if resume is not None:
+            cfg = cfg.replace(resume=resume)
+        return cfg
+
     def to_json(self) -> str:
         raw = dataclasses.asdict(self)
         raw["model"] = {"model_type": self.model.model_type, **raw["model"]}
