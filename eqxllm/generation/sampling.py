@@ -32,7 +32,7 @@ class Sampler(eqx.Module):
     def __call__(self, logits: Float[Array, " vocab"], key: PRNGKeyArray | None) -> Int[Array, ""]:
         logits = logits.astype(jnp.float32)
         if self.greedy:
-            return jnp.argmax(logits).astype(jnp.int32)
+            return first_argmax(logits)
         if key is None:
             raise ValueError("a sampling Sampler needs a key")
         logits = logits / self.temperature
@@ -44,6 +44,19 @@ class Sampler(eqx.Module):
         if self.top_p is not None:
             values = jnp.where(nucleus_mask(values, self.top_p), values, -jnp.inf)
         return indices[jax.random.categorical(key, values)].astype(jnp.int32)
+
+
+def first_argmax(logits: Float[Array, " vocab"]) -> Int[Array, ""]:
+    """The first index of the largest logit, as ``jnp.argmax`` (ties go to the lower id).
+
+    Written as a max and a min over the matching indices: two plain reductions, which XLA:CPU
+    vectorises, where ``argmax``'s (value, index) reduction runs element by element: about 0.2 ms
+    of each 14 ms GPT-2 decoding step on a 50,257-token vocabulary. A row with a NaN gets the NaN's
+    index, as with ``argmax``.
+    """
+    ids = jnp.arange(logits.shape[0], dtype=jnp.int32)
+    top = (logits == jnp.max(logits)) | jnp.isnan(logits)  # with a NaN the max is NaN: only NaNs match
+    return jnp.min(jnp.where(top, ids, logits.shape[0] - 1))
 
 
 def nucleus_mask(sorted_logits: Float[Array, " k"], top_p: Float[Array, ""]) -> Bool[Array, " k"]:

@@ -20,6 +20,7 @@ from eqxllm.vae.losses import (
     token_accuracy,
     vae_loss,
 )
+from eqxllm.vae.noise import delete_words, drop_words
 from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "active_units",
     "annealed_weight",
     "decode_latents",
+    "delete_words",
+    "drop_words",
     "encode_texts",
     "evaluate_sentences",
     "evaluate_text_file",

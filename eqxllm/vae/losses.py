@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.train.loss import cross_entropy
+from eqxllm.vae.noise import delete_words, drop_words
 
 # the normal samples of an evaluation (no key) are fixed, so that the reported MMD is reproducible
 _EVAL_KEY_SEED = 0
@@ -92,25 +93,27 @@ def vae_loss(
     warm-up, the same in every row). The sentence is both the encoder input and the decoder target.
     MMD compares the batch's latent tokens (the posterior means) with normal draws; KL is divided by
     the number of target tokens, so that with weight 1 the loss is the negative ELBO per token.
-    ``key`` drives dropout, the code's noise, word dropout and the MMD's normal draws (fixed ones
-    without a key, and no noise or dropout: the evaluation's setting).
+    ``key`` drives dropout, the code's noise, word dropout, word deletion and the MMD's normal draws
+    (fixed ones without a key, and no noise, dropout or deletion: the evaluation's setting).
     """
     cfg = model.config
     ids, lengths = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["lengths"])
     mask = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
     dec_in = shift_right(ids, cfg.decoder_start_token_id)
     keys = None if key is None else jax.random.split(key, ids.shape[0] + 2)
-    if keys is not None and cfg.word_dropout > 0:  # Bowman et al. (2016); the start token stays
-        drop = jax.random.bernoulli(keys[-1], cfg.word_dropout, dec_in.shape).at[:, 0].set(False)
-        dec_in = jnp.where(drop, cfg.pad_token_id, dec_in)
+    enc_mask = mask
+    if keys is not None and cfg.word_dropout > 0:
+        dec_in = drop_words(keys[-1], dec_in, cfg.word_dropout, cfg.pad_token_id)
+    if keys is not None and cfg.word_deletion > 0:
+        enc_mask = delete_words(jax.random.fold_in(keys[-1], 1), lengths, ids.shape[1], cfg.word_deletion)
 
-    def one(i, m, d, k):
-        return model.autoencode(i, d, mask=m, decoder_mask=m, key=k)
+    def one(i, m, e, d, k):
+        return model.autoencode(i, d, mask=e, decoder_mask=m, key=k)
 
     if keys is None:
-        out = jax.vmap(lambda i, m, d: one(i, m, d, None))(ids, mask, dec_in)
+        out = jax.vmap(lambda i, m, e, d: one(i, m, e, d, None))(ids, mask, enc_mask, dec_in)
     else:
-        out = jax.vmap(one)(ids, mask, dec_in, keys[1:-1])
+        out = jax.vmap(one)(ids, mask, enc_mask, dec_in, keys[1:-1])
     total, count = cross_entropy(out.logits, ids, mask)
     recon = total / jnp.maximum(count, 1.0)
     if cfg.regulariser == "kl":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import eqxllm
-from eqxllm.generation import make_sampler, nucleus_mask
+from eqxllm.generation.sampling import first_argmax, make_sampler, nucleus_mask
 
 from ._helpers import tiny_gpt2
 
@@ -86,6 +86,18 @@ def test_nucleus_mask_by_hand():
     assert keep(0.51) == [True, True, False, False]
     assert keep(0.8) == [True, True, True, False]
     assert keep(1.0) == [True, True, True, True]
+
+
+def test_first_argmax_matches_argmax_with_ties_infinities_and_nans():
+    rng = np.random.default_rng(0)
+    rows = rng.integers(-3, 4, size=(200, 50)).astype(np.float32)  # many ties
+    rows[0, :] = -np.inf
+    rows[1, 7] = np.inf
+    rows[2, [3, 9]] = np.nan
+    rows[3, :] = 5.0
+    got = np.asarray(jax.jit(jax.vmap(first_argmax))(jnp.asarray(rows)))
+    np.testing.assert_array_equal(got, np.argmax(rows, axis=1))  # NumPy's argmax also takes the first NaN
+    np.testing.assert_array_equal(got, np.asarray(jax.vmap(jnp.argmax)(jnp.asarray(rows))))
 
 
 def test_greedy_is_argmax_and_temperature_zero_or_top_k_one_is_greedy(logits):

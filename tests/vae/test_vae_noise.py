@@ -1,0 +1,67 @@
+"""Training-time input corruption: word dropout on the decoder side, word deletion on the encoder side."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eqxllm.errors import ConfigError
+from eqxllm.models import T5VAE, T5VAEConfig
+from eqxllm.vae import delete_words, drop_words, vae_loss
+
+
+def test_word_deletion_keeps_the_end_token_and_padding_and_deletes_at_the_rate():
+    rows, seq, rate = 4000, 12, 0.3
+    lengths = jnp.asarray(np.random.default_rng(0).integers(1, seq + 1, rows), jnp.int32)
+    mask = np.asarray(delete_words(jax.random.key(0), lengths, seq, rate))
+    positions = np.arange(seq)[None, :]
+    real = positions < np.asarray(lengths)[:, None]
+    end = positions == np.asarray(lengths)[:, None] - 1
+    words = real & ~end
+    assert mask[end].all()  # every end token stays: no row is empty
+    assert not mask[~real].any()  # padding stays padding
+    deleted = 1.0 - mask[words].mean()
+    assert abs(deleted - rate) < 0.01, deleted
+    # deletions are independent draws: two keys delete different words
+    other = np.asarray(delete_words(jax.random.key(1), lengths, seq, rate))
+    assert (other != mask).any()
+
+
+def test_word_dropout_spares_the_start_token_and_drops_at_the_rate():
+    ids = jnp.full((3000, 10), 7, jnp.int32)
+    out = np.asarray(drop_words(jax.random.key(0), ids, 0.15, pad_id=0))
+    assert (out[:, 0] == 7).all()
+    assert set(np.unique(out)) == {0, 7}
+    dropped = (out[:, 1:] == 0).mean()
+    assert abs(dropped - 0.15) < 0.01, dropped
+
+
+def _batch(n=6, seq=10):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(4, seq + 1, size=n).astype(np.int32)
+    ids = rng.integers(1, 500, size=(n, seq)).astype(np.int32)
+    ids[np.arange(seq)[None, :] >= lengths[:, None]] = 0
+    return {"input_ids": jnp.asarray(ids), "lengths": jnp.asarray(lengths), "step": jnp.zeros((n,), jnp.int32)}
+
+
+def test_word_deletion_changes_only_what_the_encoder_reads():
+    base = T5VAEConfig.tiny(n_latent_tokens=3)
+    model = T5VAE(base, key=jax.random.key(0))
+    deleting = T5VAE(base.replace(word_deletion=0.5), key=jax.random.key(0))  # the same weights
+    loss = eqx.filter_jit(lambda m, k: vae_loss(m, _batch(), k))
+    key = jax.random.key(3)
+    (plain, plain_aux), (noisy, noisy_aux) = loss(model, key), loss(deleting, key)
+    # the same weights, key and targets: only the encoder's input differs, so the codes differ ...
+    assert float(jnp.abs(plain - noisy)) > 1e-4
+    assert noisy_aux["tokens"] == plain_aux["tokens"]  # ... and the decoder still writes every token
+    # without a key (evaluation) nothing is deleted
+    np.testing.assert_allclose(loss(model, None)[0], loss(deleting, None)[0], rtol=0, atol=0)
+
+
+def test_word_deletion_is_validated():
+    with pytest.raises(ConfigError, match="word_deletion"):
+        T5VAEConfig.tiny(word_deletion=1.0)
+    assert T5VAEConfig.from_dict(dataclasses.asdict(T5VAEConfig.tiny(word_deletion=0.2))).word_deletion == 0.2
