@@ -65,3 +65,17 @@ def test_gate_and_up_are_not_interchangeable():
 def test_unknown_activation_fails_at_construction():
     with pytest.raises(ValueError, match="unknown activation 'gelu2'"):
         MLP(DIM, HIDDEN, activation="gelu2", gated=False, use_bias=True, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize(("act", "gated", "use_bias"), CASES[:3])
+def test_one_position_the_decoding_path_matches_the_reference_and_its_gradient(act, gated, use_bias):
+    # one position takes the decoding path: the hidden vector goes through an identity gather
+    mlp = MLP(DIM, HIDDEN, activation=act, gated=gated, use_bias=use_bias, key=jax.random.key(0))
+    mlp = randomize(mlp, jax.random.key(1), std=0.4)
+    rows = jax.random.normal(jax.random.key(2), (4, DIM), jnp.float32)
+    one = eqx.filter_jit(lambda m, v: m(v))(mlp, rows[:1])
+    np.testing.assert_allclose(np64(one), _mlp_ref(mlp, np64(rows[:1]), ACTS[act]), rtol=1e-5, atol=1e-5)
+    # an identity for gradients too: the one-position gradient equals that row's gradient inside a
+    # longer sequence (which does not take the path)
+    grad = jax.grad(lambda v: jnp.sum(mlp(v) ** 2))
+    np.testing.assert_allclose(grad(rows[:1])[0], grad(rows)[0], rtol=1e-5, atol=1e-6)
