@@ -10,6 +10,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from eqxllm.nn.attention_kernel import AttentionImpl, dot_product_attention
 from eqxllm.nn.kv_cache import write_slots
 from eqxllm.nn.linear import Linear
+from eqxllm.nn.materialize import materialize
 from eqxllm.nn.norms import RMSNorm
 from eqxllm.nn.positions import apply_rotary
 
@@ -148,4 +149,7 @@ class Attention(eqx.Module):
             q, k, v, mask=mask, bias=bias, scale=self.scale, softcap=self.softcap, impl=self.impl,
             dropout_rate=self.dropout_rate, key=key,
         )  # fmt: skip
-        return self.o_proj(out.reshape(seq, self.num_heads * self.head_dim)), new_cache
+        out = out.reshape(seq, self.num_heads * self.head_dim)
+        if seq == 1:  # a decoding step: hand the output projection a plain vector
+            out = materialize(out)
+        return self.o_proj(out), new_cache

@@ -9,7 +9,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from eqxllm.nn.dropout import dropout
@@ -81,8 +80,7 @@ def _one_query(q, k, v, *, mask, bias, scale, softcap):
     elementwise product reduced by a dot with a ones vector (a plain ``sum`` goes to a slow XLA:CPU
     reduction kernel); with shared key heads (GQA/MQA), one ``[kv_seq, kv_heads * head_dim]`` matmul
     against the block-diagonal matrix of the queries. Output: one ``[heads, kv_seq] @ [kv_seq,
-    kv_heads * head_dim]`` matmul whose diagonal blocks (each head with its own value head) are kept,
-    gathered into a flat vector.
+    kv_heads * head_dim]`` matmul whose diagonal blocks (each head with its own value head) are kept.
     The zero blocks cost ``kv_heads`` times the (small) flops of one query. Same results up to rounding.
     """
     kv_seq, kv_heads, head_dim = k.shape
@@ -107,10 +105,6 @@ def _one_query(q, k, v, *, mask, bias, scale, softcap):
         logits = jnp.where(mask[0][:, None], logits, jnp.finfo(f32).min)
     weights = jax.nn.softmax(logits, axis=0).astype(v.dtype)  # [kv_seq, heads]
     every = weights.T @ v.reshape(kv_seq, kv_heads * head_dim)  # [heads, kv_heads * head_dim]
-    # the diagonal blocks, gathered straight into a flat [heads * head_dim] vector: the output
-    # projection's dot reads it with vector loads (a multi-axis gather result, bitcast to the
-    # vector, made XLA:CPU load it element by element: twice the time of the projection)
-    head = np.arange(heads)[:, None]
-    flat = head * (kv_heads * head_dim) + (head // group) * head_dim + np.arange(head_dim)[None, :]
-    out = jnp.take(every.reshape(-1), jnp.asarray(flat.reshape(-1), jnp.int32))
-    return out.reshape(q.shape).astype(q.dtype)
+    every = every.reshape(kv_heads, group, kv_heads, head_dim)
+    out = jnp.diagonal(every, axis1=0, axis2=2)  # [group, head_dim, kv_heads]
+    return jnp.transpose(out, (2, 0, 1)).reshape(q.shape).astype(q.dtype)
