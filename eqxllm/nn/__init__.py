@@ -23,6 +23,7 @@ from eqxllm.nn.embedding import Embedding
 from eqxllm.nn.kv_cache import KVCache
 from eqxllm.nn.linear import Linear
 from eqxllm.nn.masks import attention_mask
+from eqxllm.nn.materialize import materialize
 from eqxllm.nn.mlp import MLP
 from eqxllm.nn.norms import LayerNorm, RMSNorm
 from eqxllm.nn.positions import (
@@ -51,6 +52,7 @@ __all__ = [
     "attention_mask",
     "dot_product_attention",
     "dropout",
+    "materialize",
     "relative_position_bucket",
     "rotary_angles",
     "sinusoidal_positions",
