@@ -12,6 +12,7 @@ exactly as a T5 checkpoint does, plus::
     vae.from_latent.{weight,bias}      [embed, latent], [embed]    code -> decoder memory
     vae.memory_positions               [latent_tokens, embed]
     vae.memory_norm.{weight,bias}      [embed]
+    vae.bow_head.{weight,bias}         [vocab, latent_tokens * latent], [vocab]   (bow_weight > 0 only)
 
 so :func:`extract_t5` (dropping ``vae.*``, writing the nested config) gives a directory that
 ``transformers.T5ForConditionalGeneration.from_pretrained`` loads, and :func:`t5_vae_from_t5` starts a
@@ -83,6 +84,8 @@ def key_map(cfg: T5VAEConfig) -> KeyMap:
     p += _linear(f"{PREFIX}from_latent", lambda m: m.from_latent)
     p.append(param(f"{PREFIX}memory_positions", lambda m: m.memory_positions))
     p += _linear(f"{PREFIX}memory_norm", lambda m: m.memory_norm)
+    if cfg.bow_weight > 0:
+        p += _linear(f"{PREFIX}bow_head", lambda m: m.bow_head)
     return KeyMap(params=p, ignore=t5.ignore)
 
 

@@ -60,10 +60,11 @@ class T5VAE(eqx.Module):
     from_latent: Linear
     memory_positions: Float[Array, "latent_tokens embed"]
     memory_norm: LayerNorm
+    bow_head: Linear | None
     config: T5VAEConfig = eqx.field(static=True)
 
     def __init__(self, config: T5VAEConfig, *, key: PRNGKeyArray):
-        t5_key, q_key, attn_key, lat_key, var_key, out_key, pos_key = jax.random.split(key, 7)
+        t5_key, q_key, attn_key, lat_key, var_key, out_key, pos_key, bow_key = jax.random.split(key, 8)
         cfg, d, n = config, config.d_model, config.n_latent_tokens
         self.config = cfg
         self.t5 = T5(cfg.t5, key=t5_key)
@@ -87,6 +88,12 @@ class T5VAE(eqx.Module):
             sinusoidal_positions(jnp.arange(n), d) if d % 2 == 0 else jax.random.normal(pos_key, (n, d), jnp.float32)
         )
         self.memory_norm = LayerNorm(d, eps=cfg.t5.layer_norm_epsilon)
+        flat = n * cfg.latent_size
+        self.bow_head = (
+            Linear(flat, cfg.vocab_size, use_bias=True, init_std=flat**-0.5, key=bow_key)
+            if cfg.bow_weight > 0
+            else None
+        )
 
     @classmethod
     def from_t5(cls, t5: T5, config: T5VAEConfig | None = None, *, key: PRNGKeyArray) -> "T5VAE":
@@ -174,6 +181,13 @@ class T5VAE(eqx.Module):
         right behind ``decoder_start_token_id``)."""
         return self.t5.decode_full(self.memory(latent), decoder_input_ids, decoder_mask=decoder_mask, key=key)
 
+    def bag_of_words(self, latent: Float[Array, "latent_tokens latent"]) -> Float[Array, " vocab"]:
+        """Log-probabilities of each vocabulary word being in the sentence of ``latent``, read from the
+        whole code at once (the head of ``bow_weight``)."""
+        if self.bow_head is None:
+            raise ConfigError("this T5-VAE has no bag-of-words head (bow_weight=0)")
+        return jax.nn.log_softmax(self.bow_head(latent.reshape(-1)).astype(jnp.float32))
+
     def autoencode(
         self,
         input_ids: Int[Array, " seq"],
@@ -181,12 +195,16 @@ class T5VAE(eqx.Module):
         *,
         mask: Bool[Array, " seq"] | None = None,
         decoder_mask: Bool[Array, " dec_seq"] | None = None,
+        null_code: Bool[Array, ""] | bool = False,
         key: PRNGKeyArray | None = None,
     ) -> VAEOutput:
-        """Encode, sample the code (with ``key``), decode: what the training loss needs."""
+        """Encode, sample the code (with ``key``), decode: what the training loss needs. With
+        ``null_code`` the decoder reads the null code (zeros) instead: the language-model rows of
+        ``code_dropout``."""
         enc_key, sample_key, dec_key = (None,) * 3 if key is None else jax.random.split(key, 3)
         mean, logvar = self.posterior(input_ids, mask=mask, key=enc_key)
         latent = self.sample_latent(mean, logvar, sample_key)
+        latent = jnp.where(null_code, jnp.zeros_like(latent), latent)
         logits = self.decode_full(latent, decoder_input_ids, decoder_mask=decoder_mask, key=dec_key)
         return VAEOutput(logits=logits, latent=latent, mean=mean, logvar=logvar)
 

@@ -44,6 +44,15 @@ class T5VAEConfig:
       autoencoder of Shen et al. (2020, "Educating Text Autoencoders: Latent Representation Guidance
       via Denoising"), which maps sentences that differ by a few words to nearby codes. It slows the
       learning of copying a lot (docs/t5_vae.md), so the preset leaves it off.
+    - ``code_dropout``: while training, each sentence's code is replaced by the null code (all zeros,
+      without noise) with this probability, so that the decoder also learns the unconditional
+      language model ``p(sentence)`` (as classifier-free guidance trains its unconditional model; Ho &
+      Salimans, 2022). Decoding can then add that model's log-probabilities (``prior_weight``), which
+      keeps the text fluent where the code is ambiguous, such as between two sentences.
+    - ``bow_weight``: the weight of a bag-of-words loss (Zhao et al., 2017, "Learning Discourse-level
+      Diversity for Neural Dialog Models using Conditional Variational Autoencoders"): a linear head
+      predicts every word of the sentence from the whole code at once, without their order, so that
+      the code must carry the sentence's content from the first steps. ``0`` means no head.
     - ``max_length``: the longest token sequence (with its end token) the model encodes or writes;
       it is the model's ``max_positions``.
     """
@@ -61,6 +70,8 @@ class T5VAEConfig:
     latent_noise: float = 0.0
     word_dropout: float = 0.0
     word_deletion: float = 0.0
+    code_dropout: float = 0.0
+    bow_weight: float = 0.0
     max_length: int = 32
 
     model_type = "t5_vae"
@@ -89,11 +100,10 @@ class T5VAEConfig:
                 f"pooling='mean' averages the sentence into one latent token; got n_latent_tokens="
                 f"{self.n_latent_tokens} (use 'first' or 'attention' for several)"
             )
-        if self.reg_weight < 0 or self.latent_noise < 0:
-            raise ConfigError(
-                f"reg_weight and latent_noise must be >= 0, got {self.reg_weight} and {self.latent_noise}"
-            )
-        for name in ("word_dropout", "word_deletion"):
+        for name in ("reg_weight", "latent_noise", "bow_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"T5VAEConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("word_dropout", "word_deletion", "code_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"T5VAEConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.mmd_scale is not None and self.mmd_scale <= 0:

@@ -86,15 +86,17 @@ def shift_right(ids: Int[Array, "*batch seq"], start: int) -> Int[Array, "*batch
 def vae_loss(
     model, batch: dict[str, Array | np.ndarray], key: PRNGKeyArray | None = None
 ) -> tuple[Array, dict[str, Array]]:
-    """Reconstruction cross-entropy (mean per target token) + ``w(step) * regulariser``.
+    """Reconstruction cross-entropy (mean per target token) + ``w(step) * regulariser`` (+ the
+    bag-of-words loss, mean per target token, times ``bow_weight``).
 
     ``batch``: ``input_ids [batch, seq]`` (a sentence, its end token, padding), ``lengths [batch]``
     (tokens up to and including the end token) and ``step [batch]`` (the training step, for the
     warm-up, the same in every row). The sentence is both the encoder input and the decoder target.
     MMD compares the batch's latent tokens (the posterior means) with normal draws; KL is divided by
     the number of target tokens, so that with weight 1 the loss is the negative ELBO per token.
-    ``key`` drives dropout, the code's noise, word dropout, word deletion and the MMD's normal draws
-    (fixed ones without a key, and no noise, dropout or deletion: the evaluation's setting).
+    ``key`` drives dropout, the code's noise, word dropout, word deletion, code dropout (those rows'
+    decoder reads the null code, so their cross-entropy is a language model's) and the MMD's normal
+    draws (fixed ones without a key, and no noise, dropout or deletion: the evaluation's setting).
     """
     cfg = model.config
     ids, lengths = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["lengths"])
@@ -107,13 +109,17 @@ def vae_loss(
     if keys is not None and cfg.word_deletion > 0:
         enc_mask = delete_words(jax.random.fold_in(keys[-1], 1), lengths, ids.shape[1], cfg.word_deletion)
 
-    def one(i, m, e, d, k):
-        return model.autoencode(i, d, mask=e, decoder_mask=m, key=k)
+    null = jnp.zeros((ids.shape[0],), bool)
+    if keys is not None and cfg.code_dropout > 0:
+        null = jax.random.bernoulli(jax.random.fold_in(keys[-1], 2), cfg.code_dropout, null.shape)
+
+    def one(i, m, e, d, n, k):
+        return model.autoencode(i, d, mask=e, decoder_mask=m, null_code=n, key=k)
 
     if keys is None:
-        out = jax.vmap(lambda i, m, e, d: one(i, m, e, d, None))(ids, mask, enc_mask, dec_in)
+        out = jax.vmap(lambda i, m, e, d, n: one(i, m, e, d, n, None))(ids, mask, enc_mask, dec_in, null)
     else:
-        out = jax.vmap(one)(ids, mask, enc_mask, dec_in, keys[1:-1])
+        out = jax.vmap(one)(ids, mask, enc_mask, dec_in, null, keys[1:-1])
     total, count = cross_entropy(out.logits, ids, mask)
     recon = total / jnp.maximum(count, 1.0)
     if cfg.regulariser == "kl":
@@ -122,6 +128,14 @@ def vae_loss(
         reg = mmd_to_normal(out.mean, None if keys is None else keys[0], cfg.kernel_scale)
     weight = annealed_weight(jnp.max(jnp.asarray(batch["step"])), cfg.reg_weight, cfg.reg_k, cfg.reg_b)
     loss = recon + weight * reg
+    extra = {}
+    if cfg.bow_weight > 0:
+        # every target token (the end token too) under the code's bag of words; not the null-code rows
+        bow = jax.vmap(model.bag_of_words)(out.latent)
+        picked = jnp.take_along_axis(bow, ids, axis=-1)
+        rows = (mask & ~null[:, None]).astype(jnp.float32)
+        extra["bag_of_words"] = -jnp.sum(picked * rows) / jnp.maximum(jnp.sum(rows), 1.0)
+        loss = loss + cfg.bow_weight * extra["bag_of_words"]
     correct, n = token_accuracy(out.logits, ids, mask)
     aux = {
         "loss": loss,
@@ -130,5 +144,6 @@ def vae_loss(
         "reg_weight": weight,
         "token_accuracy": correct / jnp.maximum(n, 1.0),
         "tokens": count,
+        **extra,
     }
     return loss, aux

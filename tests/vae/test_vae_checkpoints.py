@@ -18,6 +18,7 @@ CONFIGS = {
     "first-mmd": dict(),
     "attention-kl-untied": dict(pooling="attention", regulariser="kl", latent_activation="none"),
     "mean": dict(pooling="mean", n_latent_tokens=1),
+    "bag-of-words-code-dropout": dict(bow_weight=0.5, code_dropout=0.1),
 }
 
 
@@ -41,6 +42,7 @@ def test_round_trip_is_bit_exact(tmp_path, name):
     keys = set(load_file(tmp_path / "model.safetensors"))
     assert "shared.weight" in keys and "encoder.block.1.layer.1.DenseReluDense.wo.weight" in keys
     assert {k for k in keys if k.startswith("vae.")} >= {"vae.to_latent.weight", "vae.from_latent.bias"}
+    assert ("vae.bow_head.weight" in keys) == (cfg.bow_weight > 0)
 
 
 def test_extracted_t5_loads_in_transformers(tmp_path):

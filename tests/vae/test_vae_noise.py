@@ -65,3 +65,60 @@ def test_word_deletion_is_validated():
     with pytest.raises(ConfigError, match="word_deletion"):
         T5VAEConfig.tiny(word_deletion=1.0)
     assert T5VAEConfig.from_dict(dataclasses.asdict(T5VAEConfig.tiny(word_deletion=0.2))).word_deletion == 0.2
+
+
+def test_code_dropout_rows_read_the_null_code():
+    model = T5VAE(T5VAEConfig.tiny(n_latent_tokens=3), key=jax.random.key(0))
+    ids = jnp.asarray(_batch()["input_ids"][0])
+    dec = jnp.concatenate([jnp.zeros((1,), jnp.int32), ids[:-1]])
+    null = model.autoencode(ids, dec, null_code=True)
+    np.testing.assert_allclose(null.logits, model.decode_full(jnp.zeros_like(null.mean), dec), atol=1e-6)
+    coded = model.autoencode(ids, dec, null_code=False)
+    np.testing.assert_allclose(coded.logits, model.decode_full(coded.mean, dec), atol=1e-6)
+    assert float(jnp.max(jnp.abs(null.logits - coded.logits))) > 1e-3
+    np.testing.assert_array_equal(null.mean, coded.mean)  # the regulariser still sees the code
+
+
+def test_code_dropout_cuts_the_encoder_out_of_the_dropped_rows():
+    # with no regulariser the encoder learns only through the rows that keep their code: when every
+    # row drops it (p = 0.999 over 6 rows, this key), its gradient is exactly zero; without dropout it is not
+    cfg = T5VAEConfig.tiny(n_latent_tokens=3, reg_weight=0.0)
+    grad = eqx.filter_jit(lambda m, k: eqx.filter_grad(lambda m: vae_loss(m, _batch(), k)[0])(m))
+    key = jax.random.key(5)
+    dropped = grad(T5VAE(cfg.replace(code_dropout=0.999), key=jax.random.key(0)), key)
+    kept = grad(T5VAE(cfg, key=jax.random.key(0)), key)
+    assert float(jnp.max(jnp.abs(dropped.to_latent.weight))) == 0.0
+    assert float(jnp.max(jnp.abs(kept.to_latent.weight))) > 0.0
+    assert float(jnp.max(jnp.abs(dropped.from_latent.bias))) > 0.0  # the null code still reaches the decoder
+
+
+def test_code_dropout_is_validated_and_saved():
+    with pytest.raises(ConfigError, match="code_dropout"):
+        T5VAEConfig.tiny(code_dropout=1.0)
+    assert T5VAEConfig.from_dict(dataclasses.asdict(T5VAEConfig.tiny(code_dropout=0.1))).code_dropout == 0.1
+
+
+def test_bag_of_words_loss_matches_numpy():
+    model = T5VAE(T5VAEConfig.tiny(n_latent_tokens=3, bow_weight=0.5), key=jax.random.key(0))
+    batch = _batch()
+    _, aux = vae_loss(model, batch)  # no key: the code is the posterior mean, no row drops it
+    ids, lengths = np.asarray(batch["input_ids"]), np.asarray(batch["lengths"])
+    w, b = np.asarray(model.bow_head.weight, np.float64), np.asarray(model.bow_head.bias, np.float64)
+    total, count = 0.0, 0
+    for row in range(ids.shape[0]):
+        z = np.asarray(model.encode(jnp.asarray(ids[row]), mask=jnp.arange(ids.shape[1]) < lengths[row]), np.float64)
+        logits = w @ z.reshape(-1) + b
+        logp = logits - np.log(np.sum(np.exp(logits - logits.max()))) - logits.max()
+        total -= logp[ids[row, : lengths[row]]].sum()
+        count += int(lengths[row])
+    np.testing.assert_allclose(float(aux["bag_of_words"]), total / count, rtol=1e-4)
+    plain_loss, plain = vae_loss(T5VAE(T5VAEConfig.tiny(n_latent_tokens=3), key=jax.random.key(0)), batch)
+    assert "bag_of_words" not in plain
+    # the same weights otherwise: the total adds bow_weight times the bag-of-words loss
+    np.testing.assert_allclose(float(aux["loss"]), float(plain_loss) + 0.5 * total / count, rtol=1e-4)
+
+
+def test_bag_of_words_head_exists_only_with_its_weight():
+    assert T5VAE(T5VAEConfig.tiny(), key=jax.random.key(0)).bow_head is None
+    with pytest.raises(ConfigError, match="bow_weight"):
+        T5VAEConfig.tiny(bow_weight=-1.0)
