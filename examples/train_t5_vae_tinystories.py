@@ -84,6 +84,11 @@ def main() -> None:
     parser.add_argument("--figures", default=None, help="folder for the PNG (default: --out)")
     parser.add_argument("--paths", type=int, default=3, help="interpolations to write (default 3)")
     parser.add_argument("--steps", type=int, default=7, help="points per interpolation (default 7)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search for the paths (default 1: greedy)")
+    parser.add_argument(
+        "--prior-weight", type=float, default=0.0,
+        help="add the decoder's language model to the paths' decoding (a model trained with code_dropout)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     cfg = train_preset("t5-vae-tinystories").for_run(
@@ -107,7 +112,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     picks = rng.choice(len(heldout), size=(args.paths, 2), replace=False)
     pairs = [(heldout.texts[a], heldout.texts[b]) for a, b in picks]
-    paths = [interpolate_texts(model, task.tokenizer, a, b, args.steps) for a, b in pairs]
+    decoding = {"num_beams": args.num_beams, "prior_weight": args.prior_weight}
+    paths = [interpolate_texts(model, task.tokenizer, a, b, args.steps, **decoding) for a, b in pairs]
     table = interpolation_table(pairs, paths)
     (out / "t5_vae_interpolations.md").write_text(table, encoding="utf-8")
     print(table)

@@ -27,9 +27,18 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(name: str, help: str) -> argparse.ArgumentParser:
+    def action(name: str, help: str, writes: bool = True) -> argparse.ArgumentParser:
         a = actions.add_parser(name, help=help, description=help)
         a.add_argument("--model", required=True, help="T5-VAE directory or Hub id (with its tokenizer)")
+        if writes:
+            a.add_argument(
+                "--prior-weight", type=float, default=0.0,
+                help="weight of the decoder's language model added to each token's log-probability (a model "
+                "trained with code_dropout; default 0: the code alone)",
+            )  # fmt: skip
+            a.add_argument(
+                "--num-beams", type=int, default=1, help="beam search with this many beams (default 1: greedy)"
+            )
         return a
 
     a = action("interpolate", "print the sentences along the latent path between two sentences")
@@ -40,7 +49,7 @@ def add_parser(sub) -> None:
     a.add_argument(
         "--all-tokens", action="store_true", help="slerp the whole code as one vector (default: per latent token)"
     )
-    a = action("encode", "sentences (one per line) -> latents (.npy)")
+    a = action("encode", "sentences (one per line) -> latents (.npy)", writes=False)
     a.add_argument("--input", required=True, help="UTF-8 text file, one sentence per line")
     a.add_argument("--output", required=True, help=".npy file to write")
     a = action("decode", "latents (.npy) -> sentences")
@@ -81,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args.model)
     if args.action == "interpolate":
         path = interpolate_texts(
-            model, tokenizer, args.a, args.b, args.steps, method=args.method, per_token=not args.all_tokens
-        )
+            model, tokenizer, args.a, args.b, args.steps, method=args.method, per_token=not args.all_tokens,
+            prior_weight=args.prior_weight, num_beams=args.num_beams,
+        )  # fmt: skip
         for i, text in enumerate(path):
             print(f"{i / (len(path) - 1):.2f}  {text}")
     elif args.action == "encode":
@@ -93,13 +103,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(lines)} latents to {args.output}", file=sys.stderr)
     elif args.action == "decode":
         latents = _read_latents(args.input)
-        _write_lines(decode_latents(model, tokenizer, latents), args.output)
+        _write_lines(
+            decode_latents(model, tokenizer, latents, prior_weight=args.prior_weight, num_beams=args.num_beams),
+            args.output,
+        )
     else:
         if args.num < 1:
             raise InputError(f"--num must be >= 1, got {args.num}")
         cfg = model.config
         z = jax.random.normal(jax.random.key(args.seed), (args.num, cfg.n_latent_tokens, cfg.latent_size))
-        _write_lines(decode_latents(model, tokenizer, z), None)
+        _write_lines(
+            decode_latents(model, tokenizer, z, prior_weight=args.prior_weight, num_beams=args.num_beams), None
+        )
     return 0
 
 

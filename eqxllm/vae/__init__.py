@@ -6,6 +6,7 @@ paths, decoding latents with the shared sampler, and text helpers.
 >>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5)
 """
 
+from eqxllm.vae.beam import beam_search_from_latent
 from eqxllm.vae.decoding import LatentSource, generate_from_latent
 from eqxllm.vae.evaluate import evaluate_sentences, evaluate_text_file
 from eqxllm.vae.interpolate import interpolate, interpolation_path, lerp, slerp
@@ -27,6 +28,7 @@ __all__ = [
     "LatentSource",
     "active_units",
     "annealed_weight",
+    "beam_search_from_latent",
     "decode_latents",
     "delete_words",
     "drop_words",

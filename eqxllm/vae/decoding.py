@@ -4,6 +4,12 @@ The sampler runs an encoder-decoder as ``encode(ids, mask=) -> init_decoder_cach
 start from latents instead of text, :class:`LatentSource` wraps a T5-VAE and a batch of latents: its
 "encoder input" is one token, the row's index, and its ``encode`` returns that row's latent. Every
 other step (cache, decoding loop, sampling options, stop tokens) is the sampler's own.
+
+With ``prior_weight`` ``w > 0`` each token is chosen by ``log p(token | prefix, code) + w log p(token |
+prefix)``: the decoder's own language model, which it learns from the null code when trained with
+``code_dropout``, is added to its reading of the code (shallow fusion, Gulcehre et al., 2015). Where
+the code is clear, as at a sentence's own code, the first term decides; where it is ambiguous, as
+half-way between two sentences, the language model keeps the text fluent.
 """
 
 from typing import Any
@@ -18,10 +24,12 @@ from eqxllm.errors import InputError
 
 
 class LatentSource(eqx.Module):
-    """A T5-VAE whose encoder input ``[index]`` selects one of ``latents`` (for :func:`eqxllm.generate`)."""
+    """A T5-VAE whose encoder input ``[index]`` selects one of ``latents`` (for :func:`eqxllm.generate`),
+    its next-token scores fused with the null code's language model when ``prior_weight > 0``."""
 
     vae: Any
     latents: Float[Array, "n latent_tokens latent"]
+    prior_weight: float = eqx.field(static=True, default=0.0)
 
     @property
     def config(self):
@@ -34,10 +42,29 @@ class LatentSource(eqx.Module):
         return self.latents[index[0]]
 
     def init_decoder_cache(self, latent, encoder_mask, max_len: int, dtype=jnp.float32):
-        return self.vae.init_decoder_cache(latent, encoder_mask, max_len, dtype)
+        cache = self.vae.init_decoder_cache(latent, encoder_mask, max_len, dtype)
+        if self.prior_weight == 0:
+            return cache
+        return cache, self.vae.init_decoder_cache(jnp.zeros_like(latent), encoder_mask, max_len, dtype)
 
     def decode(self, decoder_ids, cache, *, mask=None):
-        return self.vae.decode(decoder_ids, cache, mask=mask)
+        if self.prior_weight == 0:
+            return self.vae.decode(decoder_ids, cache, mask=mask)
+        logits, code_cache = self.vae.decode(decoder_ids, cache[0], mask=mask)
+        prior, null_cache = self.vae.decode(decoder_ids, cache[1], mask=mask)
+        scores = jax.nn.log_softmax(logits, axis=-1) + self.prior_weight * jax.nn.log_softmax(prior, axis=-1)
+        return scores, (code_cache, null_cache)
+
+
+def check_prior_weight(config, prior_weight: float) -> None:
+    """``prior_weight`` must be >= 0, and above 0 only for a model trained with ``code_dropout``."""
+    if prior_weight < 0:
+        raise InputError(f"prior_weight must be >= 0, got {prior_weight}")
+    if prior_weight > 0 and config.code_dropout == 0:
+        raise InputError(
+            "prior_weight needs a T5-VAE trained with code_dropout > 0: this model never learnt what to write "
+            "from the null code, so it has no language model to add"
+        )
 
 
 def generate_from_latent(
@@ -48,11 +75,14 @@ def generate_from_latent(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    prior_weight: float = 0.0,
     key: PRNGKeyArray | None = None,
 ) -> Int[Array, "*batch new"]:
     """Token ids written from ``latents`` (one ``[latent_tokens, latent]`` code or a batch of them),
     greedy without ``key``; ``max_new_tokens`` defaults to the model's ``max_length``. After a
-    sequence's end token come end tokens (the sampler's padding)."""
+    sequence's end token come end tokens (the sampler's padding). ``prior_weight``: the weight of the
+    decoder's language model (the null code's) added to each token's log-probability; it needs a
+    model trained with ``code_dropout``."""
     from eqxllm.generation import generate
 
     cfg = model.config
@@ -62,6 +92,7 @@ def generate_from_latent(
         raise InputError(
             f"latents must be [{shape[0]}, {shape[1]}] or [batch, {shape[0]}, {shape[1]}], got {latents.shape}"
         )
+    check_prior_weight(cfg, prior_weight)
     single = latents.ndim == 2
     batch = latents[None] if single else latents
     n = batch.shape[0]
@@ -72,7 +103,7 @@ def generate_from_latent(
         index = jnp.arange(part.shape[0], dtype=jnp.int32)[:, None]
         outs.append(
             generate(
-                LatentSource(model, part),
+                LatentSource(model, part, prior_weight),
                 index,
                 max_new_tokens=max_new_tokens or cfg.max_length,
                 key=None if key is None else jax.random.fold_in(key, start),

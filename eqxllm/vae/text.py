@@ -10,6 +10,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from eqxllm.data.sentences import SentenceSet, encode_sentences
 from eqxllm.errors import InputError
+from eqxllm.vae.beam import beam_search_from_latent
 from eqxllm.vae.decoding import generate_from_latent, strip_after_end
 from eqxllm.vae.interpolate import interpolation_path
 
@@ -61,24 +62,50 @@ def encode_rows(model, data: SentenceSet, *, batch_size: int = 64) -> np.ndarray
 
 
 def decode_latents(
-    model, tokenizer, latents: np.ndarray | Array, *, temperature: float = 0.0, key: jax.Array | None = None
+    model,
+    tokenizer,
+    latents: np.ndarray | Array,
+    *,
+    temperature: float = 0.0,
+    prior_weight: float = 0.0,
+    num_beams: int = 1,
+    key: jax.Array | None = None,
 ) -> list[str]:
-    """The sentences written from ``latents [n, latent_tokens, latent]`` (greedy by default)."""
+    """The sentences written from ``latents [n, latent_tokens, latent]``: greedy by default, sampled
+    with ``temperature > 0`` and a ``key``, or the best of a beam search with ``num_beams > 1``
+    (:func:`beam_search_from_latent`); ``prior_weight`` adds the decoder's language model (see
+    :func:`generate_from_latent`)."""
     latents = jnp.asarray(latents, jnp.float32)
     if latents.ndim == 2:
         latents = latents[None]
     if latents.shape[0] == 0:
         return []
-    options = {} if key is None or temperature == 0 else {"temperature": temperature, "key": key}
-    tokens = np.asarray(generate_from_latent(model, latents, **options))
+    sampling = key is not None and temperature > 0
+    if num_beams > 1 and sampling:
+        raise InputError("choose beam search (num_beams > 1) or sampling (temperature > 0 with a key), not both")
+    if num_beams > 1:
+        tokens = np.asarray(beam_search_from_latent(model, latents, num_beams=num_beams, prior_weight=prior_weight))
+    else:
+        options = {"temperature": temperature, "key": key} if sampling else {}
+        tokens = np.asarray(generate_from_latent(model, latents, prior_weight=prior_weight, **options))
     eos = model.config.eos_token_id
     return [tokenizer.decode(strip_after_end(row, eos)) for row in tokens]
 
 
 def interpolate_texts(
-    model, tokenizer, a: str, b: str, steps: int, *, method: str = "slerp", per_token: bool = True
+    model,
+    tokenizer,
+    a: str,
+    b: str,
+    steps: int,
+    *,
+    method: str = "slerp",
+    per_token: bool = True,
+    prior_weight: float = 0.0,
+    num_beams: int = 1,
 ) -> list[str]:
-    """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included)."""
+    """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included),
+    decoded as :func:`decode_latents` does."""
     za, zb = encode_texts(model, tokenizer, [a, b])
     path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token)
-    return decode_latents(model, tokenizer, path)
+    return decode_latents(model, tokenizer, path, prior_weight=prior_weight, num_beams=num_beams)

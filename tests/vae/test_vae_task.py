@@ -104,7 +104,14 @@ def test_cli_eval_and_vae_commands(trained, tmp_path, capsys):
     z = np.load(tmp_path / "z.npy")
     assert z.shape == (2, 4, 8)
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy")]) == 0
+    greedy = capsys.readouterr().out.splitlines()
+    assert len(greedy) == 2
+    assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy"), "--num-beams", "3"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+    # this model was trained without code dropout: it has no language model to fuse
+    assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy"),
+                 "--prior-weight", "0.5"]) == 2  # fmt: skip
+    assert "code_dropout" in capsys.readouterr().err
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 3), np.float32))
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "bad.npy")]) == 2
     assert "latents must be [4, 8]" in capsys.readouterr().err
