@@ -48,7 +48,8 @@ class T5VAEConfig:
       without noise) with this probability, so that the decoder also learns the unconditional
       language model ``p(sentence)`` (as classifier-free guidance trains its unconditional model; Ho &
       Salimans, 2022). Decoding can then add that model's log-probabilities (``prior_weight``), which
-      keeps the text fluent where the code is ambiguous, such as between two sentences.
+      pulls towards fluent text where the code is ambiguous, such as between two sentences. It costs
+      reconstruction (docs/t5_vae.md), so the preset leaves it off.
     - ``bow_weight``: the weight of a bag-of-words loss (Zhao et al., 2017, "Learning Discourse-level
       Diversity for Neural Dialog Models using Conditional Variational Autoencoders"): a linear head
       predicts every word of the sentence from the whole code at once, without their order, so that

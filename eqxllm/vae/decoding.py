@@ -9,7 +9,8 @@ With ``prior_weight`` ``w > 0`` each token is chosen by ``log p(token | prefix, 
 prefix)``: the decoder's own language model, which it learns from the null code when trained with
 ``code_dropout``, is added to its reading of the code (shallow fusion, Gulcehre et al., 2015). Where
 the code is clear, as at a sentence's own code, the first term decides; where it is ambiguous, as
-half-way between two sentences, the language model keeps the text fluent.
+half-way between two sentences, the language model pulls towards fluent text, at a price in
+faithfulness that docs/t5_vae.md measures.
 """
 
 from typing import Any

@@ -81,9 +81,9 @@ def decode_latents(
     if latents.shape[0] == 0:
         return []
     sampling = key is not None and temperature > 0
-    if num_beams > 1 and sampling:
+    if num_beams != 1 and sampling:
         raise InputError("choose beam search (num_beams > 1) or sampling (temperature > 0 with a key), not both")
-    if num_beams > 1:
+    if num_beams != 1:  # beam search checks num_beams >= 1
         tokens = np.asarray(beam_search_from_latent(model, latents, num_beams=num_beams, prior_weight=prior_weight))
     else:
         options = {"temperature": temperature, "key": key} if sampling else {}

@@ -112,6 +112,8 @@ def test_cli_eval_and_vae_commands(trained, tmp_path, capsys):
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy"),
                  "--prior-weight", "0.5"]) == 2  # fmt: skip
     assert "code_dropout" in capsys.readouterr().err
+    assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy"), "--num-beams", "0"]) == 2
+    assert "num_beams must be >= 1" in capsys.readouterr().err
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 3), np.float32))
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "bad.npy")]) == 2
     assert "latents must be [4, 8]" in capsys.readouterr().err
