@@ -16,7 +16,7 @@ from eqxllm.errors import InputError
 
 # "linear" | "slerp"; plain str in signatures so that a bad value is an InputError under runtime type checks too
 Method = Literal["linear", "slerp"]
-_PARALLEL = 1e-6  # below this angle slerp is numerically a lerp
+_PARALLEL = 1e-6  # |cos| above 1 - this (an angle under about 1.4e-3 rad from 0 or pi): slerp is a lerp
 
 
 def lerp(a: Float[Array, "*dims"], b: Float[Array, "*dims"], t: Float[Array, ""] | float) -> Float[Array, "*dims"]:
@@ -33,12 +33,13 @@ def slerp(
     a32, b32 = a.astype(jnp.float32), b.astype(jnp.float32)
     norms = jnp.linalg.norm(a32, axis=-1, keepdims=True) * jnp.linalg.norm(b32, axis=-1, keepdims=True)
     cos = jnp.clip(jnp.sum(a32 * b32, axis=-1, keepdims=True) / jnp.maximum(norms, 1e-12), -1.0, 1.0)
-    theta = jnp.arccos(cos)
+    parallel = jnp.abs(cos) > 1.0 - _PARALLEL
+    # arccos' slope is infinite at +-1: parallel rows take their angle from a stand-in cosine, so that
+    # the branch they do not use has a finite gradient (0 * inf would be NaN in the training loss)
+    theta = jnp.arccos(jnp.where(parallel, 0.0, cos))
     sin = jnp.sin(theta)
-    parallel = sin < _PARALLEL
-    safe = jnp.where(parallel, 1.0, sin)
-    wa = jnp.where(parallel, 1.0 - t, jnp.sin((1.0 - t) * theta) / safe)
-    wb = jnp.where(parallel, t, jnp.sin(t * theta) / safe)
+    wa = jnp.where(parallel, 1.0 - t, jnp.sin((1.0 - t) * theta) / sin)
+    wb = jnp.where(parallel, t, jnp.sin(t * theta) / sin)
     return (wa * a32 + wb * b32).astype(a.dtype)
 
 

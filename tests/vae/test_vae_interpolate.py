@@ -41,6 +41,19 @@ def test_slerp_follows_the_great_circle():
     np.testing.assert_allclose(slerp(a, 2 * a, 0.5), 1.5 * a, rtol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0, -1.0, None])  # the same row, parallel, opposite, unrelated
+def test_slerp_has_finite_gradients_even_between_parallel_rows(scale):
+    # the interpolation loss differentiates through slerp, and a batch can pair a sentence with itself
+    a = jnp.asarray([[0.3, -1.2, 0.8]])
+    b = jnp.asarray([[1.0, 0.5, -0.2]]) if scale is None else scale * a
+    ga, gb = jax.grad(lambda x, y: jnp.sum(jnp.sin(slerp(x, y, 0.4))), argnums=(0, 1))(a, b)
+    assert np.isfinite(np.asarray(ga)).all() and np.isfinite(np.asarray(gb)).all()
+    if scale is not None:  # a lerp there: the gradient is lerp's
+        want = jax.grad(lambda x, y: jnp.sum(jnp.sin(0.6 * x + 0.4 * y)), argnums=(0, 1))(a, b)
+        np.testing.assert_allclose(ga, want[0], rtol=1e-5)
+        np.testing.assert_allclose(gb, want[1], rtol=1e-5)
+
+
 def test_per_token_slerp_differs_from_whole_code_slerp():
     a, b = _pair(1)
     per_token = interpolate(a, b, 0.3, per_token=True)
