@@ -54,6 +54,12 @@ class T5VAEConfig:
       Diversity for Neural Dialog Models using Conditional Variational Autoencoders"): a linear head
       predicts every word of the sentence from the whole code at once, without their order, so that
       the code must carry the sentence's content from the first steps. ``0`` means no head.
+    - ``splice_weight``: the weight of the interpolation loss (:mod:`eqxllm.vae.splice`): the code
+      part-way between the two sentences of a pair of the batch (rows ``2k`` and ``2k + 1``) is
+      trained to write a *splice* of them, the first one's words up to a token they share and the
+      second one's from there, so that the points between two codes decode to text made of both
+      sentences rather than to a slot-by-slot mix. ``0`` means no interpolation loss; above it, the
+      batch must be even.
     - ``max_length``: the longest token sequence (with its end token) the model encodes or writes;
       it is the model's ``max_positions``.
     """
@@ -73,6 +79,7 @@ class T5VAEConfig:
     word_deletion: float = 0.0
     code_dropout: float = 0.0
     bow_weight: float = 0.0
+    splice_weight: float = 0.0
     max_length: int = 32
 
     model_type = "t5_vae"
@@ -101,7 +108,7 @@ class T5VAEConfig:
                 f"pooling='mean' averages the sentence into one latent token; got n_latent_tokens="
                 f"{self.n_latent_tokens} (use 'first' or 'attention' for several)"
             )
-        for name in ("reg_weight", "latent_noise", "bow_weight"):
+        for name in ("reg_weight", "latent_noise", "bow_weight", "splice_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"T5VAEConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("word_dropout", "word_deletion", "code_dropout"):
@@ -168,14 +175,15 @@ class T5VAEConfig:
 
         Its T5 has sinusoidal positions, not relative buckets: trained from scratch, T5's relative-only
         positions make copying, which an autoencoder must learn first, very slow (docs/t5_vae.md).
-        16 latent tokens of 32 hold the sentences of up to 23 tokens (80% of them fit in 16 slots)."""
+        16 latent tokens of 32 hold the sentences of up to 23 tokens (80% of them fit in 16 slots). The
+        interpolation loss (``splice_weight=1``) makes the points between two codes decode to text."""
         t5 = T5Config(
             vocab_size=4096, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4, dropout_rate=0.0,
             feed_forward_proj="gated-gelu", tie_word_embeddings=False, positions="sinusoidal",
         )  # fmt: skip
         return cls(
             t5=t5, n_latent_tokens=16, latent_size=32, latent_activation="none", reg_weight=10.0, reg_k=0.006,
-            reg_b=3.0, mmd_scale=1.0, latent_noise=1.0, word_dropout=0.15, max_length=24,
+            reg_b=3.0, mmd_scale=1.0, latent_noise=1.0, word_dropout=0.15, splice_weight=1.0, max_length=24,
         )  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, latent
-paths, decoding latents with the shared sampler, and text helpers.
+"""The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, the
+interpolation loss's splices, latent paths, decoding latents with the shared sampler, and text helpers.
 
 >>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
 >>> decode_latents(vae, tok, z)                                                 # the sentences back
@@ -18,10 +18,12 @@ from eqxllm.vae.losses import (
     mmd,
     mmd_to_normal,
     sequence_accuracy,
+    splice_loss,
     token_accuracy,
     vae_loss,
 )
 from eqxllm.vae.noise import delete_words, drop_words
+from eqxllm.vae.splice import splice_rows, splices, word_starts
 from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
 
 __all__ = [
@@ -46,6 +48,10 @@ __all__ = [
     "mmd_to_normal",
     "sequence_accuracy",
     "slerp",
+    "splice_loss",
+    "splice_rows",
+    "splices",
     "token_accuracy",
     "vae_loss",
+    "word_starts",
 ]

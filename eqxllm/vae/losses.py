@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.train.loss import cross_entropy
+from eqxllm.vae.interpolate import slerp
 from eqxllm.vae.noise import delete_words, drop_words
 
 # the normal samples of an evaluation (no key) are fixed, so that the reported MMD is reproducible
@@ -83,6 +84,43 @@ def shift_right(ids: Int[Array, "*batch seq"], start: int) -> Int[Array, "*batch
     return jnp.concatenate([jnp.full((*ids.shape[:-1], 1), start, ids.dtype), ids[..., :-1]], axis=-1)
 
 
+def splice_loss(
+    model,
+    means: Float[Array, "batch latent_tokens latent"],
+    batch: dict[str, Array | np.ndarray],
+    key: PRNGKeyArray | None,
+) -> Float[Array, ""]:
+    """The interpolation loss (mean per target token): row ``r``'s code slerped (per latent token) a
+    share ``splice_t[r]`` of the way to its partner's (row ``r ^ 1``), decoding ``splice_ids[r]``
+    (:func:`eqxllm.vae.splice.splice_rows`). With a ``key`` the point is noised and the decoder's
+    inputs dropped as in the reconstruction."""
+    cfg = model.config
+    ids, lengths = jnp.asarray(batch["splice_ids"]), jnp.asarray(batch["splice_lengths"])
+    t = jnp.asarray(batch["splice_t"], jnp.float32)
+    pairs = means.reshape(means.shape[0] // 2, 2, *means.shape[1:])
+    partner = pairs[:, ::-1].reshape(means.shape)
+    codes = jax.vmap(slerp)(means, partner, t)
+    mask = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
+    dec_in = shift_right(ids, cfg.decoder_start_token_id)
+    keys = None
+    if key is not None:
+        noise_key, drop_key, dec_key = jax.random.split(key, 3)
+        codes = jax.vmap(lambda z, k: model.sample_latent(z, None, k))(codes, jax.random.split(noise_key, len(codes)))
+        if cfg.word_dropout > 0:
+            dec_in = drop_words(drop_key, dec_in, cfg.word_dropout, cfg.pad_token_id)
+        keys = jax.random.split(dec_key, len(codes))
+
+    def one(z, d, m, k):
+        return model.decode_full(z, d, decoder_mask=m, key=k)
+
+    if keys is None:
+        logits = jax.vmap(lambda z, d, m: one(z, d, m, None))(codes, dec_in, mask)
+    else:
+        logits = jax.vmap(one)(codes, dec_in, mask, keys)
+    total, count = cross_entropy(logits, ids, mask)
+    return total / jnp.maximum(count, 1.0)
+
+
 def vae_loss(
     model, batch: dict[str, Array | np.ndarray], key: PRNGKeyArray | None = None
 ) -> tuple[Array, dict[str, Array]]:
@@ -97,6 +135,8 @@ def vae_loss(
     ``key`` drives dropout, the code's noise, word dropout, word deletion, code dropout (those rows'
     decoder reads the null code, so their cross-entropy is a language model's) and the MMD's normal
     draws (fixed ones without a key, and no noise, dropout or deletion: the evaluation's setting).
+    With ``splice_weight > 0`` and the batch's splice rows (``splice_ids``, ``splice_lengths``,
+    ``splice_t``), ``splice_weight`` times :func:`splice_loss` is added.
     """
     cfg = model.config
     ids, lengths = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["lengths"])
@@ -136,6 +176,9 @@ def vae_loss(
         rows = (mask & ~null[:, None]).astype(jnp.float32)
         extra["bag_of_words"] = -jnp.sum(picked * rows) / jnp.maximum(jnp.sum(rows), 1.0)
         loss = loss + cfg.bow_weight * extra["bag_of_words"]
+    if cfg.splice_weight > 0 and "splice_ids" in batch:
+        extra["splice"] = splice_loss(model, out.mean, batch, None if keys is None else jax.random.fold_in(keys[-1], 3))
+        loss = loss + cfg.splice_weight * extra["splice"]
     correct, n = token_accuracy(out.logits, ids, mask)
     aux = {
         "loss": loss,

@@ -18,7 +18,7 @@ CONFIGS = {
     "first-mmd": dict(),
     "attention-kl-untied": dict(pooling="attention", regulariser="kl", latent_activation="none"),
     "mean": dict(pooling="mean", n_latent_tokens=1),
-    "bag-of-words-code-dropout": dict(bow_weight=0.5, code_dropout=0.1),
+    "bag-of-words-code-dropout-splice": dict(bow_weight=0.5, code_dropout=0.1, splice_weight=1.0),
 }
 
 

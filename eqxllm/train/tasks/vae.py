@@ -18,6 +18,7 @@ from eqxllm.errors import ConfigError, DataError
 from eqxllm.models.t5_vae_config import T5VAEConfig
 from eqxllm.vae.evaluate import evaluate_sentences
 from eqxllm.vae.losses import vae_loss
+from eqxllm.vae.splice import splice_rows, word_starts
 
 
 class VAETask:
@@ -42,6 +43,7 @@ class VAETask:
         if not saved.is_file():
             save_tokenizer(self.tokenizer, run_dir)
         self.eot = eot_id(self.tokenizer)
+        self.joinable = word_starts(self.tokenizer)  # where the interpolation loss may splice sentences
         options = dict(max_length=seq_len, eos_id=self.eot, pad_id=self.eot)
         self.train = encode_sentences(self.tokenizer, story_sentences(train_stories), **options)
         val = encode_sentences(self.tokenizer, story_sentences(sources["validation"].iter_stories()), **options)
@@ -60,10 +62,16 @@ class VAETask:
 
     def batch(self, step: int, *, process_index: int, process_count: int) -> dict[str, np.ndarray]:
         t = self.cfg.train
-        return sentence_batch(
+        batch = sentence_batch(
             self.train, step, batch_size=t.batch_size, seed=t.seed, process_index=process_index,
             process_count=process_count,
         )  # fmt: skip
+        if self.cfg.model.splice_weight > 0:
+            rng = np.random.default_rng((t.seed, int(step), process_index))
+            batch |= splice_rows(
+                batch["input_ids"], batch["lengths"], rng, eos_id=self.eot, pad_id=self.eot, joinable=self.joinable
+            )
+        return batch
 
     def evaluate(self, model, *, max_batches: int | None = -1) -> dict[str, float]:
         t = self.cfg.train
