@@ -24,7 +24,7 @@ starts with its own sentence and ends with its partner's.
 """
 
 import numpy as np
-from jaxtyping import Bool, Float32, Int32
+from jaxtyping import Bool, Int32
 
 from eqxllm.errors import ConfigError
 
@@ -73,14 +73,15 @@ def splice_rows(
 ) -> dict[str, np.ndarray]:
     """The interpolation targets of a batch (rows: tokens, end token, padding; ``lengths`` with the end
     token): for each row, one splice drawn at random from those of (this row, its partner), or, when
-    there is none, the row itself at a ``t`` drawn from ``[0, 1/2)``; ``joinable`` as in :func:`splices`. Returns ``splice_ids [batch, seq]``
-    (the target: tokens, end token, padding), ``splice_lengths [batch]`` and ``splice_t [batch]``."""
+    there is none, the row itself at a ``t`` drawn from ``[0, 1/2)``; ``joinable`` as in
+    :func:`splices`. Returns ``splice_ids [batch, seq]`` (the target: tokens, end token, padding),
+    ``splice_lengths [batch]`` and ``splice_t [batch]``."""
     batch, seq = ids.shape
     if batch % 2:
         raise ConfigError(f"interpolation pairs are adjacent rows: the batch (per process) must be even, got {batch}")
     out_ids = np.full((batch, seq), pad_id, np.int32)
     out_len = np.zeros((batch,), np.int32)
-    out_t: Float32[np.ndarray, " batch"] = np.zeros((batch,), np.float32)
+    out_t = np.zeros((batch,), np.float32)
     for row in range(batch):
         own = ids[row, : lengths[row] - 1].tolist()
         partner = row ^ 1
