@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--figures", default=None, help="folder for the PNG (default: --out)")
     parser.add_argument("--paths", type=int, default=3, help="interpolations to write (default 3)")
     parser.add_argument("--steps", type=int, default=7, help="points per interpolation (default 7)")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search for the paths (default 1: greedy)")
+    parser.add_argument("--num-beams", type=int, default=4, help="beam search for the paths (default 4; 1: greedy)")
     parser.add_argument(
         "--prior-weight", type=float, default=0.0,
         help="add the decoder's language model to the paths' decoding (a model trained with code_dropout)",

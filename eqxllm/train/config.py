@@ -305,8 +305,9 @@ def _t5_tinystories() -> TrainConfig:
 
 
 def _t5_vae_tinystories() -> TrainConfig:
-    # Autoencode TinyStories sentences of < 24 tokens; about 14 minutes on a 2-core CPU (docs/t5_vae.md).
-    steps = 2500
+    # Autoencode TinyStories sentences of < 24 tokens, with the interpolation loss; about 35 minutes on a
+    # 2-core CPU (docs/t5_vae.md).
+    steps = 6000
     return TrainConfig(
         model=T5VAEConfig.tinystories(),
         task="vae",
@@ -316,7 +317,7 @@ def _t5_vae_tinystories() -> TrainConfig:
             seq_len=24,
             batch_size=32,
             max_steps=steps,
-            max_minutes=20.0,
+            max_minutes=45.0,
             eval_every=250,
             eval_batches=8,
             log_every=25,
