@@ -39,7 +39,7 @@ def _check(model, latents, num_beams: int, prior_weight: float, length_penalty: 
 
 def _search(
     model, latent: Float[Array, "latent_tokens latent"], num_beams: int, steps: int, prior_weight: float, alpha: float
-) -> tuple[Int[Array, " steps"], Float[Array, ""]]:
+) -> tuple[Int[Array, "beams steps"], Float[Array, " beams"]]:
     cfg = model.config
     eos, width = cfg.eos_token_id, num_beams
 
@@ -85,8 +85,8 @@ def _search(
     )  # fmt: skip
     (out, total, length, _, _, _), _ = jax.lax.scan(body, state, jnp.arange(steps))
     normalised = total / jnp.maximum(length, 1).astype(jnp.float32) ** alpha
-    best = jnp.argmax(normalised)
-    return out[best], normalised[best]
+    order = jnp.argsort(-normalised, stable=True)  # best first; ties keep the beam order
+    return out[order], normalised[order]
 
 
 @eqx.filter_jit
@@ -103,12 +103,20 @@ def beam_search_from_latent(
     length_penalty: float = 1.0,
     max_new_tokens: int | None = None,
     return_scores: bool = False,
-) -> Int[Array, "*batch new"] | tuple[Int[Array, "*batch new"], Float[Array, "*batch"]]:
+    return_all: bool = False,
+) -> (
+    Int[Array, "*batch new"]
+    | Int[Array, "*batch beams new"]
+    | tuple[Int[Array, "*batch new"], Float[Array, "*batch"]]
+    | tuple[Int[Array, "*batch beams new"], Float[Array, "*batch beams"]]
+):
     """The best sentence found for each latent (``[latent_tokens, latent]`` or a batch of them) by a
     beam search of ``num_beams`` beams, as token ids: the sentence, its end token, then end tokens up
     to ``max_new_tokens`` (default: the model's ``max_length``); a sentence that never ends fills the
-    row. With ``return_scores`` also its normalised score (see the module docstring). ``num_beams=1``
-    with ``prior_weight=0`` is greedy decoding."""
+    row. With ``return_scores`` also its normalised score (see the module docstring). With
+    ``return_all`` every final beam, best first: ``[*batch, num_beams, new]`` (and scores ``[*batch,
+    num_beams]``); a beam that was never live scores ``-inf``. ``num_beams=1`` with
+    ``prior_weight=0`` is greedy decoding."""
     cfg = model.config
     latents = jnp.asarray(latents)
     single = latents.ndim == 2
@@ -118,6 +126,8 @@ def beam_search_from_latent(
     if steps < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {steps}")
     tokens, scores = _batched(model, batch, num_beams, steps, float(prior_weight), float(length_penalty))
+    if not return_all:
+        tokens, scores = tokens[:, 0], scores[:, 0]
     if single:
         tokens, scores = tokens[0], scores[0]
     return (tokens, scores) if return_scores else tokens

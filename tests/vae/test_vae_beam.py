@@ -85,3 +85,21 @@ def test_beam_search_checks_its_arguments(small):
         beam_search_from_latent(plain, latent, prior_weight=0.5)
     single = beam_search_from_latent(small, latent, num_beams=3, max_new_tokens=4)
     assert single.shape == (4,)
+
+
+def test_return_all_gives_every_beam_best_first(small):
+    latents = jax.random.normal(jax.random.key(2), (3, 2, 4)) * 2.0
+    best, best_score = beam_search_from_latent(small, latents, num_beams=4, max_new_tokens=5, return_scores=True)
+    every, scores = beam_search_from_latent(
+        small, latents, num_beams=4, max_new_tokens=5, return_scores=True, return_all=True
+    )
+    assert every.shape == (3, 4, 5) and scores.shape == (3, 4)
+    np.testing.assert_array_equal(every[:, 0], best)
+    np.testing.assert_array_equal(scores[:, 0], best_score)
+    assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)  # sorted, best first
+    for row in np.asarray(every):  # distinct beams: a search does not keep one sentence twice
+        seqs = {tuple(r[: list(r).index(EOS) + 1]) if EOS in r else tuple(r) for r in row.tolist()}
+        assert len(seqs) == 4
+    for row, row_scores, latent in zip(np.asarray(every), np.asarray(scores), latents):
+        seqs = [r[: r.index(EOS) + 1] if EOS in r else r for r in row.tolist()]
+        np.testing.assert_allclose(row_scores, _scores(small, latent, seqs, 0.0, 1.0), rtol=1e-5, atol=1e-5)
