@@ -1,13 +1,16 @@
 """``eqxllm vae``: a trained T5-VAE's latent space from the command line.
 
     eqxllm vae interpolate --model DIR --a "Tom saw a dog." --b "Lily ate an apple." --steps 7
+    eqxllm vae interpolate --model DIR --a ... --b ... --lm GPT2_DIR [--lm-weight 0.25] [--num-beams 8]
     eqxllm vae encode --model DIR --input sentences.txt --output latents.npy
     eqxllm vae decode --model DIR --input latents.npy [--output sentences.txt]
     eqxllm vae sample --model DIR --num 5 [--seed 0]
 
 ``encode`` reads one sentence per line and writes ``[n, latent_tokens, latent]`` float32 latents (the
-posterior means) with ``numpy.save``; ``decode`` writes one sentence per latent (greedy), to the
-output file or to stdout; ``sample`` decodes draws from the N(0, I) prior. The tokenizer is the one
+posterior means) with ``numpy.save``; ``interpolate --lm`` chooses each point's sentence among the
+beams of the whole path, with a decoder-only language model as the judge of fluency
+(``eqxllm.vae.rerank``); ``decode`` writes one sentence per latent (greedy), to the output file or
+to stdout; ``sample`` decodes draws from the N(0, I) prior. The tokenizer is the one
 saved beside the model.
 """
 
@@ -37,8 +40,9 @@ def add_parser(sub) -> None:
                 "trained with code_dropout; default 0: the code alone)",
             )  # fmt: skip
             a.add_argument(
-                "--num-beams", type=int, default=1, help="beam search with this many beams (default 1: greedy)"
-            )
+                "--num-beams", type=int, default=None,
+                help="beam search with this many beams (default 1: greedy; 8 a point for interpolate --lm)",
+            )  # fmt: skip
         return a
 
     a = action("interpolate", "print the sentences along the latent path between two sentences")
@@ -49,6 +53,11 @@ def add_parser(sub) -> None:
     a.add_argument(
         "--all-tokens", action="store_true", help="slerp the whole code as one vector (default: per latent token)"
     )
+    a.add_argument(
+        "--lm", default=None, help="a decoder-only language model directory or Hub id (with its tokenizer) that "
+        "reranks the beams of the whole path: each point takes the sentence of best code + lm_weight * LM score",
+    )  # fmt: skip
+    a.add_argument("--lm-weight", type=float, default=0.25, help="weight of the --lm score (default 0.25)")
     a = action("encode", "sentences (one per line) -> latents (.npy)", writes=False)
     a.add_argument("--input", required=True, help="UTF-8 text file, one sentence per line")
     a.add_argument("--output", required=True, help=".npy file to write")
@@ -74,6 +83,22 @@ def _load(model_src: str):
     return model, load_tokenizer(directory)
 
 
+def _load_lm(src: str):
+    from eqxllm.checkpoints import from_pretrained
+    from eqxllm.checkpoints.hub import resolve_pretrained
+    from eqxllm.data.tokenizer import load_tokenizer
+
+    directory = resolve_pretrained(src)
+    lm = from_pretrained(directory)
+    if lm.config.is_encoder_decoder:
+        raise InputError(f"--lm {src} holds a {type(lm).__name__}; it must be a decoder-only language model")
+    return lm, load_tokenizer(directory)
+
+
+def greedy_unless(num_beams: int | None) -> int:
+    return 1 if num_beams is None else num_beams
+
+
 def _write_lines(lines: list[str], output: str | None) -> None:
     text = "".join(f"{line}\n" for line in lines)
     if output is None:
@@ -89,9 +114,10 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer = _load(args.model)
     if args.action == "interpolate":
+        judge = {} if args.lm is None else dict(zip(("lm", "lm_tokenizer"), _load_lm(args.lm)))
         path = interpolate_texts(
             model, tokenizer, args.a, args.b, args.steps, method=args.method, per_token=not args.all_tokens,
-            prior_weight=args.prior_weight, num_beams=args.num_beams,
+            prior_weight=args.prior_weight, num_beams=args.num_beams, lm_weight=args.lm_weight, **judge,
         )  # fmt: skip
         for i, text in enumerate(path):
             print(f"{i / (len(path) - 1):.2f}  {text}")
@@ -104,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "decode":
         latents = _read_latents(args.input)
         _write_lines(
-            decode_latents(model, tokenizer, latents, prior_weight=args.prior_weight, num_beams=args.num_beams),
+            decode_latents(
+                model, tokenizer, latents, prior_weight=args.prior_weight, num_beams=greedy_unless(args.num_beams)
+            ),
             args.output,
         )
     else:
@@ -113,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = model.config
         z = jax.random.normal(jax.random.key(args.seed), (args.num, cfg.n_latent_tokens, cfg.latent_size))
         _write_lines(
-            decode_latents(model, tokenizer, z, prior_weight=args.prior_weight, num_beams=args.num_beams), None
+            decode_latents(
+                model, tokenizer, z, prior_weight=args.prior_weight, num_beams=greedy_unless(args.num_beams)
+            ),
+            None,
         )
     return 0
 

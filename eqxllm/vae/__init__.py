@@ -1,9 +1,11 @@
 """The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, the
-interpolation loss's splices, latent paths, decoding latents with the shared sampler, and text helpers.
+interpolation loss's splices, latent paths, decoding latents with the shared sampler, reranking a
+path's sentences with a language model, and text helpers.
 
 >>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
 >>> decode_latents(vae, tok, z)                                                 # the sentences back
 >>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5)
+>>> interpolate_texts(vae, tok, a, b, 7, num_beams=8, lm=gpt2, lm_tokenizer=gpt2_tok)  # reranked
 """
 
 from eqxllm.vae.beam import beam_search_from_latent
@@ -23,6 +25,7 @@ from eqxllm.vae.losses import (
     vae_loss,
 )
 from eqxllm.vae.noise import delete_words, drop_words
+from eqxllm.vae.rerank import code_log_likelihoods, rerank_path
 from eqxllm.vae.splice import splice_rows, splices, word_starts
 from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
 
@@ -31,6 +34,7 @@ __all__ = [
     "active_units",
     "annealed_weight",
     "beam_search_from_latent",
+    "code_log_likelihoods",
     "decode_latents",
     "delete_words",
     "drop_words",
@@ -46,6 +50,7 @@ __all__ = [
     "lerp",
     "mmd",
     "mmd_to_normal",
+    "rerank_path",
     "sequence_accuracy",
     "slerp",
     "splice_loss",

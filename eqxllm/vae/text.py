@@ -13,6 +13,7 @@ from eqxllm.errors import InputError
 from eqxllm.vae.beam import beam_search_from_latent
 from eqxllm.vae.decoding import generate_from_latent, strip_after_end
 from eqxllm.vae.interpolate import interpolation_path
+from eqxllm.vae.rerank import rerank_path
 
 
 def tokenize(model, tokenizer, texts: Sequence[str], *, strict: bool = True) -> SentenceSet:
@@ -102,10 +103,33 @@ def interpolate_texts(
     method: str = "slerp",
     per_token: bool = True,
     prior_weight: float = 0.0,
-    num_beams: int = 1,
+    num_beams: int | None = None,
+    lm=None,
+    lm_tokenizer=None,
+    lm_weight: float = 0.25,
 ) -> list[str]:
     """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included),
-    decoded as :func:`decode_latents` does."""
+    decoded as :func:`decode_latents` does; or, given a decoder-only language model ``lm`` and its
+    tokenizer, chosen among the pooled beams of the whole path and the two sentences themselves by
+    :func:`rerank_path` (``lm_weight``; ``prior_weight`` must then be 0). ``num_beams`` defaults to 1
+    (greedy), and to 8 a point with ``lm``."""
     za, zb = encode_texts(model, tokenizer, [a, b])
     path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token)
-    return decode_latents(model, tokenizer, path, prior_weight=prior_weight, num_beams=num_beams)
+    if lm is None:
+        return decode_latents(
+            model, tokenizer, path, prior_weight=prior_weight, num_beams=1 if num_beams is None else num_beams
+        )
+    if lm_tokenizer is None:
+        raise InputError("reranking with a language model needs its tokenizer (lm_tokenizer)")
+    if prior_weight != 0:
+        raise InputError("choose the decoder's own language model (prior_weight) or an external one (lm), not both")
+    return rerank_path(
+        model,
+        tokenizer,
+        path,
+        lm,
+        lm_tokenizer,
+        lm_weight=lm_weight,
+        num_beams=8 if num_beams is None else num_beams,
+        anchors=(a, b),
+    )
