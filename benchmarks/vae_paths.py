@@ -13,8 +13,9 @@ the share of well-formed and attested points (all, and the interior ones), of pa
 point is attested, of path ends that are exactly the sentence they encode (the cost of leaning on
 the language model), and of interior points that only repeat one end's sentence (a path that jumps
 from one sentence to the other scores high there: attested, but no sentence in between);
-``--show N`` prints the first N paths. A setting is
-``num_beams:prior_weight``.
+``--show N`` prints the first N paths. A setting is ``num_beams:prior_weight``, or
+``num_beams:0:lm_weight`` to rerank the pooled beams of each path with the language model of
+``--lm`` (``eqxllm.vae.rerank``).
 
     PYTHONPATH=. python benchmarks/vae_paths.py --model runs/t5-vae-tinystories \\
         --train ../shared/data/tinystories/TinyStories-train-prefix-2MiB.txt
@@ -55,8 +56,15 @@ def main() -> None:
     p.add_argument("--heldout", default=None, help="held-out sentences, one per line (default: MODEL/heldout.txt)")
     p.add_argument("--pairs", type=int, default=30)
     p.add_argument("--steps", type=int, default=7)
-    p.add_argument("--settings", default="1:0,8:0,1:0.5,8:0.5,8:1", help="num_beams:prior_weight, comma-separated")
+    p.add_argument(
+        "--settings", default="1:0,8:0,1:0.5,8:0.5,8:1", help="num_beams:prior_weight[:lm_weight], comma-separated"
+    )
     p.add_argument("--show", type=int, default=0, help="print this many whole paths per setting")
+    p.add_argument(
+        "--lm",
+        default=None,
+        help="a decoder-only language model directory (with its tokenizer), for num_beams:0:lm_weight settings",
+    )
     args = p.parse_args()
 
     import eqxllm
@@ -70,9 +78,17 @@ def main() -> None:
     vocab, pairs = set(words(text)), sentence_bigrams(text)
     heldout = Path(args.heldout or run / "heldout.txt").read_text(encoding="utf-8").splitlines()
     picks = np.random.default_rng(0).choice(len(heldout), size=(args.pairs, 2), replace=False)
-    settings = [(int(b), float(w)) for b, w in (s.split(":") for s in args.settings.split(","))]
+    settings = [
+        (int(b), float(w), float(lw[0]) if lw else None)
+        for b, w, *lw in (s.split(":") for s in args.settings.split(","))
+    ]
     if model.config.code_dropout == 0:
         settings = [s for s in settings if s[1] == 0]
+    lm = lm_tok = None
+    if any(s[2] is not None for s in settings):
+        if args.lm is None:
+            p.error("a num_beams:0:lm_weight setting needs --lm")
+        lm, lm_tok = eqxllm.from_pretrained(args.lm), load_tokenizer(args.lm)
 
     def well_formed(s: str) -> bool:
         return bool(words(s)) and all(w in vocab for w in words(s))
@@ -84,13 +100,22 @@ def main() -> None:
     print(f"{run}: {args.pairs} held-out pairs, {args.steps}-point slerp paths, {len(vocab)} known words")
     print(f"held-out sentences themselves: {ceiling:.1%} attested")
     print(
-        "beams  prior_weight  well-formed  interior  attested  interior  attested paths  exact ends  "
+        "beams  prior_weight  lm_weight  well-formed  interior  attested  interior  attested paths  exact ends  "
         "interior = an end  seconds"
     )
-    for beams, weight in settings:
+    for beams, weight, lm_weight in settings:
         start = time.perf_counter()
         paths = [
-            interpolate_texts(model, tok, heldout[a], heldout[b], args.steps, num_beams=beams, prior_weight=weight)
+            interpolate_texts(
+                model,
+                tok,
+                heldout[a],
+                heldout[b],
+                args.steps,
+                num_beams=beams,
+                prior_weight=weight,
+                **({} if lm_weight is None else {"lm": lm, "lm_tokenizer": lm_tok, "lm_weight": lm_weight}),
+            )  # fmt: skip
             for a, b in picks
         ]
         seconds = time.perf_counter() - start
@@ -99,7 +124,7 @@ def main() -> None:
         att = np.array([[attested(s) for s in path] for path in paths])
         repeats = np.mean([[s in (p[0], p[-1]) for s in p[1:-1]] for p in paths])
         print(
-            f"{beams:5d}  {weight:12.2f}  {ok.mean():11.1%}  "
+            f"{beams:5d}  {weight:12.2f}  {'-' if lm_weight is None else f'{lm_weight:.2f}':>9}  {ok.mean():11.1%}  "
             f"{ok[:, 1:-1].mean():8.1%}  {att.mean():8.1%}  {att[:, 1:-1].mean():8.1%}  "
             f"{att.all(axis=1).mean():14.1%}  {ends:10.1%}  {repeats:17.1%}  {seconds:7.1f}"
         )
