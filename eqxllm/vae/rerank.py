@@ -5,8 +5,9 @@ training, and the likeliest sentence for that code is sometimes a crossover ("It
 that he could bothin?"). The decoder is a poor judge of that: it rates its crossover the likeliest
 reading. A separately trained language model is a better one, because it never sees the code.
 
-:func:`rerank_path` decodes every point of the path by beam search, pools the final beams of all
-points into one candidate list (finished, non-empty sentences), and gives point ``k`` the candidate ``y`` that maximises
+:func:`rerank_path` decodes every point of the path by beam search, pools the finished, non-empty
+beams of all points (and any ``anchors``, such as the path's two input sentences) into one list of
+candidates, and gives point ``k`` the candidate ``y`` that maximises
 
     code(y | z_k) + lm_weight * lm(y)
 
