@@ -70,32 +70,33 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _load(model_src: str):
-    from eqxllm.checkpoints import from_pretrained
-    from eqxllm.checkpoints.hub import resolve_pretrained
-    from eqxllm.data.tokenizer import load_tokenizer
-    from eqxllm.models.t5_vae import T5VAE
-
-    directory = resolve_pretrained(model_src)
-    model = from_pretrained(directory)
-    if not isinstance(model, T5VAE):
-        raise InputError(f"{model_src} holds a {type(model).__name__}; `eqxllm vae` needs a T5-VAE (model_type t5_vae)")
-    return model, load_tokenizer(directory)
-
-
-def _load_lm(src: str):
+def _with_tokenizer(src: str):
+    """The model in ``src`` (a directory or Hub id) and the tokenizer saved beside it."""
     from eqxllm.checkpoints import from_pretrained
     from eqxllm.checkpoints.hub import resolve_pretrained
     from eqxllm.data.tokenizer import load_tokenizer
 
     directory = resolve_pretrained(src)
-    lm = from_pretrained(directory)
+    return from_pretrained(directory), load_tokenizer(directory)
+
+
+def _load(model_src: str):
+    from eqxllm.models.t5_vae import T5VAE
+
+    model, tokenizer = _with_tokenizer(model_src)
+    if not isinstance(model, T5VAE):
+        raise InputError(f"{model_src} holds a {type(model).__name__}; `eqxllm vae` needs a T5-VAE (model_type t5_vae)")
+    return model, tokenizer
+
+
+def _load_lm(src: str):
+    lm, tokenizer = _with_tokenizer(src)
     if lm.config.is_encoder_decoder:
         raise InputError(f"--lm {src} holds a {type(lm).__name__}; it must be a decoder-only language model")
-    return lm, load_tokenizer(directory)
+    return lm, tokenizer
 
 
-def greedy_unless(num_beams: int | None) -> int:
+def _greedy_unless(num_beams: int | None) -> int:
     return 1 if num_beams is None else num_beams
 
 
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         latents = _read_latents(args.input)
         _write_lines(
             decode_latents(
-                model, tokenizer, latents, prior_weight=args.prior_weight, num_beams=greedy_unless(args.num_beams)
+                model, tokenizer, latents, prior_weight=args.prior_weight, num_beams=_greedy_unless(args.num_beams)
             ),
             args.output,
         )
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         z = jax.random.normal(jax.random.key(args.seed), (args.num, cfg.n_latent_tokens, cfg.latent_size))
         _write_lines(
             decode_latents(
-                model, tokenizer, z, prior_weight=args.prior_weight, num_beams=greedy_unless(args.num_beams)
+                model, tokenizer, z, prior_weight=args.prior_weight, num_beams=_greedy_unless(args.num_beams)
             ),
             None,
         )

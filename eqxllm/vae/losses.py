@@ -113,10 +113,7 @@ def splice_loss(
     def one(z, d, m, k):
         return model.decode_full(z, d, decoder_mask=m, key=k)
 
-    if keys is None:
-        logits = jax.vmap(lambda z, d, m: one(z, d, m, None))(codes, dec_in, mask)
-    else:
-        logits = jax.vmap(one)(codes, dec_in, mask, keys)
+    logits = jax.vmap(one, in_axes=(0, 0, 0, None if keys is None else 0))(codes, dec_in, mask, keys)
     total, count = cross_entropy(logits, ids, mask)
     return total / jnp.maximum(count, 1.0)
 

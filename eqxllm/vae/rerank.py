@@ -36,6 +36,7 @@ from eqxllm.errors import InputError
 from eqxllm.generation.score import text_log_likelihoods
 from eqxllm.vae.beam import beam_search_from_latent
 from eqxllm.vae.decoding import strip_after_end
+from eqxllm.vae.losses import shift_right
 
 
 @eqx.filter_jit
@@ -45,9 +46,7 @@ def _code_scores(
     targets: Int[Array, "cands seq"],
     lengths: Int[Array, " cands"],
 ) -> Float[Array, "points cands"]:
-    cfg = model.config
-    start = jnp.full((targets.shape[0], 1), cfg.decoder_start_token_id, targets.dtype)
-    inputs = jnp.concatenate([start, targets[:, :-1]], axis=1)
+    inputs = shift_right(targets, model.config.decoder_start_token_id)
     scored = jnp.arange(targets.shape[1])[None, :] < lengths[:, None]  # [cands, seq]
 
     def one(latent, dec_in, target, keep):
