@@ -29,8 +29,8 @@ def lm():
 
 
 def _direct(lm, ids):
-    row = jnp.asarray([0, *ids])
-    logp = jax.nn.log_softmax(lm(row).astype(jnp.float32), axis=-1)
+    row = [0, *ids]
+    logp = np.asarray(jax.nn.log_softmax(lm(jnp.asarray(row)).astype(jnp.float32), axis=-1))
     return float(np.mean([logp[t - 1, row[t]] for t in range(1, len(row))]))
 
 

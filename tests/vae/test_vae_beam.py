@@ -2,6 +2,7 @@
 
 import itertools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +25,11 @@ def small():
     )
 
 
+@eqx.filter_jit
+def _log_probs(model, latent, ids):
+    return jax.vmap(lambda i: jax.nn.log_softmax(model.decode_full(latent, i), -1))(ids)
+
+
 def _scores(model, latent, seqs, weight, alpha):
     """Every sequence's normalised fused score, from one batched teacher-forced pass per code."""
     width = max(len(q) for q in seqs)
@@ -32,8 +38,9 @@ def _scores(model, latent, seqs, weight, alpha):
     for row, q in enumerate(seqs):
         ids[row, 1 : len(q)] = q[:-1]
         targets[row, : len(q)] = q
-    logp = jax.jit(jax.vmap(lambda z, i: jax.nn.log_softmax(model.decode_full(z, i), -1), (None, 0)))
-    fused = logp(latent, jnp.asarray(ids)) + weight * logp(jnp.zeros_like(latent), jnp.asarray(ids))
+    fused = _log_probs(model, latent, jnp.asarray(ids)) + weight * _log_probs(
+        model, jnp.zeros_like(latent), jnp.asarray(ids)
+    )
     picked = np.take_along_axis(np.asarray(fused), targets[..., None], -1)[..., 0]
     return [float(picked[row, : len(q)].sum()) / len(q) ** alpha for row, q in enumerate(seqs)]
 

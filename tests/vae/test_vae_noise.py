@@ -71,10 +71,12 @@ def test_code_dropout_rows_read_the_null_code():
     model = T5VAE(T5VAEConfig.tiny(n_latent_tokens=3), key=jax.random.key(0))
     ids = jnp.asarray(_batch()["input_ids"][0])
     dec = jnp.concatenate([jnp.zeros((1,), jnp.int32), ids[:-1]])
-    null = model.autoencode(ids, dec, null_code=True)
-    np.testing.assert_allclose(null.logits, model.decode_full(jnp.zeros_like(null.mean), dec), atol=1e-6)
-    coded = model.autoencode(ids, dec, null_code=False)
-    np.testing.assert_allclose(coded.logits, model.decode_full(coded.mean, dec), atol=1e-6)
+    autoencode = eqx.filter_jit(lambda m, null_code: m.autoencode(ids, dec, null_code=null_code))
+    decode = eqx.filter_jit(lambda m, z: m.decode_full(z, dec))
+    null = autoencode(model, True)
+    np.testing.assert_allclose(null.logits, decode(model, jnp.zeros_like(null.mean)), atol=1e-6)
+    coded = autoencode(model, False)
+    np.testing.assert_allclose(coded.logits, decode(model, coded.mean), atol=1e-6)
     assert float(jnp.max(jnp.abs(null.logits - coded.logits))) > 1e-3
     np.testing.assert_array_equal(null.mean, coded.mean)  # the regulariser still sees the code
 
@@ -101,18 +103,20 @@ def test_code_dropout_is_validated_and_saved():
 def test_bag_of_words_loss_matches_numpy():
     model = T5VAE(T5VAEConfig.tiny(n_latent_tokens=3, bow_weight=0.5), key=jax.random.key(0))
     batch = _batch()
-    _, aux = vae_loss(model, batch)  # no key: the code is the posterior mean, no row drops it
+    loss = eqx.filter_jit(vae_loss)
+    _, aux = loss(model, batch)  # no key: the code is the posterior mean, no row drops it
     ids, lengths = np.asarray(batch["input_ids"]), np.asarray(batch["lengths"])
+    encode = eqx.filter_jit(lambda m, i, n: m.encode(i, mask=jnp.arange(i.shape[0]) < n))
     w, b = np.asarray(model.bow_head.weight, np.float64), np.asarray(model.bow_head.bias, np.float64)
     total, count = 0.0, 0
     for row in range(ids.shape[0]):
-        z = np.asarray(model.encode(jnp.asarray(ids[row]), mask=jnp.arange(ids.shape[1]) < lengths[row]), np.float64)
+        z = np.asarray(encode(model, jnp.asarray(ids[row]), jnp.asarray(lengths[row])), np.float64)
         logits = w @ z.reshape(-1) + b
         logp = logits - np.log(np.sum(np.exp(logits - logits.max()))) - logits.max()
         total -= logp[ids[row, : lengths[row]]].sum()
         count += int(lengths[row])
     np.testing.assert_allclose(float(aux["bag_of_words"]), total / count, rtol=1e-4)
-    plain_loss, plain = vae_loss(T5VAE(T5VAEConfig.tiny(n_latent_tokens=3), key=jax.random.key(0)), batch)
+    plain_loss, plain = loss(T5VAE(T5VAEConfig.tiny(n_latent_tokens=3), key=jax.random.key(0)), batch)
     assert "bag_of_words" not in plain
     # the same weights otherwise: the total adds bow_weight times the bag-of-words loss
     np.testing.assert_allclose(float(aux["loss"]), float(plain_loss) + 0.5 * total / count, rtol=1e-4)

@@ -1,6 +1,7 @@
 """Decoding with the decoder's own language model added (``prior_weight``), against a step-by-step
 reference that recomputes every prefix without a cache."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,13 +12,20 @@ from eqxllm.models import T5VAE, T5VAEConfig
 from eqxllm.vae import generate_from_latent
 
 
+@eqx.filter_jit
+def _last_logits(model, latent, dec, n):
+    """The decoder's logits after the first ``n`` ids of ``dec`` (fixed width, so one compile; the
+    decoder is causal, so the padding behind position ``n - 1`` does not reach it)."""
+    return model.decode_full(latent, dec)[n - 1]
+
+
 def _reference(model, latent, weight, steps):
     cfg = model.config
     ids = [cfg.decoder_start_token_id]
     for _ in range(steps):
-        dec = jnp.asarray(ids, jnp.int32)
-        code = jax.nn.log_softmax(model.decode_full(latent, dec)[-1])
-        prior = jax.nn.log_softmax(model.decode_full(jnp.zeros_like(latent), dec)[-1])
+        dec = jnp.asarray(ids + [cfg.pad_token_id] * (steps + 1 - len(ids)), jnp.int32)
+        code = jax.nn.log_softmax(_last_logits(model, latent, dec, jnp.int32(len(ids))))
+        prior = jax.nn.log_softmax(_last_logits(model, jnp.zeros_like(latent), dec, jnp.int32(len(ids))))
         ids.append(int(jnp.argmax(code + weight * prior)))
         if ids[-1] == cfg.eos_token_id:
             break

@@ -105,22 +105,32 @@ def _batch(model):
     return batch | splice_rows(ids, lengths, np.random.default_rng(1), eos_id=EOS, pad_id=PAD)
 
 
+@eqx.filter_jit
+def _means(model, ids, lengths):
+    mask = jnp.arange(ids.shape[1])[None] < lengths[:, None]
+    return jax.vmap(lambda i, m: model.encode(i, mask=m))(ids, mask)
+
+
+@eqx.filter_jit
+def _row_loss(model, code, target, n):
+    """Summed cross-entropy and token count of decoding the first ``n`` tokens of ``target`` from ``code``."""
+    keep = jnp.arange(target.shape[0]) < n
+    logits = model.decode_full(code, shift_right(target, model.config.decoder_start_token_id), decoder_mask=keep)
+    return cross_entropy(logits, target, keep)
+
+
 def test_splice_loss_decodes_the_slerp_towards_the_partner(model):
     batch = _batch(model)
-    ids, lengths = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["lengths"])
-    mask = jnp.arange(ids.shape[1])[None] < lengths[:, None]
-    means = jnp.stack([model.encode(i, mask=m) for i, m in zip(ids, mask)])
+    means = _means(model, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["lengths"]))
     total = count = 0.0
     for r in range(4):  # one row at a time, the partner by hand
         code = slerp(means[r], means[r ^ 1], float(batch["splice_t"][r]))
-        target = jnp.asarray(batch["splice_ids"][r])
-        keep = jnp.arange(target.shape[0]) < batch["splice_lengths"][r]
-        logits = model.decode_full(code, shift_right(target, model.config.decoder_start_token_id), decoder_mask=keep)
-        s, c = cross_entropy(logits, target, keep)
+        s, c = _row_loss(model, code, jnp.asarray(batch["splice_ids"][r]), jnp.asarray(batch["splice_lengths"][r]))
         total, count = total + s, count + c
-    np.testing.assert_allclose(splice_loss(model, means, batch, None), total / count, rtol=1e-5)
-    loss, aux = vae_loss(model, batch, None)
-    without, _ = vae_loss(model, {k: v for k, v in batch.items() if not k.startswith("splice")}, None)
+    np.testing.assert_allclose(eqx.filter_jit(splice_loss)(model, means, batch, None), total / count, rtol=1e-5)
+    loss_fn = eqx.filter_jit(vae_loss)
+    loss, aux = loss_fn(model, batch, None)
+    without, _ = loss_fn(model, {k: v for k, v in batch.items() if not k.startswith("splice")}, None)
     np.testing.assert_allclose(loss - without, 0.5 * aux["splice"], rtol=1e-5)
 
 
@@ -128,12 +138,10 @@ def test_splice_loss_trains_the_encoder_too(model):
     batch = _batch(model)
 
     def only_splice(m):
-        ids, lengths = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["lengths"])
-        mask = jnp.arange(ids.shape[1])[None] < lengths[:, None]
-        means = jax.vmap(lambda i, k: m.encode(i, mask=k))(ids, mask)
+        means = _means(m, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["lengths"]))
         return splice_loss(m, means, batch, jax.random.key(0))
 
-    grads = eqx.filter_grad(only_splice)(model)
+    grads = eqx.filter_jit(eqx.filter_grad(only_splice))(model)
     encoder = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(eqx.filter(grads.t5.encoder, eqx.is_array))])
     assert float(jnp.max(jnp.abs(encoder))) > 0  # the codes move so that their midpoints decode to splices
     assert float(jnp.max(jnp.abs(grads.to_latent.weight))) > 0
