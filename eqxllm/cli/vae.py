@@ -4,14 +4,16 @@
     eqxllm vae interpolate --model DIR --a ... --b ... --lm GPT2_DIR [--lm-weight 0.25] [--num-beams 8]
     eqxllm vae encode --model DIR --input sentences.txt --output latents.npy
     eqxllm vae decode --model DIR --input latents.npy [--output sentences.txt]
-    eqxllm vae sample --model DIR --num 5 [--seed 0]
+    eqxllm vae sample --model DIR --num 5 [--seed 0] [--fit sentences.txt]
 
 ``encode`` reads one sentence per line and writes ``[n, latent_tokens, latent]`` float32 latents (the
 posterior means) with ``numpy.save``; ``interpolate --lm`` chooses each point's sentence among the
 beams of the whole path, with a decoder-only language model as the judge of fluency
 (``eqxllm.vae.rerank``); ``decode`` writes one sentence per latent (greedy), to the output file or
-to stdout; ``sample`` decodes draws from the N(0, I) prior. The tokenizer is the one
-saved beside the model.
+to stdout; ``sample`` decodes draws from the N(0, I) prior or, with ``--fit FILE``, from a Gaussian
+fitted to the codes of the sentences of FILE (``eqxllm.vae.latent_fit``: a trained model's codes do
+not fill the prior, and most prior draws decode to empty sentences). The tokenizer is the one saved
+beside the model.
 """
 
 import argparse
@@ -64,9 +66,13 @@ def add_parser(sub) -> None:
     a = action("decode", "latents (.npy) -> sentences")
     a.add_argument("--input", required=True, help=".npy file of [n, latent_tokens, latent] latents")
     a.add_argument("--output", default=None, help="text file to write (default: stdout)")
-    a = action("sample", "sentences written from N(0, I) latent draws")
+    a = action("sample", "sentences written from latent draws: N(0, I), or a Gaussian fitted to real codes")
     a.add_argument("--num", type=int, default=5, help="how many (default 5)")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--fit", default=None, help="UTF-8 text file, one sentence per line: draw from a Gaussian fitted to their "
+        "codes (a mean and a standard deviation per dimension) instead of N(0, I)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -123,9 +129,7 @@ def run(args: argparse.Namespace) -> int:
         for i, text in enumerate(path):
             print(f"{i / (len(path) - 1):.2f}  {text}")
     elif args.action == "encode":
-        from eqxllm.train.text_eval import read_utf8
-
-        lines = [line.strip() for line in read_utf8(args.input).splitlines() if line.strip()]
+        lines = _read_lines(args.input)
         np.save(args.output, encode_texts(model, tokenizer, lines))
         print(f"wrote {len(lines)} latents to {args.output}", file=sys.stderr)
     elif args.action == "decode":
@@ -139,8 +143,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.num < 1:
             raise InputError(f"--num must be >= 1, got {args.num}")
-        cfg = model.config
-        z = jax.random.normal(jax.random.key(args.seed), (args.num, cfg.n_latent_tokens, cfg.latent_size))
+        key = jax.random.key(args.seed)
+        if args.fit is None:
+            cfg = model.config
+            z = jax.random.normal(key, (args.num, cfg.n_latent_tokens, cfg.latent_size))
+        else:
+            from eqxllm.vae.latent_fit import fit_latent_gaussian, sample_latents
+
+            z = sample_latents(
+                key, fit_latent_gaussian(encode_texts(model, tokenizer, _read_lines(args.fit))), args.num
+            )
         _write_lines(
             decode_latents(
                 model, tokenizer, z, prior_weight=args.prior_weight, num_beams=_greedy_unless(args.num_beams)
@@ -148,6 +160,13 @@ def run(args: argparse.Namespace) -> int:
             None,
         )
     return 0
+
+
+def _read_lines(path: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped."""
+    from eqxllm.train.text_eval import read_utf8
+
+    return [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
 
 
 def _read_latents(path: str) -> np.ndarray:

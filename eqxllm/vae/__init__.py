@@ -1,17 +1,19 @@
 """The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, the
 interpolation loss's splices, latent paths, decoding latents with the shared sampler, reranking a
-path's sentences with a language model, and text helpers.
+path's sentences with a language model, drawing new codes, and text helpers.
 
 >>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
 >>> decode_latents(vae, tok, z)                                                 # the sentences back
 >>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5)
 >>> interpolate_texts(vae, tok, a, b, 7, num_beams=8, lm=gpt2, lm_tokenizer=gpt2_tok)  # reranked
+>>> decode_latents(vae, tok, sample_latents(key, fit_latent_gaussian(z_of_many), 5))   # new sentences
 """
 
 from eqxllm.vae.beam import beam_search_from_latent
 from eqxllm.vae.decoding import LatentSource, generate_from_latent
 from eqxllm.vae.evaluate import evaluate_sentences, evaluate_text_file
 from eqxllm.vae.interpolate import interpolate, interpolation_path, lerp, slerp
+from eqxllm.vae.latent_fit import LatentGaussian, fit_latent_gaussian, sample_latents
 from eqxllm.vae.losses import (
     active_units,
     annealed_weight,
@@ -30,6 +32,7 @@ from eqxllm.vae.splice import splice_rows, splices, word_starts
 from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
 
 __all__ = [
+    "LatentGaussian",
     "LatentSource",
     "active_units",
     "annealed_weight",
@@ -39,6 +42,7 @@ __all__ = [
     "delete_words",
     "drop_words",
     "encode_texts",
+    "fit_latent_gaussian",
     "evaluate_sentences",
     "evaluate_text_file",
     "gaussian_kernel",
@@ -51,6 +55,7 @@ __all__ = [
     "mmd",
     "mmd_to_normal",
     "rerank_path",
+    "sample_latents",
     "sequence_accuracy",
     "slerp",
     "splice_loss",

@@ -103,6 +103,12 @@ def test_cli_eval_and_vae_commands(trained, tmp_path, capsys):
                  "--output", str(tmp_path / "z.npy")]) == 0  # fmt: skip
     z = np.load(tmp_path / "z.npy")
     assert z.shape == (2, 4, 8)
+    for fit in ([], ["--fit", str(tmp_path / "in.txt")]):  # the prior, then a Gaussian fitted to two codes
+        assert main(["vae", "sample", "--model", str(export), "--num", "3", *fit]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 3
+    (tmp_path / "one.txt").write_text("Tom had a cat.\n")
+    assert main(["vae", "sample", "--model", str(export), "--fit", str(tmp_path / "one.txt")]) == 2
+    assert "at least 2 sentences" in capsys.readouterr().err
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy")]) == 0
     greedy = capsys.readouterr().out.splitlines()
     assert len(greedy) == 2
