@@ -3,9 +3,10 @@ from a Gaussian fitted to the codes of real sentences (``eqxllm.vae.latent_fit``
 
 The fit uses the first ``--fit`` held-out sentences; ``--num`` codes are drawn from each source and
 decoded greedily. It first prints the root mean square of the fitted codes per latent token (N(0, I)
-has 1 everywhere), over all of them and over the short sentences; then per source the share of empty sentences, the share of *attested* ones
-(every word, and every pair of adjacent words, occurs in the training text: the measure of
-``benchmarks/vae_paths.py``), the mean number of words, and the first ``--show`` sentences.
+has 1 everywhere), over all of them and over the short sentences; then, per source, the share of
+empty sentences, the share of *attested* ones (every word, and every pair of adjacent words, occurs
+in the training text: the measure of ``benchmarks/vae_paths.py``), the mean number of words, and the
+first ``--show`` sentences.
 
     PYTHONPATH=. python benchmarks/vae_samples.py --model runs/t5-vae-tinystories \\
         --train ../shared/data/tinystories/TinyStories-train-prefix-2MiB.txt
