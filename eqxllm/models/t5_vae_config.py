@@ -16,6 +16,7 @@ from eqxllm.models.t5_config import T5Config
 POOLINGS = ("first", "mean", "attention")
 REGULARISERS = ("mmd", "kl")
 LATENT_ACTIVATIONS = ("tanh", "none")
+SPLICE_JUNCTIONS = ("shared", "attested")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +61,10 @@ class T5VAEConfig:
       second one's from there, so that the points between two codes decode to text made of both
       sentences rather than to a slot-by-slot mix. ``0`` means no interpolation loss; above it, the
       batch must be even.
+    - ``splice_junction``: ``"shared"`` (a splice may join the two sentences at any word they share)
+      or ``"attested"`` (a pair's splices whose junction occurs as such in the training text come
+      first: the shared token with the token before it and the one after it is a trigram of the
+      training sentences; :mod:`eqxllm.vae.splice`).
     - ``max_length``: the longest token sequence (with its end token) the model encodes or writes;
       it is the model's ``max_positions``.
     """
@@ -80,6 +85,7 @@ class T5VAEConfig:
     code_dropout: float = 0.0
     bow_weight: float = 0.0
     splice_weight: float = 0.0
+    splice_junction: str = "shared"
     max_length: int = 32
 
     model_type = "t5_vae"
@@ -95,6 +101,7 @@ class T5VAEConfig:
             ("pooling", POOLINGS),
             ("regulariser", REGULARISERS),
             ("latent_activation", LATENT_ACTIVATIONS),
+            ("splice_junction", SPLICE_JUNCTIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"T5VAEConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -28,7 +28,7 @@ from eqxllm.vae.losses import (
 )
 from eqxllm.vae.noise import delete_words, drop_words
 from eqxllm.vae.rerank import code_log_likelihoods, rerank_path
-from eqxllm.vae.splice import splice_rows, splices, word_starts
+from eqxllm.vae.splice import splice_rows, splices, token_trigrams, word_starts
 from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "splice_rows",
     "splices",
     "token_accuracy",
+    "token_trigrams",
     "vae_loss",
     "word_starts",
 ]

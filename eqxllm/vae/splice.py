@@ -18,6 +18,17 @@ Andreas 2020, "Good-Enough Compositional Data Augmentation", builds new examples
 shares no token has no splice; its target is then the nearer sentence itself, ``a`` for ``t`` below
 one half: the decoder learns to write one sentence or the other there, not a mix.
 
+A junction can still break the grammar: the words on either side of it may never have been next to
+each other. With ``trigrams`` (:func:`token_trigrams` of the training sentences) a row prefers the
+splices whose junction is *attested*: the token before the shared one, the shared one and the token
+after it occur together in the training text. Of ""Do you want to fix it?"" and "They ran to the
+net and looked at it.", the splice ""Do you want to the net and looked at it." joins at "to" with
+"want to the", which TinyStories never writes; ""Do you want to fix it." joins at "it" with "fix
+it.", which it does. On TinyStories such splices score as well as the sentences themselves under a
+GPT-2 trained on them (mean log-probability per token -3.85, against -3.89 for the training
+sentences and -4.36 for the other splices), and 21% of pairs of training sentences have one,
+against 51% with any splice (docs/t5_vae.md).
+
 Pairs are adjacent rows of a batch (rows ``2k`` and ``2k + 1``), so that a data-parallel shard of
 an even number of rows holds both sentences of each of its pairs. Row ``r`` carries the splice that
 starts with its own sentence and ends with its partner's.
@@ -40,13 +51,43 @@ def word_starts(tokenizer) -> Bool[np.ndarray, " vocab"]:
     return out
 
 
+_START = -1  # stands before a sentence's first token in trigrams (no token id is negative)
+
+
+def token_trigrams(
+    ids: Int32[np.ndarray, "n seq"], lengths: Int32[np.ndarray, " n"]
+) -> frozenset[tuple[int, int, int]]:
+    """Every three adjacent tokens of the rows ``ids`` (tokens then the end token; ``lengths`` counts
+    it), with a start marker before each row: the contexts that :func:`splices` accepts as attested."""
+    out: set[tuple[int, int, int]] = set()
+    for row, n in zip(ids, lengths):
+        t = [_START, *row[:n].tolist()]
+        out.update(zip(t, t[1:], t[2:]))
+    return frozenset(out)
+
+
+def _attested(a: list[int], b: list[int], i: int, j: int, trigrams, eos_id: int) -> bool:
+    """Whether the junction of ``a[:i] + b[j:]`` (``a[i] == b[j]``) is attested: the token before it
+    (``a[i - 1]``), the shared token and the one after it (``b[j + 1]``, or the end token after ``b``'s
+    last) occur together in ``trigrams``. The other contexts of a splice are its two sentences' own."""
+    return (a[i - 1], b[j], b[j + 1] if j + 1 < len(b) else eos_id) in trigrams
+
+
 def splices(
-    a: list[int], b: list[int], max_tokens: int, joinable: Bool[np.ndarray, " vocab"] | None = None
+    a: list[int],
+    b: list[int],
+    max_tokens: int,
+    joinable: Bool[np.ndarray, " vocab"] | None = None,
+    *,
+    trigrams: frozenset[tuple[int, int, int]] | None = None,
+    eos_id: int = 1,
 ) -> list[tuple[list[int], float]]:
     """Every splice ``a[:i] + b[j:]`` with ``a[i] == b[j]``, ``i, j >= 1`` (each sentence gives at
     least one token of its own), at most ``max_tokens`` long and unlike ``a`` and ``b``, with the share
     of its tokens taken from ``b``. ``a`` and ``b`` are token ids without the end token; with
-    ``joinable`` (e.g. :func:`word_starts`) only tokens it marks are junctions."""
+    ``joinable`` (e.g. :func:`word_starts`) only tokens it marks are junctions; with ``trigrams``
+    (:func:`token_trigrams`, whose rows end with ``eos_id``) only attested junctions (module
+    docstring)."""
     out, seen = [], {tuple(a), tuple(b)}
     if len(a) < 2 or len(b) < 2:
         return out
@@ -56,6 +97,8 @@ def splices(
     for i, j in zip(*np.nonzero(same)):
         i, j = int(i) + 1, int(j) + 1
         tokens = a[:i] + b[j:]
+        if trigrams is not None and not _attested(a, b, i, j, trigrams, eos_id):
+            continue
         if len(tokens) <= max_tokens and tuple(tokens) not in seen:
             seen.add(tuple(tokens))
             out.append((tokens, (len(b) - j) / len(tokens)))
@@ -70,11 +113,13 @@ def splice_rows(
     eos_id: int,
     pad_id: int,
     joinable: Bool[np.ndarray, " vocab"] | None = None,
+    trigrams: frozenset[tuple[int, int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """The interpolation targets of a batch (rows: tokens, end token, padding; ``lengths`` with the end
     token): for each row, one splice drawn at random from those of (this row, its partner), or, when
     there is none, the row itself at a ``t`` drawn from ``[0, 1/2)``; ``joinable`` as in
-    :func:`splices`. Returns ``splice_ids [batch, seq]`` (the target: tokens, end token, padding),
+    :func:`splices`. With ``trigrams`` the draw is among the attested splices when the pair has any,
+    and among all of them otherwise. Returns ``splice_ids [batch, seq]`` (the target: tokens, end token, padding),
     ``splice_lengths [batch]`` and ``splice_t [batch]``."""
     batch, seq = ids.shape
     if batch % 2:
@@ -85,7 +130,10 @@ def splice_rows(
     for row in range(batch):
         own = ids[row, : lengths[row] - 1].tolist()
         partner = row ^ 1
-        options = splices(own, ids[partner, : lengths[partner] - 1].tolist(), seq - 1, joinable)
+        other = ids[partner, : lengths[partner] - 1].tolist()
+        options = [] if trigrams is None else splices(own, other, seq - 1, joinable, trigrams=trigrams, eos_id=eos_id)
+        if not options:
+            options = splices(own, other, seq - 1, joinable)
         if options:
             tokens, t = options[rng.integers(len(options))]
         else:
