@@ -49,6 +49,20 @@ def sentence_bigrams(text: str) -> set[tuple[str, str]]:
     return seen
 
 
+class TextChecks:
+    """The two measures against a training text: *well-formed* (every word occurs in it) and
+    *attested* (besides, every pair of adjacent words, and the first word after a sentence start)."""
+
+    def __init__(self, text: str):
+        self.vocab, self.pairs = set(words(text)), sentence_bigrams(text)
+
+    def well_formed(self, s: str) -> bool:
+        return bool(words(s)) and all(w in self.vocab for w in words(s))
+
+    def attested(self, s: str) -> bool:
+        return self.well_formed(s) and all(pair in self.pairs for pair in bigrams(s))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a T5-VAE run directory (model/, tokenizer.json, heldout.txt)")
@@ -74,8 +88,8 @@ def main() -> None:
     run = Path(args.model)
     model = eqxllm.from_pretrained(run / "model")
     tok = load_tokenizer(run)
-    text = Path(args.train).read_text(encoding="utf-8")
-    vocab, pairs = set(words(text)), sentence_bigrams(text)
+    checks = TextChecks(Path(args.train).read_text(encoding="utf-8"))
+    well_formed, attested = checks.well_formed, checks.attested
     heldout = Path(args.heldout or run / "heldout.txt").read_text(encoding="utf-8").splitlines()
     picks = np.random.default_rng(0).choice(len(heldout), size=(args.pairs, 2), replace=False)
     settings = [
@@ -90,14 +104,8 @@ def main() -> None:
             p.error("a num_beams:0:lm_weight setting needs --lm")
         lm, lm_tok = eqxllm.from_pretrained(args.lm), load_tokenizer(args.lm)
 
-    def well_formed(s: str) -> bool:
-        return bool(words(s)) and all(w in vocab for w in words(s))
-
-    def attested(s: str) -> bool:
-        return well_formed(s) and all(pair in pairs for pair in bigrams(s))
-
     ceiling = np.mean([attested(s) for s in heldout])
-    print(f"{run}: {args.pairs} held-out pairs, {args.steps}-point slerp paths, {len(vocab)} known words")
+    print(f"{run}: {args.pairs} held-out pairs, {args.steps}-point slerp paths, {len(checks.vocab)} known words")
     print(f"held-out sentences themselves: {ceiling:.1%} attested")
     print(
         "beams  prior_weight  lm_weight  well-formed  interior  attested  interior  attested paths  exact ends  "

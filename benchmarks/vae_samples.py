@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from vae_paths import bigrams, sentence_bigrams, words
+from vae_paths import TextChecks, words
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     run = Path(args.model)
     model, tok = eqxllm.from_pretrained(run / "model"), load_tokenizer(run)
     text = Path(args.train).read_text(encoding="utf-8")
-    vocab, pairs = set(words(text)), sentence_bigrams(text)
+    attested = TextChecks(text).attested
     heldout = (run / "heldout.txt").read_text(encoding="utf-8").splitlines()[: args.fit]
     codes = encode_texts(model, tok, heldout)
     fit = fit_latent_gaussian(codes)
@@ -49,9 +49,6 @@ def main() -> None:
         "N(0, I)": jax.random.normal(k_prior, (args.num, cfg.n_latent_tokens, cfg.latent_size)),
         f"fitted to {len(heldout)} codes": sample_latents(k_fit, fit, args.num),
     }
-
-    def attested(s: str) -> bool:
-        return bool(words(s)) and all(w in vocab for w in words(s)) and all(b in pairs for b in bigrams(s))
 
     print(f"{run}: {args.num} draws a source, greedy decoding")
     rms = lambda z: " ".join(f"{v:.2f}" for v in np.sqrt(np.mean(np.square(z), axis=(0, 2))))
