@@ -87,6 +87,28 @@ def test_trainer_exports_a_t5_vae(trained):
     rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "eval" and "val_token_accuracy" in r for r in rows)
     assert any(r["kind"] == "sample" and "prior draw" in r["text"] for r in rows)
+    assert any(r["kind"] == "sample" and "fitted draw" in r["text"] for r in rows)
+
+
+def test_samples_decode_reconstructions_a_prior_draw_and_a_fitted_draw(trained):
+    from eqxllm.vae import decode_latents, fit_latent_gaussian, sample_latents
+    from eqxllm.vae.text import encode_rows
+
+    tmp, export = trained
+    model = eqxllm.from_pretrained(export)
+    task = VAETask(_cfg(tmp), tmp / "run", progress=False)
+    key = jax.random.key(3)
+    got = task.samples(model, key)
+    n = min(task.cfg.train.num_samples, len(task.validation))
+    fit_rows = task.validation.take(range(min(len(task.validation), 256)))
+    codes = encode_rows(model, fit_rows, batch_size=task.cfg.train.batch_size)
+    prior_key, fit_key = jax.random.split(key)
+    prior = jax.random.normal(prior_key, (1, *codes.shape[1:]))
+    fitted = sample_latents(fit_key, fit_latent_gaussian(codes), 1)
+    want = decode_latents(model, task.tokenizer, np.concatenate([codes[:n], np.asarray(prior), np.asarray(fitted)]))
+    assert len(got) == n + 2
+    assert got[:n] == [f"{src!r} -> {rec!r}" for src, rec in zip(task.validation.texts, want[:n])]
+    assert got[n:] == [f"prior draw -> {want[n]!r}", f"fitted draw -> {want[n + 1]!r}"]
 
 
 def test_cli_eval_and_vae_commands(trained, tmp_path, capsys):

@@ -20,11 +20,15 @@ from eqxllm.vae.evaluate import evaluate_sentences
 from eqxllm.vae.losses import vae_loss
 from eqxllm.vae.splice import splice_rows, token_trigrams, word_starts
 
+_FIT_SENTENCES = 256  # validation codes that the samples' fitted Gaussian is fitted to
+
 
 class VAETask:
     """Reconstruct each sentence through the latent; validation reports the reconstruction loss,
     token and whole-sentence accuracy, the regulariser and the active latent units; samples show
-    held-out sentences next to their reconstructions, and a sentence written from a prior draw."""
+    held-out sentences next to their reconstructions, a sentence written from a N(0, I) draw and one
+    from a draw of the Gaussian fitted to the validation sentences' codes (:mod:`eqxllm.vae.latent_fit`;
+    a trained model's codes do not fill N(0, I), and its draws often decode to nothing)."""
 
     def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
         if not isinstance(cfg.model, T5VAEConfig):
@@ -90,14 +94,21 @@ class VAETask:
         }
 
     def samples(self, model, key) -> list[str]:
+        from eqxllm.vae.latent_fit import fit_latent_gaussian, sample_latents
         from eqxllm.vae.text import decode_latents, encode_rows
 
         n = min(self.cfg.train.num_samples, len(self.validation))
         if n < 1:
             return []
-        rows = self.validation.take(range(n))
-        latents = encode_rows(model, rows, batch_size=n)
-        prior = jax.random.normal(key, (1, *latents.shape[1:]))
-        texts = decode_latents(model, self.tokenizer, np.concatenate([latents, np.asarray(prior)]))
-        out = [f"{src!r} -> {rec!r}" for src, rec in zip(rows.texts, texts)]
-        return [*out, f"prior draw -> {texts[-1]!r}"]
+        fit_rows = self.validation.take(range(min(len(self.validation), _FIT_SENTENCES)))
+        codes = encode_rows(model, fit_rows, batch_size=self.cfg.train.batch_size)
+        prior_key, fit_key = jax.random.split(key)
+        draws = [np.asarray(jax.random.normal(prior_key, (1, *codes.shape[1:])))]
+        if len(codes) >= 2:  # a fit needs two codes
+            draws.append(np.asarray(sample_latents(fit_key, fit_latent_gaussian(codes), 1)))
+        texts = decode_latents(model, self.tokenizer, np.concatenate([codes[:n], *draws]))
+        out = [f"{src!r} -> {rec!r}" for src, rec in zip(fit_rows.texts[:n], texts)]
+        out.append(f"prior draw -> {texts[n]!r}")
+        if len(draws) > 1:
+            out.append(f"fitted draw -> {texts[n + 1]!r}")
+        return out
