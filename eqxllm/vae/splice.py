@@ -21,9 +21,9 @@ one half: the decoder learns to write one sentence or the other there, not a mix
 A junction can still break the grammar: the words on either side of it may never have been next to
 each other. With ``trigrams`` (:func:`token_trigrams` of the training sentences) a row prefers the
 splices whose junction is *attested*: the token before the shared one, the shared one and the token
-after it occur together in the training text. Of ""Do you want to fix it?"" and "They ran to the
-net and looked at it.", the splice ""Do you want to the net and looked at it." joins at "to" with
-"want to the", which TinyStories never writes; ""Do you want to fix it." joins at "it" with "fix
+after it occur together in the training text. Of ``"Do you want to fix it?"`` and ``They ran to the
+net and looked at it.``, the splice ``"Do you want to the net and looked at it.`` joins at "to" with
+"want to the", which TinyStories never writes; ``"Do you want to fix it.`` joins at "it" with "fix
 it.", which it does. On TinyStories such splices score as well as the sentences themselves under a
 GPT-2 trained on them (mean log-probability per token -3.85, against -3.89 for the training
 sentences and -4.36 for the other splices), and 21% of pairs of training sentences have one,
@@ -119,8 +119,8 @@ def splice_rows(
     token): for each row, one splice drawn at random from those of (this row, its partner), or, when
     there is none, the row itself at a ``t`` drawn from ``[0, 1/2)``; ``joinable`` as in
     :func:`splices`. With ``trigrams`` the draw is among the attested splices when the pair has any,
-    and among all of them otherwise. Returns ``splice_ids [batch, seq]`` (the target: tokens, end token, padding),
-    ``splice_lengths [batch]`` and ``splice_t [batch]``."""
+    and among all of them otherwise. Returns ``splice_ids [batch, seq]`` (the target: tokens, end
+    token, padding), ``splice_lengths [batch]`` and ``splice_t [batch]``."""
     batch, seq = ids.shape
     if batch % 2:
         raise ConfigError(f"interpolation pairs are adjacent rows: the batch (per process) must be even, got {batch}")
