@@ -60,6 +60,10 @@ class LoopConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    export_best: bool = False
+    """Export the weights of the evaluation with the lowest ``val_loss`` to ``OUT/model`` (written when
+    it happens, so a stopped run has its best model already), instead of the last step's: on a small
+    corpus a longer run overfits. The last step's weights stay in ``OUT/checkpoints``."""
     num_samples: int = 2
     sample_tokens: int = 96
     sample_prompt: str = "Once upon a time"

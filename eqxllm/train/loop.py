@@ -80,6 +80,16 @@ def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
                 )
 
 
+def _best_val_loss(out: Path, upto: int) -> float:
+    """The lowest ``val_loss`` that the run in ``out`` logged at or before step ``upto`` (a resumed run's
+    best so far; evaluations after its last checkpoint are replayed)."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return math.inf
+    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return min((r["val_loss"] for r in rows if r.get("kind") == "eval" and r["step"] <= upto), default=math.inf)
+
+
 def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | None = None) -> Path:
     """Run a whole training job; returns the exported model directory ``OUT/model``.
 
@@ -122,14 +132,23 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
         model, opt_state, train_key, _ = ckpt.restore(start, model, opt_state, (model_sh, opt_sh))
 
     log = RunLogger(out, enabled=lead, progress=progress, total_steps=t.max_steps, initial_step=start)
+    export = out / "model"
+    best = _best_val_loss(out, start) if cfg.resume else math.inf
     tokens_per_step = t.batch_size * t.seq_len
     pending: list[tuple[int, dict]] = []
     t0, window_start, step = time.time(), time.time(), start
 
     def evaluate_and_sample(step: int) -> None:
+        nonlocal best
         metrics = task.evaluate(model)
         log.log("eval", step, **metrics)
         log.text("eval", step, f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if t.export_best and float(metrics["val_loss"]) < best:
+            best = float(metrics["val_loss"])
+            if lead:
+                save_pretrained(model, export, tokenizer=task.tokenizer)
+            log.log("best", step, val_loss=best)
+            log.text("best", step, f"step {step}: lowest val_loss so far ({best:.4f}), exported to {export}")
         for i, text in enumerate(task.samples(model, jax.random.fold_in(sample_key, step))):
             log.log("sample", step, text=text)
             log.text(f"sample/{i}", step, f"  sample {i}: {text!r}")
@@ -179,9 +198,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
         if step not in ckpt.all_steps():
             ckpt.save(step, model, opt_state, train_key, {"data_step": step})
         evaluate_and_sample(step)
-        export = out / "model"
         if lead:
-            save_pretrained(model, export, tokenizer=task.tokenizer)
+            if not (t.export_best and math.isfinite(best)):  # no finite val_loss: the last step's weights
+                save_pretrained(model, export, tokenizer=task.tokenizer)
             plot_run(out)
         return export
     finally:

@@ -171,3 +171,48 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, out.decode()[-2000:]
     steps = [int(p.name) for p in (Path(cfg.out) / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and max(steps) >= 2
+
+
+def _scripted_val_losses(monkeypatch, losses):
+    """LMTask.evaluate returns ``losses`` in turn (one per evaluation), so the best step is known."""
+    from eqxllm.train.tasks import lm
+
+    queue = list(losses)
+    monkeypatch.setattr(lm.LMTask, "evaluate", lambda self, model, **kw: {"val_loss": queue.pop(0)})
+    return queue
+
+
+def test_export_best_exports_the_weights_of_the_lowest_val_loss(tmp_path, monkeypatch):
+    loop = {"max_steps": 8, "eval_every": 2, "checkpoint_every": 2, "export_best": True}
+    for name in ("best", "paused", "last"):
+        (tmp_path / name).mkdir()
+    # evaluations at steps 2, 4, 6 and 8 (the final one): the best is step 4's
+    left = _scripted_val_losses(monkeypatch, [3.0, 1.0, 2.0, 2.5])
+    best_cfg = _cfg(tmp_path / "best", **loop)
+    best = eqxllm.from_pretrained(train(best_cfg, progress=False))
+    assert left == []
+    rows = [json.loads(line) for line in (Path(best_cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val_loss"]) for r in rows if r["kind"] == "best"] == [(2, 3.0), (4, 1.0)]
+    # a run paused at step 5 has already exported step 4's weights: the same as the best above
+    _scripted_val_losses(monkeypatch, [3.0, 1.0])
+    paused_cfg = _cfg(tmp_path / "paused", **loop)
+    train(paused_cfg, progress=False, stop_after_step=5)
+    at_4 = eqxllm.from_pretrained(Path(paused_cfg.out) / "model")
+    for x, y in zip(_arrays(best), _arrays(at_4)):
+        np.testing.assert_array_equal(x, y)
+    # resumed, it remembers its best (1.0, from metrics.jsonl) and does not export the worse steps
+    _scripted_val_losses(monkeypatch, [2.0, 2.5])
+    resumed = eqxllm.from_pretrained(train(paused_cfg.replace(resume=True), progress=False))
+    for x, y in zip(_arrays(best), _arrays(resumed)):
+        np.testing.assert_array_equal(x, y)
+    # without export_best the last step's weights are exported, and they differ from step 4's
+    _scripted_val_losses(monkeypatch, [3.0, 1.0, 2.0, 2.5])
+    last = eqxllm.from_pretrained(train(_cfg(tmp_path / "last", **(loop | {"export_best": False})), progress=False))
+    assert any((x != y).any() for x, y in zip(_arrays(best), _arrays(last)))
+
+
+def test_export_best_falls_back_to_the_last_weights_without_a_finite_val_loss(tmp_path, monkeypatch):
+    _scripted_val_losses(monkeypatch, [float("nan")] * 4)
+    cfg = _cfg(tmp_path, max_steps=8, eval_every=2, checkpoint_every=2, export_best=True)
+    export = train(cfg, progress=False)
+    assert (export / "model.safetensors").is_file()
