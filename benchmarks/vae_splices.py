@@ -11,7 +11,6 @@ one attested splice per pair that has one, and for one other splice per pair tha
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +25,17 @@ def main() -> None:
     args = p.parse_args()
 
     import eqxllm
-    from eqxllm.data import story_sources
-    from eqxllm.data.sentences import encode_sentences, story_sentences
     from eqxllm.data.tokenizer import load_tokenizer
     from eqxllm.generation.score import text_log_likelihoods
-    from eqxllm.vae.splice import splices, token_trigrams, word_starts
+    from eqxllm.train.config import load_config_file
+    from eqxllm.train.tasks.vae import VAETask
+    from eqxllm.vae.splice import splices, token_trigrams
 
     run = Path(args.run)
-    cfg = json.loads((run / "run_config.json").read_text(encoding="utf-8"))
-    d, seq_len = cfg["data"], cfg["train"]["seq_len"]
-    tok = load_tokenizer(run)
-    eos = cfg["model"]["t5"]["eos_token_id"]
-    sources = story_sources(
-        d["source"], version=d["version"], val_fraction=d["val_fraction"], seed=cfg["train"]["seed"]
-    )
-    train = encode_sentences(
-        tok, story_sentences(sources["train"].stories()), max_length=seq_len, eos_id=eos, pad_id=eos
-    )
-    trigrams, joinable = token_trigrams(train.ids, train.lengths), word_starts(tok)
+    task = VAETask(load_config_file(run / "run_config.json"), run, progress=False)  # the run's split and tokenizer
+    train, tok, joinable, eos = task.train, task.tokenizer, task.joinable, task.eot
+    seq_len = train.ids.shape[1]
+    trigrams = token_trigrams(train.ids, train.lengths)
     rng = np.random.default_rng(args.seed)
     any_splice = attested = 0
     firsts, good, other = [], [], []

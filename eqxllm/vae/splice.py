@@ -80,7 +80,7 @@ def splices(
     joinable: Bool[np.ndarray, " vocab"] | None = None,
     *,
     trigrams: frozenset[tuple[int, int, int]] | None = None,
-    eos_id: int = 1,
+    eos_id: int | None = None,
 ) -> list[tuple[list[int], float]]:
     """Every splice ``a[:i] + b[j:]`` with ``a[i] == b[j]``, ``i, j >= 1`` (each sentence gives at
     least one token of its own), at most ``max_tokens`` long and unlike ``a`` and ``b``, with the share
@@ -88,6 +88,11 @@ def splices(
     ``joinable`` (e.g. :func:`word_starts`) only tokens it marks are junctions; with ``trigrams``
     (:func:`token_trigrams`, whose rows end with ``eos_id``) only attested junctions (module
     docstring)."""
+    attested = None
+    if trigrams is not None:
+        if eos_id is None:
+            raise ConfigError("attested splices need eos_id: the end token that ends the rows of trigrams")
+        attested = (trigrams, eos_id)
     out, seen = [], {tuple(a), tuple(b)}
     if len(a) < 2 or len(b) < 2:
         return out
@@ -97,7 +102,7 @@ def splices(
     for i, j in zip(*np.nonzero(same)):
         i, j = int(i) + 1, int(j) + 1
         tokens = a[:i] + b[j:]
-        if trigrams is not None and not _attested(a, b, i, j, trigrams, eos_id):
+        if attested is not None and not _attested(a, b, i, j, *attested):
             continue
         if len(tokens) <= max_tokens and tuple(tokens) not in seen:
             seen.add(tuple(tokens))

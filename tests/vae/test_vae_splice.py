@@ -83,6 +83,8 @@ def test_attested_splices_join_where_the_training_text_has_the_junctions_context
     a, b = [10, 11, 12, 13], [20, 21, 12]
     assert splices(a, b, 10, trigrams=frozenset({(11, 12, EOS)}), eos_id=EOS) == [([10, 11, 12], 1 / 3)]
     assert splices(a, b, 10, trigrams=frozenset({(11, 12, EOS)}), eos_id=7) == []
+    with pytest.raises(ConfigError, match="eos_id"):
+        splices(a, b, 10, trigrams=frozenset({(11, 12, EOS)}))
 
 
 def test_attested_splices_are_those_whose_every_context_occurs_in_the_text():
