@@ -41,10 +41,18 @@ def make_paths(args) -> None:
     model, tok = eqxllm.from_pretrained(run / "model"), load_tokenizer(run)
     lm, lm_tok = eqxllm.from_pretrained(args.lm), load_tokenizer(args.lm)
     heldout = (run / "heldout.txt").read_text(encoding="utf-8").splitlines()
-    picks = np.random.default_rng(0).choice(len(heldout), size=(args.pairs, 2), replace=False)
+    options = {"method": args.method}
+    if args.method == "geodesic":
+        from eqxllm.train.config import load_config_file
+        from eqxllm.train.tasks.vae import VAETask
+        from eqxllm.vae.text import build_bank
+
+        task = VAETask(load_config_file(run / "run_config.json"), run, progress=False)  # the run's training split
+        options["bank"] = build_bank(model, tok, task.train.texts, k=args.bank_k)
+    picks = np.random.default_rng(args.seed).choice(len(heldout), size=(args.pairs, 2), replace=False)
     paths = [
         {"a": heldout[a], "b": heldout[b], "path": interpolate_texts(
-            model, tok, heldout[a], heldout[b], args.steps, lm=lm, lm_tokenizer=lm_tok, lm_weight=args.lm_weight)}
+            model, tok, heldout[a], heldout[b], args.steps, lm=lm, lm_tokenizer=lm_tok, lm_weight=args.lm_weight, **options)}
         for a, b in picks
     ]  # fmt: skip
     Path(args.out).write_text(json.dumps(paths, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -59,7 +67,10 @@ def main() -> None:
     make.add_argument("--lm", required=True, help="the judge: a decoder-only language model directory")
     make.add_argument("--lm-weight", type=float, default=0.25)
     make.add_argument("--pairs", type=int, default=90)
+    make.add_argument("--seed", type=int, default=0, help="the draw of the pairs of held-out sentences")
     make.add_argument("--steps", type=int, default=7)
+    make.add_argument("--method", choices=("slerp", "linear", "geodesic"), default="slerp")
+    make.add_argument("--bank-k", type=int, default=16, help="neighbours a code in the geodesic's graph")
     make.add_argument("--out", required=True)
     for name in ("unread", "score"):
         cmd = sub.add_parser(name)

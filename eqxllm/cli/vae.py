@@ -2,6 +2,7 @@
 
     eqxllm vae interpolate --model DIR --a "Tom saw a dog." --b "Lily ate an apple." --steps 7
     eqxllm vae interpolate --model DIR --a ... --b ... --lm GPT2_DIR [--lm-weight 0.25] [--num-beams 8]
+    eqxllm vae interpolate --model DIR --a ... --b ... --method geodesic --bank sentences.txt [--bank-k 16]
     eqxllm vae encode --model DIR --input sentences.txt --output latents.npy
     eqxllm vae decode --model DIR --input latents.npy [--output sentences.txt]
     eqxllm vae sample --model DIR --num 5 [--seed 0] [--fit sentences.txt]
@@ -9,7 +10,9 @@
 ``encode`` reads one sentence per line and writes ``[n, latent_tokens, latent]`` float32 latents (the
 posterior means) with ``numpy.save``; ``interpolate --lm`` chooses each point's sentence among the
 beams of the whole path, with a decoder-only language model as the judge of fluency
-(``eqxllm.vae.rerank``); ``decode`` writes one sentence per latent (greedy), to the output file or
+(``eqxllm.vae.rerank``); ``interpolate --method geodesic`` walks from one sentence to the other
+through the codes of the sentences of ``--bank`` (one per line, such as the training sentences), so
+that every point on the way is a real sentence's code (``eqxllm.vae.geodesic``); ``decode`` writes one sentence per latent (greedy), to the output file or
 to stdout; ``sample`` decodes draws from the N(0, I) prior or, with ``--fit FILE``, from a Gaussian
 fitted to the codes of the sentences of FILE (``eqxllm.vae.latent_fit``: a trained model's codes do
 not fill the prior, and most prior draws decode to empty sentences). The tokenizer is the one saved
@@ -51,7 +54,15 @@ def add_parser(sub) -> None:
     a.add_argument("--a", required=True, help="the first sentence")
     a.add_argument("--b", required=True, help="the last sentence")
     a.add_argument("--steps", type=int, default=7, help="points on the path, both ends included (default 7)")
-    a.add_argument("--method", choices=("slerp", "linear"), default="slerp", help="path shape (default slerp)")
+    a.add_argument(
+        "--method", choices=("slerp", "linear", "geodesic"), default="slerp",
+        help="path shape (default slerp); geodesic: the shortest path through the codes of --bank",
+    )  # fmt: skip
+    a.add_argument(
+        "--bank", default=None, help="UTF-8 text file, one sentence per line: the sentences a geodesic path "
+        "walks through (such as the training sentences)",
+    )  # fmt: skip
+    a.add_argument("--bank-k", type=int, default=16, help="neighbours a code in the geodesic's graph (default 16)")
     a.add_argument(
         "--all-tokens", action="store_true", help="slerp the whole code as one vector (default: per latent token)"
     )
@@ -117,14 +128,17 @@ def _write_lines(lines: list[str], output: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
+    from eqxllm.vae.text import build_bank, decode_latents, encode_texts, interpolate_texts
 
     model, tokenizer = _load(args.model)
     if args.action == "interpolate":
         judge = {} if args.lm is None else dict(zip(("lm", "lm_tokenizer"), _load_lm(args.lm)))
+        if (args.method == "geodesic") != (args.bank is not None):
+            raise InputError("--method geodesic walks through the sentences of --bank: give both or neither")
+        bank = None if args.bank is None else build_bank(model, tokenizer, _read_lines(args.bank), k=args.bank_k)
         path = interpolate_texts(
             model, tokenizer, args.a, args.b, args.steps, method=args.method, per_token=not args.all_tokens,
-            prior_weight=args.prior_weight, num_beams=args.num_beams, lm_weight=args.lm_weight, **judge,
+            bank=bank, prior_weight=args.prior_weight, num_beams=args.num_beams, lm_weight=args.lm_weight, **judge,
         )  # fmt: skip
         for i, text in enumerate(path):
             print(f"{i / (len(path) - 1):.2f}  {text}")

@@ -58,6 +58,20 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in out if s]
 
 
+_OPENERS = "\"“‘'"
+
+
+def whole_sentence(text: str) -> bool:
+    """Does ``text`` look like a sentence of its own rather than a piece of one? It opens with a
+    capital letter, a digit or a quotation mark, and is more than one word unless it is quoted.
+    :func:`split_sentences` cuts after quoted speech and after abbreviations, so that a story also
+    yields pieces such as "said Jack." ('"Stop!" said Jack.') and "Mrs." ("Mrs. Lee"), which fail."""
+    text = text.strip()
+    if not text or not (text[0].isupper() or text[0].isdigit() or text[0] in _OPENERS):
+        return False
+    return text[0] in _OPENERS or len(text.split()) > 1
+
+
 def story_sentences(stories: Iterable[str]) -> list[str]:
     """Every sentence of every story, in order."""
     return [s for story in stories for s in split_sentences(story)]

@@ -1,17 +1,19 @@
 """The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, the
-interpolation loss's splices, latent paths, decoding latents with the shared sampler, reranking a
+interpolation loss's splices, latent paths (straight, and geodesic through a bank of codes), decoding latents with the shared sampler, reranking a
 path's sentences with a language model, drawing new codes, and text helpers.
 
 >>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
 >>> decode_latents(vae, tok, z)                                                 # the sentences back
 >>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5)
 >>> interpolate_texts(vae, tok, a, b, 7, num_beams=8, lm=gpt2, lm_tokenizer=gpt2_tok)  # reranked
+>>> interpolate_texts(vae, tok, a, b, 7, method="geodesic", bank=build_bank(vae, tok, training_sentences))
 >>> decode_latents(vae, tok, sample_latents(key, fit_latent_gaussian(z_of_many), 5))   # new sentences
 """
 
 from eqxllm.vae.beam import beam_search_from_latent
 from eqxllm.vae.decoding import LatentSource, generate_from_latent
 from eqxllm.vae.evaluate import evaluate_sentences, evaluate_text_file
+from eqxllm.vae.geodesic import CodeBank, bank_from_codes, geodesic_nodes, geodesic_path
 from eqxllm.vae.interpolate import interpolate, interpolation_path, lerp, slerp
 from eqxllm.vae.latent_fit import LatentGaussian, fit_latent_gaussian, sample_latents
 from eqxllm.vae.losses import (
@@ -29,14 +31,17 @@ from eqxllm.vae.losses import (
 from eqxllm.vae.noise import delete_words, drop_words
 from eqxllm.vae.rerank import code_log_likelihoods, rerank_path
 from eqxllm.vae.splice import splice_rows, splices, token_trigrams, word_starts
-from eqxllm.vae.text import decode_latents, encode_texts, interpolate_texts
+from eqxllm.vae.text import build_bank, decode_latents, encode_texts, interpolate_texts
 
 __all__ = [
+    "CodeBank",
     "LatentGaussian",
     "LatentSource",
     "active_units",
     "annealed_weight",
+    "bank_from_codes",
     "beam_search_from_latent",
+    "build_bank",
     "code_log_likelihoods",
     "decode_latents",
     "delete_words",
@@ -48,6 +53,8 @@ __all__ = [
     "gaussian_kernel",
     "gaussian_kl",
     "generate_from_latent",
+    "geodesic_nodes",
+    "geodesic_path",
     "interpolate",
     "interpolate_texts",
     "interpolation_path",

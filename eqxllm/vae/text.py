@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from eqxllm.data.sentences import SentenceSet, encode_sentences
+from eqxllm.data.sentences import SentenceSet, encode_sentences, whole_sentence
 from eqxllm.errors import InputError
 from eqxllm.vae.beam import beam_search_from_latent
 from eqxllm.vae.decoding import generate_from_latent, strip_after_end
+from eqxllm.vae.geodesic import CodeBank, bank_from_codes, geodesic_path
 from eqxllm.vae.interpolate import interpolation_path
 from eqxllm.vae.rerank import rerank_path
 
@@ -93,6 +94,23 @@ def decode_latents(
     return [tokenizer.decode(strip_after_end(row, eos)) for row in tokens]
 
 
+def build_bank(
+    model, tokenizer, texts: Sequence[str], *, k: int = 16, whole: bool = True, batch_size: int = 64
+) -> CodeBank:
+    """A :class:`~eqxllm.vae.geodesic.CodeBank` of ``texts`` for ``interpolate_texts(method="geodesic")``,
+    leaving out duplicates, texts the model cannot encode (empty or too long) and, with ``whole``,
+    pieces of sentences (:func:`~eqxllm.data.sentences.whole_sentence`: "said Jack."), which would
+    otherwise become points of a path."""
+    given = list(dict.fromkeys(texts))
+    data = tokenize(model, tokenizer, [t for t in given if not whole or whole_sentence(t)], strict=False)
+    if len(data) == 0:
+        raise InputError(
+            f"none of the {len(given)} bank texts is a sentence that fits this model "
+            f"({model.config.max_length - 1} tokens at most{', opening with a capital or a quote' if whole else ''})"
+        )
+    return bank_from_codes(data.texts, encode_rows(model, data, batch_size=batch_size), k=k)
+
+
 def interpolate_texts(
     model,
     tokenizer,
@@ -102,6 +120,7 @@ def interpolate_texts(
     *,
     method: str = "slerp",
     per_token: bool = True,
+    bank: CodeBank | None = None,
     prior_weight: float = 0.0,
     num_beams: int | None = None,
     lm=None,
@@ -112,9 +131,26 @@ def interpolate_texts(
     decoded as :func:`decode_latents` does; or, given a decoder-only language model ``lm`` and its
     tokenizer, chosen among the pooled beams of the whole path and the two sentences themselves by
     :func:`rerank_path` (``lm_weight``; ``prior_weight`` must then be 0). ``num_beams`` defaults to 1
-    (greedy), and to 8 a point with ``lm``."""
+    (greedy), and to 8 a point with ``lm``.
+
+    ``method``: ``"slerp"`` or ``"linear"`` (:func:`~eqxllm.vae.interpolate.interpolation_path`,
+    ``per_token``), or ``"geodesic"``: the shortest path through the codes of ``bank``'s sentences
+    (:mod:`eqxllm.vae.geodesic`), whose interior points are bank codes; reranked, the pool then also
+    holds those bank sentences as they are."""
+    if method not in ("slerp", "linear", "geodesic"):
+        raise InputError(f"interpolation method must be 'slerp', 'linear' or 'geodesic', got {method!r}")
     za, zb = encode_texts(model, tokenizer, [a, b])
-    path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token)
+    anchors = [a, b]
+    if method == "geodesic":
+        if bank is None:
+            raise InputError("a geodesic path runs through a bank of sentences' codes: pass bank=build_bank(...)")
+        path_np, rows = geodesic_path(bank, za, zb, steps)
+        path = jnp.asarray(path_np)
+        anchors += [bank.texts[r] for r in rows if r is not None]
+    else:
+        if bank is not None:
+            raise InputError(f"a bank is for method='geodesic'; a {method!r} path does not use one")
+        path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token)
     if lm is None:
         return decode_latents(
             model, tokenizer, path, prior_weight=prior_weight, num_beams=1 if num_beams is None else num_beams
@@ -131,5 +167,5 @@ def interpolate_texts(
         lm_tokenizer,
         lm_weight=lm_weight,
         num_beams=8 if num_beams is None else num_beams,
-        anchors=(a, b),
+        anchors=tuple(dict.fromkeys(anchors)),
     )

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from eqxllm.data import train_bpe_tokenizer
-from eqxllm.data.sentences import encode_sentences, sentence_batch, split_sentences, story_sentences, unseen
+from eqxllm.data.sentences import (
+    encode_sentences,
+    sentence_batch,
+    split_sentences,
+    story_sentences,
+    unseen,
+    whole_sentence,
+)
 from eqxllm.errors import ConfigError, DataError
 
 
@@ -18,6 +25,13 @@ def test_split_keeps_quotations_whole():
 @pytest.fixture(scope="module")
 def tok():
     return train_bpe_tokenizer(["the cat sat on the mat. a dog ran."] * 20, 300)
+
+
+def test_whole_sentences_and_the_pieces_the_splitter_leaves():
+    pieces = split_sentences('"Stop!" said Jack. Mrs. Lee smiled. "Ouch!" 3 cats ran. Alas! again.')
+    assert pieces == ['"Stop!"', "said Jack.", "Mrs.", "Lee smiled.", '"Ouch!"', "3 cats ran.", "Alas!", "again."]
+    assert [p for p in pieces if whole_sentence(p)] == ['"Stop!"', "Lee smiled.", '"Ouch!"', "3 cats ran."]
+    assert whole_sentence("“Hi,” she said.") and whole_sentence("‘Yes.’") and not whole_sentence("  ")
 
 
 def test_encode_sentences_appends_the_end_token_and_bounds_the_length(tok):

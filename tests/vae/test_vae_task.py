@@ -169,3 +169,25 @@ def test_cli_interpolate_reranked_by_a_language_model(trained, tmp_path, capsys)
     assert "decoder-only" in capsys.readouterr().err
     assert main(["vae", "interpolate", "--model", str(export), *ends, "--lm", str(lm_dir), "--lm-weight", "-1"]) == 2
     assert "lm_weight must be >= 0" in capsys.readouterr().err
+
+
+def test_cli_interpolate_along_a_geodesic(trained, tmp_path, capsys):
+    tmp, export = trained
+    bank = sorted({s.strip() + "." for line in (tmp / "stories.txt").read_text().splitlines() for s in line.split(".")
+                   if s.strip() and "endoftext" not in s})  # fmt: skip
+    (tmp_path / "bank.txt").write_text("\n".join(bank) + "\n")
+    ends = ["--a", "Tom had a cat.", "--b", "Mia found it.", "--steps", "5"]
+    assert main(["vae", "interpolate", "--model", str(export), *ends, "--method", "geodesic",
+                 "--bank", str(tmp_path / "bank.txt"), "--bank-k", "4"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    from eqxllm.data.tokenizer import load_tokenizer
+    from eqxllm.vae import build_bank, interpolate_texts
+
+    model, tok = eqxllm.from_pretrained(export), load_tokenizer(export)
+    want = interpolate_texts(model, tok, "Tom had a cat.", "Mia found it.", 5, method="geodesic",
+                             bank=build_bank(model, tok, bank, k=4))  # fmt: skip
+    assert lines == [f"{i / 4:.2f}  {text}" for i, text in enumerate(want)]
+    assert main(["vae", "interpolate", "--model", str(export), *ends, "--method", "geodesic"]) == 2
+    assert "give both or neither" in capsys.readouterr().err
+    assert main(["vae", "interpolate", "--model", str(export), *ends, "--bank", str(tmp_path / "bank.txt")]) == 2
+    assert "give both or neither" in capsys.readouterr().err
