@@ -12,6 +12,9 @@ sentence length and by first word (t5_vae_latents.png, into --figures, default O
 interpolations between held-out sentences (OUT/t5_vae_interpolations.md, a markdown table). With
 ``--lm``, a decoder-only language model (such as the GPT-2 that ``examples/train_gpt2_tinystories.py``
 trains on the same text) chooses each point's sentence among the beams of its path (eqxllm.vae.rerank).
+The training sentences go to OUT/bank.txt, one per line: with ``--method geodesic`` the paths walk
+through their codes (eqxllm.vae.geodesic), as ``eqxllm vae interpolate --method geodesic --bank
+OUT/bank.txt`` does.
 """
 
 import argparse
@@ -27,7 +30,7 @@ from eqxllm.train import train_preset
 from eqxllm.train.loop import train
 from eqxllm.train.tasks.vae import VAETask
 from eqxllm.vae import evaluate_sentences
-from eqxllm.vae.text import encode_rows, interpolate_texts
+from eqxllm.vae.text import build_bank, encode_rows, interpolate_texts
 
 
 def pca_figure(latents: np.ndarray, texts: list[str], lengths: np.ndarray, path: Path) -> None:
@@ -95,6 +98,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--lm", default=None, help="a decoder-only language model directory that reranks the paths")
     parser.add_argument("--lm-weight", type=float, default=0.25, help="weight of the --lm score (default 0.25)")
+    parser.add_argument(
+        "--method", choices=("slerp", "geodesic"), default="slerp",
+        help="path shape (default slerp); geodesic: through the codes of the training sentences (OUT/bank.txt)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     cfg = train_preset("t5-vae-tinystories").for_run(
@@ -107,6 +114,7 @@ def main() -> None:
     task = VAETask(cfg, out, progress=False)  # the run's tokenizer and the same held-out sentences
     heldout = task.validation
     (out / "heldout.txt").write_text("".join(f"{t}\n" for t in heldout.texts), encoding="utf-8")
+    (out / "bank.txt").write_text("".join(f"{t}\n" for t in task.train.texts), encoding="utf-8")
     metrics = evaluate_sentences(model, heldout)
     print(json.dumps(metrics, indent=2))
 
@@ -118,7 +126,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     picks = rng.choice(len(heldout), size=(args.paths, 2), replace=False)
     pairs = [(heldout.texts[a], heldout.texts[b]) for a, b in picks]
-    decoding = {"num_beams": args.num_beams, "prior_weight": args.prior_weight}
+    decoding = {"num_beams": args.num_beams, "prior_weight": args.prior_weight, "method": args.method}
+    if args.method == "geodesic":
+        decoding["bank"] = build_bank(model, task.tokenizer, task.train.texts)
     if args.lm is not None:
         decoding.update(
             lm=eqxllm.from_pretrained(args.lm), lm_tokenizer=load_tokenizer(args.lm), lm_weight=args.lm_weight
