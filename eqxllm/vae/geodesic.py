@@ -54,7 +54,13 @@ class CodeBank:
 
     @property
     def scale(self) -> Float[np.ndarray, " n"]:
-        return self.distances[:, -1]
+        return _scale(self.distances)
+
+
+def _scale(distances: Float[np.ndarray, "n k"]) -> Float[np.ndarray, " n"]:
+    """Each code's local scale, the distance to its ``k``-th neighbour; kept above zero, so that
+    codes with ``k`` identical neighbours do not divide by zero."""
+    return np.maximum(distances[:, -1], 1e-12)
 
 
 def nearest(
@@ -100,7 +106,7 @@ def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> 
     n = len(texts)
     flat = codes.reshape(n, -1)
     neighbours, distances = nearest(flat, flat, k, exclude_self=True)
-    scale = np.maximum(distances[:, -1], 1e-12)
+    scale = _scale(distances)
     weights = distances / np.sqrt(scale[:, None] * scale[neighbours])
     rows, cols, vals = [np.repeat(np.arange(n), k)], [neighbours.reshape(-1)], [weights.reshape(-1)]
     rows, cols, vals = _bridges(flat, scale, rows, cols, vals)
