@@ -3,7 +3,8 @@
     eqxllm vae interpolate --model DIR --a "Tom saw a dog." --b "Lily ate an apple." --steps 7
     eqxllm vae interpolate --model DIR --a ... --b ... --lm GPT2_DIR [--lm-weight 0.25] [--num-beams 8]
     eqxllm vae interpolate --model DIR --a ... --b ... --method geodesic --bank sentences.txt [--bank-k 16]
-    eqxllm vae encode --model DIR --input sentences.txt --output latents.npy
+    eqxllm vae interpolate --model DIR --a ... --b ... [--method geodesic --bank ...] --refine-steps 100
+    eqxllm vae encode --model DIR --input sentences.txt --output latents.npy [--refine-steps 100]
     eqxllm vae decode --model DIR --input latents.npy [--output sentences.txt]
     eqxllm vae sample --model DIR --num 5 [--seed 0] [--fit sentences.txt]
 
@@ -12,8 +13,11 @@ posterior means) with ``numpy.save``; ``interpolate --lm`` chooses each point's 
 beams of the whole path, with a decoder-only language model as the judge of fluency
 (``eqxllm.vae.rerank``); ``interpolate --method geodesic`` walks from one sentence to the other
 through the codes of the sentences of ``--bank`` (one per line, such as the training sentences), so
-that every point on the way is a real sentence's code (``eqxllm.vae.geodesic``); ``decode`` writes one sentence per latent (greedy), to the output file or
-to stdout; ``sample`` decodes draws from the N(0, I) prior or, with ``--fit FILE``, from a Gaussian
+that every point on the way is a real sentence's code (``eqxllm.vae.geodesic``; bank sentences
+whose code does not write them back are left out unless ``--bank-inexact``); ``--refine-steps``
+refines a sentence's code by gradient steps until the decoder writes the sentence back
+(``eqxllm.vae.refine``), so that a path starts and ends on the given sentences; ``decode`` writes
+one sentence per latent (greedy), to the output file or to stdout; ``sample`` decodes draws from the N(0, I) prior or, with ``--fit FILE``, from a Gaussian
 fitted to the codes of the sentences of FILE (``eqxllm.vae.latent_fit``: a trained model's codes do
 not fill the prior, and most prior draws decode to empty sentences). The tokenizer is the one saved
 beside the model.
@@ -64,6 +68,11 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     a.add_argument("--bank-k", type=int, default=16, help="neighbours a code in the geodesic's graph (default 16)")
     a.add_argument(
+        "--bank-inexact", action="store_true", help="keep the bank sentences whose code does not reconstruct them "
+        "(default: left out, so that every interior point is written back as its bank sentence)",
+    )  # fmt: skip
+    _refine_option(a, "the codes of --a and --b")
+    a.add_argument(
         "--all-tokens", action="store_true", help="slerp the whole code as one vector (default: per latent token)"
     )
     a.add_argument(
@@ -74,6 +83,7 @@ def add_parser(sub) -> None:
     a = action("encode", "sentences (one per line) -> latents (.npy)", writes=False)
     a.add_argument("--input", required=True, help="UTF-8 text file, one sentence per line")
     a.add_argument("--output", required=True, help=".npy file to write")
+    _refine_option(a, "each code")
     a = action("decode", "latents (.npy) -> sentences")
     a.add_argument("--input", required=True, help=".npy file of [n, latent_tokens, latent] latents")
     a.add_argument("--output", default=None, help="text file to write (default: stdout)")
@@ -85,6 +95,13 @@ def add_parser(sub) -> None:
         "codes (a mean and a standard deviation per dimension) instead of N(0, I)",
     )  # fmt: skip
     p.set_defaults(func=run)
+
+
+def _refine_option(a: argparse.ArgumentParser, what: str) -> None:
+    a.add_argument(
+        "--refine-steps", type=int, default=0, help=f"refine {what} by at most this many gradient steps on the "
+        "reconstruction loss, until each reconstructs its sentence (eqxllm.vae.refine; default 0: the encoder's code)",
+    )  # fmt: skip
 
 
 def _with_tokenizer(src: str):
@@ -135,16 +152,20 @@ def run(args: argparse.Namespace) -> int:
         judge = {} if args.lm is None else dict(zip(("lm", "lm_tokenizer"), _load_lm(args.lm)))
         if (args.method == "geodesic") != (args.bank is not None):
             raise InputError("--method geodesic walks through the sentences of --bank: give both or neither")
-        bank = None if args.bank is None else build_bank(model, tokenizer, _read_lines(args.bank), k=args.bank_k)
+        bank = None
+        if args.bank is not None:
+            lines = _read_lines(args.bank)
+            bank = build_bank(model, tokenizer, lines, k=args.bank_k, exact=not args.bank_inexact)
         path = interpolate_texts(
             model, tokenizer, args.a, args.b, args.steps, method=args.method, per_token=not args.all_tokens,
-            bank=bank, prior_weight=args.prior_weight, num_beams=args.num_beams, lm_weight=args.lm_weight, **judge,
+            bank=bank, prior_weight=args.prior_weight, num_beams=args.num_beams, lm_weight=args.lm_weight,
+            refine_steps=args.refine_steps, **judge,
         )  # fmt: skip
         for i, text in enumerate(path):
             print(f"{i / (len(path) - 1):.2f}  {text}")
     elif args.action == "encode":
         lines = _read_lines(args.input)
-        np.save(args.output, encode_texts(model, tokenizer, lines))
+        np.save(args.output, encode_texts(model, tokenizer, lines, refine_steps=args.refine_steps))
         print(f"wrote {len(lines)} latents to {args.output}", file=sys.stderr)
     elif args.action == "decode":
         latents = _read_latents(args.input)

@@ -1,5 +1,6 @@
 """The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, the
-interpolation loss's splices, latent paths (straight, and geodesic through a bank of codes), decoding latents with the shared sampler, reranking a
+interpolation loss's splices, latent paths (straight, and geodesic through a bank of codes), refining
+a sentence's code until it is written back, decoding latents with the shared sampler, reranking a
 path's sentences with a language model, drawing new codes, and text helpers.
 
 >>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
@@ -7,6 +8,7 @@ path's sentences with a language model, drawing new codes, and text helpers.
 >>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5)
 >>> interpolate_texts(vae, tok, a, b, 7, num_beams=8, lm=gpt2, lm_tokenizer=gpt2_tok)  # reranked
 >>> interpolate_texts(vae, tok, a, b, 7, method="geodesic", bank=build_bank(vae, tok, training_sentences))
+>>> interpolate_texts(vae, tok, a, b, 7, refine_steps=100)   # ends refined until they write a and b back
 >>> decode_latents(vae, tok, sample_latents(key, fit_latent_gaussian(z_of_many), 5))   # new sentences
 """
 
@@ -29,6 +31,7 @@ from eqxllm.vae.losses import (
     vae_loss,
 )
 from eqxllm.vae.noise import delete_words, drop_words
+from eqxllm.vae.refine import Refined, code_margins, reconstructs, refine_latents
 from eqxllm.vae.rerank import code_log_likelihoods, rerank_path
 from eqxllm.vae.splice import splice_rows, splices, token_trigrams, word_starts
 from eqxllm.vae.text import build_bank, decode_latents, encode_texts, interpolate_texts
@@ -37,12 +40,14 @@ __all__ = [
     "CodeBank",
     "LatentGaussian",
     "LatentSource",
+    "Refined",
     "active_units",
     "annealed_weight",
     "bank_from_codes",
     "beam_search_from_latent",
     "build_bank",
     "code_log_likelihoods",
+    "code_margins",
     "decode_latents",
     "delete_words",
     "drop_words",
@@ -61,6 +66,8 @@ __all__ = [
     "lerp",
     "mmd",
     "mmd_to_normal",
+    "reconstructs",
+    "refine_latents",
     "rerank_path",
     "sample_latents",
     "sequence_accuracy",

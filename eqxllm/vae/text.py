@@ -14,6 +14,7 @@ from eqxllm.vae.beam import beam_search_from_latent
 from eqxllm.vae.decoding import generate_from_latent, strip_after_end
 from eqxllm.vae.geodesic import CodeBank, bank_from_codes, geodesic_path
 from eqxllm.vae.interpolate import interpolation_path
+from eqxllm.vae.refine import reconstructs, refine_latents
 from eqxllm.vae.rerank import rerank_path
 
 
@@ -42,10 +43,15 @@ def _encode_batch(
     return jax.vmap(lambda i, m: model.encode(i, mask=m))(ids, mask)
 
 
-def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-    """The latents ``[n, latent_tokens, latent]`` (posterior means) of ``texts``."""
+def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, refine_steps: int = 0) -> np.ndarray:
+    """The latents ``[n, latent_tokens, latent]`` (posterior means) of ``texts``; with ``refine_steps``,
+    each refined by at most that many gradient steps until it reconstructs its text
+    (:func:`~eqxllm.vae.refine.refine_latents`; a text it cannot reach keeps its last refined code)."""
     data = tokenize(model, tokenizer, texts)
-    return encode_rows(model, data, batch_size=batch_size)
+    codes = encode_rows(model, data, batch_size=batch_size)
+    if refine_steps == 0:
+        return codes
+    return refine_latents(model, data, codes, steps=refine_steps, batch_size=batch_size).latents
 
 
 def encode_rows(model, data: SentenceSet, *, batch_size: int = 64) -> np.ndarray:
@@ -95,20 +101,32 @@ def decode_latents(
 
 
 def build_bank(
-    model, tokenizer, texts: Sequence[str], *, k: int = 16, whole: bool = True, batch_size: int = 64
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    k: int = 16,
+    whole: bool = True,
+    exact: bool = True,
+    batch_size: int = 64,
 ) -> CodeBank:
     """A :class:`~eqxllm.vae.geodesic.CodeBank` of ``texts`` for ``interpolate_texts(method="geodesic")``,
-    leaving out duplicates, texts the model cannot encode (empty or too long) and, with ``whole``,
-    pieces of sentences (:func:`~eqxllm.data.sentences.whole_sentence`: "said Jack."), which would
-    otherwise become points of a path."""
+    leaving out duplicates, texts the model cannot encode (empty or too long), with ``whole`` pieces
+    of sentences (:func:`~eqxllm.data.sentences.whole_sentence`: "said Jack."), and with ``exact``
+    texts whose code does not reconstruct them (:func:`~eqxllm.vae.refine.reconstructs`). A path's
+    interior points are bank codes: with ``exact``, the decoder writes each of them back as the bank
+    sentence it is, not as a misspelt copy."""
     given = list(dict.fromkeys(texts))
     data = tokenize(model, tokenizer, [t for t in given if not whole or whole_sentence(t)], strict=False)
+    codes = encode_rows(model, data, batch_size=batch_size)
+    if exact and len(data):
+        keep = np.flatnonzero(reconstructs(model, data, codes, batch_size=batch_size))
+        data, codes = data.take(keep), codes[keep]
     if len(data) == 0:
-        raise InputError(
-            f"none of the {len(given)} bank texts is a sentence that fits this model "
-            f"({model.config.max_length - 1} tokens at most{', opening with a capital or a quote' if whole else ''})"
-        )
-    return bank_from_codes(data.texts, encode_rows(model, data, batch_size=batch_size), k=k)
+        rules = [f"{model.config.max_length - 1} tokens at most"]
+        rules += ["opening with a capital or a quote"] * whole + ["that its code reconstructs"] * exact
+        raise InputError(f"none of the {len(given)} bank texts is a sentence that fits this model ({', '.join(rules)})")
+    return bank_from_codes(data.texts, codes, k=k)
 
 
 def interpolate_texts(
@@ -126,6 +144,7 @@ def interpolate_texts(
     lm=None,
     lm_tokenizer=None,
     lm_weight: float = 0.25,
+    refine_steps: int = 0,
 ) -> list[str]:
     """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included),
     decoded as :func:`decode_latents` does; or, given a decoder-only language model ``lm`` and its
@@ -136,10 +155,13 @@ def interpolate_texts(
     ``method``: ``"slerp"`` or ``"linear"`` (:func:`~eqxllm.vae.interpolate.interpolation_path`,
     ``per_token``), or ``"geodesic"``: the shortest path through the codes of ``bank``'s sentences
     (:mod:`eqxllm.vae.geodesic`), whose interior points are bank codes; reranked, the pool then also
-    holds those bank sentences as they are."""
+    holds those bank sentences as they are.
+
+    ``refine_steps``: refine the codes of ``a`` and ``b`` (see :func:`encode_texts`) before the path
+    is drawn, so that its ends are the two sentences themselves where refinement reaches them."""
     if method not in ("slerp", "linear", "geodesic"):
         raise InputError(f"interpolation method must be 'slerp', 'linear' or 'geodesic', got {method!r}")
-    za, zb = encode_texts(model, tokenizer, [a, b])
+    za, zb = encode_texts(model, tokenizer, [a, b], refine_steps=refine_steps)
     anchors = [a, b]
     if method == "geodesic":
         if bank is None:

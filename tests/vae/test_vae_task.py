@@ -178,16 +178,42 @@ def test_cli_interpolate_along_a_geodesic(trained, tmp_path, capsys):
     (tmp_path / "bank.txt").write_text("\n".join(bank) + "\n")
     ends = ["--a", "Tom had a cat.", "--b", "Mia found it.", "--steps", "5"]
     assert main(["vae", "interpolate", "--model", str(export), *ends, "--method", "geodesic",
-                 "--bank", str(tmp_path / "bank.txt"), "--bank-k", "4"]) == 0  # fmt: skip
+                 "--bank", str(tmp_path / "bank.txt"), "--bank-k", "4", "--bank-inexact"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     from eqxllm.data.tokenizer import load_tokenizer
     from eqxllm.vae import build_bank, interpolate_texts
 
     model, tok = eqxllm.from_pretrained(export), load_tokenizer(export)
     want = interpolate_texts(model, tok, "Tom had a cat.", "Mia found it.", 5, method="geodesic",
-                             bank=build_bank(model, tok, bank, k=4))  # fmt: skip
+                             bank=build_bank(model, tok, bank, k=4, exact=False))  # fmt: skip
     assert lines == [f"{i / 4:.2f}  {text}" for i, text in enumerate(want)]
     assert main(["vae", "interpolate", "--model", str(export), *ends, "--method", "geodesic"]) == 2
     assert "give both or neither" in capsys.readouterr().err
     assert main(["vae", "interpolate", "--model", str(export), *ends, "--bank", str(tmp_path / "bank.txt")]) == 2
     assert "give both or neither" in capsys.readouterr().err
+
+
+def test_cli_refines_codes_and_keeps_an_exact_bank(trained, tmp_path, capsys):
+    from eqxllm.data.tokenizer import load_tokenizer
+    from eqxllm.vae import encode_texts, interpolate_texts
+
+    tmp, export = trained
+    model, tok = eqxllm.from_pretrained(export), load_tokenizer(export)
+    (tmp_path / "in.txt").write_text("Tom had a cat.\nMia found it.\n")
+    assert main(["vae", "encode", "--model", str(export), "--input", str(tmp_path / "in.txt"),
+                 "--output", str(tmp_path / "z.npy"), "--refine-steps", "3"]) == 0  # fmt: skip
+    refined = encode_texts(model, tok, ["Tom had a cat.", "Mia found it."], refine_steps=3)
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), refined, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(refined, encode_texts(model, tok, ["Tom had a cat.", "Mia found it."]))
+    ends = ["--a", "Tom had a cat.", "--b", "Mia found it.", "--steps", "4"]
+    assert main(["vae", "interpolate", "--model", str(export), *ends, "--refine-steps", "3"]) == 0
+    want = interpolate_texts(model, tok, "Tom had a cat.", "Mia found it.", 4, refine_steps=3)
+    assert capsys.readouterr().out.splitlines() == [f"{i / 3:.2f}  {text}" for i, text in enumerate(want)]
+    assert main(["vae", "encode", "--model", str(export), "--input", str(tmp_path / "in.txt"),
+                 "--output", str(tmp_path / "z.npy"), "--refine-steps", "-1"]) == 2  # fmt: skip
+    assert "refinement steps must be an integer >= 0" in capsys.readouterr().err
+    # this briefly trained model writes back none of these sentences: an exact bank has none left
+    (tmp_path / "bank.txt").write_text("Tom had a cat.\nMia found it.\nSue had a hat.\n")
+    assert main(["vae", "interpolate", "--model", str(export), *ends, "--method", "geodesic",
+                 "--bank", str(tmp_path / "bank.txt"), "--bank-k", "1"]) == 2  # fmt: skip
+    assert "that its code reconstructs" in capsys.readouterr().err
