@@ -7,6 +7,9 @@ against the same judgments, and only sentences never read before need a reader.
 
     # the paths of --pairs held-out pairs (a fixed draw), reranked as `eqxllm vae interpolate --lm` does
     PYTHONPATH=. python benchmarks/vae_reading.py paths --model runs/t5-vae-tinystories --lm JUDGE --out paths.json
+    # geodesic paths through the exact bank, ends refined, greedy (no judge)
+    PYTHONPATH=. python benchmarks/vae_reading.py paths --model runs/t5-vae-tinystories --method geodesic \
+        --refine-steps 100 --out geo.json
     # the sentences of those paths that the labels do not cover, shuffled, one per line, for reading
     PYTHONPATH=. python benchmarks/vae_reading.py unread paths.json
     # the share of paths whose every point reads (a sentence without a label is an error)
@@ -39,20 +42,21 @@ def make_paths(args) -> None:
 
     run = Path(args.model)
     model, tok = eqxllm.from_pretrained(run / "model"), load_tokenizer(run)
-    lm, lm_tok = eqxllm.from_pretrained(args.lm), load_tokenizer(args.lm)
+    judge = {} if args.lm is None else {"lm": eqxllm.from_pretrained(args.lm), "lm_tokenizer": load_tokenizer(args.lm)}
+    if args.lm is not None:
+        judge["lm_weight"] = args.lm_weight
     heldout = (run / "heldout.txt").read_text(encoding="utf-8").splitlines()
-    options = {"method": args.method}
+    options = {"method": args.method, "refine_steps": args.refine_steps, **judge}
     if args.method == "geodesic":
         from eqxllm.train.config import load_config_file
         from eqxllm.train.tasks.vae import VAETask
         from eqxllm.vae.text import build_bank
 
         task = VAETask(load_config_file(run / "run_config.json"), run, progress=False)  # the run's training split
-        options["bank"] = build_bank(model, tok, task.train.texts, k=args.bank_k)
+        options["bank"] = build_bank(model, tok, task.train.texts, k=args.bank_k, exact=not args.bank_inexact)
     picks = np.random.default_rng(args.seed).choice(len(heldout), size=(args.pairs, 2), replace=False)
     paths = [
-        {"a": heldout[a], "b": heldout[b], "path": interpolate_texts(
-            model, tok, heldout[a], heldout[b], args.steps, lm=lm, lm_tokenizer=lm_tok, lm_weight=args.lm_weight, **options)}
+        {"a": heldout[a], "b": heldout[b], "path": interpolate_texts(model, tok, heldout[a], heldout[b], args.steps, **options)}
         for a, b in picks
     ]  # fmt: skip
     Path(args.out).write_text(json.dumps(paths, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -64,13 +68,18 @@ def main() -> None:
     sub = p.add_subparsers(dest="command", required=True)
     make = sub.add_parser("paths", help="decode the paths of a run")
     make.add_argument("--model", required=True, help="a T5-VAE run directory (model/, tokenizer.json, heldout.txt)")
-    make.add_argument("--lm", required=True, help="the judge: a decoder-only language model directory")
+    make.add_argument(
+        "--lm", default=None, help="the judge that reranks each path: a decoder-only language model directory "
+        "(default: none, greedy decoding)",
+    )  # fmt: skip
     make.add_argument("--lm-weight", type=float, default=0.25)
     make.add_argument("--pairs", type=int, default=90)
     make.add_argument("--seed", type=int, default=0, help="the draw of the pairs of held-out sentences")
     make.add_argument("--steps", type=int, default=7)
     make.add_argument("--method", choices=("slerp", "linear", "geodesic"), default="slerp")
     make.add_argument("--bank-k", type=int, default=16, help="neighbours a code in the geodesic's graph")
+    make.add_argument("--bank-inexact", action="store_true", help="keep bank sentences their codes do not write back")
+    make.add_argument("--refine-steps", type=int, default=0, help="refine the ends' codes (eqxllm.vae.refine)")
     make.add_argument("--out", required=True)
     for name in ("unread", "score"):
         cmd = sub.add_parser(name)

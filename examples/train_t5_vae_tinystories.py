@@ -14,7 +14,8 @@ interpolations between held-out sentences (OUT/t5_vae_interpolations.md, a markd
 trains on the same text) chooses each point's sentence among the beams of its path (eqxllm.vae.rerank).
 The training sentences go to OUT/bank.txt, one per line: with ``--method geodesic`` the paths walk
 through their codes (eqxllm.vae.geodesic), as ``eqxllm vae interpolate --method geodesic --bank
-OUT/bank.txt`` does.
+OUT/bank.txt`` does; ``--refine-steps 100`` refines the codes of each path's two sentences until the
+decoder writes them back (eqxllm.vae.refine).
 """
 
 import argparse
@@ -102,6 +103,10 @@ def main() -> None:
         "--method", choices=("slerp", "geodesic"), default="slerp",
         help="path shape (default slerp); geodesic: through the codes of the training sentences (OUT/bank.txt)",
     )  # fmt: skip
+    parser.add_argument(
+        "--refine-steps", type=int, default=0,
+        help="refine the codes of each path's two sentences until they are written back (eqxllm.vae.refine)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     cfg = train_preset("t5-vae-tinystories").for_run(
@@ -127,6 +132,7 @@ def main() -> None:
     picks = rng.choice(len(heldout), size=(args.paths, 2), replace=False)
     pairs = [(heldout.texts[a], heldout.texts[b]) for a, b in picks]
     decoding = {"num_beams": args.num_beams, "prior_weight": args.prior_weight, "method": args.method}
+    decoding["refine_steps"] = args.refine_steps
     if args.method == "geodesic":
         decoding["bank"] = build_bank(model, task.tokenizer, task.train.texts)
     if args.lm is not None:
