@@ -9,7 +9,7 @@ against the same judgments, and only sentences never read before need a reader.
     PYTHONPATH=. python benchmarks/vae_reading.py paths --model runs/t5-vae-tinystories --lm JUDGE --out paths.json
     # geodesic paths through the exact bank, ends refined, greedy (no judge)
     PYTHONPATH=. python benchmarks/vae_reading.py paths --model runs/t5-vae-tinystories --method geodesic \
-        --refine-steps 100 --out geo.json
+        --refine-steps 300 --out geo.json
     # the sentences of those paths that the labels do not cover, shuffled, one per line, for reading
     PYTHONPATH=. python benchmarks/vae_reading.py unread paths.json
     # the share of paths whose every point reads (a sentence without a label is an error)

@@ -14,7 +14,7 @@ interpolations between held-out sentences (OUT/t5_vae_interpolations.md, a markd
 trains on the same text) chooses each point's sentence among the beams of its path (eqxllm.vae.rerank).
 The training sentences go to OUT/bank.txt, one per line: with ``--method geodesic`` the paths walk
 through their codes (eqxllm.vae.geodesic), as ``eqxllm vae interpolate --method geodesic --bank
-OUT/bank.txt`` does; ``--refine-steps 100`` refines the codes of each path's two sentences until the
+OUT/bank.txt`` does; ``--refine-steps 300`` refines the codes of each path's two sentences until the
 decoder writes them back (eqxllm.vae.refine).
 """
 

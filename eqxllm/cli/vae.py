@@ -3,8 +3,8 @@
     eqxllm vae interpolate --model DIR --a "Tom saw a dog." --b "Lily ate an apple." --steps 7
     eqxllm vae interpolate --model DIR --a ... --b ... --lm GPT2_DIR [--lm-weight 0.25] [--num-beams 8]
     eqxllm vae interpolate --model DIR --a ... --b ... --method geodesic --bank sentences.txt [--bank-k 16]
-    eqxllm vae interpolate --model DIR --a ... --b ... [--method geodesic --bank ...] --refine-steps 100
-    eqxllm vae encode --model DIR --input sentences.txt --output latents.npy [--refine-steps 100]
+    eqxllm vae interpolate --model DIR --a ... --b ... [--method geodesic --bank ...] --refine-steps 300
+    eqxllm vae encode --model DIR --input sentences.txt --output latents.npy [--refine-steps 300]
     eqxllm vae decode --model DIR --input latents.npy [--output sentences.txt]
     eqxllm vae sample --model DIR --num 5 [--seed 0] [--fit sentences.txt]
 
@@ -17,10 +17,10 @@ that every point on the way is a real sentence's code (``eqxllm.vae.geodesic``; 
 whose code does not write them back are left out unless ``--bank-inexact``); ``--refine-steps``
 refines a sentence's code by gradient steps until the decoder writes the sentence back
 (``eqxllm.vae.refine``), so that a path starts and ends on the given sentences; ``decode`` writes
-one sentence per latent (greedy), to the output file or to stdout; ``sample`` decodes draws from the N(0, I) prior or, with ``--fit FILE``, from a Gaussian
-fitted to the codes of the sentences of FILE (``eqxllm.vae.latent_fit``: a trained model's codes do
-not fill the prior, and most prior draws decode to empty sentences). The tokenizer is the one saved
-beside the model.
+one sentence per latent (greedy), to the output file or to stdout; ``sample`` decodes draws from
+the N(0, I) prior or, with ``--fit FILE``, from a Gaussian fitted to the codes of the sentences of
+FILE (``eqxllm.vae.latent_fit``: a trained model's codes do not fill the prior, and most prior draws
+decode to empty sentences). The tokenizer is the one saved beside the model.
 """
 
 import argparse

@@ -59,15 +59,19 @@ def split_sentences(text: str) -> list[str]:
 
 
 _OPENERS = "\"“‘'"
+_TITLES = frozenset({"Mr.", "Mrs.", "Ms.", "Dr.", "St."})  # abbreviations the splitter cuts after
 
 
 def whole_sentence(text: str) -> bool:
     """Does ``text`` look like a sentence of its own rather than a piece of one? It opens with a
     capital letter, a digit or a quotation mark, and is more than one word unless it is quoted.
     :func:`split_sentences` cuts after quoted speech and after abbreviations, so that a story also
-    yields pieces such as "said Jack." ('"Stop!" said Jack.') and "Mrs." ("Mrs. Lee"), which fail."""
+    yields pieces such as "said Jack." ('"Stop!" said Jack.'), "Mrs." and "Then Mrs." ("Mrs. Lee"), which
+    fail; what follows the title ("Lee smiled.") cannot be told from a sentence without its story."""
     text = text.strip()
     if not text or not (text[0].isupper() or text[0].isdigit() or text[0] in _OPENERS):
+        return False
+    if text.split()[-1] in _TITLES:  # "Inside the building, Mr." ("Mr. Brown" follows in the story)
         return False
     return text[0] in _OPENERS or len(text.split()) > 1
 

@@ -8,7 +8,7 @@ path's sentences with a language model, drawing new codes, and text helpers.
 >>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5)
 >>> interpolate_texts(vae, tok, a, b, 7, num_beams=8, lm=gpt2, lm_tokenizer=gpt2_tok)  # reranked
 >>> interpolate_texts(vae, tok, a, b, 7, method="geodesic", bank=build_bank(vae, tok, training_sentences))
->>> interpolate_texts(vae, tok, a, b, 7, refine_steps=100)   # ends refined until they write a and b back
+>>> interpolate_texts(vae, tok, a, b, 7, refine_steps=300)   # ends refined until they write a and b back
 >>> decode_latents(vae, tok, sample_latents(key, fit_latent_gaussian(z_of_many), 5))   # new sentences
 """
 

@@ -98,9 +98,11 @@ def _refine_batch(model, latents, ids, lengths, steps, learning_rate, margin):
 
 
 def _padded(model, data: SentenceSet, latents: np.ndarray, batch_size: int):
-    """Fixed-size batches ``(codes, ids, lengths, real rows)`` of ``data`` and its codes; padded rows
-    are one-token sentences (the end token), dropped by the caller."""
+    """Fixed-size batches ``(codes, ids, lengths, real rows)`` of ``data`` and its codes, of
+    ``batch_size`` rows or fewer when ``data`` is smaller (two sentences, as a path's ends, do not pay
+    for 64); padded rows are one-token sentences (the end token), dropped by the caller."""
     eos = model.config.eos_token_id
+    batch_size = max(1, min(batch_size, len(data)))
     for lo in range(0, len(data), batch_size):
         z, ids, lengths = (
             latents[lo : lo + batch_size],
@@ -144,30 +146,30 @@ def refine_latents(
     data: SentenceSet,
     latents: np.ndarray | Array,
     *,
-    steps: int = 100,
-    learning_rate: float = 0.05,
+    steps: int = 300,
+    learning_rate: float = 0.1,
     margin: float = 0.5,
     batch_size: int = 64,
 ) -> Refined:
     """Refine ``latents [n, latent_tokens, latent]``, the codes of the tokenized sentences ``data``
     (row for row), by at most ``steps`` Adam steps of ``learning_rate`` on each row's reconstruction
-    loss, stopping a row once it reconstructs with ``margin`` (see the module docstring). Batches have
-    a fixed size (one compiled program); the step count, rate and margin are traced, so changing them
-    does not recompile."""
+    loss, stopping a row once it reconstructs with ``margin`` (see the module docstring); rows that
+    already do are not refined at all. Batches have a fixed size (one compiled program); the step
+    count, rate and margin are traced, so changing them does not recompile."""
     latents = _check_codes(model, data, latents)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InputError(f"refinement steps must be an integer >= 0, got {steps!r}")
     if not learning_rate > 0 or not margin >= 0:
         raise InputError(f"refinement needs learning_rate > 0 and margin >= 0, got {learning_rate} and {margin}")
     rates = (jnp.int32(steps), jnp.float32(learning_rate), jnp.float32(margin))  # traced: no recompiling
-    out, taken = [], []
-    for z, ids, lengths, real in _padded(model, data, latents, batch_size):
-        z_new, t = _refine_batch(model, z, ids, lengths, *rates)
-        out.append(np.asarray(z_new)[:real])
-        taken.append(np.asarray(t)[:real])
-    if not out:
-        shape = (0, model.config.n_latent_tokens, model.config.latent_size)
-        return Refined(np.zeros(shape, np.float32), np.zeros((0,), bool), np.zeros((0,), np.int32))
-    refined = np.concatenate(out)
+    refined, taken = latents.copy(), np.zeros((len(data),), np.int32)
+    # only the rows that do not reconstruct yet are refined: a batch runs until its slowest row stops
+    todo = np.flatnonzero(~reconstructs(model, data, latents, margin=margin, batch_size=batch_size))
+    if steps > 0 and len(todo):
+        batches = _padded(model, data.take(todo), latents[todo], batch_size)
+        for lo, (z, ids, lengths, real) in zip(range(0, len(todo), batch_size), batches):
+            z_new, t = _refine_batch(model, z, ids, lengths, *rates)
+            rows = todo[lo : lo + real]
+            refined[rows], taken[rows] = np.asarray(z_new)[:real], np.asarray(t)[:real]
     exact = reconstructs(model, data, refined, margin=margin, batch_size=batch_size)
-    return Refined(refined, exact, np.concatenate(taken))
+    return Refined(refined, exact, taken)

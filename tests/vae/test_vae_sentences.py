@@ -32,6 +32,8 @@ def test_whole_sentences_and_the_pieces_the_splitter_leaves():
     assert pieces == ['"Stop!"', "said Jack.", "Mrs.", "Lee smiled.", '"Ouch!"', "3 cats ran.", "Alas!", "again."]
     assert [p for p in pieces if whole_sentence(p)] == ['"Stop!"', "Lee smiled.", '"Ouch!"', "3 cats ran."]
     assert whole_sentence("“Hi,” she said.") and whole_sentence("‘Yes.’") and not whole_sentence("  ")
+    assert not whole_sentence("Inside the building, Mr.") and not whole_sentence("Then Dr.")
+    assert whole_sentence("Mr. Brown smiled.")
 
 
 def test_encode_sentences_appends_the_end_token_and_bounds_the_length(tok):
