@@ -103,8 +103,10 @@ def test_remat_changes_nothing_but_memory(remat):
     np.testing.assert_array_equal(np.asarray(rematted(_body, x)[0]), np.asarray(plain(_body, x)[0]))
     g_plain = eqx.filter_grad(_loss)(plain, x)
     g_remat = eqx.filter_grad(_loss)(rematted, x)
+    # the gradients agree to rounding: XLA may fuse the recomputed forward pass differently from the
+    # stored one (seen on an AMD EPYC CPU: 1 ulp in float32), so exact equality is not promised
     for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     # the policy really is in the program (a no-op remat would pass the equalities above)
     grad_jaxpr = str(jax.make_jaxpr(lambda s: eqx.filter_grad(_loss)(s, x))(rematted))
     assert "checkpoint" in grad_jaxpr or "remat" in grad_jaxpr
