@@ -154,7 +154,8 @@ def refine_latents(
     """Refine ``latents [n, latent_tokens, latent]``, the codes of the tokenized sentences ``data``
     (row for row), by at most ``steps`` Adam steps of ``learning_rate`` on each row's reconstruction
     loss, stopping a row once it reconstructs with ``margin`` (see the module docstring); rows that
-    already do are not refined at all. Batches have a fixed size (one compiled program); the step
+    already do are not refined at all. Batches have ``batch_size`` rows (one compiled program), or
+    as many as there are rows to refine when fewer (a path's two ends do not pay for 64); the step
     count, rate and margin are traced, so changing them does not recompile."""
     latents = _check_codes(model, data, latents)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
