@@ -8,8 +8,13 @@ A mesh has three named axes (any of size 1):
 - ``tensor``: Megatron-style tensor parallelism (Shoeybi et al., 2019): attention heads (q/k/v
   output features, o_proj input features) and the MLP hidden width (up/gate output features, down
   input features) are split.
+- ``expert`` (only in meshes that name it): expert parallelism (Lepikhin et al., 2020, GShard): the
+  stacked weights of :class:`eqxllm.nn.MoE` (``gate``/``up`` ``[experts, embed, mlp]``, ``down``
+  ``[experts, mlp, embed]``) split their ``experts`` axis, and their ``mlp`` width over ``tensor``
+  like a dense MLP's. The batch is split over ``expert`` too, so that the layers outside the experts
+  stay data parallel; XLA inserts the exchanges of tokens or weights between expert shards.
 
-The batch is split over ``("data", "fsdp")``. Rules are ``(regex, per_layer_spec)`` pairs matched with
+The batch is split over ``("data", "fsdp")`` (and ``expert`` when the mesh has it). Rules are ``(regex, per_layer_spec)`` pairs matched with
 ``re.search`` against ``jax.tree_util.keystr`` of each leaf's path (first match wins; leaves matching
 none get no tensor sharding). ``per_layer_spec`` names a mesh axis (or None) for the leading dims of
 one layer's array, e.g. ``("tensor",)`` for a ``[out, in]`` weight and its ``[out]`` bias. Leaves inside
@@ -36,6 +41,10 @@ from eqxllm.nn import Stack
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+# named only by meshes that use it, so that meshes without experts keep their three axes
+EXPERT_AXIS = "expert"
+# mesh axis order, outermost first: tensor innermost (fastest links), experts next to it
+_MESH_ORDER = ("data", "fsdp", EXPERT_AXIS, "tensor")
 
 Rule = tuple[str, tuple[str | None, ...]]
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -43,11 +52,15 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     (r"\.(q_proj|k_proj|v_proj|up|gate)\.(weight|bias)$", ("tensor",)),
     # row-parallel: input features split; the partial sums are all-reduced by XLA
     (r"\.(o_proj|down)\.weight$", (None, "tensor")),
+    # a mixture of experts' stacked weights: experts split over `expert`, the mlp width over `tensor`
+    (r"\.(gate|up)$", (EXPERT_AXIS, None, "tensor")),
+    (r"\.down$", (EXPERT_AXIS, "tensor", None)),
 )
 
 
 def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
-    """``"data=4,fsdp=2"`` -> ``{"data": 4, "fsdp": 2, "tensor": 1}`` (absent axes have size 1)."""
+    """``"data=4,fsdp=2"`` -> ``{"data": 4, "fsdp": 2, "tensor": 1}`` (absent axes have size 1);
+    ``expert`` appears only when the spec names it."""
     if isinstance(spec, str):
         items = {}
         for part in (p.strip() for p in spec.split(",")):
@@ -63,18 +76,22 @@ def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
             items[name] = int(value)
     else:
         items = dict(spec)
-    unknown = sorted(set(items) - set(AXES))
+    known = (*AXES, EXPERT_AXIS)
+    unknown = sorted(set(items) - set(known))
     if unknown:
-        raise ConfigError(f"mesh spec {spec!r} names unknown axes {unknown}; expected some of {list(AXES)}")
+        raise ConfigError(f"mesh spec {spec!r} names unknown axes {unknown}; expected some of {list(known)}")
     bad = {k: v for k, v in items.items() if not isinstance(v, int) or v < 1}
     if bad:
         raise ConfigError(f"mesh axis sizes must be integers >= 1; mesh spec {spec!r} has {bad}")
-    return {axis: items.get(axis, 1) for axis in AXES}
+    sizes = {axis: items.get(axis, 1) for axis in AXES}
+    if EXPERT_AXIS in items:
+        sizes[EXPERT_AXIS] = items[EXPERT_AXIS]
+    return sizes
 
 
 def make_mesh(spec: str | Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
-    """A mesh with axes ``("data", "fsdp", "tensor")`` over ``devices`` (default: every device of every
-    process).
+    """A mesh with axes ``("data", "fsdp", "tensor")``, or ``("data", "fsdp", "expert", "tensor")`` when
+    the spec names ``expert``, over ``devices`` (default: every device of every process).
 
     The product of the axis sizes must equal the number of devices. ``tensor`` is the innermost
     axis, so tensor-parallel shards sit on neighbouring (fastest-connected) devices.
@@ -90,7 +107,9 @@ def make_mesh(spec: str | Mapping[str, int], devices: Sequence[Any] | None = Non
         )
     # Auto axes: shardings are propagated by XLA from the constraints we place (jax.make_mesh's
     # default of Explicit axes would put shardings into the types instead)
-    return jax.make_mesh(tuple(sizes.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    names = tuple(axis for axis in _MESH_ORDER if axis in sizes)
+    shape = tuple(sizes[axis] for axis in names)
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
 def _leaves_with_layer_dims(tree: PyTree, is_leaf) -> list[tuple[tuple, Any, int]]:
@@ -168,18 +187,26 @@ def opt_state_shardings(
     return tree_shardings(abstract, mesh, rules)
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes that split the batch: ``("data", "fsdp")``, and ``"expert"`` when the mesh has it."""
+    return (*BATCH_AXES, EXPERT_AXIS) if EXPERT_AXIS in mesh.axis_names else BATCH_AXES
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """The batch's leading axis split over ``("data", "fsdp")``; other axes replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+    """The batch's leading axis split over :func:`batch_axes`; other axes replicated."""
+    return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     """Raise ``ConfigError`` unless ``batch_size`` splits evenly over the mesh's batch shards."""
-    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    axes = batch_axes(mesh)
+    shards = math.prod(mesh.shape[a] for a in axes)
     if batch_size % shards:
+        names = " x ".join(axes)
+        sizes = " x ".join(str(mesh.shape[a]) for a in axes)
         raise ConfigError(
-            f"global batch size {batch_size} is not divisible by data x fsdp = "
-            f"{mesh.shape['data']} x {mesh.shape['fsdp']} = {shards}; choose a multiple of {shards}"
+            f"global batch size {batch_size} is not divisible by {names} = {sizes} = {shards}; "
+            f"choose a multiple of {shards}"
         )
 
 
