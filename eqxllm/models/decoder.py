@@ -84,8 +84,8 @@ class DecoderBlock(eqx.Module):
     ) -> tuple[Float[Array, "seq embed"], Any, Float[Array, "seq experts"] | None]:
         """The block's output, the cache with this layer's new keys and values written (None
         without one), and the router logits of a mixture of experts (None for a dense MLP)."""
-        kw = {} if cache is None else dict(cache=cache.kv, cache_index=cache.index, layer=cache.layer)
-        h, kv = self.attn(self.pre_attn_norm(x), mask=mask, rotary=rotary, **kw)
+        kv, index, layer = (None, None, None) if cache is None else cache
+        h, kv = self.attn(self.pre_attn_norm(x), mask=mask, rotary=rotary, cache=kv, cache_index=index, layer=layer)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = x + h
@@ -148,8 +148,9 @@ class DecoderLM(eqx.Module):
         """Run ``seq`` new tokens against a KV cache (prefill or one decoding step); returns their
         logits and the cache with them written. The cache keeps every slot; sliding layers see only
         the last ``sliding_window`` slots through their mask."""
-        logits, cache, _ = self.forward(input_ids, mask=mask, cache=cache)
-        return logits, cache  # type: ignore[return-value]
+        logits, new_cache, _ = self.forward(input_ids, mask=mask, cache=cache)
+        assert new_cache is not None
+        return logits, new_cache
 
     def forward(
         self,
