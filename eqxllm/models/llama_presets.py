@@ -30,11 +30,11 @@ _BASES: dict[str, LlamaConfig] = {
     ),
     "qwen2": LlamaConfig(
         model_type="qwen2", vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
-        bos_token_id=151643, eos_token_id=151643, tie_word_embeddings=True,
+        bos_token_id=151643, eos_token_id=151643, tie_word_embeddings=True, max_window_layers=28,
     ),
     "qwen3": LlamaConfig(
         model_type="qwen3", vocab_size=151936, max_position_embeddings=40960, rope_theta=1e6, head_dim=128,
-        bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=True,
+        bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=True, max_window_layers=28,
     ),
 }  # fmt: skip
 _TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -65,8 +65,8 @@ PRESET_CHANGES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-tiny": ("llama2", _TINY),
     "mistral-tiny": ("mistral", dict(_TINY, sliding_window=8)),
     "mixtral-tiny": ("mixtral", dict(_TINY, num_local_experts=4, num_experts_per_tok=2)),
-    "qwen2-tiny": ("qwen2", _TINY),
-    "qwen3-tiny": ("qwen3", dict(_TINY, head_dim=32)),
+    "qwen2-tiny": ("qwen2", dict(_TINY, max_window_layers=2)),
+    "qwen3-tiny": ("qwen3", dict(_TINY, head_dim=32, max_window_layers=2)),
 }  # fmt: skip
 
 
