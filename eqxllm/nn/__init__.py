@@ -25,6 +25,7 @@ from eqxllm.nn.linear import Linear
 from eqxllm.nn.masks import attention_mask
 from eqxllm.nn.materialize import materialize
 from eqxllm.nn.mlp import MLP
+from eqxllm.nn.moe import MoE, load_balancing_loss
 from eqxllm.nn.norms import LayerNorm, RMSNorm
 from eqxllm.nn.positions import (
     RelativePositionBias,
@@ -44,6 +45,7 @@ __all__ = [
     "LayerNorm",
     "Linear",
     "MLP",
+    "MoE",
     "RMSNorm",
     "RelativePositionBias",
     "Stack",
@@ -52,6 +54,7 @@ __all__ = [
     "attention_mask",
     "dot_product_attention",
     "dropout",
+    "load_balancing_loss",
     "materialize",
     "relative_position_bucket",
     "rotary_angles",

@@ -35,8 +35,9 @@ class RMSNorm(eqx.Module):
 class LayerNorm(eqx.Module):
     """Layer normalisation (Ba et al., 2016) over the last axis, in float32: ``(x - mean) / std * w + b``.
 
-    Equinox's ``eqx.nn.LayerNorm`` normalises one vector and computes in the input dtype; this one
-    takes ``[*batch, embed]`` and always reduces in float32, which is what bfloat16 training needs.
+    Equinox's ``eqx.nn.LayerNorm`` also upcasts to float32, but normalises over its whole ``shape``
+    and stores its weight in its own dtype; this one takes ``[*batch, embed]``, keeps float32
+    parameters whatever the compute dtype, and matches :class:`RMSNorm`'s interface.
     """
 
     weight: Float[Array, " embed"]

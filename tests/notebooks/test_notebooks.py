@@ -1,0 +1,43 @@
+"""Every notebook in ``notebooks/`` is stored with the outputs of a real run and runs again, top to
+bottom, offline on a CPU within its time limit (the docs site renders the stored outputs)."""
+
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="the notebooks need the test extra (nbformat, nbclient, ipykernel)")
+nbclient = pytest.importorskip("nbclient", reason="the notebooks need the test extra (nbclient)")
+pytest.importorskip("ipykernel", reason="the notebooks need the test extra (ipykernel)")
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+CELL_TIMEOUT_S = 300
+
+
+def test_there_are_notebooks():
+    assert {"01_gpt2.ipynb", "02_gemma.ipynb", "03_t5.ipynb", "06_training_at_scale.ipynb"} <= {
+        p.name for p in NOTEBOOKS
+    }
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_with_outputs(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, f"{path.name} has no code"
+    unrun = [i for i, c in enumerate(code) if c.get("execution_count") is None]
+    assert not unrun, f"{path.name}: code cells {unrun} were stored without being run"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name} was stored with an error output: {errors[0].get('ename')}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_top_to_bottom(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
+    client.execute()  # raises CellExecutionError naming the failing cell and its traceback
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert outputs, f"{path.name} ran but printed nothing"
