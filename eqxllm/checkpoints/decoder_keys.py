@@ -7,12 +7,13 @@ transform: a Hub checkpoint stores each expert as its own ``[out, in]`` matrix (
 stacks them as ``[experts, in, out]``.
 """
 
+from collections.abc import Callable
 from functools import reduce
 from typing import NamedTuple
 
 import numpy as np
 
-from eqxllm.checkpoints.keymap import KeyMap, Param
+from eqxllm.checkpoints.keymap import KeyMap, Param, transpose, transpose_back
 from eqxllm.errors import CheckpointError
 from eqxllm.models.decoder_spec import DecoderSpec
 
@@ -21,6 +22,15 @@ class KeyRow(NamedTuple):
     hf: str
     path: str
     when: str | None = None
+    transform: str | None = None  # a key of _TRANSFORMS
+
+
+ToModel = Callable[[np.ndarray], tuple[np.ndarray, ...]]
+ToHF = Callable[[tuple[np.ndarray, ...]], np.ndarray]
+_TRANSFORMS: dict[str | None, tuple[ToModel, ToHF]] = {  # (to_model, to_hf)
+    None: (lambda x: (x,), lambda xs: xs[0]),
+    "transpose": (transpose, transpose_back),
+}
 
 
 _L = "model.layers.{i}."
@@ -50,6 +60,11 @@ DECODER_KEYS = (
     KeyRow(_L + "mlp.gate_proj.bias", "mlp.gate.bias", "mlp_bias"),
     KeyRow(_L + "mlp.up_proj.bias", "mlp.up.bias", "mlp_bias"),
     KeyRow(_L + "mlp.down_proj.bias", "mlp.down.bias", "mlp_bias"),
+    # Mixtral's layout on the Hub (transformers 5 fuses the experts in memory, and saves this layout back)
+    KeyRow(_L + "block_sparse_moe.gate.weight", "mlp.router.weight", "moe"),
+    KeyRow(_L + "block_sparse_moe.experts.{j}.w1.weight", "mlp.gate", "moe", "transpose"),
+    KeyRow(_L + "block_sparse_moe.experts.{j}.w3.weight", "mlp.up", "moe", "transpose"),
+    KeyRow(_L + "block_sparse_moe.experts.{j}.w2.weight", "mlp.down", "moe", "transpose"),
 )
 IGNORED = (".rotary_emb.inv_freq",)  # buffers some older checkpoints stored
 
@@ -67,7 +82,13 @@ def decoder_key_map(spec: DecoderSpec, rows: tuple[KeyRow, ...] = DECODER_KEYS) 
             continue
         layered = "{i}" in row.hf
         where = _where("blocks.blocks." + row.path if layered else row.path)
-        params.append(Param(key=row.hf, leaves=(where,), num_layers=spec.num_layers if layered else 0))
+        to_model, to_hf = _TRANSFORMS[row.transform]
+        n = spec.num_layers if layered else 0
+        params.append(
+            Param(
+                key=row.hf, leaves=(where,), num_layers=n, num_experts=spec.num_experts, to_model=to_model, to_hf=to_hf
+            )
+        )
     return KeyMap(params=params, ignore=IGNORED)
 
 

@@ -24,6 +24,7 @@ from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack, attention_mask
 from eqxllm.nn.attention import Rotary
 from eqxllm.nn.decoding import CacheSlot, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.moe import MoE
 
 __all__ = ["DecoderBlock", "DecoderLM", "parameter_count"]
 
@@ -38,7 +39,7 @@ class DecoderBlock(eqx.Module):
     attn: Attention
     post_attn_norm: RMSNorm | None
     pre_mlp_norm: RMSNorm
-    mlp: MLP
+    mlp: MLP | MoE
     post_mlp_norm: RMSNorm | None
 
     def __init__(self, spec: DecoderSpec, *, key: PRNGKeyArray):
@@ -63,15 +64,27 @@ class DecoderBlock(eqx.Module):
         )
         self.post_attn_norm = norm() if spec.sandwich_norms else None
         self.pre_mlp_norm = norm()
-        self.mlp = MLP(
-            spec.hidden_size,
-            spec.intermediate_size,
-            activation=spec.activation,
-            gated=True,
-            use_bias=spec.mlp_bias,
-            init_std=spec.initializer_range,
-            key=mlp_key,
-        )
+        if spec.moe:  # Mixtral: softmax over all experts, then the top-k weights renormalised
+            self.mlp = MoE(
+                spec.hidden_size,
+                spec.intermediate_size,
+                num_experts=spec.num_experts,
+                top_k=spec.num_experts_per_tok,
+                activation=spec.activation,
+                normalize_top_k=True,
+                init_std=spec.initializer_range,
+                key=mlp_key,
+            )
+        else:
+            self.mlp = MLP(
+                spec.hidden_size,
+                spec.intermediate_size,
+                activation=spec.activation,
+                gated=True,
+                use_bias=spec.mlp_bias,
+                init_std=spec.initializer_range,
+                key=mlp_key,
+            )
         self.post_mlp_norm = norm() if spec.sandwich_norms else None
 
     def __call__(

@@ -27,7 +27,8 @@ class DecoderSpec:
       (Mistral: every layer; Gemma 2/3 and Qwen: a pattern).
     - ``rope`` / ``local_rope``: rotary base and scaling of global and of sliding layers
       (``local_rope=None``: the same as ``rope``; Gemma 3 gives local layers their own base).
-    - ``num_experts`` / ``num_experts_per_tok``: a mixture-of-experts MLP (0: a dense one).
+    - ``num_experts`` / ``num_experts_per_tok``: a mixture-of-experts MLP (0: a dense one), whose
+      load-balancing loss training adds with weight ``router_aux_loss_coef``.
     """
 
     vocab_size: int
@@ -57,6 +58,7 @@ class DecoderSpec:
     tie_word_embeddings: bool = False
     num_experts: int = 0
     num_experts_per_tok: int = 0
+    router_aux_loss_coef: float = 0.0
     initializer_range: float = 0.02
     attention_impl: AttentionImpl = "xla"
     remat: str = "none"

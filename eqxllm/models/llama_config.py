@@ -212,6 +212,7 @@ class LlamaConfig:
             mlp_bias=self.mlp_bias, sliding_flags=self.sliding_flags, sliding_window=self.sliding_window,
             tie_word_embeddings=self.tie_word_embeddings, num_experts=self.num_local_experts,
             num_experts_per_tok=self.num_experts_per_tok if self.num_local_experts else 0,
+            router_aux_loss_coef=self.router_aux_loss_coef if self.num_local_experts else 0.0,
             initializer_range=self.initializer_range, attention_impl=self.attention_impl, remat=self.remat,
         )  # fmt: skip
 

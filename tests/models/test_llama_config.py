@@ -26,6 +26,7 @@ PUBLISHED = {
     "mistral-7b": 7_241_732_096,
     "qwen2.5-0.5b": 494_032_768,
     "qwen3-0.6b": 596_049_920,
+    "mixtral-8x7b": 46_702_792_704,
 }
 
 
@@ -34,7 +35,7 @@ def test_preset_parameter_counts(name):
     assert parameter_count(Llama, config_preset(name)) == PUBLISHED[name]
 
 
-@pytest.mark.parametrize("name", ["llama-tiny", "mistral-tiny", "qwen2-tiny", "qwen3-tiny"])
+@pytest.mark.parametrize("name", ["llama-tiny", "mistral-tiny", "qwen2-tiny", "qwen3-tiny", "mixtral-tiny"])
 def test_tiny_presets_run(name):
     cfg = PRESETS[name]()
     model = Llama(cfg, key=jax.random.key(0))
@@ -129,6 +130,22 @@ def test_checkpoint_missing_a_tensor(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(MissingKeyError, match=r"model.layers.1.self_attn.k_norm.weight"):
         eqxllm.from_pretrained(tmp_path)
+
+
+def test_checkpoint_missing_an_expert(tmp_path):
+    model = Llama(config_preset("mixtral-tiny"), key=jax.random.key(0))
+    eqxllm.save_pretrained(model, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    assert "model.layers.0.block_sparse_moe.experts.3.w2.weight" in tensors
+    del tensors["model.layers.0.block_sparse_moe.experts.3.w2.weight"]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MissingKeyError, match=r"experts.3.w2.weight"):
+        eqxllm.from_pretrained(tmp_path)
+
+
+def test_mixtral_bad_top_k():
+    with pytest.raises(ConfigError, match="num_experts_per_tok <= num_local_experts"):
+        LlamaConfig(model_type="mixtral", num_local_experts=2, num_experts_per_tok=3)
 
 
 def test_base_model_checkpoint_loads(tmp_path):

@@ -50,6 +50,11 @@ CASES = {
         "Qwen3ForCausalLM",
         dict(head_dim=32, tie_word_embeddings=True, attention_bias=True),
     ),
+    "mixtral-top2-of-4": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=6, rope_parameters={"rope_theta": 1e4}),
+    ),
 }
 
 
@@ -115,6 +120,7 @@ def test_switches_matter(pair, tmp_path):
         "mistral-window": {"sliding_window": None},
         "qwen2-bias-window": {"use_sliding_window": False, "layer_types": None},
         "qwen3-qk-norm": {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}},
+        "mixtral-top2-of-4": {"num_experts_per_tok": 1},
     }[name]
     cfg.update(change)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -122,6 +128,20 @@ def test_switches_matter(pair, tmp_path):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     ids = np.random.default_rng(3).integers(0, _BASE["vocab_size"], size=(1, SEQ))
     assert np.abs(eqx_logits(eqxllm.from_pretrained(tmp_path), ids) - hf_logits(hf, ids)).max() > 1e-3
+
+
+def test_mixtral_routing_equals_transformers(pair):
+    """Every layer's router logits, and so the top-2 experts each token goes to, equal the reference's."""
+    name, hf, _, model = pair
+    if not name.startswith("mixtral"):
+        pytest.skip("dense model")
+    ids = np.random.default_rng(5).integers(0, _BASE["vocab_size"], size=(1, SEQ))
+    with torch.no_grad():
+        ref = np.stack([r.numpy() for r in hf(torch.tensor(ids), output_router_logits=True).router_logits])
+    _, _, ours = eqx.filter_jit(lambda m, x: m.forward(x))(model, jnp.asarray(ids[0]))
+    assert ours.shape == ref.shape == (_BASE["num_hidden_layers"], SEQ, 4)
+    assert np.abs(np.asarray(ours) - ref).max() <= TOL
+    np.testing.assert_array_equal(np.argsort(-np.asarray(ours))[..., :2], np.argsort(-ref)[..., :2])
 
 
 def test_padded_batch_and_cache_match_full_pass(pair):
