@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from eqxllm.checkpoints.keymap import KeyMap, param
-from eqxllm.errors import CheckpointError, ConfigError
+from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map, drop_tied_head, rename_keys
+from eqxllm.checkpoints.keymap import KeyMap
+from eqxllm.errors import ConfigError
 from eqxllm.models.gemma_config import FULL, SLIDING, GemmaConfig, default_layer_types
 
 _GENERATION = {"gemma": 1, "gemma2": 2, "gemma3_text": 3}
@@ -181,56 +182,7 @@ def config_to_hf(cfg: GemmaConfig) -> dict[str, Any]:
 
 # weights ---------------------------------------------------------------------------------------------
 def key_map(cfg: GemmaConfig) -> KeyMap:
-    n = cfg.num_hidden_layers
-    # untyped lambdas: the leaves live on a Gemma, which the generic `Where` type cannot say
-    top = lambda m: m  # noqa: E731
-    blk = lambda m: m.blocks.blocks  # noqa: E731
-    layer = "model.layers.{i}."
-    p = [
-        param("model.embed_tokens.weight", lambda m: top(m).embed.weight),
-        param("model.norm.weight", lambda m: top(m).norm.weight),
-        param(layer + "input_layernorm.weight", lambda m: blk(m).pre_attn_norm.weight, num_layers=n),
-        param(layer + "self_attn.q_proj.weight", lambda m: blk(m).attn.q_proj.weight, num_layers=n),
-        param(layer + "self_attn.k_proj.weight", lambda m: blk(m).attn.k_proj.weight, num_layers=n),
-        param(layer + "self_attn.v_proj.weight", lambda m: blk(m).attn.v_proj.weight, num_layers=n),
-        param(layer + "self_attn.o_proj.weight", lambda m: blk(m).attn.o_proj.weight, num_layers=n),
-        param(layer + "mlp.gate_proj.weight", lambda m: blk(m).mlp.gate.weight, num_layers=n),
-        param(layer + "mlp.up_proj.weight", lambda m: blk(m).mlp.up.weight, num_layers=n),
-        param(layer + "mlp.down_proj.weight", lambda m: blk(m).mlp.down.weight, num_layers=n),
-    ]
-    if cfg.generation == 1:
-        p.append(param(layer + "post_attention_layernorm.weight", lambda m: blk(m).pre_mlp_norm.weight, num_layers=n))
-    else:
-        p += [
-            param(
-                layer + "post_attention_layernorm.weight",
-                lambda m: blk(m).post_attn_norm.weight,
-                num_layers=n,
-            ),
-            param(layer + "pre_feedforward_layernorm.weight", lambda m: blk(m).pre_mlp_norm.weight, num_layers=n),
-            param(
-                layer + "post_feedforward_layernorm.weight",
-                lambda m: blk(m).post_mlp_norm.weight,
-                num_layers=n,
-            ),
-        ]
-    if cfg.generation == 3:
-        p += [
-            param(layer + "self_attn.q_norm.weight", lambda m: blk(m).attn.q_norm.weight, num_layers=n),
-            param(layer + "self_attn.k_norm.weight", lambda m: blk(m).attn.k_norm.weight, num_layers=n),
-        ]
-    if cfg.attention_bias:
-        p += [
-            param(
-                layer + f"self_attn.{name}_proj.bias",
-                lambda m, name=name: getattr(blk(m).attn, f"{name}_proj").bias,
-                num_layers=n,
-            )
-            for name in "qkvo"
-        ]
-    if not cfg.tie_word_embeddings:
-        p.append(param("lm_head.weight", lambda m: top(m).lm_head.weight))
-    return KeyMap(params=p, ignore=(".rotary_emb.inv_freq",))
+    return decoder_key_map(cfg.decoder)  # the table shared with the llama-like families
 
 
 _SKIPPED = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
@@ -238,34 +190,14 @@ _RENAMES = (  # multimodal Gemma 3 (transformers < 5, then 5), then base-model c
     ("language_model.model.", "model."),
     ("language_model.lm_head.", "lm_head."),
     ("model.language_model.", "model."),
-    ("layers.", "model.layers."),
-    ("embed_tokens.", "model.embed_tokens."),
-    ("norm.", "model.norm."),
+    *BASE_MODEL_RENAMES,
 )
 
 
 def normalize_keys(tensors: dict[str, np.ndarray], cfg: GemmaConfig) -> dict[str, np.ndarray]:
     """Bring every accepted layout to ``Gemma*ForCausalLM`` keys, skip vision weights, and drop a
     stored copy of a tied head (it must equal the embedding)."""
-    out = {}
-    for key, value in tensors.items():
-        if key.startswith(_SKIPPED):
-            continue
-        for old, new in _RENAMES:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        out[key] = value
-    if cfg.tie_word_embeddings and "lm_head.weight" in out:
-        head = out.pop("lm_head.weight")
-        embed = out.get("model.embed_tokens.weight")
-        if embed is not None and (head.shape != embed.shape or not np.array_equal(head, embed)):
-            raise CheckpointError(
-                "config.json says tie_word_embeddings=true but lm_head.weight differs from "
-                "model.embed_tokens.weight; "
-                "set tie_word_embeddings=false in config.json"
-            )
-    return out
+    return drop_tied_head(rename_keys(tensors, _RENAMES, skip=_SKIPPED), cfg.tie_word_embeddings)
 
 
 def _family():

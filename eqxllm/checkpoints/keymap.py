@@ -40,8 +40,10 @@ class Param:
     """One checkpoint tensor and the model leaves it fills.
 
     ``key`` may contain ``{i}`` for per-layer tensors; then ``layered`` is true and each leaf has a
-    leading ``layers`` axis (a scanned :class:`eqxllm.nn.Stack`). ``to_model`` splits/transposes one
-    checkpoint tensor into the leaves' values (one layer's slice); ``to_hf`` is its inverse.
+    leading ``layers`` axis (a scanned :class:`eqxllm.nn.Stack`). It may also contain ``{j}`` for
+    per-expert tensors, stacked on the next axis (``[layers, experts, ...]``). ``to_model``
+    splits/transposes one checkpoint tensor into the leaves' values (one layer's, one expert's
+    slice); ``to_hf`` is its inverse.
     """
 
     key: str
@@ -49,13 +51,21 @@ class Param:
     to_model: Callable[[np.ndarray], tuple[np.ndarray, ...]] = _identity_in
     to_hf: Callable[[tuple[np.ndarray, ...]], np.ndarray] = _identity_out
     num_layers: int = 0
+    num_experts: int = 0
 
     @property
     def layered(self) -> bool:
         return "{i}" in self.key
 
+    @property
+    def stacked_axes(self) -> int:
+        """How many leading axes of each leaf the checkpoint spreads over keys (layers, experts)."""
+        return int(self.layered) + int("{j}" in self.key)
+
     def keys(self) -> list[str]:
-        return [self.key.format(i=i) for i in range(self.num_layers)] if self.layered else [self.key]
+        layers = range(self.num_layers) if self.layered else [0]
+        experts = range(self.num_experts) if "{j}" in self.key else [0]
+        return [self.key.format(i=i, j=j) for i in layers for j in experts]
 
 
 def param(key: str, *leaves: Where, num_layers: int = 0, **transforms) -> Param:
@@ -112,14 +122,15 @@ def load_into(skeleton: eqx.Module, keymap: KeyMap, tensors: dict[str, np.ndarra
         for j, where in enumerate(p.leaves):
             target = where(skeleton)
             slices = [parts[j] for parts in per_layer]
-            want = target.shape[1:] if p.layered else target.shape
+            axes = p.stacked_axes
+            want = target.shape[axes:]
             for key, s in zip(p.keys(), slices):
                 if tuple(s.shape) != tuple(want):
                     raise ShapeMismatchError(
                         f"checkpoint tensor {key!r} has shape {tuple(s.shape)} after conversion; the config implies "
                         f"{tuple(want)}. config.json and the weights disagree."
                     )
-            value = np.stack(slices) if p.layered else slices[0]
+            value = np.stack(slices).reshape(target.shape[:axes] + tuple(want)) if axes else slices[0]
             wheres.append(where)
             values.append(jnp.asarray(value) if dtype is None else jnp.asarray(value, dtype=dtype))
     model = eqx.tree_at(lambda m: [w(m) for w in wheres], skeleton, values)
@@ -136,9 +147,10 @@ def export_from(model: eqx.Module, keymap: KeyMap, dtype=None) -> dict[str, np.n
         leaves = [np.asarray(w(model)) for w in p.leaves]
         if dtype is not None:
             leaves = [x.astype(dtype) for x in leaves]
-        if p.layered:
+        if p.stacked_axes:
+            flat = [x.reshape(-1, *x.shape[p.stacked_axes :]) for x in leaves]
             for i, key in enumerate(p.keys()):
-                out[key] = np.ascontiguousarray(p.to_hf(tuple(x[i] for x in leaves)))
+                out[key] = np.ascontiguousarray(p.to_hf(tuple(x[i] for x in flat)))
         else:
             out[p.key] = np.ascontiguousarray(p.to_hf(tuple(leaves)))
     return out

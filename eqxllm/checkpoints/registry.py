@@ -18,6 +18,7 @@ from eqxllm.errors import UnknownModelTypeError
 _FAMILY_MODULES = (
     "eqxllm.checkpoints.gpt2",
     "eqxllm.checkpoints.gemma",
+    "eqxllm.checkpoints.llama",
     "eqxllm.checkpoints.t5",
     "eqxllm.checkpoints.t5_vae",
 )

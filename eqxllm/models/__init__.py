@@ -2,10 +2,11 @@
 
 from eqxllm.models.gemma import GEMMA_PRESETS, Gemma, GemmaConfig
 from eqxllm.models.gpt2 import GPT2, GPT2_PRESETS, GPT2Config
+from eqxllm.models.llama import LLAMA_PRESETS, Llama, LlamaConfig
 from eqxllm.models.t5 import T5, T5_PRESETS, T5Config
 from eqxllm.models.t5_vae import T5VAE, T5VAE_PRESETS, T5VAEConfig
 
-PRESETS = {**GPT2_PRESETS, **GEMMA_PRESETS, **T5_PRESETS, **T5VAE_PRESETS}
+PRESETS = {**GPT2_PRESETS, **GEMMA_PRESETS, **LLAMA_PRESETS, **T5_PRESETS, **T5VAE_PRESETS}
 
 
 def config_preset(name: str):
@@ -21,6 +22,9 @@ __all__ = [
     "GPT2Config",
     "Gemma",
     "GemmaConfig",
+    "LLAMA_PRESETS",
+    "Llama",
+    "LlamaConfig",
     "PRESETS",
     "T5",
     "T5Config",

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from eqxllm.errors import ConfigError
+from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
+from eqxllm.nn.positions import Rope, RopeScaling
 from eqxllm.nn.stack import REMAT_POLICIES
 
 SLIDING = "sliding_attention"
@@ -176,6 +178,26 @@ class GemmaConfig:
     @property
     def sliding_flags(self) -> tuple[bool, ...]:
         return tuple(t == SLIDING for t in self.layer_types)  # type: ignore[union-attr]
+
+    @property
+    def decoder(self) -> DecoderSpec:
+        """The shared decoder's switches: ``1 + w`` norms, a scaled embedding, GeGLU, a tied head;
+        Gemma 2/3 add sandwich norms, soft-caps and sliding layers, Gemma 3 q/k norms and a local base."""
+        scaling = None if self.rope_scaling is None else RopeScaling(rope_type="linear", factor=self.rope_scaling)
+        return DecoderSpec(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+            num_layers=self.num_hidden_layers, num_heads=self.num_attention_heads,
+            num_kv_heads=self.num_key_value_heads, head_dim=self.head_dim, activation=self.hidden_activation,
+            norm_eps=self.rms_norm_eps, max_position_embeddings=self.max_position_embeddings,
+            rope=Rope(self.rope_theta, scaling),
+            local_rope=Rope(self.local_rope_theta) if self.generation == 3 else None,
+            unit_offset_norms=True, embed_scale=True, sandwich_norms=self.generation >= 2,
+            qk_norm=self.generation == 3, qkv_bias=self.attention_bias, o_bias=self.attention_bias,
+            attention_scale=self.attention_scale, attn_softcap=self.attn_logit_softcapping,
+            final_softcap=self.final_logit_softcapping, sliding_flags=self.sliding_flags,
+            sliding_window=self.sliding_window, tie_word_embeddings=self.tie_word_embeddings,
+            initializer_range=self.initializer_range, attention_impl=self.attention_impl, remat=self.remat,
+        )  # fmt: skip
 
     def replace(self, **changes) -> "GemmaConfig":
         if {"num_hidden_layers", "generation"} & changes.keys() and "layer_types" not in changes:

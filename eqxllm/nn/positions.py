@@ -1,14 +1,21 @@
-"""Position information: sinusoidal tables, rotary embeddings and T5 relative-position buckets.
+"""Position information: sinusoidal tables, rotary embeddings (with their context-extension
+scalings) and T5 relative-position buckets.
 
 Learned absolute positions (GPT-2's ``wpe``) are a plain :class:`eqxllm.nn.Embedding`.
 """
 
 import math
+from dataclasses import dataclass
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from eqxllm.errors import ConfigError
+
+# the rotary scalings implemented; transformers also knows "dynamic", "yarn", "longrope", "proportional"
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 def sinusoidal_positions(positions: Int[Array, " seq"], dim: int) -> Float[Array, "seq embed"]:
@@ -21,19 +28,82 @@ def sinusoidal_positions(positions: Int[Array, " seq"], dim: int) -> Float[Array
     return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(positions.shape[0], dim)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """How rotary frequencies are stretched for contexts longer than the pre-training one
+    (Hugging Face's ``rope_parameters`` / ``rope_scaling``).
+
+    ``"linear"``: position interpolation (Chen et al., 2023), every frequency divided by ``factor``.
+    ``"llama3"``: Llama 3.1's frequency-dependent rule: wavelengths shorter than
+    ``original_max_position_embeddings / high_freq_factor`` are kept, those longer than
+    ``original_max_position_embeddings / low_freq_factor`` divided by ``factor``, and the ones between
+    interpolated smoothly (Meta, 2024, "The Llama 3 Herd of Models"; transformers'
+    ``_compute_llama3_parameters``).
+    """
+
+    rope_type: str
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_TYPES[1:]:
+            raise ConfigError(
+                f"rope scaling type {self.rope_type!r} is not implemented; known types: {list(ROPE_TYPES)} "
+                "('default' means no scaling)"
+            )
+        if not self.factor > 0:
+            raise ConfigError(f"rope scaling factor must be positive, got {self.factor!r}")
+        if self.rope_type == "llama3" and not 0 < self.low_freq_factor < self.high_freq_factor:
+            raise ConfigError(
+                "llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor, got "
+                f"{self.low_freq_factor} and {self.high_freq_factor}"
+            )
+
+    def scale(self, inv_freq: Float[Array, " half"]) -> Float[Array, " half"]:
+        if self.rope_type == "linear":
+            return inv_freq / self.factor
+        old = self.original_max_position_embeddings
+        wavelen = 2 * math.pi / inv_freq
+        low, high = self.low_freq_factor, self.high_freq_factor
+        stretched = jnp.where(wavelen > old / low, inv_freq / self.factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * stretched / self.factor + smooth * stretched
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        return jnp.where(medium, smoothed, stretched)
+
+
+@dataclass(frozen=True)
+class Rope:
+    """A rotary embedding's base and optional scaling: everything a layer's angles depend on."""
+
+    theta: float
+    scaling: RopeScaling | None = None
+
+    def angles(
+        self, positions: Int[Array, " seq"], head_dim: int
+    ) -> tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]]:
+        return rotary_angles(positions, head_dim, base=self.theta, scaling=self.scaling)
+
+
 def rotary_angles(
     positions: Int[Array, " seq"],
     head_dim: int,
     *,
     base: float | Float[Array, ""] = 10000.0,
     scale: float | Float[Array, ""] = 1.0,
+    scaling: RopeScaling | None = None,
 ) -> tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]]:
     """``(cos, sin)`` of RoFormer's rotation angles (Su et al., 2021), for the half-rotation layout.
 
     ``base`` and ``scale`` (linear position interpolation, Chen et al., 2023) may be traced scalars,
-    so scanned layers can use different bases (Gemma 3: local 10k, global 1M). Computed in float32.
+    so scanned layers can use different bases (Gemma 3: local 10k, global 1M). ``scaling`` rescales
+    the frequencies (:class:`RopeScaling`). Computed in float32.
     """
     inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is not None:
+        inv_freq = scaling.scale(inv_freq)
     freqs = (positions.astype(jnp.float32) / scale)[:, None] * inv_freq[None, :]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)

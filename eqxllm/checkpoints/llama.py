@@ -1,0 +1,158 @@
+"""Llama, Mistral, Qwen2, Qwen3 and Mixtral <-> Hugging Face ``LlamaForCausalLM``,
+``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM`` and ``MixtralForCausalLM``.
+
+Weights follow the shared decoder table (:mod:`eqxllm.checkpoints.decoder_keys`); base-model
+checkpoints (no ``model.`` prefix) load too. ``config.json`` comes in two dialects: transformers 5
+writes ``rope_parameters`` (with ``rope_theta`` inside), earlier versions ``rope_theta`` and
+``rope_scaling``. Both are read; both are written, so that either version loads what eqxllm saves.
+Keys a file leaves out take transformers' defaults for its model type, not eqxllm's.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map, drop_tied_head, rename_keys
+from eqxllm.checkpoints.keymap import KeyMap
+from eqxllm.errors import ConfigError
+from eqxllm.models.llama_config import MODEL_TYPES, LlamaConfig
+from eqxllm.nn.positions import RopeScaling
+
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+}
+# transformers 5.25's defaults (configuration_{llama,mistral,qwen2,qwen3,mixtral}.py) for keys a
+# config.json may leave out
+_COMMON = dict(
+    hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, head_dim=None, hidden_act="silu",
+    initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=None,
+    bos_token_id=1, eos_token_id=2, rope_theta=10000.0,
+)  # fmt: skip
+_QWEN_DEFAULTS = dict(
+    _COMMON, vocab_size=151936, intermediate_size=22016, num_key_value_heads=32, max_position_embeddings=32768,
+    bos_token_id=None, eos_token_id=None, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+)  # fmt: skip
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(_COMMON, vocab_size=32000, intermediate_size=11008, num_key_value_heads=None,
+                  max_position_embeddings=2048, attention_bias=False, mlp_bias=False),
+    "mistral": dict(_COMMON, vocab_size=32000, intermediate_size=14336, num_key_value_heads=8,
+                    max_position_embeddings=4096 * 32, sliding_window=4096),
+    "qwen2": _QWEN_DEFAULTS,
+    "qwen3": dict(_QWEN_DEFAULTS, head_dim=128, attention_bias=False),
+    "mixtral": dict(_COMMON, vocab_size=32000, intermediate_size=14336, num_key_value_heads=8,
+                    max_position_embeddings=4096 * 32, rms_norm_eps=1e-5, rope_theta=1e6, sliding_window=None,
+                    num_local_experts=8, num_experts_per_tok=2, router_aux_loss_coef=0.001),
+}  # fmt: skip
+_SHARED_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+    "tie_word_embeddings", "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id",
+)  # fmt: skip
+# fields only some model types have (those of the model type are read and written)
+_OWN_FIELDS = {
+    "llama": ("attention_bias", "mlp_bias"),
+    "mistral": ("sliding_window",),
+    "qwen2": ("use_sliding_window", "sliding_window", "max_window_layers"),
+    "qwen3": ("attention_bias", "use_sliding_window", "sliding_window", "max_window_layers"),
+    "mixtral": ("sliding_window", "num_local_experts", "num_experts_per_tok", "router_aux_loss_coef"),
+}
+_FLOAT_FIELDS = ("rms_norm_eps", "initializer_range", "router_aux_loss_coef")
+
+
+# config.json -> LlamaConfig --------------------------------------------------------------------------
+def config_from_hf(hf: dict[str, Any]) -> LlamaConfig:
+    """Translate a Hugging Face ``config.json`` of a llama-like model; options that change the maths
+    and that eqxllm does not implement are refused rather than ignored."""
+    model_type = hf.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"config.json model_type={model_type!r} is not llama-like; expected one of {MODEL_TYPES}")
+    defaults = _HF_DEFAULTS[model_type]
+    get = lambda name: hf[name] if name in hf else defaults.get(name)  # noqa: E731  (an explicit null is kept)
+    kwargs: dict[str, Any] = {name: get(name) for name in (*_SHARED_FIELDS, *_OWN_FIELDS[model_type])}
+    if model_type in ("qwen2", "qwen3"):  # transformers' Qwen configs drop the window unless it is used
+        kwargs["sliding_window"] = kwargs["sliding_window"] if kwargs["use_sliding_window"] else None
+        if hf.get("layer_types") is not None:
+            kwargs["layer_types"] = tuple(hf["layer_types"])
+    if float(hf.get("router_jitter_noise") or 0.0):
+        raise ConfigError("config.json sets router_jitter_noise; eqxllm's Mixtral router has no jitter")
+    for name in _FLOAT_FIELDS:  # JSON may spell 1.0 as 1
+        if kwargs.get(name) is not None:
+            kwargs[name] = float(kwargs[name])
+    return LlamaConfig(model_type=model_type, **kwargs, **_rope_from_hf(hf, float(defaults["rope_theta"])))
+
+
+def _rope_from_hf(hf: dict[str, Any], default_theta: float) -> dict[str, Any]:
+    # transformers: `rope_scaling or rope_parameters`, then rope_theta beside them as the fallback base
+    params = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    theta = float(params.pop("rope_theta", hf.get("rope_theta", default_theta)))
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ConfigError("config.json rotates part of each head (partial_rotary_factor); eqxllm rotates all of it")
+    if params.get("rope_type", params.get("type")) == "llama3":
+        params.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 8192))
+    return dict(rope_theta=theta, rope_scaling=params or None)
+
+
+# LlamaConfig -> config.json --------------------------------------------------------------------------
+def config_to_hf(cfg: LlamaConfig) -> dict[str, Any]:
+    kind = cfg.model_type
+    out: dict[str, Any] = {"architectures": [_ARCHITECTURES[kind]], "model_type": kind}
+    out.update({name: getattr(cfg, name) for name in (*_SHARED_FIELDS, *_OWN_FIELDS[kind])})
+    # explicit where transformers' default differs from eqxllm's derivation (Mistral: 8 kv heads, Qwen3: 128)
+    out.update(num_key_value_heads=cfg.kv_heads, attention_dropout=0.0)
+    if cfg.head_dim is not None or kind == "qwen3":
+        out["head_dim"] = cfg.head_size
+    else:
+        out.pop("head_dim")  # transformers derives it as eqxllm does
+    if isinstance(cfg.eos_token_id, tuple):
+        out["eos_token_id"] = list(cfg.eos_token_id)
+    if kind in ("qwen2", "qwen3"):
+        out["max_window_layers"] = cfg.num_hidden_layers if cfg.max_window_layers is None else cfg.max_window_layers
+        out["layer_types"] = list(cfg.layer_types)  # type: ignore[arg-type]
+    scaling = _scaling_to_hf(cfg)
+    out["rope_parameters"] = {"rope_type": "default", **scaling, "rope_theta": cfg.rope_theta}
+    out["rope_theta"] = cfg.rope_theta  # for transformers before 5
+    if scaling:
+        out["rope_scaling"] = scaling
+    return out
+
+
+def _scaling_to_hf(cfg: LlamaConfig) -> dict[str, Any]:
+    s = cfg.rope_scaling
+    if s is None:
+        return {}
+    assert isinstance(s, RopeScaling)
+    if s.rope_type == "linear":  # transformers warns about keys a type does not use
+        return {"rope_type": "linear", "factor": s.factor}
+    return dict(vars(s))
+
+
+# weights ---------------------------------------------------------------------------------------------
+def key_map(cfg: LlamaConfig) -> KeyMap:
+    return decoder_key_map(cfg.decoder)
+
+
+def normalize_keys(tensors: dict[str, np.ndarray], cfg: LlamaConfig) -> dict[str, np.ndarray]:
+    """Bring base-model checkpoints to ``*ForCausalLM`` keys and drop a stored copy of a tied head."""
+    return drop_tied_head(rename_keys(tensors, BASE_MODEL_RENAMES), cfg.tie_word_embeddings)
+
+
+def _family():
+    from eqxllm.checkpoints.registry import Family
+    from eqxllm.models.llama import Llama
+
+    return Family(
+        model_types=MODEL_TYPES,
+        config_cls=LlamaConfig,
+        model_cls=Llama,
+        config_from_hf=config_from_hf,
+        config_to_hf=config_to_hf,
+        key_map=key_map,
+        normalize_keys=normalize_keys,
+    )
+
+
+FAMILY = _family()
