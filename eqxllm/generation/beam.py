@@ -18,6 +18,7 @@ after every step, so a step costs one ``num_beams``-row decoder call whatever th
 """
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -112,7 +113,7 @@ def _search_prompts(model, ids, num_beams: int, steps: int, stop_ids: tuple[int,
 
 
 def beam_search(
-    model: eqx.Module,
+    model: Any,
     prompt: Int[Array, "*batch seq"] | Int[np.ndarray, "*batch seq"],
     *,
     max_new_tokens: int,
