@@ -1,37 +1,41 @@
 """Geodesic paths between two codes: shortest paths through a bank of real sentences' codes.
 
-Half-way along a straight line between two codes, the decoder is asked about a code that no
-sentence has, and it often writes a crossover of the two ends ("He looked around and eagerly.").
-A geodesic stays where sentences are: the codes of a bank of real sentences (the training text)
-are the nodes of a k-nearest-neighbour graph, and the path from ``a`` to ``b`` is the shortest path
-through it (Isomap's graph geodesic: Tenenbaum et al., 2000, "A Global Geometric Framework for
-Nonlinear Dimensionality Reduction"; for generative models' latent spaces, Arvanitidis et al.,
-2018, "Latent Space Oddity" and Chen et al., 2018, "Metrics for Deep Generative Models"). Every
-interior point is the code of a bank sentence, so what the decoder writes there is a real
-sentence's reconstruction, not a new one: the path is a walk through the data, one neighbour at a
-time, from ``a`` to ``b``.
+The codes of a bank of real sentences are the nodes of a k-nearest-neighbour graph, and the path
+from ``a`` to ``b`` is the shortest path through it (Isomap's graph geodesic: Tenenbaum et al., 2000,
+"A Global Geometric Framework for Nonlinear Dimensionality Reduction"; for generative models' latent
+spaces, Arvanitidis et al., 2018, "Latent Space Oddity", and Chen et al., 2018, "Metrics for Deep
+Generative Models"), so that every interior point is a real sentence's code.
 
-Distances are Euclidean over the flattened ``[latent_tokens * latent]`` code. Short sentences sit
-close to many others (their padded positions share codes), so plain distances route most paths
-through a few short "hub" sentences ("She smiled."); edges are locally scaled instead (Zelnik-Manor
-& Perona, 2004, "Self-Tuning Spectral Clustering"): the edge ``i - j`` weighs
-``d(i, j) / sqrt(r_i r_j)``, with ``r_i`` the distance from ``i`` to its ``k``-th neighbour, so a hop
-counts for what it is in its own neighbourhood. The ends join the graph through their own ``k``
-nearest bank codes; a path of ``steps`` points takes the path's nodes nearest to ``steps`` evenly
-spaced positions along its (unscaled) length, the ends exactly.
+Distances are Euclidean over the flattened ``[latent_tokens * latent]`` code, and edges are locally
+scaled (Zelnik-Manor & Perona, 2004, "Self-Tuning Spectral Clustering"): the edge ``i - j`` weighs
+``d(i, j) / sqrt(r_i r_j)``, with ``r_i`` the distance from ``i`` to its ``k``-th neighbour, so that
+short sentences, close to many others, do not become hubs. The ends join the graph through their
+own ``k`` nearest bank codes; a path of ``steps`` points takes the path's nodes nearest to ``steps``
+evenly spaced positions along its (unscaled) length, the ends exactly.
+
+The graph search needs ``scipy``, an optional dependency: ``pip install "eqxllm[vae]"``.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sparse
 from jaxtyping import Float, Int
-from scipy.sparse.csgraph import connected_components, dijkstra
 
 from eqxllm.errors import InputError
 
 _CHUNK = 2048  # bank rows per block of the neighbour search: [chunk, bank] distances at a time
+
+
+def _scipy():
+    """``(scipy.sparse, scipy.sparse.csgraph)``, imported when a graph is first needed."""
+    try:
+        import scipy.sparse
+        import scipy.sparse.csgraph
+    except ImportError as e:
+        raise ImportError('geodesic paths need scipy, an optional dependency: pip install "eqxllm[vae]"') from e
+    return scipy.sparse, scipy.sparse.csgraph
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class CodeBank:
     codes: Float[np.ndarray, "n latent_tokens latent"]
     neighbours: Int[np.ndarray, "n k"]
     distances: Float[np.ndarray, "n k"]
-    graph: sparse.csr_matrix  # [n + 2, n + 2] locally scaled edges; the last two rows are the path's ends
+    graph: Any  # a scipy.sparse.csr_matrix [n + 2, n + 2] locally scaled edges; the last two rows are the path's ends
 
     @property
     def k(self) -> int:
@@ -105,6 +109,7 @@ def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> 
         raise InputError("the bank's codes are not all finite")
     n = len(texts)
     flat = codes.reshape(n, -1)
+    sparse = _scipy()[0]
     neighbours, distances = nearest(flat, flat, k, exclude_self=True)
     scale = _scale(distances)
     weights = distances / np.sqrt(scale[:, None] * scale[neighbours])
@@ -123,9 +128,10 @@ def _bridges(flat, scale, rows, cols, vals):
     each island gets an edge from its code nearest to the rest to that code's nearest outsider, as
     Isomap's implementations mend such graphs, until one piece is left."""
     n = len(flat)
+    sparse, csgraph = _scipy()
     while True:
         edges = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-        count, label = connected_components(edges, directed=False)
+        count, label = csgraph.connected_components(edges, directed=False)
         if count == 1:
             return rows, cols, vals
         for island in range(count):
@@ -156,9 +162,10 @@ def geodesic_nodes(
     own = np.maximum(dist[:, -1:], 1e-12)
     weights = np.maximum(dist / np.sqrt(own * bank.scale[idx]), 1e-12)
     ends = np.repeat([n, n + 1], k)
+    sparse, csgraph = _scipy()
     link = sparse.csr_matrix((weights.reshape(-1), (ends, idx.reshape(-1))), shape=bank.graph.shape)
     graph = bank.graph + link + link.T
-    _, previous = dijkstra(graph, directed=False, indices=n, return_predecessors=True)
+    _, previous = csgraph.dijkstra(graph, directed=False, indices=n, return_predecessors=True)
     nodes, at = [], previous[n + 1]
     while at != n:
         nodes.append(int(at))

@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from eqxllm.train.loss import cross_entropy
+from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.vae.interpolate import slerp
-from eqxllm.vae.noise import delete_words, drop_words
 
 # the normal samples of an evaluation (no key) are fixed, so that the reported MMD is reproducible
 _EVAL_KEY_SEED = 0
@@ -79,6 +78,15 @@ def active_units(means: Float[Array, "n ..."], threshold: float = 0.01) -> Int[A
     return jnp.sum(variance > threshold)
 
 
+def drop_words(
+    key: PRNGKeyArray, decoder_ids: Int[Array, "batch seq"], rate: float, pad_id: int
+) -> Int[Array, "batch seq"]:
+    """Word dropout (Bowman et al., 2016): each decoder input but the start token (column 0) becomes
+    ``pad_id`` with probability ``rate``, so that the decoder must read the code, not only its prefix."""
+    drop = jax.random.bernoulli(key, rate, decoder_ids.shape).at[:, 0].set(False)
+    return jnp.where(drop, pad_id, decoder_ids)
+
+
 def shift_right(ids: Int[Array, "*batch seq"], start: int) -> Int[Array, "*batch seq"]:
     """Decoder inputs from targets: ``[start, t_0, ..., t_{n-2}]``."""
     return jnp.concatenate([jnp.full((*ids.shape[:-1], 1), start, ids.dtype), ids[..., :-1]], axis=-1)
@@ -129,9 +137,8 @@ def vae_loss(
     warm-up, the same in every row). The sentence is both the encoder input and the decoder target.
     MMD compares the batch's latent tokens (the posterior means) with normal draws; KL is divided by
     the number of target tokens, so that with weight 1 the loss is the negative ELBO per token.
-    ``key`` drives dropout, the code's noise, word dropout, word deletion, code dropout (those rows'
-    decoder reads the null code, so their cross-entropy is a language model's) and the MMD's normal
-    draws (fixed ones without a key, and no noise, dropout or deletion: the evaluation's setting).
+    ``key`` drives dropout, the code's noise, word dropout and the MMD's normal draws (fixed ones
+    without a key, and no noise or dropout: the evaluation's setting).
     With ``splice_weight > 0`` and the batch's splice rows (``splice_ids``, ``splice_lengths``,
     ``splice_t``), ``splice_weight`` times :func:`splice_loss` is added.
     """
@@ -140,23 +147,16 @@ def vae_loss(
     mask = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
     dec_in = shift_right(ids, cfg.decoder_start_token_id)
     keys = None if key is None else jax.random.split(key, ids.shape[0] + 2)
-    enc_mask = mask
     if keys is not None and cfg.word_dropout > 0:
         dec_in = drop_words(keys[-1], dec_in, cfg.word_dropout, cfg.pad_token_id)
-    if keys is not None and cfg.word_deletion > 0:
-        enc_mask = delete_words(jax.random.fold_in(keys[-1], 1), lengths, ids.shape[1], cfg.word_deletion)
 
-    null = jnp.zeros((ids.shape[0],), bool)
-    if keys is not None and cfg.code_dropout > 0:
-        null = jax.random.bernoulli(jax.random.fold_in(keys[-1], 2), cfg.code_dropout, null.shape)
-
-    def one(i, m, e, d, n, k):
-        return model.autoencode(i, d, mask=e, decoder_mask=m, null_code=n, key=k)
+    def one(i, m, d, k):
+        return model.autoencode(i, d, mask=m, decoder_mask=m, key=k)
 
     if keys is None:
-        out = jax.vmap(lambda i, m, e, d, n: one(i, m, e, d, n, None))(ids, mask, enc_mask, dec_in, null)
+        out = jax.vmap(lambda i, m, d: one(i, m, d, None))(ids, mask, dec_in)
     else:
-        out = jax.vmap(one)(ids, mask, enc_mask, dec_in, null, keys[1:-1])
+        out = jax.vmap(one)(ids, mask, dec_in, keys[1:-1])
     total, count = cross_entropy(out.logits, ids, mask)
     recon = total / jnp.maximum(count, 1.0)
     if cfg.regulariser == "kl":
@@ -167,11 +167,9 @@ def vae_loss(
     loss = recon + weight * reg
     extra = {}
     if cfg.bow_weight > 0:
-        # every target token (the end token too) under the code's bag of words; not the null-code rows
-        bow = jax.vmap(model.bag_of_words)(out.latent)
-        picked = jnp.take_along_axis(bow, ids, axis=-1)
-        rows = (mask & ~null[:, None]).astype(jnp.float32)
-        extra["bag_of_words"] = -jnp.sum(picked * rows) / jnp.maximum(jnp.sum(rows), 1.0)
+        # every target token (the end token too) under the code's bag of words
+        picked = jnp.take_along_axis(jax.vmap(model.bag_of_words)(out.latent), ids, axis=-1)
+        extra["bag_of_words"] = -jnp.sum(jnp.where(mask, picked, 0.0)) / jnp.maximum(count, 1.0)
         loss = loss + cfg.bow_weight * extra["bag_of_words"]
     if cfg.splice_weight > 0 and "splice_ids" in batch:
         extra["splice"] = splice_loss(model, out.mean, batch, None if keys is None else jax.random.fold_in(keys[-1], 3))

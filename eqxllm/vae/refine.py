@@ -31,6 +31,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from eqxllm.data.sentences import SentenceSet
 from eqxllm.errors import InputError
+from eqxllm.nn.cross_entropy import cross_entropy
+from eqxllm.vae.batches import fixed_batches
 from eqxllm.vae.losses import shift_right
 
 
@@ -49,12 +51,11 @@ def _row_terms(model, latent, ids, mask, start: int):
     """One sentence given a code: its mean cross-entropy per target token and its smallest margin
     (target log-probability minus the best other's, over the real target tokens)."""
     logits = model.decode_full(latent, shift_right(ids, start), decoder_mask=mask).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    target = jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
-    other = jnp.max(jnp.where(jax.nn.one_hot(ids, logp.shape[-1], dtype=bool), -jnp.inf, logp), axis=-1)
-    count = jnp.maximum(jnp.sum(mask), 1)
-    loss = -jnp.sum(jnp.where(mask, target, 0.0)) / count
-    return loss, jnp.min(jnp.where(mask, target - other, jnp.inf))
+    total, count = cross_entropy(logits, ids, mask)
+    # the log-softmax's normaliser cancels in a difference of log-probabilities: logits will do
+    target = jnp.take_along_axis(logits, ids[:, None], axis=-1)[:, 0]
+    other = jnp.max(jnp.where(jax.nn.one_hot(ids, logits.shape[-1], dtype=bool), -jnp.inf, logits), axis=-1)
+    return total / jnp.maximum(count, 1.0), jnp.min(jnp.where(mask, target - other, jnp.inf))
 
 
 @eqx.filter_jit
@@ -97,26 +98,6 @@ def _refine_batch(model, latents, ids, lengths, steps, learning_rate, margin):
     return z, taken
 
 
-def _padded(model, data: SentenceSet, latents: np.ndarray, batch_size: int):
-    """Fixed-size batches ``(codes, ids, lengths, real rows)`` of ``data`` and its codes, of
-    ``batch_size`` rows or fewer when ``data`` is smaller (two sentences, as a path's ends, do not pay
-    for 64); padded rows are one-token sentences (the end token), dropped by the caller."""
-    eos = model.config.eos_token_id
-    batch_size = max(1, min(batch_size, len(data)))
-    for lo in range(0, len(data), batch_size):
-        z, ids, lengths = (
-            latents[lo : lo + batch_size],
-            data.ids[lo : lo + batch_size],
-            data.lengths[lo : lo + batch_size],
-        )
-        real, pad = len(z), batch_size - len(z)
-        if pad:
-            z = np.concatenate([z, np.zeros((pad, *z.shape[1:]), z.dtype)])
-            ids = np.concatenate([ids, np.full((pad, ids.shape[1]), eos, ids.dtype)])
-            lengths = np.concatenate([lengths, np.ones((pad,), lengths.dtype)])
-        yield jnp.asarray(z), jnp.asarray(ids), jnp.asarray(lengths), real
-
-
 def _check_codes(model, data: SentenceSet, latents) -> np.ndarray:
     latents = np.asarray(latents, np.float32)
     cfg = model.config
@@ -136,7 +117,7 @@ def reconstructs(
     latents = _check_codes(model, data, latents)
     out = [
         np.asarray(code_margins(model, z, ids, lengths))[:real]
-        for z, ids, lengths, real in _padded(model, data, latents, batch_size)
+        for real, z, ids, lengths in fixed_batches(batch_size, latents, data.ids, data.lengths)
     ]
     return np.concatenate(out) > margin if out else np.zeros((0,), bool)
 
@@ -167,10 +148,9 @@ def refine_latents(
     # only the rows that do not reconstruct yet are refined: a batch runs until its slowest row stops
     todo = np.flatnonzero(~reconstructs(model, data, latents, margin=margin, batch_size=batch_size))
     if steps > 0 and len(todo):
-        batches = _padded(model, data.take(todo), latents[todo], batch_size)
-        for lo, (z, ids, lengths, real) in zip(range(0, len(todo), batch_size), batches):
+        batches = fixed_batches(batch_size, latents[todo], data.ids[todo], data.lengths[todo], todo)
+        for real, z, ids, lengths, rows in batches:
             z_new, t = _refine_batch(model, z, ids, lengths, *rates)
-            rows = todo[lo : lo + real]
-            refined[rows], taken[rows] = np.asarray(z_new)[:real], np.asarray(t)[:real]
+            refined[rows[:real]], taken[rows[:real]] = np.asarray(z_new)[:real], np.asarray(t)[:real]
     exact = reconstructs(model, data, refined, margin=margin, batch_size=batch_size)
     return Refined(refined, exact, taken)
