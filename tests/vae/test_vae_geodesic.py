@@ -147,7 +147,7 @@ def test_interpolate_texts_walks_through_the_bank():
     from eqxllm.models import T5VAE, T5VAEConfig
     from eqxllm.models.t5_config import T5Config
     from eqxllm.vae import build_bank, encode_texts, interpolate_texts
-    from tests.vae.test_vae_rerank import VAELetters
+    from tests.vae._letters import VAELetters
 
     t5 = T5Config.tiny().replace(vocab_size=6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     vae = T5VAE(T5VAEConfig(t5=t5, n_latent_tokens=2, latent_size=4, max_length=8), key=jax.random.key(0))
