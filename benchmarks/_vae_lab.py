@@ -28,9 +28,10 @@ from eqxllm.errors import InputError
 from eqxllm.generation import beam_search_cached, text_log_likelihoods
 from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.vae.decoding import beam_search_from_latent, strip_after_end
+from eqxllm.vae.interpolate import interpolation_path
 from eqxllm.vae.losses import shift_right
 from eqxllm.vae.splice import splices
-from eqxllm.vae.text import decode_latents, latent_path
+from eqxllm.vae.text import decode_latents, encode_texts
 
 # --- reranking ------------------------------------------------------------------------------------
 
@@ -94,14 +95,23 @@ def rerank_path(model, tokenizer, latents, lm, lm_tokenizer, *, lm_weight=0.25, 
 
 def interpolate_reranked(model, tokenizer, a, b, steps, lm, lm_tokenizer, *, lm_weight=0.25, num_beams=8, **path):
     """``interpolate_texts`` reranked: the path's points, the two sentences and (geodesic) its bank
-    sentences pooled; ``path``: :func:`eqxllm.vae.text.latent_path`'s options."""
-    latents, rows = latent_path(model, tokenizer, a, b, steps, **path)
-    bank = path.get("bank")
-    anchors = [a, b] + [bank.texts[r] for r in rows if r is not None]
+    sentences pooled; ``path``: ``method``, ``bank``, ``refine_steps`` as ``interpolate_texts`` takes them."""
+    latents = latent_path(model, tokenizer, a, b, steps, **path)
+    anchors = [a, b]
+    if path.get("bank") is not None:  # the bank sentences whose codes the path passes through
+        bank = path["bank"]
+        hits = np.all(bank.codes[None] == np.asarray(latents)[:, None], axis=(2, 3))  # [points, bank]
+        anchors += [bank.texts[r] for r in hits.argmax(axis=1)[hits.any(axis=1)]]
     return rerank_path(
         model, tokenizer, latents, lm, lm_tokenizer, lm_weight=lm_weight, num_beams=num_beams,
         anchors=tuple(dict.fromkeys(anchors)),
     )  # fmt: skip
+
+
+def latent_path(model, tokenizer, a, b, steps, *, method="slerp", bank=None, refine_steps=0):
+    """The codes of ``interpolate_texts``' path."""
+    za, zb = encode_texts(model, tokenizer, [a, b], refine_steps=refine_steps)
+    return interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, bank=bank)
 
 
 # --- fusing the null code's language model ----------------------------------------------------------

@@ -81,11 +81,11 @@ def main() -> None:
     )
     args = p.parse_args()
 
-    from _vae_lab import decode_fused, interpolate_reranked
+    from _vae_lab import decode_fused, interpolate_reranked, latent_path
 
     import eqxllm
     from eqxllm.data.tokenizer import load_tokenizer
-    from eqxllm.vae.text import interpolate_texts, latent_path
+    from eqxllm.vae.text import interpolate_texts
 
     run = Path(args.model)
     model = eqxllm.from_pretrained(run / "model")
@@ -123,7 +123,7 @@ def main() -> None:
                 )
             if weight > 0:
                 return decode_fused(
-                    model, tok, latent_path(model, tok, a, b, args.steps)[0], prior_weight=weight, num_beams=beams
+                    model, tok, latent_path(model, tok, a, b, args.steps), prior_weight=weight, num_beams=beams
                 )
             return interpolate_texts(model, tok, a, b, args.steps, num_beams=beams)
 

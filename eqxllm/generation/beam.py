@@ -30,6 +30,12 @@ from eqxllm.errors import InputError
 from eqxllm.generation.prompts import check_context, check_ids
 
 Step = Callable[[Int[Array, " one"], PyTree], tuple[Float[Array, "one vocab"], PyTree]]
+Beams = (  # the best sequence, or every beam (``return_all``); with its scores (``return_scores``)
+    Int[Array, "*batch new"]
+    | Int[Array, "*batch beams new"]
+    | tuple[Int[Array, "*batch new"], Float[Array, "*batch"]]
+    | tuple[Int[Array, "*batch beams new"], Float[Array, "*batch beams"]]
+)
 
 
 def beam_search_cached(
@@ -122,12 +128,7 @@ def beam_search(
     eos_token_id: int | Sequence[int] | None = None,
     return_scores: bool = False,
     return_all: bool = False,
-) -> (
-    Int[Array, "*batch new"]
-    | Int[Array, "*batch beams new"]
-    | tuple[Int[Array, "*batch new"], Float[Array, "*batch"]]
-    | tuple[Int[Array, "*batch beams new"], Float[Array, "*batch beams"]]
-):
+) -> Beams:
     """The best continuation of ``prompt`` (``[seq]``, or ``[batch, seq]`` prompts of one length) found
     by a beam search of ``num_beams`` beams (see the module docstring), as the new token ids: up to and
     including a stop token (``eos_token_id``, default the config's), then the first stop id as padding.
@@ -151,6 +152,19 @@ def beam_search(
         model, jnp.asarray(ids, jnp.int32), num_beams, max_new_tokens, tuple(int(s) for s in stops),
         float(length_penalty),
     )  # fmt: skip
+    return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
+
+
+def select_beams(
+    tokens: Int[Array, "batch beams new"],
+    scores: Float[Array, "batch beams"],
+    *,
+    single: bool,
+    return_scores: bool,
+    return_all: bool,
+) -> Beams:
+    """What a beam search returns of its batch of searches: the best beams or all, without the batch
+    axis for one input (``single``), with the scores or without."""
     if not return_all:
         tokens, scores = tokens[:, 0], scores[:, 0]
     if single:

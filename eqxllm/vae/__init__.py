@@ -31,7 +31,7 @@ from eqxllm.vae.losses import (
 )
 from eqxllm.vae.refine import Refined, code_margins, reconstructs, refine_latents
 from eqxllm.vae.splice import splice_rows, splices, word_starts
-from eqxllm.vae.text import build_bank, decode_latents, encode_texts, interpolate_texts, latent_path
+from eqxllm.vae.text import build_bank, decode_latents, encode_texts, interpolate_texts
 
 __all__ = [
     "CodeBank",
@@ -58,7 +58,6 @@ __all__ = [
     "interpolate",
     "interpolate_texts",
     "interpolation_path",
-    "latent_path",
     "lerp",
     "mmd",
     "mmd_to_normal",

@@ -17,7 +17,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
 from eqxllm.generation import beam_search_cached, generate
-from eqxllm.generation.beam import check_beam_options
+from eqxllm.generation.beam import Beams, check_beam_options, select_beams
 
 
 class LatentSource(eqx.Module):
@@ -114,12 +114,7 @@ def beam_search_from_latent(
     max_new_tokens: int | None = None,
     return_scores: bool = False,
     return_all: bool = False,
-) -> (
-    Int[Array, "*batch new"]
-    | Int[Array, "*batch beams new"]
-    | tuple[Int[Array, "*batch new"], Float[Array, "*batch"]]
-    | tuple[Int[Array, "*batch beams new"], Float[Array, "*batch beams"]]
-):
+) -> Beams:
     """The best sentence found for each latent (``[latent_tokens, latent]`` or a batch of them) by a
     beam search of ``num_beams`` beams (:mod:`eqxllm.generation.beam`), as token ids: the sentence, its
     end token, then end tokens up to ``max_new_tokens`` (default: the model's ``max_length``). With
@@ -129,11 +124,7 @@ def beam_search_from_latent(
     steps = max_new_tokens or model.config.max_length
     check_beam_options(num_beams, length_penalty, steps)
     tokens, scores = _beams(model, batch, num_beams, steps, float(length_penalty))
-    if not return_all:
-        tokens, scores = tokens[:, 0], scores[:, 0]
-    if single:
-        tokens, scores = tokens[0], scores[0]
-    return (tokens, scores) if return_scores else tokens
+    return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 
 
 def strip_after_end(tokens: Int[np.ndarray, " new"] | list[int], eos_id: int) -> list[int]:

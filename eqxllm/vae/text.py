@@ -12,7 +12,7 @@ from eqxllm.data.sentences import SentenceSet, encode_sentences, whole_sentence
 from eqxllm.errors import InputError
 from eqxllm.vae.batches import fixed_batches
 from eqxllm.vae.decoding import beam_search_from_latent, generate_from_latent, strip_after_end
-from eqxllm.vae.geodesic import CodeBank, bank_from_codes, geodesic_path
+from eqxllm.vae.geodesic import CodeBank, bank_from_codes
 from eqxllm.vae.interpolate import interpolation_path
 from eqxllm.vae.refine import reconstructs, refine_latents
 
@@ -135,44 +135,11 @@ def interpolate_texts(
     num_beams: int = 1,
     refine_steps: int = 0,
 ) -> list[str]:
-    """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included),
-    decoded as :func:`decode_latents` does (greedy, or ``num_beams``).
-
-    ``method``: ``"slerp"`` or ``"linear"`` (:func:`~eqxllm.vae.interpolate.interpolation_path`,
-    ``per_token``), or ``"geodesic"``: the shortest path through the codes of ``bank``'s sentences
-    (:mod:`eqxllm.vae.geodesic`), whose interior points are bank codes.
-
-    ``refine_steps``: refine the codes of ``a`` and ``b`` (see :func:`encode_texts`) before the path
-    is drawn, so that its ends are the two sentences themselves where refinement reaches them."""
-    return decode_latents(
-        model, tokenizer, latent_path(model, tokenizer, a, b, steps, method=method, per_token=per_token, bank=bank,
-                                      refine_steps=refine_steps)[0], num_beams=num_beams,
-    )  # fmt: skip
-
-
-def latent_path(
-    model,
-    tokenizer,
-    a: str,
-    b: str,
-    steps: int,
-    *,
-    method: str = "slerp",
-    per_token: bool = True,
-    bank: CodeBank | None = None,
-    refine_steps: int = 0,
-) -> tuple[Float[Array, "steps latent_tokens latent"], list[int | None]]:
-    """The codes of :func:`interpolate_texts`' path, and for each point the bank row whose code it is
-    (``None`` off the bank: the ends, and every point of a straight path)."""
-    if method not in ("slerp", "linear", "geodesic"):
-        raise InputError(f"interpolation method must be 'slerp', 'linear' or 'geodesic', got {method!r}")
+    """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included; see
+    :func:`~eqxllm.vae.interpolate.interpolation_path` for ``method``, ``per_token`` and ``bank``),
+    decoded as :func:`decode_latents` does (greedy, or ``num_beams``). ``refine_steps``: refine the
+    codes of ``a`` and ``b`` (see :func:`encode_texts`) before the path is drawn, so that its ends are
+    the two sentences themselves where refinement reaches them."""
     za, zb = encode_texts(model, tokenizer, [a, b], refine_steps=refine_steps)
-    if method == "geodesic":
-        if bank is None:
-            raise InputError("a geodesic path runs through a bank of sentences' codes: pass bank=build_bank(...)")
-        path, rows = geodesic_path(bank, za, zb, steps)
-        return jnp.asarray(path), rows
-    if bank is not None:
-        raise InputError(f"a bank is for method='geodesic'; a {method!r} path does not use one")
-    path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token)
-    return path, [None] * steps
+    path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token, bank=bank)
+    return decode_latents(model, tokenizer, path, num_beams=num_beams)
