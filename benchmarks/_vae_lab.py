@@ -27,10 +27,10 @@ import numpy as np
 from eqxllm.errors import InputError
 from eqxllm.generation import beam_search_cached, text_log_likelihoods
 from eqxllm.nn.cross_entropy import cross_entropy
+from eqxllm.train.tasks.splices import splices
 from eqxllm.vae.decoding import beam_search_from_latent, strip_after_end
 from eqxllm.vae.interpolate import interpolation_path
 from eqxllm.vae.losses import shift_right
-from eqxllm.vae.splice import splices
 from eqxllm.vae.text import decode_latents, encode_texts
 
 # --- reranking ------------------------------------------------------------------------------------

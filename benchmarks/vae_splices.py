@@ -31,8 +31,8 @@ def main() -> None:
     from eqxllm.data.tokenizer import load_tokenizer
     from eqxllm.generation.score import text_log_likelihoods
     from eqxllm.train.config import load_config_file
+    from eqxllm.train.tasks.splices import splices
     from eqxllm.train.tasks.vae import VAETask
-    from eqxllm.vae.splice import splices
 
     run = Path(args.run)
     task = VAETask(load_config_file(run / "run_config.json"), run, progress=False)  # the run's split and tokenizer

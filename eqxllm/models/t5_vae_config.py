@@ -52,7 +52,7 @@ class T5VAEConfig:
       Diversity for Neural Dialog Models using Conditional Variational Autoencoders"): a linear head
       predicts every word of the sentence from the whole code at once, without their order, so that
       the code must carry the sentence's content from the first steps. ``0`` means no head.
-    - ``splice_weight``: the weight of the interpolation loss (:mod:`eqxllm.vae.splice`): the code
+    - ``splice_weight``: the weight of the interpolation loss (:mod:`eqxllm.train.tasks.splices`): the code
       part-way between the two sentences of a pair of the batch (rows ``2k`` and ``2k + 1``) is
       trained to write a *splice* of them, the first one's words up to a token they share and the
       second one's from there, so that the points between two codes decode to text made of both

@@ -1,7 +1,7 @@
-"""The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, the
-interpolation loss's splices, latent paths (straight, and geodesic through a bank of codes), refining
-a sentence's code until it is written back, decoding latents (greedy, sampled, beam search), drawing
-new codes, and text helpers.
+"""The T5-VAE's user-facing tools around the model (:class:`eqxllm.models.T5VAE`): encoding and
+decoding text (greedy, sampled, beam search), latent paths (straight, and geodesic through a bank of
+codes), refining a sentence's code until it is written back, drawing new codes, and the metrics of
+an evaluation. The training loss and its splices live with the task, in :mod:`eqxllm.train.tasks`.
 
 >>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
 >>> decode_latents(vae, tok, z)                                                 # the sentences back
@@ -19,18 +19,14 @@ from eqxllm.vae.latent_fit import LatentGaussian, fit_latent_gaussian, sample_la
 from eqxllm.vae.losses import (
     active_units,
     annealed_weight,
-    drop_words,
     gaussian_kernel,
     gaussian_kl,
     mmd,
     mmd_to_normal,
     sequence_accuracy,
-    splice_loss,
     token_accuracy,
-    vae_loss,
 )
 from eqxllm.vae.refine import Refined, code_margins, reconstructs, refine_latents
-from eqxllm.vae.splice import splice_rows, splices, word_starts
 from eqxllm.vae.text import build_bank, decode_latents, encode_texts, interpolate_texts
 
 __all__ = [
@@ -45,7 +41,6 @@ __all__ = [
     "build_bank",
     "code_margins",
     "decode_latents",
-    "drop_words",
     "encode_texts",
     "fit_latent_gaussian",
     "evaluate_sentences",
@@ -66,10 +61,5 @@ __all__ = [
     "sample_latents",
     "sequence_accuracy",
     "slerp",
-    "splice_loss",
-    "splice_rows",
-    "splices",
     "token_accuracy",
-    "vae_loss",
-    "word_starts",
 ]

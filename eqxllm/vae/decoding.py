@@ -1,11 +1,6 @@
 """Writing the sentence of a given latent: greedy or sampled with the shared sampler
-(:func:`eqxllm.generate`), or by beam search (:func:`eqxllm.generation.beam_search_cached`).
-
-The sampler runs an encoder-decoder as ``encode(ids, mask=) -> init_decoder_cache -> decode``. To
-start from latents instead of text, :class:`LatentSource` wraps a T5-VAE and a batch of latents: its
-"encoder input" is one token, the row's index, and its ``encode`` returns that row's latent. Every
-other step (cache, decoding loop, sampling options, stop tokens) is the sampler's own.
-"""
+(:func:`eqxllm.generate`, through :class:`LatentSource`), or by beam search
+(:func:`eqxllm.generation.beam_search_cached`)."""
 
 from typing import Any
 
@@ -21,7 +16,8 @@ from eqxllm.generation.beam import Beams, check_beam_options, select_beams
 
 
 class LatentSource(eqx.Module):
-    """A T5-VAE whose encoder input ``[index]`` selects one of ``latents`` (for :func:`eqxllm.generate`)."""
+    """A T5-VAE whose "encoder input", one token, is the index of a row of ``latents``, and whose
+    ``encode`` returns that row: the sampler's encoder-decoder protocol, started from latents."""
 
     vae: Any
     latents: Float[Array, "n latent_tokens latent"]

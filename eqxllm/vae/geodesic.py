@@ -40,11 +40,9 @@ def _scipy():
 
 @dataclass(frozen=True)
 class CodeBank:
-    """Real sentences and their codes, with the k-nearest-neighbour graph between the codes.
-
-    ``texts[i]`` has the code ``codes[i] [latent_tokens, latent]``; ``neighbours[i]`` are its ``k``
-    nearest other codes (nearest first) at Euclidean ``distances[i]``; ``scale[i]`` is the distance
-    to the ``k``-th. Made by :func:`build_bank`."""
+    """Real sentences and their codes, with the k-nearest-neighbour graph between the codes:
+    ``texts[i]`` has the code ``codes[i]``, ``neighbours[i]`` are its ``k`` nearest other codes
+    (nearest first) at ``distances[i]``. Made by :func:`~eqxllm.vae.text.build_bank`."""
 
     texts: tuple[str, ...]
     codes: Float[np.ndarray, "n latent_tokens latent"]
@@ -90,10 +88,8 @@ def nearest(
 
 
 def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> CodeBank:
-    """A :class:`CodeBank` of ``texts`` with their codes ``[n, latent_tokens, latent]`` (one per
-    text, as :func:`eqxllm.vae.text.encode_texts` writes them): each code linked to its ``k``
-    nearest, with locally scaled weights, and islands of the graph bridged to the rest, so that a
-    path joins any two codes."""
+    """A :class:`CodeBank` of ``texts`` with their codes ``[n, latent_tokens, latent]``: each code
+    linked to its ``k`` nearest, and islands of the graph bridged, so that a path joins any two codes."""
     codes = np.asarray(codes, np.float32)
     if codes.ndim != 3 or codes.shape[0] != len(texts):
         raise InputError(
@@ -123,10 +119,8 @@ def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> 
 
 
 def _bridges(flat, scale, rows, cols, vals):
-    """The edge lists, with bridges added until the graph is connected: a k-nearest-neighbour graph
-    can fall apart into islands (a cluster of codes all nearer each other than anything else), and
-    each island gets an edge from its code nearest to the rest to that code's nearest outsider, as
-    Isomap's implementations mend such graphs, until one piece is left."""
+    """The edge lists, with bridges added until the graph is connected: each island gets an edge from
+    its code nearest to the rest to that code's nearest outsider, as Isomap's implementations do."""
     n = len(flat)
     sparse, csgraph = _scipy()
     while True:
@@ -149,11 +143,8 @@ def geodesic_nodes(
     a: Float[np.ndarray, "tokens_a latent_a"],  # checked against the bank's codes below, with a message
     b: Float[np.ndarray, "tokens_b latent_b"],
 ) -> list[int]:
-    """The bank rows that the shortest path from ``a`` to ``b`` passes through, in order (one at least).
-
-    ``a`` and ``b`` join the graph as two extra nodes, each linked to its ``k`` nearest bank codes
-    with locally scaled weights (its own scale: the distance to its ``k``-th), and to each other
-    only through the bank (whose graph is connected: see :func:`bank_from_codes`)."""
+    """The bank rows that the shortest path from ``a`` to ``b`` passes through, in order (one at
+    least); ``a`` and ``b`` join the graph through their ``k`` nearest bank codes."""
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     if a.shape != bank.codes.shape[1:] or b.shape != bank.codes.shape[1:]:
         raise InputError(f"the ends {a.shape} and {b.shape} do not match the bank's codes {bank.codes.shape[1:]}")
@@ -180,9 +171,8 @@ def geodesic_path(
     steps: int,
 ) -> tuple[Float[np.ndarray, "steps latent_tokens latent"], list[int | None]]:
     """``steps`` points of the geodesic from ``a`` to ``b`` (both ends exact) and, for each, the bank
-    row whose code it is (``None`` at the ends). Point ``i`` is the path's node nearest to the
-    fraction ``i / (steps - 1)`` of the path's Euclidean length; a path with fewer nodes than points
-    repeats some, one with more skips some."""
+    row whose code it is (``None`` at the ends): the path's nodes nearest to evenly spaced fractions
+    of its Euclidean length."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise InputError(f"an interpolation path needs steps >= 2 (both ends included), got {steps!r}")
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)

@@ -1,23 +1,12 @@
 """Refining a sentence's code: gradient steps on the code until the decoder writes the sentence back.
 
-The encoder gives each sentence one code in a single pass (amortised inference). That code is not
-the best the decoder could read: the amortisation gap (Cremer et al., 2018, "Inference Suboptimality
-in Variational Autoencoders"). Semi-amortised inference (Kim et al., 2018, "Semi-Amortized
-Variational Autoencoders"; Hjelm et al., 2016, iterative refinement) starts from the encoder's code
-and takes gradient steps on the reconstruction loss ``-log p(x | z)`` with respect to ``z`` alone;
-the model is not changed.
-
-Here a row stops moving as soon as its code reconstructs it with a margin: every target token (the
-end token included) beats the best other token of its teacher-forced logits by ``margin`` nats in
-log-probability. A sentence whose every teacher-forced prediction is right is also what greedy decoding
-writes (each step sees the same prefix), so a refined code that reached its margin decodes back to
-its sentence exactly; the margin keeps that true under the small numerical differences between the
-teacher-forced and the cached decoder. Codes that already reach it are returned unchanged, and
-refinement stops early once every row has.
-
-What it is for: the two ends of an interpolation path are the decoder's reconstructions of the given
-sentences, and a held-out sentence that the encoder's code does not reconstruct makes a path start or
-end on something the user did not write. Refined ends start and end on the sentences themselves.
+The encoder's single pass leaves an amortisation gap (Cremer et al., 2018, "Inference Suboptimality
+in Variational Autoencoders"); semi-amortised inference (Kim et al., 2018, "Semi-Amortized
+Variational Autoencoders") starts from the encoder's code and takes gradient steps on ``-log p(x | z)``
+with respect to ``z`` alone. A row stops as soon as every target token (the end token included) beats
+the best other token of its teacher-forced logits by ``margin`` nats: a sentence whose every
+teacher-forced prediction is right is also what greedy decoding writes (each step sees the same
+prefix), and the margin keeps that true under the small numerical differences of the cached decoder.
 """
 
 from dataclasses import dataclass
@@ -133,11 +122,9 @@ def refine_latents(
     batch_size: int = 64,
 ) -> Refined:
     """Refine ``latents [n, latent_tokens, latent]``, the codes of the tokenized sentences ``data``
-    (row for row), by at most ``steps`` Adam steps of ``learning_rate`` on each row's reconstruction
-    loss, stopping a row once it reconstructs with ``margin`` (see the module docstring); rows that
-    already do are not refined at all. Batches have ``batch_size`` rows (one compiled program), or
-    as many as there are rows to refine when fewer (a path's two ends do not pay for 64); the step
-    count, rate and margin are traced, so changing them does not recompile."""
+    (row for row), by at most ``steps`` Adam steps of ``learning_rate``, stopping a row once it
+    reconstructs with ``margin``; rows that already do are not refined at all. The step count, rate
+    and margin are traced, so changing them does not recompile."""
     latents = _check_codes(model, data, latents)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InputError(f"refinement steps must be an integer >= 0, got {steps!r}")

@@ -8,7 +8,7 @@ import pytest
 
 from eqxllm.errors import ConfigError
 from eqxllm.models import T5VAE, T5VAEConfig
-from eqxllm.vae import drop_words, vae_loss
+from eqxllm.train.tasks.vae_loss import drop_words, vae_loss
 
 
 def test_word_dropout_spares_the_start_token_and_drops_at_the_rate():

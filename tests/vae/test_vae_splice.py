@@ -12,10 +12,11 @@ from eqxllm.data import train_bpe_tokenizer
 from eqxllm.errors import ConfigError
 from eqxllm.models import T5VAE, T5VAEConfig
 from eqxllm.train.loss import cross_entropy
+from eqxllm.train.tasks.splices import splice_rows, splices, word_starts
 from eqxllm.train.tasks.vae import VAETask
-from eqxllm.vae import slerp, vae_loss
-from eqxllm.vae.losses import shift_right, splice_loss
-from eqxllm.vae.splice import splice_rows, splices, word_starts
+from eqxllm.train.tasks.vae_loss import splice_loss, vae_loss
+from eqxllm.vae import slerp
+from eqxllm.vae.losses import shift_right
 
 from .test_vae_task import _cfg
 

@@ -16,9 +16,9 @@ from eqxllm.data import eot_id, load_tokenizer, save_tokenizer, story_sources, t
 from eqxllm.data.sentences import encode_sentences, sentence_batch, story_sentences, unseen
 from eqxllm.errors import ConfigError, DataError
 from eqxllm.models.t5_vae_config import T5VAEConfig
+from eqxllm.train.tasks.splices import splice_rows, word_starts
+from eqxllm.train.tasks.vae_loss import vae_loss
 from eqxllm.vae.evaluate import evaluate_sentences
-from eqxllm.vae.losses import vae_loss
-from eqxllm.vae.splice import splice_rows, word_starts
 
 _FIT_SENTENCES = 256  # validation codes that the samples' fitted Gaussian is fitted to
 

@@ -1,22 +1,14 @@
 """Splices: what the code part-way between two sentences should write, for the interpolation loss
 (``splice_weight``; docs/t5_vae.md, "The interpolation loss").
 
-The target for the point ``t`` of the way from sentence ``a`` to sentence ``b`` is a *splice*: ``a``'s
-words up to a token that both contain and that begins a word, then ``b``'s words from that token on,
-with ``t`` the share of its tokens that come from ``b``:
-
-    a = "He felt so lucky to have found the field of flowers."
-    b = "Timmy was so happy and said "Yes please!""
-    a[:2] + b[2:] = "He felt so happy and said "Yes please!""          (t = 8 / 10 of its tokens from b)
-
-Every word of a splice is one of theirs and every pair of adjacent tokens occurs in one of them
-(recombining fragments of real examples at shared contexts, as GECA does: Andreas, 2020, "Good-Enough
-Compositional Data Augmentation"). A pair that shares no such token has no splice; its target is then
-the nearer sentence itself, ``a`` for ``t`` below one half: one sentence or the other, never a mix.
-
+The target for the point ``t`` of the way from sentence ``a`` to sentence ``b`` is a *splice*,
+``a``'s words up to a token that both contain and that begins a word, then ``b``'s words from that
+token on, with ``t`` the share of its tokens that come from ``b``; "He felt so lucky." and "Timmy was
+so happy." give "He felt so happy." at ``t = 3 / 5``. (Recombining fragments of real examples at
+shared contexts is how GECA builds new examples: Andreas, 2020, "Good-Enough Compositional Data
+Augmentation".) A pair without a splice gets the nearer sentence itself, ``a`` for ``t < 1/2``.
 Pairs are adjacent rows of a batch (rows ``2k`` and ``2k + 1``), so that a data-parallel shard of an
-even number of rows holds both sentences of each of its pairs; row ``r`` carries the splice that
-starts with its own sentence and ends with its partner's.
+even number of rows holds both sentences of its pairs.
 """
 
 import numpy as np
