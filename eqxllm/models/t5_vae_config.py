@@ -170,8 +170,8 @@ class T5VAEConfig:
 
         Its T5 has sinusoidal positions, not relative buckets: trained from scratch, T5's relative-only
         positions make copying, which an autoencoder must learn first, very slow (docs/t5_vae.md).
-        16 latent tokens of 32 hold the sentences of up to 23 tokens (80% of them fit in 16 slots). The
-        interpolation loss (``splice_weight=1``) makes the points between two codes decode to text."""
+        16 latent tokens of 32 hold the sentences of up to 23 tokens (docs/t5_vae.md, "Making it work").
+        The interpolation loss (``splice_weight=1``) makes the points between two codes decode to text."""
         t5 = T5Config(
             vocab_size=4096, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4, dropout_rate=0.0,
             feed_forward_proj="gated-gelu", tie_word_embeddings=False, positions="sinusoidal",

@@ -1,6 +1,8 @@
 """Geodesic paths through a bank of codes: the neighbour search, the locally scaled graph, paths that
 follow the data instead of cutting across it, the sampled points, and the inputs refused."""
 
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -174,3 +176,10 @@ def test_interpolate_texts_walks_through_the_bank():
         build_bank(vae, tok, ["c" * 9, ""], k=1, whole=False, exact=False)
     with pytest.raises(InputError, match="opening with a capital or a quote"):
         build_bank(vae, tok, texts, k=4, exact=False)  # whole sentences only, by default
+
+
+def test_without_scipy_the_error_names_the_extra(monkeypatch):
+    for name in ("scipy.sparse", "scipy.sparse.csgraph"):  # a None entry makes the import fail
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r"eqxllm\[vae\]"):
+        bank_from_codes(["a", "b", "c"], np.zeros((3, 1, 2), np.float32), k=1)
