@@ -30,7 +30,7 @@ from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.train.tasks.splices import splices
 from eqxllm.vae.decoding import beam_search_from_latent, strip_after_end
 from eqxllm.vae.interpolate import interpolation_path
-from eqxllm.vae.losses import shift_right
+from eqxllm.vae.metrics import shift_right
 from eqxllm.vae.text import decode_latents, encode_texts
 
 # --- reranking ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from eqxllm.vae.evaluate import evaluate_sentences, evaluate_text_file
 from eqxllm.vae.geodesic import CodeBank, bank_from_codes, geodesic_nodes, geodesic_path
 from eqxllm.vae.interpolate import interpolate, interpolation_path, lerp, slerp
 from eqxllm.vae.latent_fit import LatentGaussian, fit_latent_gaussian, sample_latents
-from eqxllm.vae.losses import (
+from eqxllm.vae.metrics import (
     active_units,
     annealed_weight,
     gaussian_kernel,

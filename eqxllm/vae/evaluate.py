@@ -21,7 +21,7 @@ from eqxllm.data.sentences import SentenceSet, split_sentences
 from eqxllm.errors import DataError
 from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.vae.batches import fixed_batches
-from eqxllm.vae.losses import active_units, gaussian_kl, mmd_to_normal, sequence_accuracy, shift_right, token_accuracy
+from eqxllm.vae.metrics import active_units, gaussian_kl, mmd_to_normal, sequence_accuracy, shift_right, token_accuracy
 
 
 @eqx.filter_jit

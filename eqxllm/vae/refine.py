@@ -22,7 +22,7 @@ from eqxllm.data.sentences import SentenceSet
 from eqxllm.errors import InputError
 from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.vae.batches import fixed_batches
-from eqxllm.vae.losses import shift_right
+from eqxllm.vae.metrics import shift_right
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from eqxllm.train.tasks.splices import splice_rows, splices, word_starts
 from eqxllm.train.tasks.vae import VAETask
 from eqxllm.train.tasks.vae_loss import splice_loss, vae_loss
 from eqxllm.vae import slerp
-from eqxllm.vae.losses import shift_right
+from eqxllm.vae.metrics import shift_right
 
 from .test_vae_task import _cfg
 

@@ -10,7 +10,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.vae.interpolate import slerp
-from eqxllm.vae.losses import annealed_weight, gaussian_kl, mmd_to_normal, shift_right, token_accuracy
+from eqxllm.vae.metrics import annealed_weight, gaussian_kl, mmd_to_normal, shift_right, token_accuracy
 
 
 def drop_words(
