@@ -15,7 +15,7 @@ the language model), and of interior points that only repeat one end's sentence 
 from one sentence to the other scores high there: attested, but no sentence in between);
 ``--show N`` prints the first N paths. A setting is ``num_beams:prior_weight``, or
 ``num_beams:0:lm_weight`` to rerank the pooled beams of each path with the language model of
-``--lm`` (``eqxllm.vae.rerank``).
+``--lm`` (``benchmarks/_vae_lab.py``; so is the fusion of ``prior_weight``).
 
     PYTHONPATH=. python benchmarks/vae_paths.py --model runs/t5-vae-tinystories \\
         --train ../shared/data/tinystories/TinyStories-train-prefix-2MiB.txt
@@ -81,6 +81,8 @@ def main() -> None:
     )
     args = p.parse_args()
 
+    from _vae_lab import decode_fused, interpolate_reranked, latent_path
+
     import eqxllm
     from eqxllm.data.tokenizer import load_tokenizer
     from eqxllm.vae.text import interpolate_texts
@@ -96,7 +98,7 @@ def main() -> None:
         (int(b), float(w), float(lw[0]) if lw else None)
         for b, w, *lw in (s.split(":") for s in args.settings.split(","))
     ]
-    if model.config.code_dropout == 0:
+    if not getattr(model.config, "code_dropout", 0):  # a model trained before code dropout left the library
         settings = [s for s in settings if s[1] == 0]
     lm = lm_tok = None
     if any(s[2] is not None for s in settings):
@@ -113,19 +115,19 @@ def main() -> None:
     )
     for beams, weight, lm_weight in settings:
         start = time.perf_counter()
-        paths = [
-            interpolate_texts(
-                model,
-                tok,
-                heldout[a],
-                heldout[b],
-                args.steps,
-                num_beams=beams,
-                prior_weight=weight,
-                **({} if lm_weight is None else {"lm": lm, "lm_tokenizer": lm_tok, "lm_weight": lm_weight}),
-            )  # fmt: skip
-            for a, b in picks
-        ]
+
+        def path(a: str, b: str, beams=beams, weight=weight, lm_weight=lm_weight) -> list[str]:
+            if lm_weight is not None:
+                return interpolate_reranked(
+                    model, tok, a, b, args.steps, lm, lm_tok, lm_weight=lm_weight, num_beams=beams
+                )
+            if weight > 0:
+                return decode_fused(
+                    model, tok, latent_path(model, tok, a, b, args.steps), prior_weight=weight, num_beams=beams
+                )
+            return interpolate_texts(model, tok, a, b, args.steps, num_beams=beams)
+
+        paths = [path(heldout[a], heldout[b]) for a, b in picks]
         seconds = time.perf_counter() - start
         ends = np.mean([[p[0] == heldout[a], p[-1] == heldout[b]] for p, (a, b) in zip(paths, picks)])
         ok = np.array([[well_formed(s) for s in path] for path in paths])

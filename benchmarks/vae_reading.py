@@ -5,7 +5,7 @@ script keeps a person's reading instead, sentence by sentence, in a labels file
 (``benchmarks/vae_reading_labels.json``: ``reads`` and ``does_not_read``), so that a run is scored
 against the same judgments, and only sentences never read before need a reader.
 
-    # the paths of --pairs held-out pairs (a fixed draw), reranked as `eqxllm vae interpolate --lm` does
+    # the paths of --pairs held-out pairs (a fixed draw), reranked by a judge (benchmarks/_vae_lab.py)
     PYTHONPATH=. python benchmarks/vae_reading.py paths --model runs/t5-vae-tinystories --lm JUDGE --out paths.json
     # geodesic paths through the exact bank, ends refined, greedy (no judge)
     PYTHONPATH=. python benchmarks/vae_reading.py paths --model runs/t5-vae-tinystories --method geodesic \
@@ -36,17 +36,23 @@ def novel(path: dict) -> list[str]:
 
 
 def make_paths(args) -> None:
+    from _vae_lab import interpolate_reranked
+
     import eqxllm
     from eqxllm.data.tokenizer import load_tokenizer
     from eqxllm.vae.text import interpolate_texts
 
     run = Path(args.model)
     model, tok = eqxllm.from_pretrained(run / "model"), load_tokenizer(run)
-    judge = {} if args.lm is None else {"lm": eqxllm.from_pretrained(args.lm), "lm_tokenizer": load_tokenizer(args.lm)}
-    if args.lm is not None:
-        judge["lm_weight"] = args.lm_weight
     heldout = (run / "heldout.txt").read_text(encoding="utf-8").splitlines()
-    options = {"method": args.method, "refine_steps": args.refine_steps, **judge}
+    options = {"method": args.method, "refine_steps": args.refine_steps}
+    decode = interpolate_texts
+    if args.lm is not None:
+        lm, lm_tok = eqxllm.from_pretrained(args.lm), load_tokenizer(args.lm)
+
+        def decode(model, tok, a, b, steps, **options):
+            return interpolate_reranked(model, tok, a, b, steps, lm, lm_tok, lm_weight=args.lm_weight, **options)
+
     if args.method == "geodesic":
         from eqxllm.train.config import load_config_file
         from eqxllm.train.tasks.vae import VAETask
@@ -56,7 +62,7 @@ def make_paths(args) -> None:
         options["bank"] = build_bank(model, tok, task.train.texts, k=args.bank_k, exact=not args.bank_inexact)
     picks = np.random.default_rng(args.seed).choice(len(heldout), size=(args.pairs, 2), replace=False)
     paths = [
-        {"a": heldout[a], "b": heldout[b], "path": interpolate_texts(model, tok, heldout[a], heldout[b], args.steps, **options)}
+        {"a": heldout[a], "b": heldout[b], "path": decode(model, tok, heldout[a], heldout[b], args.steps, **options)}
         for a, b in picks
     ]  # fmt: skip
     Path(args.out).write_text(json.dumps(paths, indent=1, ensure_ascii=False), encoding="utf-8")

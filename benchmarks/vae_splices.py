@@ -2,7 +2,8 @@
 
 Draws ``--pairs`` random pairs of the training sentences of a T5-VAE run (the split and tokenizer of
 its ``run_config.json``), and prints the share of pairs that have a splice and the share that have
-one with an attested junction (``splice_junction="attested"``, :mod:`eqxllm.vae.splice`). With
+one with an attested junction (``benchmarks/_vae_lab.py``; the ``splice_junction="attested"`` option
+that trained on them was measured and removed, docs/t5_vae.md). With
 ``--lm`` (a decoder-only language model trained on the same text, such as the GPT-2 preset's) it
 also prints that model's mean log-probability per token for the first sentences of the pairs, for
 one attested splice per pair that has one, and for one other splice per pair that has one.
@@ -24,12 +25,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
+    from _vae_lab import attested_splices, token_trigrams
+
     import eqxllm
     from eqxllm.data.tokenizer import load_tokenizer
     from eqxllm.generation.score import text_log_likelihoods
     from eqxllm.train.config import load_config_file
+    from eqxllm.train.tasks.splices import splices
     from eqxllm.train.tasks.vae import VAETask
-    from eqxllm.vae.splice import splices, token_trigrams
 
     run = Path(args.run)
     task = VAETask(load_config_file(run / "run_config.json"), run, progress=False)  # the run's split and tokenizer
@@ -42,7 +45,7 @@ def main() -> None:
     for x, y in rng.choice(len(train), size=(args.pairs, 2)):
         a, b = (train.ids[r, : train.lengths[r] - 1].tolist() for r in (x, y))
         every = splices(a, b, seq_len - 1, joinable)
-        kept = splices(a, b, seq_len - 1, joinable, trigrams=trigrams, eos_id=eos)
+        kept = attested_splices(a, b, seq_len - 1, joinable, trigrams, eos)
         rest = [s for s in every if s not in kept]
         any_splice, attested = any_splice + bool(every), attested + bool(kept)
         firsts.append(train.texts[x])

@@ -2,17 +2,14 @@
 
     python examples/train_t5_vae_tinystories.py --data ../shared/data/tinystories/TinyStories-train-prefix-2MiB.txt
     python examples/train_t5_vae_tinystories.py --data ... --skip-training     # only the figures, from --out
-    python examples/train_t5_vae_tinystories.py --data ... --skip-training --lm runs/gpt2-tinystories/model
+    python examples/train_t5_vae_tinystories.py --data ... --skip-training --method geodesic --refine-steps 300
 
 Training is the `t5-vae-tinystories` preset (`eqxllm train --config t5-vae-tinystories` does the same).
 Afterwards the script evaluates the held-out sentences (the validation stories' sentences never seen in
 training; also written to OUT/heldout.txt, so that `eqxllm eval --model OUT/model --data
 OUT/heldout.txt --json` gives the same figures), draws a PCA projection of their latents coloured by
 sentence length and by first word (t5_vae_latents.png, into --figures, default OUT) and writes
-interpolations between held-out sentences (OUT/t5_vae_interpolations.md, a markdown table). With
-``--lm``, a decoder-only language model (such as the GPT-2 that ``examples/train_gpt2_tinystories.py``
-trains on the same text) chooses each point's sentence among the beams of its path (eqxllm.vae.rerank).
-The training sentences go to OUT/bank.txt, one per line: with ``--method geodesic`` the paths walk
+interpolations between held-out sentences (OUT/t5_vae_interpolations.md, a markdown table). The training sentences go to OUT/bank.txt, one per line: with ``--method geodesic`` the paths walk
 through their codes (eqxllm.vae.geodesic), as ``eqxllm vae interpolate --method geodesic --bank
 OUT/bank.txt`` does; ``--refine-steps 300`` refines the codes of each path's two sentences until the
 decoder writes them back (eqxllm.vae.refine).
@@ -26,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 import eqxllm
-from eqxllm.data import load_tokenizer
 from eqxllm.train import train_preset
 from eqxllm.train.loop import train
 from eqxllm.train.tasks.vae import VAETask
@@ -94,12 +90,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="points per interpolation (default 7)")
     parser.add_argument("--num-beams", type=int, default=4, help="beam search for the paths (default 4; 1: greedy)")
     parser.add_argument(
-        "--prior-weight", type=float, default=0.0,
-        help="add the decoder's language model to the paths' decoding (a model trained with code_dropout)",
-    )  # fmt: skip
-    parser.add_argument("--lm", default=None, help="a decoder-only language model directory that reranks the paths")
-    parser.add_argument("--lm-weight", type=float, default=0.25, help="weight of the --lm score (default 0.25)")
-    parser.add_argument(
         "--method", choices=("slerp", "geodesic"), default="slerp",
         help="path shape (default slerp); geodesic: through the codes of the training sentences (OUT/bank.txt)",
     )  # fmt: skip
@@ -131,14 +121,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     picks = rng.choice(len(heldout), size=(args.paths, 2), replace=False)
     pairs = [(heldout.texts[a], heldout.texts[b]) for a, b in picks]
-    decoding = {"num_beams": args.num_beams, "prior_weight": args.prior_weight, "method": args.method}
+    decoding = {"num_beams": args.num_beams, "method": args.method}
     decoding["refine_steps"] = args.refine_steps
     if args.method == "geodesic":
         decoding["bank"] = build_bank(model, task.tokenizer, task.train.texts)
-    if args.lm is not None:
-        decoding.update(
-            lm=eqxllm.from_pretrained(args.lm), lm_tokenizer=load_tokenizer(args.lm), lm_weight=args.lm_weight
-        )
     paths = [interpolate_texts(model, task.tokenizer, a, b, args.steps, **decoding) for a, b in pairs]
     table = interpolation_table(pairs, paths)
     (out / "t5_vae_interpolations.md").write_text(table, encoding="utf-8")

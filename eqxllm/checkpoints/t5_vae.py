@@ -32,7 +32,7 @@ from eqxllm.checkpoints import t5 as t5_checkpoints
 from eqxllm.checkpoints.checkpoint_dir import read_checkpoint, write_checkpoint
 from eqxllm.checkpoints.keymap import KeyMap, Param, param
 from eqxllm.errors import CheckpointError, ConfigError
-from eqxllm.models.t5_vae_config import T5VAEConfig
+from eqxllm.models.t5_vae_config import T5VAEConfig, without_retired
 
 MODEL_TYPE = "t5_vae"
 PREFIX = "vae."
@@ -48,6 +48,7 @@ def config_from_hf(hf: dict[str, Any]) -> T5VAEConfig:
             "a t5_vae config.json needs the T5 config as an object under 't5'; found "
             f"{type(t5_hf).__name__ if t5_hf is not None else 'nothing'}"
         )
+    hf = without_retired(hf)
     unknown = sorted(set(hf) - {*_LATENT_FIELDS, "t5", "model_type", "is_encoder_decoder", "vocab_size"})
     if unknown:
         raise ConfigError(f"t5_vae config.json has unknown fields {unknown}; expected only {sorted(_LATENT_FIELDS)}")

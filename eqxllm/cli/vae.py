@@ -1,7 +1,7 @@
 """``eqxllm vae``: a trained T5-VAE's latent space from the command line.
 
     eqxllm vae interpolate --model DIR --a "Tom saw a dog." --b "Lily ate an apple." --steps 7
-    eqxllm vae interpolate --model DIR --a ... --b ... --lm GPT2_DIR [--lm-weight 0.25] [--num-beams 8]
+    eqxllm vae interpolate --model DIR --a ... --b ... --num-beams 4
     eqxllm vae interpolate --model DIR --a ... --b ... --method geodesic --bank sentences.txt [--bank-k 16]
     eqxllm vae interpolate --model DIR --a ... --b ... [--method geodesic --bank ...] --refine-steps 300
     eqxllm vae encode --model DIR --input sentences.txt --output latents.npy [--refine-steps 300]
@@ -9,9 +9,8 @@
     eqxllm vae sample --model DIR --num 5 [--seed 0] [--fit sentences.txt]
 
 ``encode`` reads one sentence per line and writes ``[n, latent_tokens, latent]`` float32 latents (the
-posterior means) with ``numpy.save``; ``interpolate --lm`` chooses each point's sentence among the
-beams of the whole path, with a decoder-only language model as the judge of fluency
-(``eqxllm.vae.rerank``); ``interpolate --method geodesic`` walks from one sentence to the other
+posterior means) with ``numpy.save``; ``--num-beams`` decodes by beam search instead of greedily;
+``interpolate --method geodesic`` walks from one sentence to the other
 through the codes of the sentences of ``--bank`` (one per line, such as the training sentences), so
 that every point on the way is a real sentence's code (``eqxllm.vae.geodesic``; bank sentences
 whose code does not write them back are left out unless ``--bank-inexact``); ``--refine-steps``
@@ -44,14 +43,8 @@ def add_parser(sub) -> None:
         a.add_argument("--model", required=True, help="T5-VAE directory or Hub id (with its tokenizer)")
         if writes:
             a.add_argument(
-                "--prior-weight", type=float, default=0.0,
-                help="weight of the decoder's language model added to each token's log-probability (a model "
-                "trained with code_dropout; default 0: the code alone)",
-            )  # fmt: skip
-            a.add_argument(
-                "--num-beams", type=int, default=None,
-                help="beam search with this many beams (default 1: greedy; 8 a point for interpolate --lm)",
-            )  # fmt: skip
+                "--num-beams", type=int, default=1, help="beam search with this many beams (default 1: greedy)"
+            )
         return a
 
     a = action("interpolate", "print the sentences along the latent path between two sentences")
@@ -75,11 +68,6 @@ def add_parser(sub) -> None:
     a.add_argument(
         "--all-tokens", action="store_true", help="slerp the whole code as one vector (default: per latent token)"
     )
-    a.add_argument(
-        "--lm", default=None, help="a decoder-only language model directory or Hub id (with its tokenizer) that "
-        "reranks the beams of the whole path: each point takes the sentence of best code + lm_weight * LM score",
-    )  # fmt: skip
-    a.add_argument("--lm-weight", type=float, default=0.25, help="weight of the --lm score (default 0.25)")
     a = action("encode", "sentences (one per line) -> latents (.npy)", writes=False)
     a.add_argument("--input", required=True, help="UTF-8 text file, one sentence per line")
     a.add_argument("--output", required=True, help=".npy file to write")
@@ -123,17 +111,6 @@ def _load(model_src: str):
     return model, tokenizer
 
 
-def _load_lm(src: str):
-    lm, tokenizer = _with_tokenizer(src)
-    if lm.config.is_encoder_decoder:
-        raise InputError(f"--lm {src} holds a {type(lm).__name__}; it must be a decoder-only language model")
-    return lm, tokenizer
-
-
-def _greedy_unless(num_beams: int | None) -> int:
-    return 1 if num_beams is None else num_beams
-
-
 def _write_lines(lines: list[str], output: str | None) -> None:
     text = "".join(f"{line}\n" for line in lines)
     if output is None:
@@ -149,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer = _load(args.model)
     if args.action == "interpolate":
-        judge = {} if args.lm is None else dict(zip(("lm", "lm_tokenizer"), _load_lm(args.lm)))
         if (args.method == "geodesic") != (args.bank is not None):
             raise InputError("--method geodesic walks through the sentences of --bank: give both or neither")
         bank = None
@@ -158,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
             bank = build_bank(model, tokenizer, lines, k=args.bank_k, exact=not args.bank_inexact)
         path = interpolate_texts(
             model, tokenizer, args.a, args.b, args.steps, method=args.method, per_token=not args.all_tokens,
-            bank=bank, prior_weight=args.prior_weight, num_beams=args.num_beams, lm_weight=args.lm_weight,
-            refine_steps=args.refine_steps, **judge,
+            bank=bank, num_beams=args.num_beams, refine_steps=args.refine_steps,
         )  # fmt: skip
         for i, text in enumerate(path):
             print(f"{i / (len(path) - 1):.2f}  {text}")
@@ -169,12 +144,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(lines)} latents to {args.output}", file=sys.stderr)
     elif args.action == "decode":
         latents = _read_latents(args.input)
-        _write_lines(
-            decode_latents(
-                model, tokenizer, latents, prior_weight=args.prior_weight, num_beams=_greedy_unless(args.num_beams)
-            ),
-            args.output,
-        )
+        _write_lines(decode_latents(model, tokenizer, latents, num_beams=args.num_beams), args.output)
     else:
         if args.num < 1:
             raise InputError(f"--num must be >= 1, got {args.num}")
@@ -188,12 +158,7 @@ def run(args: argparse.Namespace) -> int:
             z = sample_latents(
                 key, fit_latent_gaussian(encode_texts(model, tokenizer, _read_lines(args.fit))), args.num
             )
-        _write_lines(
-            decode_latents(
-                model, tokenizer, z, prior_weight=args.prior_weight, num_beams=_greedy_unless(args.num_beams)
-            ),
-            None,
-        )
+        _write_lines(decode_latents(model, tokenizer, z, num_beams=args.num_beams), None)
     return 0
 
 

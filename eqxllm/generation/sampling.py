@@ -50,9 +50,8 @@ def first_argmax(logits: Float[Array, " vocab"]) -> Int[Array, ""]:
     """The first index of the largest logit, as ``jnp.argmax`` (ties go to the lower id).
 
     Written as a max and a min over the matching indices: two plain reductions, which XLA:CPU
-    vectorises, where ``argmax``'s (value, index) reduction runs element by element: about 0.2 ms
-    of each 14 ms GPT-2 decoding step on a 50,257-token vocabulary. A row with a NaN gets the NaN's
-    index, as with ``argmax``.
+    vectorises, where ``argmax``'s (value, index) reduction runs element by element (the cost on
+    GPT-2's vocabulary: docs/benchmarks.md). A row with a NaN gets the NaN's index, as with ``argmax``.
     """
     ids = jnp.arange(logits.shape[0], dtype=jnp.int32)
     top = (logits == jnp.max(logits)) | jnp.isnan(logits)  # with a NaN the max is NaN: only NaNs match

@@ -7,7 +7,7 @@ tokens, each given the ones before it and a start token (the model's ``bos_token
     score(text) = 1/n sum_{t=1..n} log p(x_t | bos, x_1 .. x_{t-1})
 
 A per-token mean does not favour short texts the way a sum does; it is the score used to rank
-candidate sentences by fluency (:func:`eqxllm.vae.rerank.rerank_path`). Rows are right-padded to a
+candidate sentences by fluency. Rows are right-padded to a
 multiple of 16 tokens and scored in fixed-size batches, so a long list compiles a few programs, not
 one per length; causal attention keeps padding out of every scored position.
 """
@@ -21,6 +21,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from eqxllm.errors import InputError
+from eqxllm.nn.cross_entropy import target_log_probs
 
 _BUCKET = 16
 
@@ -28,9 +29,7 @@ _BUCKET = 16
 @eqx.filter_jit
 def _row_sums(lm, ids: Int[Array, "batch seq"], lengths: Int[Array, " batch"]) -> Float[Array, " batch"]:
     """Sum over positions ``1 .. lengths-1`` of ``log p(ids[t] | ids[<t])``, per row."""
-    logits = jax.vmap(lm)(ids).astype(jnp.float32)  # [batch, seq, vocab]
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]  # [batch, seq-1]
+    picked = target_log_probs(jax.vmap(lm)(ids)[:, :-1], ids[:, 1:])  # [batch, seq-1]
     scored = jnp.arange(1, ids.shape[1])[None, :] < lengths[:, None]
     return jnp.sum(jnp.where(scored, picked, 0.0), axis=-1)
 

@@ -199,8 +199,7 @@ class T5VAE(eqx.Module):
         key: PRNGKeyArray | None = None,
     ) -> VAEOutput:
         """Encode, sample the code (with ``key``), decode: what the training loss needs. With
-        ``null_code`` the decoder reads the null code (zeros) instead: the language-model rows of
-        ``code_dropout``."""
+        ``null_code`` the decoder reads the null code (zeros) instead."""
         enc_key, sample_key, dec_key = (None,) * 3 if key is None else jax.random.split(key, 3)
         mean, logvar = self.posterior(input_ids, mask=mask, key=enc_key)
         latent = self.sample_latent(mean, logvar, sample_key)

@@ -16,7 +16,15 @@ from eqxllm.models.t5_config import T5Config
 POOLINGS = ("first", "mean", "attention")
 REGULARISERS = ("mmd", "kl")
 LATENT_ACTIVATIONS = ("tanh", "none")
-SPLICE_JUNCTIONS = ("shared", "attested")
+# fields of older configs, experiments measured in docs/t5_vae.md and since removed: read and dropped
+# at the value the code now behaves as
+RETIRED_FIELDS = {"splice_junction": "shared", "word_deletion": 0.0, "code_dropout": 0.0}
+
+
+def without_retired(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the :data:`RETIRED_FIELDS` that hold their retired value (a config written
+    before they were removed); any other value stays, and the config rejects it as unknown."""
+    return {k: v for k, v in raw.items() if k not in RETIRED_FIELDS or RETIRED_FIELDS[k] != v}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,31 +48,16 @@ class T5VAEConfig:
     - ``word_dropout``: while training, each decoder input token (not the start token) is replaced by
       the pad token with this probability (Bowman et al., 2016), so that the decoder must lean on
       the latent rather than on the previous tokens alone.
-    - ``word_deletion``: while training, each word of the *encoder* input (not its end token) is
-      deleted with this probability while the decoder still writes the whole sentence: the denoising
-      autoencoder of Shen et al. (2020, "Educating Text Autoencoders: Latent Representation Guidance
-      via Denoising"), which maps sentences that differ by a few words to nearby codes. It slows the
-      learning of copying a lot (docs/t5_vae.md), so the preset leaves it off.
-    - ``code_dropout``: while training, each sentence's code is replaced by the null code (all zeros,
-      without noise) with this probability, so that the decoder also learns the unconditional
-      language model ``p(sentence)`` (as classifier-free guidance trains its unconditional model; Ho &
-      Salimans, 2022). Decoding can then add that model's log-probabilities (``prior_weight``), which
-      pulls towards fluent text where the code is ambiguous, such as between two sentences. It costs
-      reconstruction (docs/t5_vae.md), so the preset leaves it off.
     - ``bow_weight``: the weight of a bag-of-words loss (Zhao et al., 2017, "Learning Discourse-level
       Diversity for Neural Dialog Models using Conditional Variational Autoencoders"): a linear head
       predicts every word of the sentence from the whole code at once, without their order, so that
       the code must carry the sentence's content from the first steps. ``0`` means no head.
-    - ``splice_weight``: the weight of the interpolation loss (:mod:`eqxllm.vae.splice`): the code
+    - ``splice_weight``: the weight of the interpolation loss (:mod:`eqxllm.train.tasks.splices`): the code
       part-way between the two sentences of a pair of the batch (rows ``2k`` and ``2k + 1``) is
       trained to write a *splice* of them, the first one's words up to a token they share and the
       second one's from there, so that the points between two codes decode to text made of both
       sentences rather than to a slot-by-slot mix. ``0`` means no interpolation loss; above it, the
       batch must be even.
-    - ``splice_junction``: ``"shared"`` (a splice may join the two sentences at any word they share)
-      or ``"attested"`` (a pair's splices whose junction occurs as such in the training text come
-      first: the shared token with the token before it and the one after it is a trigram of the
-      training sentences; :mod:`eqxllm.vae.splice`).
     - ``max_length``: the longest token sequence (with its end token) the model encodes or writes;
       it is the model's ``max_positions``.
     """
@@ -81,11 +74,8 @@ class T5VAEConfig:
     mmd_scale: float | None = None
     latent_noise: float = 0.0
     word_dropout: float = 0.0
-    word_deletion: float = 0.0
-    code_dropout: float = 0.0
     bow_weight: float = 0.0
     splice_weight: float = 0.0
-    splice_junction: str = "shared"
     max_length: int = 32
 
     model_type = "t5_vae"
@@ -101,7 +91,6 @@ class T5VAEConfig:
             ("pooling", POOLINGS),
             ("regulariser", REGULARISERS),
             ("latent_activation", LATENT_ACTIVATIONS),
-            ("splice_junction", SPLICE_JUNCTIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"T5VAEConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -118,9 +107,8 @@ class T5VAEConfig:
         for name in ("reg_weight", "latent_noise", "bow_weight", "splice_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"T5VAEConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("word_dropout", "word_deletion", "code_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"T5VAEConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ConfigError(f"T5VAEConfig.word_dropout must be in [0, 1), got {self.word_dropout}")
         if self.mmd_scale is not None and self.mmd_scale <= 0:
             raise ConfigError(f"T5VAEConfig.mmd_scale must be > 0 or None, got {self.mmd_scale}")
 
@@ -164,7 +152,7 @@ class T5VAEConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "T5VAEConfig":
         """From ``dataclasses.asdict`` output (e.g. a run's ``run_config.json``): the nested T5 too."""
-        raw = dict(raw)
+        raw = without_retired(raw)
         raw.pop("model_type", None)
         t5 = raw.pop("t5", {})
         return cls(t5=t5 if isinstance(t5, T5Config) else T5Config(**t5), **raw)
@@ -182,8 +170,8 @@ class T5VAEConfig:
 
         Its T5 has sinusoidal positions, not relative buckets: trained from scratch, T5's relative-only
         positions make copying, which an autoencoder must learn first, very slow (docs/t5_vae.md).
-        16 latent tokens of 32 hold the sentences of up to 23 tokens (80% of them fit in 16 slots). The
-        interpolation loss (``splice_weight=1``) makes the points between two codes decode to text."""
+        16 latent tokens of 32 hold the sentences of up to 23 tokens (docs/t5_vae.md, "Making it work").
+        The interpolation loss (``splice_weight=1``) makes the points between two codes decode to text."""
         t5 = T5Config(
             vocab_size=4096, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4, dropout_rate=0.0,
             feed_forward_proj="gated-gelu", tie_word_embeddings=False, positions="sinusoidal",

@@ -1,4 +1,5 @@
-"""Language-model losses: token cross-entropy in float32, and the next-token loss of a decoder-only model.
+"""Language-model losses: token cross-entropy in float32 (:mod:`eqxllm.nn.cross_entropy`, re-exported
+here), and the next-token loss of a decoder-only model.
 
 The trainer knows a model only through a loss ``loss_fn(model, batch, key) -> (scalar_loss, aux)``;
 ``aux`` is a dict of scalars, and ``aux["tokens"]`` (the number of predicted tokens) lets gradient
@@ -7,37 +8,12 @@ accumulation and evaluation weight micro-batches by their token counts.
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
+from eqxllm.nn.cross_entropy import cross_entropy
 
-
-def cross_entropy(
-    logits: Float[Array, "*batch vocab"],
-    targets: Int[Array, "*batch"],
-    mask: Bool[Array, "*batch"] | None = None,
-) -> tuple[Float[Array, ""], Float[Array, ""]]:
-    """Summed negative log-likelihood ``-sum log softmax(logits)[target]`` over unmasked positions, and
-    their count, both float32.
-
-    The log-softmax runs in float32 whatever the logits' dtype: in bfloat16 the log-sum-exp over a
-    large vocabulary loses most of its mantissa. Masked positions contribute nothing, and their target
-    may be anything (e.g. ``-100`` padding); returning the sum and the count (not the mean) lets callers
-    average over micro-batches, devices or a whole evaluation set exactly.
-    """
-    if mask is None:
-        mask = jnp.ones(targets.shape, bool)
-    logits32 = logits.astype(jnp.float32)
-    # a masked target may be out of range (padding ids): read a valid index there and discard it below
-    safe_targets = jnp.where(mask, targets, 0)
-    # select with a one-hot mask rather than gather: the gradient is then a select, not a scatter, which
-    # the SPMD partitioner keeps sharded like the logits (a where, not a product, so -inf logits stay finite)
-    is_target = safe_targets[..., None] == jnp.arange(logits.shape[-1])
-    target_logit = jnp.sum(jnp.where(is_target, logits32, 0.0), axis=-1)
-    nll = jax.nn.logsumexp(logits32, axis=-1) - target_logit
-    total = jnp.sum(jnp.where(mask, nll, 0.0))
-    count = jnp.sum(mask, dtype=jnp.float32)
-    return total, count
+__all__ = ["cross_entropy", "next_token_loss"]
 
 
 def next_token_loss(

@@ -1,24 +1,22 @@
-"""The T5-VAE's machinery around the model (:class:`eqxllm.models.T5VAE`): losses and metrics, the
-interpolation loss's splices, latent paths (straight, and geodesic through a bank of codes), refining
-a sentence's code until it is written back, decoding latents with the shared sampler, reranking a
-path's sentences with a language model, drawing new codes, and text helpers.
+"""The T5-VAE's user-facing tools around the model (:class:`eqxllm.models.T5VAE`): encoding and
+decoding text (greedy, sampled, beam search), latent paths (straight, and geodesic through a bank of
+codes), refining a sentence's code until it is written back, drawing new codes, and the metrics of
+an evaluation. The training loss and its splices live with the task, in :mod:`eqxllm.train.tasks`.
 
 >>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
 >>> decode_latents(vae, tok, z)                                                 # the sentences back
->>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5)
->>> interpolate_texts(vae, tok, a, b, 7, num_beams=8, lm=gpt2, lm_tokenizer=gpt2_tok)  # reranked
+>>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5, num_beams=4)
 >>> interpolate_texts(vae, tok, a, b, 7, method="geodesic", bank=build_bank(vae, tok, training_sentences))
 >>> interpolate_texts(vae, tok, a, b, 7, refine_steps=300)   # ends refined until they write a and b back
 >>> decode_latents(vae, tok, sample_latents(key, fit_latent_gaussian(z_of_many), 5))   # new sentences
 """
 
-from eqxllm.vae.beam import beam_search_from_latent
-from eqxllm.vae.decoding import LatentSource, generate_from_latent
+from eqxllm.vae.decoding import LatentSource, beam_search_from_latent, generate_from_latent
 from eqxllm.vae.evaluate import evaluate_sentences, evaluate_text_file
 from eqxllm.vae.geodesic import CodeBank, bank_from_codes, geodesic_nodes, geodesic_path
 from eqxllm.vae.interpolate import interpolate, interpolation_path, lerp, slerp
 from eqxllm.vae.latent_fit import LatentGaussian, fit_latent_gaussian, sample_latents
-from eqxllm.vae.losses import (
+from eqxllm.vae.metrics import (
     active_units,
     annealed_weight,
     gaussian_kernel,
@@ -26,14 +24,9 @@ from eqxllm.vae.losses import (
     mmd,
     mmd_to_normal,
     sequence_accuracy,
-    splice_loss,
     token_accuracy,
-    vae_loss,
 )
-from eqxllm.vae.noise import delete_words, drop_words
 from eqxllm.vae.refine import Refined, code_margins, reconstructs, refine_latents
-from eqxllm.vae.rerank import code_log_likelihoods, rerank_path
-from eqxllm.vae.splice import splice_rows, splices, token_trigrams, word_starts
 from eqxllm.vae.text import build_bank, decode_latents, encode_texts, interpolate_texts
 
 __all__ = [
@@ -46,11 +39,8 @@ __all__ = [
     "bank_from_codes",
     "beam_search_from_latent",
     "build_bank",
-    "code_log_likelihoods",
     "code_margins",
     "decode_latents",
-    "delete_words",
-    "drop_words",
     "encode_texts",
     "fit_latent_gaussian",
     "evaluate_sentences",
@@ -68,15 +58,8 @@ __all__ = [
     "mmd_to_normal",
     "reconstructs",
     "refine_latents",
-    "rerank_path",
     "sample_latents",
     "sequence_accuracy",
     "slerp",
-    "splice_loss",
-    "splice_rows",
-    "splices",
     "token_accuracy",
-    "token_trigrams",
-    "vae_loss",
-    "word_starts",
 ]

@@ -1,17 +1,6 @@
-"""Writing the sentence of a given latent with the shared sampler (:func:`eqxllm.generate`).
-
-The sampler runs an encoder-decoder as ``encode(ids, mask=) -> init_decoder_cache -> decode``. To
-start from latents instead of text, :class:`LatentSource` wraps a T5-VAE and a batch of latents: its
-"encoder input" is one token, the row's index, and its ``encode`` returns that row's latent. Every
-other step (cache, decoding loop, sampling options, stop tokens) is the sampler's own.
-
-With ``prior_weight`` ``w > 0`` each token is chosen by ``log p(token | prefix, code) + w log p(token |
-prefix)``: the decoder's own language model, which it learns from the null code when trained with
-``code_dropout``, is added to its reading of the code (shallow fusion, Gulcehre et al., 2015). Where
-the code is clear, as at a sentence's own code, the first term decides; where it is ambiguous, as
-half-way between two sentences, the language model pulls towards fluent text, at a price in
-faithfulness that docs/t5_vae.md measures.
-"""
+"""Writing the sentence of a given latent: greedy or sampled with the shared sampler
+(:func:`eqxllm.generate`, through :class:`LatentSource`), or by beam search
+(:func:`eqxllm.generation.beam_search_cached`)."""
 
 from typing import Any
 
@@ -22,15 +11,16 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
+from eqxllm.generation import beam_search_cached, generate
+from eqxllm.generation.beam import Beams, check_beam_options, select_beams
 
 
 class LatentSource(eqx.Module):
-    """A T5-VAE whose encoder input ``[index]`` selects one of ``latents`` (for :func:`eqxllm.generate`),
-    its next-token scores fused with the null code's language model when ``prior_weight > 0``."""
+    """A T5-VAE whose "encoder input", one token, is the index of a row of ``latents``, and whose
+    ``encode`` returns that row: the sampler's encoder-decoder protocol, started from latents."""
 
     vae: Any
     latents: Float[Array, "n latent_tokens latent"]
-    prior_weight: float = eqx.field(static=True, default=0.0)
 
     @property
     def config(self):
@@ -43,29 +33,22 @@ class LatentSource(eqx.Module):
         return self.latents[index[0]]
 
     def init_decoder_cache(self, latent, encoder_mask, max_len: int, dtype=jnp.float32):
-        cache = self.vae.init_decoder_cache(latent, encoder_mask, max_len, dtype)
-        if self.prior_weight == 0:
-            return cache
-        return cache, self.vae.init_decoder_cache(jnp.zeros_like(latent), encoder_mask, max_len, dtype)
+        return self.vae.init_decoder_cache(latent, encoder_mask, max_len, dtype)
 
     def decode(self, decoder_ids, cache, *, mask=None):
-        if self.prior_weight == 0:
-            return self.vae.decode(decoder_ids, cache, mask=mask)
-        logits, code_cache = self.vae.decode(decoder_ids, cache[0], mask=mask)
-        prior, null_cache = self.vae.decode(decoder_ids, cache[1], mask=mask)
-        scores = jax.nn.log_softmax(logits, axis=-1) + self.prior_weight * jax.nn.log_softmax(prior, axis=-1)
-        return scores, (code_cache, null_cache)
+        return self.vae.decode(decoder_ids, cache, mask=mask)
 
 
-def check_prior_weight(config, prior_weight: float) -> None:
-    """``prior_weight`` must be >= 0, and above 0 only for a model trained with ``code_dropout``."""
-    if prior_weight < 0:
-        raise InputError(f"prior_weight must be >= 0, got {prior_weight}")
-    if prior_weight > 0 and config.code_dropout == 0:
+def _batch_of_latents(model, latents) -> tuple[Float[Array, "batch latent_tokens latent"], bool]:
+    """``(latents as a batch, whether one latent was given)``, checked against the model's code shape."""
+    cfg = model.config
+    latents = jnp.asarray(latents, jnp.float32)
+    shape = (cfg.n_latent_tokens, cfg.latent_size)
+    if latents.shape[-2:] != shape or latents.ndim not in (2, 3):
         raise InputError(
-            "prior_weight needs a T5-VAE trained with code_dropout > 0: this model never learnt what to write "
-            "from the null code, so it has no language model to add"
+            f"latents must be [{shape[0]}, {shape[1]}] or [batch, {shape[0]}, {shape[1]}], got {latents.shape}"
         )
+    return (latents[None], True) if latents.ndim == 2 else (latents, False)
 
 
 def generate_from_latent(
@@ -76,35 +59,21 @@ def generate_from_latent(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    prior_weight: float = 0.0,
     key: PRNGKeyArray | None = None,
 ) -> Int[Array, "*batch new"]:
     """Token ids written from ``latents`` (one ``[latent_tokens, latent]`` code or a batch of them),
     greedy without ``key``; ``max_new_tokens`` defaults to the model's ``max_length``. After a
-    sequence's end token come end tokens (the sampler's padding). ``prior_weight``: the weight of the
-    decoder's language model (the null code's) added to each token's log-probability; it needs a
-    model trained with ``code_dropout``."""
-    from eqxllm.generation import generate
-
+    sequence's end token come end tokens (the sampler's padding)."""
     cfg = model.config
-    latents = jnp.asarray(latents)
-    shape = (cfg.n_latent_tokens, cfg.latent_size)
-    if latents.shape[-2:] != shape or latents.ndim not in (2, 3):
-        raise InputError(
-            f"latents must be [{shape[0]}, {shape[1]}] or [batch, {shape[0]}, {shape[1]}], got {latents.shape}"
-        )
-    check_prior_weight(cfg, prior_weight)
-    single = latents.ndim == 2
-    batch = latents[None] if single else latents
-    n = batch.shape[0]
+    batch, single = _batch_of_latents(model, latents)
     chunk = cfg.vocab_size  # an index is a token id: it must be inside the vocabulary
     outs = []
-    for start in range(0, n, chunk):
+    for start in range(0, batch.shape[0], chunk):
         part = batch[start : start + chunk]
         index = jnp.arange(part.shape[0], dtype=jnp.int32)[:, None]
         outs.append(
             generate(
-                LatentSource(model, part, prior_weight),
+                LatentSource(model, part),
                 index,
                 max_new_tokens=max_new_tokens or cfg.max_length,
                 key=None if key is None else jax.random.fold_in(key, start),
@@ -116,6 +85,42 @@ def generate_from_latent(
         )
     tokens = jnp.concatenate(outs)
     return tokens[0] if single else tokens
+
+
+@eqx.filter_jit
+def _beams(model, latents, num_beams: int, steps: int, alpha: float):
+    cfg = model.config
+
+    def one(latent):
+        cache = model.init_decoder_cache(latent, None, steps, jnp.float32)
+        return beam_search_cached(
+            lambda t, c: model.decode(t, c), cache, cfg.decoder_start_token_id, num_beams=num_beams, steps=steps,
+            stop_ids=(cfg.eos_token_id,), length_penalty=alpha,
+        )  # fmt: skip
+
+    return jax.vmap(one)(latents)
+
+
+def beam_search_from_latent(
+    model,
+    latents: Float[Array, "*batch latent_tokens latent"],
+    *,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+    max_new_tokens: int | None = None,
+    return_scores: bool = False,
+    return_all: bool = False,
+) -> Beams:
+    """The best sentence found for each latent (``[latent_tokens, latent]`` or a batch of them) by a
+    beam search of ``num_beams`` beams (:mod:`eqxllm.generation.beam`), as token ids: the sentence, its
+    end token, then end tokens up to ``max_new_tokens`` (default: the model's ``max_length``). With
+    ``return_scores`` also its normalised score; with ``return_all`` every final beam, best first
+    (``[*batch, num_beams, new]``). ``num_beams=1`` is greedy decoding."""
+    batch, single = _batch_of_latents(model, latents)
+    steps = max_new_tokens or model.config.max_length
+    check_beam_options(num_beams, length_penalty, steps)
+    tokens, scores = _beams(model, batch, num_beams, steps, float(length_penalty))
+    return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 
 
 def strip_after_end(tokens: Int[np.ndarray, " new"] | list[int], eos_id: int) -> list[int]:

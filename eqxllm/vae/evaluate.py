@@ -19,8 +19,9 @@ from jaxtyping import Array, Bool, Int
 
 from eqxllm.data.sentences import SentenceSet, split_sentences
 from eqxllm.errors import DataError
-from eqxllm.train.loss import cross_entropy
-from eqxllm.vae.losses import active_units, gaussian_kl, mmd_to_normal, sequence_accuracy, shift_right, token_accuracy
+from eqxllm.nn.cross_entropy import cross_entropy
+from eqxllm.vae.batches import fixed_batches
+from eqxllm.vae.metrics import active_units, gaussian_kl, mmd_to_normal, sequence_accuracy, shift_right, token_accuracy
 
 
 @eqx.filter_jit
@@ -47,17 +48,13 @@ def evaluate_sentences(model, data: SentenceSet, *, batch_size: int = 64, max_ba
     cfg = model.config
     total = count = correct = whole = reg_sum = 0.0
     sentences, batches, means = 0, 0, []
-    for b, start in enumerate(range(0, len(data), batch_size)):
-        if max_batches is not None and b >= max_batches:
+    real_rows = np.ones((len(data),), bool)
+    for n, ids, lengths, real in fixed_batches(batch_size, data.ids, data.lengths, real_rows):
+        if max_batches is not None and batches >= max_batches:
             break
-        ids, lengths = data.ids[start : start + batch_size], data.lengths[start : start + batch_size]
-        n = len(ids)
-        pad = batch_size - n  # a fixed batch shape: one compiled program for every batch
-        real = np.arange(batch_size) < n
-        ids = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
-        lengths = np.concatenate([lengths, np.zeros((pad,), lengths.dtype)])
+        real[n:] = False  # the padding of a last batch repeats its last row: left out of every sum
         t, c, r, w, reg, mean = _batch_metrics(model, jnp.asarray(ids), jnp.asarray(lengths), jnp.asarray(real))
-        if cfg.regulariser == "mmd" and pad:  # the MMD of a short batch, on its real rows only
+        if cfg.regulariser == "mmd" and n < len(ids):  # the MMD of a short batch, on its real rows only
             reg = mmd_to_normal(mean[:n], None, cfg.kernel_scale)
         total, count, correct, whole = total + float(t), count + float(c), correct + float(r), whole + float(w)
         reg_sum += float(reg) / (n if cfg.regulariser == "kl" else 1)
@@ -78,11 +75,9 @@ def evaluate_sentences(model, data: SentenceSet, *, batch_size: int = 64, max_ba
 
 def file_sentences(path: str | Path) -> list[str]:
     """The sentences of a UTF-8 text file: stories (``<|endoftext|>``-separated or not) or one per line."""
-    from eqxllm.data.tinystories import EOT
-    from eqxllm.train.text_eval import read_utf8
+    from eqxllm.data.tinystories import iter_stories
 
-    text = read_utf8(path)
-    return [s for piece in text.split(EOT) for s in split_sentences(piece)]
+    return [s for story in iter_stories(path) for s in split_sentences(story)]
 
 
 def evaluate_text_file(model, model_dir: str | Path, path: str | Path, *, batch_size: int = 64) -> dict:

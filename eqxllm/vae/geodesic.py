@@ -1,52 +1,54 @@
 """Geodesic paths between two codes: shortest paths through a bank of real sentences' codes.
 
-Half-way along a straight line between two codes, the decoder is asked about a code that no
-sentence has, and it often writes a crossover of the two ends ("He looked around and eagerly.").
-A geodesic stays where sentences are: the codes of a bank of real sentences (the training text)
-are the nodes of a k-nearest-neighbour graph, and the path from ``a`` to ``b`` is the shortest path
-through it (Isomap's graph geodesic: Tenenbaum et al., 2000, "A Global Geometric Framework for
-Nonlinear Dimensionality Reduction"; for generative models' latent spaces, Arvanitidis et al.,
-2018, "Latent Space Oddity" and Chen et al., 2018, "Metrics for Deep Generative Models"). Every
-interior point is the code of a bank sentence, so what the decoder writes there is a real
-sentence's reconstruction, not a new one: the path is a walk through the data, one neighbour at a
-time, from ``a`` to ``b``.
+The codes of a bank of real sentences are the nodes of a k-nearest-neighbour graph, and the path
+from ``a`` to ``b`` is the shortest path through it (Isomap's graph geodesic: Tenenbaum et al., 2000,
+"A Global Geometric Framework for Nonlinear Dimensionality Reduction"; for generative models' latent
+spaces, Arvanitidis et al., 2018, "Latent Space Oddity", and Chen et al., 2018, "Metrics for Deep
+Generative Models"), so that every interior point is a real sentence's code.
 
-Distances are Euclidean over the flattened ``[latent_tokens * latent]`` code. Short sentences sit
-close to many others (their padded positions share codes), so plain distances route most paths
-through a few short "hub" sentences ("She smiled."); edges are locally scaled instead (Zelnik-Manor
-& Perona, 2004, "Self-Tuning Spectral Clustering"): the edge ``i - j`` weighs
-``d(i, j) / sqrt(r_i r_j)``, with ``r_i`` the distance from ``i`` to its ``k``-th neighbour, so a hop
-counts for what it is in its own neighbourhood. The ends join the graph through their own ``k``
-nearest bank codes; a path of ``steps`` points takes the path's nodes nearest to ``steps`` evenly
-spaced positions along its (unscaled) length, the ends exactly.
+Distances are Euclidean over the flattened ``[latent_tokens * latent]`` code, and edges are locally
+scaled (Zelnik-Manor & Perona, 2004, "Self-Tuning Spectral Clustering"): the edge ``i - j`` weighs
+``d(i, j) / sqrt(r_i r_j)``, with ``r_i`` the distance from ``i`` to its ``k``-th neighbour, so that
+short sentences, close to many others, do not become hubs. The ends join the graph through their
+own ``k`` nearest bank codes; a path of ``steps`` points takes the path's nodes nearest to ``steps``
+evenly spaced positions along its (unscaled) length, the ends exactly.
+
+The graph search needs ``scipy``, an optional dependency: ``pip install "eqxllm[vae]"``.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sparse
 from jaxtyping import Float, Int
-from scipy.sparse.csgraph import connected_components, dijkstra
 
 from eqxllm.errors import InputError
 
 _CHUNK = 2048  # bank rows per block of the neighbour search: [chunk, bank] distances at a time
 
 
+def _scipy():
+    """``(scipy.sparse, scipy.sparse.csgraph)``, imported when a graph is first needed."""
+    try:
+        import scipy.sparse
+        import scipy.sparse.csgraph
+    except ImportError as e:
+        raise ImportError('geodesic paths need scipy, an optional dependency: pip install "eqxllm[vae]"') from e
+    return scipy.sparse, scipy.sparse.csgraph
+
+
 @dataclass(frozen=True)
 class CodeBank:
-    """Real sentences and their codes, with the k-nearest-neighbour graph between the codes.
-
-    ``texts[i]`` has the code ``codes[i] [latent_tokens, latent]``; ``neighbours[i]`` are its ``k``
-    nearest other codes (nearest first) at Euclidean ``distances[i]``; ``scale[i]`` is the distance
-    to the ``k``-th. Made by :func:`build_bank`."""
+    """Real sentences and their codes, with the k-nearest-neighbour graph between the codes:
+    ``texts[i]`` has the code ``codes[i]``, ``neighbours[i]`` are its ``k`` nearest other codes
+    (nearest first) at ``distances[i]``. Made by :func:`~eqxllm.vae.text.build_bank`."""
 
     texts: tuple[str, ...]
     codes: Float[np.ndarray, "n latent_tokens latent"]
     neighbours: Int[np.ndarray, "n k"]
     distances: Float[np.ndarray, "n k"]
-    graph: sparse.csr_matrix  # [n + 2, n + 2] locally scaled edges; the last two rows are the path's ends
+    graph: Any  # a scipy.sparse.csr_matrix [n + 2, n + 2] locally scaled edges; the last two rows are the path's ends
 
     @property
     def k(self) -> int:
@@ -86,10 +88,8 @@ def nearest(
 
 
 def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> CodeBank:
-    """A :class:`CodeBank` of ``texts`` with their codes ``[n, latent_tokens, latent]`` (one per
-    text, as :func:`eqxllm.vae.text.encode_texts` writes them): each code linked to its ``k``
-    nearest, with locally scaled weights, and islands of the graph bridged to the rest, so that a
-    path joins any two codes."""
+    """A :class:`CodeBank` of ``texts`` with their codes ``[n, latent_tokens, latent]``: each code
+    linked to its ``k`` nearest, and islands of the graph bridged, so that a path joins any two codes."""
     codes = np.asarray(codes, np.float32)
     if codes.ndim != 3 or codes.shape[0] != len(texts):
         raise InputError(
@@ -105,6 +105,7 @@ def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> 
         raise InputError("the bank's codes are not all finite")
     n = len(texts)
     flat = codes.reshape(n, -1)
+    sparse = _scipy()[0]
     neighbours, distances = nearest(flat, flat, k, exclude_self=True)
     scale = _scale(distances)
     weights = distances / np.sqrt(scale[:, None] * scale[neighbours])
@@ -118,14 +119,13 @@ def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> 
 
 
 def _bridges(flat, scale, rows, cols, vals):
-    """The edge lists, with bridges added until the graph is connected: a k-nearest-neighbour graph
-    can fall apart into islands (a cluster of codes all nearer each other than anything else), and
-    each island gets an edge from its code nearest to the rest to that code's nearest outsider, as
-    Isomap's implementations mend such graphs, until one piece is left."""
+    """The edge lists, with bridges added until the graph is connected: each island gets an edge from
+    its code nearest to the rest to that code's nearest outsider, as Isomap's implementations do."""
     n = len(flat)
+    sparse, csgraph = _scipy()
     while True:
         edges = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-        count, label = connected_components(edges, directed=False)
+        count, label = csgraph.connected_components(edges, directed=False)
         if count == 1:
             return rows, cols, vals
         for island in range(count):
@@ -143,11 +143,8 @@ def geodesic_nodes(
     a: Float[np.ndarray, "tokens_a latent_a"],  # checked against the bank's codes below, with a message
     b: Float[np.ndarray, "tokens_b latent_b"],
 ) -> list[int]:
-    """The bank rows that the shortest path from ``a`` to ``b`` passes through, in order (one at least).
-
-    ``a`` and ``b`` join the graph as two extra nodes, each linked to its ``k`` nearest bank codes
-    with locally scaled weights (its own scale: the distance to its ``k``-th), and to each other
-    only through the bank (whose graph is connected: see :func:`bank_from_codes`)."""
+    """The bank rows that the shortest path from ``a`` to ``b`` passes through, in order (one at
+    least); ``a`` and ``b`` join the graph through their ``k`` nearest bank codes."""
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     if a.shape != bank.codes.shape[1:] or b.shape != bank.codes.shape[1:]:
         raise InputError(f"the ends {a.shape} and {b.shape} do not match the bank's codes {bank.codes.shape[1:]}")
@@ -156,9 +153,10 @@ def geodesic_nodes(
     own = np.maximum(dist[:, -1:], 1e-12)
     weights = np.maximum(dist / np.sqrt(own * bank.scale[idx]), 1e-12)
     ends = np.repeat([n, n + 1], k)
+    sparse, csgraph = _scipy()
     link = sparse.csr_matrix((weights.reshape(-1), (ends, idx.reshape(-1))), shape=bank.graph.shape)
     graph = bank.graph + link + link.T
-    _, previous = dijkstra(graph, directed=False, indices=n, return_predecessors=True)
+    _, previous = csgraph.dijkstra(graph, directed=False, indices=n, return_predecessors=True)
     nodes, at = [], previous[n + 1]
     while at != n:
         nodes.append(int(at))
@@ -173,9 +171,8 @@ def geodesic_path(
     steps: int,
 ) -> tuple[Float[np.ndarray, "steps latent_tokens latent"], list[int | None]]:
     """``steps`` points of the geodesic from ``a`` to ``b`` (both ends exact) and, for each, the bank
-    row whose code it is (``None`` at the ends). Point ``i`` is the path's node nearest to the
-    fraction ``i / (steps - 1)`` of the path's Euclidean length; a path with fewer nodes than points
-    repeats some, one with more skips some."""
+    row whose code it is (``None`` at the ends): the path's nodes nearest to evenly spaced fractions
+    of its Euclidean length."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise InputError(f"an interpolation path needs steps >= 2 (both ends included), got {steps!r}")
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)

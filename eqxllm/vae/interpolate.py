@@ -1,4 +1,5 @@
-"""Paths between two latents: linear and spherical (slerp), per latent token or over all tokens at once.
+"""Paths between two latents: linear and spherical (slerp), per latent token or over all tokens at
+once, or geodesic through a bank of codes (:mod:`eqxllm.vae.geodesic`).
 
 Slerp (Shoemake, 1985; for generative models White, 2016, "Sampling Generative Networks") follows
 the great circle between ``a`` and ``b``: under a N(0, I) prior, points on the straight line between
@@ -7,15 +8,13 @@ treats each latent token as its own vector (its own angle); otherwise the ``[lat
 code is flattened into one vector.
 """
 
-from typing import Literal
-
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from eqxllm.errors import InputError
+from eqxllm.vae.geodesic import CodeBank, geodesic_path
 
-# "linear" | "slerp"; plain str in signatures so that a bad value is an InputError under runtime type checks too
-Method = Literal["linear", "slerp"]
 _PARALLEL = 1e-6  # |cos| above 1 - this (an angle under about 1.4e-3 rad from 0 or pi): slerp is a lerp
 
 
@@ -70,9 +69,20 @@ def interpolation_path(
     *,
     method: str = "slerp",
     per_token: bool = True,
+    bank: CodeBank | None = None,
 ) -> Float[Array, "steps latent_tokens latent"]:
-    """``steps`` evenly spaced points from ``a`` to ``b``, both included (exactly)."""
+    """``steps`` evenly spaced points from ``a`` to ``b``, both included (exactly): ``"linear"`` or
+    ``"slerp"`` (``per_token``), or ``"geodesic"``, the shortest path through the codes of ``bank``,
+    whose interior points are bank codes."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise InputError(f"an interpolation path needs steps >= 2 (both ends included), got {steps!r}")
+    if method not in ("slerp", "linear", "geodesic"):
+        raise InputError(f"interpolation method must be 'slerp', 'linear' or 'geodesic', got {method!r}")
+    if method == "geodesic" and bank is None:
+        raise InputError("a geodesic path runs through a bank of sentences' codes: pass bank=build_bank(...)")
+    if method != "geodesic" and bank is not None:
+        raise InputError(f"a bank is for method='geodesic'; a {method!r} path does not use one")
+    if bank is not None:
+        return jnp.asarray(geodesic_path(bank, np.asarray(a), np.asarray(b), steps)[0])
     # the weights are exactly (1, 0) and (0, 1) at the ends, so the path starts at a and ends at b exactly
     return jnp.stack([interpolate(a, b, i / (steps - 1), method=method, per_token=per_token) for i in range(steps)])

@@ -1,19 +1,11 @@
 """Drawing new latents from a Gaussian fitted to the codes of real sentences (ex-post density estimation).
 
-The MMD regulariser matches the batch's latent tokens to N(0, I) as a whole set, not token by token,
-and a trained T5-VAE does not fill the prior the way a draw from it does. In the TinyStories preset's
-model, a latent token that holds words has a root mean square of 2 to 5 per dimension (over 600
-held-out sentences), while the tokens behind a short sentence, which hold nothing, sit at zero (0.09
-for the last eight tokens of the 161 of those sentences that have at most 8 tokens). A draw from
-N(0, I), 1 in every dimension, is nearer to such empty tokens than to any sentence's code, and the
-decoder writes an empty sentence for it (88 of 96 draws; ``benchmarks/vae_samples.py``).
-
-Fitting a density to the codes of real sentences after training, and sampling from that instead, is
-the ex-post density estimation of Ghosh et al. (2020, "From Variational to Deterministic
-Autoencoders"). Here the density is a Gaussian with its own mean and standard deviation for every
-dimension of every latent token (a trial with a full, shrunk covariance did no better). Fitted to
-600 held-out codes, no draw decodes to an empty sentence, and 62% of them are attested (every word
-pair occurs in the training text), against 4% of the prior's draws:
+The MMD regulariser matches the batch's latent tokens to N(0, I) as one set, not token by token, and
+a trained T5-VAE's codes do not fill the prior: a draw from N(0, I) often decodes to an empty
+sentence (docs/t5_vae.md, "Drawing new sentences"). Fitting a density to the codes of real sentences
+after training, and sampling from that instead, is the ex-post density estimation of Ghosh et al.
+(2020, "From Variational to Deterministic Autoencoders"). Here the density is a Gaussian with its own
+mean and standard deviation for every dimension of every latent token:
 
     z[t, d] = mean[t, d] + std[t, d] * eps,   eps ~ N(0, 1)
 

@@ -1,23 +1,12 @@
 """Refining a sentence's code: gradient steps on the code until the decoder writes the sentence back.
 
-The encoder gives each sentence one code in a single pass (amortised inference). That code is not
-the best the decoder could read: the amortisation gap (Cremer et al., 2018, "Inference Suboptimality
-in Variational Autoencoders"). Semi-amortised inference (Kim et al., 2018, "Semi-Amortized
-Variational Autoencoders"; Hjelm et al., 2016, iterative refinement) starts from the encoder's code
-and takes gradient steps on the reconstruction loss ``-log p(x | z)`` with respect to ``z`` alone;
-the model is not changed.
-
-Here a row stops moving as soon as its code reconstructs it with a margin: every target token (the
-end token included) beats the best other token of its teacher-forced logits by ``margin`` nats in
-log-probability. A sentence whose every teacher-forced prediction is right is also what greedy decoding
-writes (each step sees the same prefix), so a refined code that reached its margin decodes back to
-its sentence exactly; the margin keeps that true under the small numerical differences between the
-teacher-forced and the cached decoder. Codes that already reach it are returned unchanged, and
-refinement stops early once every row has.
-
-What it is for: the two ends of an interpolation path are the decoder's reconstructions of the given
-sentences, and a held-out sentence that the encoder's code does not reconstruct makes a path start or
-end on something the user did not write. Refined ends start and end on the sentences themselves.
+The encoder's single pass leaves an amortisation gap (Cremer et al., 2018, "Inference Suboptimality
+in Variational Autoencoders"); semi-amortised inference (Kim et al., 2018, "Semi-Amortized
+Variational Autoencoders") starts from the encoder's code and takes gradient steps on ``-log p(x | z)``
+with respect to ``z`` alone. A row stops as soon as every target token (the end token included) beats
+the best other token of its teacher-forced logits by ``margin`` nats: a sentence whose every
+teacher-forced prediction is right is also what greedy decoding writes (each step sees the same
+prefix), and the margin keeps that true under the small numerical differences of the cached decoder.
 """
 
 from dataclasses import dataclass
@@ -31,7 +20,9 @@ from jaxtyping import Array, Bool, Float, Int
 
 from eqxllm.data.sentences import SentenceSet
 from eqxllm.errors import InputError
-from eqxllm.vae.losses import shift_right
+from eqxllm.nn.cross_entropy import cross_entropy
+from eqxllm.vae.batches import fixed_batches
+from eqxllm.vae.metrics import shift_right
 
 
 @dataclass(frozen=True)
@@ -49,12 +40,11 @@ def _row_terms(model, latent, ids, mask, start: int):
     """One sentence given a code: its mean cross-entropy per target token and its smallest margin
     (target log-probability minus the best other's, over the real target tokens)."""
     logits = model.decode_full(latent, shift_right(ids, start), decoder_mask=mask).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    target = jnp.take_along_axis(logp, ids[:, None], axis=-1)[:, 0]
-    other = jnp.max(jnp.where(jax.nn.one_hot(ids, logp.shape[-1], dtype=bool), -jnp.inf, logp), axis=-1)
-    count = jnp.maximum(jnp.sum(mask), 1)
-    loss = -jnp.sum(jnp.where(mask, target, 0.0)) / count
-    return loss, jnp.min(jnp.where(mask, target - other, jnp.inf))
+    total, count = cross_entropy(logits, ids, mask)
+    # the log-softmax's normaliser cancels in a difference of log-probabilities: logits will do
+    target = jnp.take_along_axis(logits, ids[:, None], axis=-1)[:, 0]
+    other = jnp.max(jnp.where(jax.nn.one_hot(ids, logits.shape[-1], dtype=bool), -jnp.inf, logits), axis=-1)
+    return total / jnp.maximum(count, 1.0), jnp.min(jnp.where(mask, target - other, jnp.inf))
 
 
 @eqx.filter_jit
@@ -97,26 +87,6 @@ def _refine_batch(model, latents, ids, lengths, steps, learning_rate, margin):
     return z, taken
 
 
-def _padded(model, data: SentenceSet, latents: np.ndarray, batch_size: int):
-    """Fixed-size batches ``(codes, ids, lengths, real rows)`` of ``data`` and its codes, of
-    ``batch_size`` rows or fewer when ``data`` is smaller (two sentences, as a path's ends, do not pay
-    for 64); padded rows are one-token sentences (the end token), dropped by the caller."""
-    eos = model.config.eos_token_id
-    batch_size = max(1, min(batch_size, len(data)))
-    for lo in range(0, len(data), batch_size):
-        z, ids, lengths = (
-            latents[lo : lo + batch_size],
-            data.ids[lo : lo + batch_size],
-            data.lengths[lo : lo + batch_size],
-        )
-        real, pad = len(z), batch_size - len(z)
-        if pad:
-            z = np.concatenate([z, np.zeros((pad, *z.shape[1:]), z.dtype)])
-            ids = np.concatenate([ids, np.full((pad, ids.shape[1]), eos, ids.dtype)])
-            lengths = np.concatenate([lengths, np.ones((pad,), lengths.dtype)])
-        yield jnp.asarray(z), jnp.asarray(ids), jnp.asarray(lengths), real
-
-
 def _check_codes(model, data: SentenceSet, latents) -> np.ndarray:
     latents = np.asarray(latents, np.float32)
     cfg = model.config
@@ -136,7 +106,7 @@ def reconstructs(
     latents = _check_codes(model, data, latents)
     out = [
         np.asarray(code_margins(model, z, ids, lengths))[:real]
-        for z, ids, lengths, real in _padded(model, data, latents, batch_size)
+        for real, z, ids, lengths in fixed_batches(batch_size, latents, data.ids, data.lengths)
     ]
     return np.concatenate(out) > margin if out else np.zeros((0,), bool)
 
@@ -152,11 +122,9 @@ def refine_latents(
     batch_size: int = 64,
 ) -> Refined:
     """Refine ``latents [n, latent_tokens, latent]``, the codes of the tokenized sentences ``data``
-    (row for row), by at most ``steps`` Adam steps of ``learning_rate`` on each row's reconstruction
-    loss, stopping a row once it reconstructs with ``margin`` (see the module docstring); rows that
-    already do are not refined at all. Batches have ``batch_size`` rows (one compiled program), or
-    as many as there are rows to refine when fewer (a path's two ends do not pay for 64); the step
-    count, rate and margin are traced, so changing them does not recompile."""
+    (row for row), by at most ``steps`` Adam steps of ``learning_rate``, stopping a row once it
+    reconstructs with ``margin``; rows that already do are not refined at all. The step count, rate
+    and margin are traced, so changing them does not recompile."""
     latents = _check_codes(model, data, latents)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InputError(f"refinement steps must be an integer >= 0, got {steps!r}")
@@ -167,10 +135,9 @@ def refine_latents(
     # only the rows that do not reconstruct yet are refined: a batch runs until its slowest row stops
     todo = np.flatnonzero(~reconstructs(model, data, latents, margin=margin, batch_size=batch_size))
     if steps > 0 and len(todo):
-        batches = _padded(model, data.take(todo), latents[todo], batch_size)
-        for lo, (z, ids, lengths, real) in zip(range(0, len(todo), batch_size), batches):
+        batches = fixed_batches(batch_size, latents[todo], data.ids[todo], data.lengths[todo], todo)
+        for real, z, ids, lengths, rows in batches:
             z_new, t = _refine_batch(model, z, ids, lengths, *rates)
-            rows = todo[lo : lo + real]
-            refined[rows], taken[rows] = np.asarray(z_new)[:real], np.asarray(t)[:real]
+            refined[rows[:real]], taken[rows[:real]] = np.asarray(z_new)[:real], np.asarray(t)[:real]
     exact = reconstructs(model, data, refined, margin=margin, batch_size=batch_size)
     return Refined(refined, exact, taken)

@@ -10,12 +10,11 @@ from jaxtyping import Array, Bool, Float, Int
 
 from eqxllm.data.sentences import SentenceSet, encode_sentences, whole_sentence
 from eqxllm.errors import InputError
-from eqxllm.vae.beam import beam_search_from_latent
-from eqxllm.vae.decoding import generate_from_latent, strip_after_end
-from eqxllm.vae.geodesic import CodeBank, bank_from_codes, geodesic_path
+from eqxllm.vae.batches import fixed_batches
+from eqxllm.vae.decoding import beam_search_from_latent, generate_from_latent, strip_after_end
+from eqxllm.vae.geodesic import CodeBank, bank_from_codes
 from eqxllm.vae.interpolate import interpolation_path
 from eqxllm.vae.refine import reconstructs, refine_latents
-from eqxllm.vae.rerank import rerank_path
 
 
 def tokenize(model, tokenizer, texts: Sequence[str], *, strict: bool = True) -> SentenceSet:
@@ -57,14 +56,10 @@ def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64
 def encode_rows(model, data: SentenceSet, *, batch_size: int = 64) -> np.ndarray:
     """The latents of already tokenized rows, in fixed-size batches (one compiled program)."""
     mask = np.arange(data.ids.shape[1])[None, :] < data.lengths[:, None]
-    out = []
-    for start in range(0, len(data), batch_size):
-        ids, m = data.ids[start : start + batch_size], mask[start : start + batch_size]
-        pad = batch_size - len(ids)
-        if pad:
-            ids = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
-            m = np.concatenate([m, np.ones((pad, m.shape[1]), bool)])
-        out.append(np.asarray(_encode_batch(model, jnp.asarray(ids), jnp.asarray(m)))[: batch_size - pad])
+    out = [
+        np.asarray(_encode_batch(model, jnp.asarray(ids), jnp.asarray(m)))[:real]
+        for real, ids, m in fixed_batches(batch_size, data.ids, mask)
+    ]
     cfg = model.config
     return np.concatenate(out) if out else np.zeros((0, cfg.n_latent_tokens, cfg.latent_size), np.float32)
 
@@ -75,14 +70,12 @@ def decode_latents(
     latents: np.ndarray | Array,
     *,
     temperature: float = 0.0,
-    prior_weight: float = 0.0,
     num_beams: int = 1,
     key: jax.Array | None = None,
 ) -> list[str]:
     """The sentences written from ``latents [n, latent_tokens, latent]``: greedy by default, sampled
     with ``temperature > 0`` and a ``key``, or the best of a beam search with ``num_beams > 1``
-    (:func:`beam_search_from_latent`); ``prior_weight`` adds the decoder's language model (see
-    :func:`generate_from_latent`)."""
+    (:func:`~eqxllm.vae.decoding.beam_search_from_latent`)."""
     latents = jnp.asarray(latents, jnp.float32)
     if latents.ndim == 2:
         latents = latents[None]
@@ -92,10 +85,10 @@ def decode_latents(
     if num_beams != 1 and sampling:
         raise InputError("choose beam search (num_beams > 1) or sampling (temperature > 0 with a key), not both")
     if num_beams != 1:  # beam search checks num_beams >= 1
-        tokens = np.asarray(beam_search_from_latent(model, latents, num_beams=num_beams, prior_weight=prior_weight))
+        tokens = np.asarray(beam_search_from_latent(model, latents, num_beams=num_beams))
     else:
         options = {"temperature": temperature, "key": key} if sampling else {}
-        tokens = np.asarray(generate_from_latent(model, latents, prior_weight=prior_weight, **options))
+        tokens = np.asarray(generate_from_latent(model, latents, **options))
     eos = model.config.eos_token_id
     return [tokenizer.decode(strip_after_end(row, eos)) for row in tokens]
 
@@ -139,55 +132,14 @@ def interpolate_texts(
     method: str = "slerp",
     per_token: bool = True,
     bank: CodeBank | None = None,
-    prior_weight: float = 0.0,
-    num_beams: int | None = None,
-    lm=None,
-    lm_tokenizer=None,
-    lm_weight: float = 0.25,
+    num_beams: int = 1,
     refine_steps: int = 0,
 ) -> list[str]:
-    """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included),
-    decoded as :func:`decode_latents` does; or, given a decoder-only language model ``lm`` and its
-    tokenizer, chosen among the pooled beams of the whole path and the two sentences themselves by
-    :func:`rerank_path` (``lm_weight``; ``prior_weight`` must then be 0). ``num_beams`` defaults to 1
-    (greedy), and to 8 a point with ``lm``.
-
-    ``method``: ``"slerp"`` or ``"linear"`` (:func:`~eqxllm.vae.interpolate.interpolation_path`,
-    ``per_token``), or ``"geodesic"``: the shortest path through the codes of ``bank``'s sentences
-    (:mod:`eqxllm.vae.geodesic`), whose interior points are bank codes; reranked, the pool then also
-    holds those bank sentences as they are.
-
-    ``refine_steps``: refine the codes of ``a`` and ``b`` (see :func:`encode_texts`) before the path
-    is drawn, so that its ends are the two sentences themselves where refinement reaches them."""
-    if method not in ("slerp", "linear", "geodesic"):
-        raise InputError(f"interpolation method must be 'slerp', 'linear' or 'geodesic', got {method!r}")
+    """The sentences along the latent path from ``a`` to ``b`` (``steps`` points, ends included; see
+    :func:`~eqxllm.vae.interpolate.interpolation_path` for ``method``, ``per_token`` and ``bank``),
+    decoded as :func:`decode_latents` does (greedy, or ``num_beams``). ``refine_steps``: refine the
+    codes of ``a`` and ``b`` (see :func:`encode_texts`) before the path is drawn, so that its ends are
+    the two sentences themselves where refinement reaches them."""
     za, zb = encode_texts(model, tokenizer, [a, b], refine_steps=refine_steps)
-    anchors = [a, b]
-    if method == "geodesic":
-        if bank is None:
-            raise InputError("a geodesic path runs through a bank of sentences' codes: pass bank=build_bank(...)")
-        path_np, rows = geodesic_path(bank, za, zb, steps)
-        path = jnp.asarray(path_np)
-        anchors += [bank.texts[r] for r in rows if r is not None]
-    else:
-        if bank is not None:
-            raise InputError(f"a bank is for method='geodesic'; a {method!r} path does not use one")
-        path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token)
-    if lm is None:
-        return decode_latents(
-            model, tokenizer, path, prior_weight=prior_weight, num_beams=1 if num_beams is None else num_beams
-        )
-    if lm_tokenizer is None:
-        raise InputError("reranking with a language model needs its tokenizer (lm_tokenizer)")
-    if prior_weight != 0:
-        raise InputError("choose the decoder's own language model (prior_weight) or an external one (lm), not both")
-    return rerank_path(
-        model,
-        tokenizer,
-        path,
-        lm,
-        lm_tokenizer,
-        lm_weight=lm_weight,
-        num_beams=8 if num_beams is None else num_beams,
-        anchors=tuple(dict.fromkeys(anchors)),
-    )
+    path = interpolation_path(jnp.asarray(za), jnp.asarray(zb), steps, method=method, per_token=per_token, bank=bank)
+    return decode_latents(model, tokenizer, path, num_beams=num_beams)

@@ -1,6 +1,7 @@
 """T5-VAE checkpoints: an exact round trip, the T5 part under HF key names (transformers loads it once
 extracted), a VAE started from a pretrained T5, and specific errors for broken files."""
 
+import dataclasses
 import json
 
 import jax
@@ -18,7 +19,7 @@ CONFIGS = {
     "first-mmd": dict(),
     "attention-kl-untied": dict(pooling="attention", regulariser="kl", latent_activation="none"),
     "mean": dict(pooling="mean", n_latent_tokens=1),
-    "bag-of-words-code-dropout-splice": dict(bow_weight=0.5, code_dropout=0.1, splice_weight=1.0),
+    "bag-of-words-splice": dict(bow_weight=0.5, splice_weight=1.0),
 }
 
 
@@ -43,6 +44,19 @@ def test_round_trip_is_bit_exact(tmp_path, name):
     assert "shared.weight" in keys and "encoder.block.1.layer.1.DenseReluDense.wo.weight" in keys
     assert {k for k in keys if k.startswith("vae.")} >= {"vae.to_latent.weight", "vae.from_latent.bias"}
     assert ("vae.bow_head.weight" in keys) == (cfg.bow_weight > 0)
+
+
+def test_configs_with_retired_fields_load_at_their_retired_values(tmp_path):
+    model = T5VAE(T5VAEConfig.tiny(), key=jax.random.key(1))
+    eqxllm.save_pretrained(model, tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    old = {"splice_junction": "shared", "word_deletion": 0.0, "code_dropout": 0.0}  # measured, then removed
+    (tmp_path / "config.json").write_text(json.dumps({**hf, **old}))
+    assert eqxllm.from_pretrained(tmp_path).config == model.config
+    assert T5VAEConfig.from_dict({**dataclasses.asdict(model.config), **old}) == model.config
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "code_dropout": 0.1}))
+    with pytest.raises(ConfigError, match="code_dropout"):
+        eqxllm.from_pretrained(tmp_path)
 
 
 def test_extracted_t5_loads_in_transformers(tmp_path):

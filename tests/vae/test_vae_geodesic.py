@@ -1,6 +1,8 @@
 """Geodesic paths through a bank of codes: the neighbour search, the locally scaled graph, paths that
 follow the data instead of cutting across it, the sampled points, and the inputs refused."""
 
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -147,7 +149,7 @@ def test_interpolate_texts_walks_through_the_bank():
     from eqxllm.models import T5VAE, T5VAEConfig
     from eqxllm.models.t5_config import T5Config
     from eqxllm.vae import build_bank, encode_texts, interpolate_texts
-    from tests.vae.test_vae_rerank import VAELetters
+    from tests.vae._letters import VAELetters
 
     t5 = T5Config.tiny().replace(vocab_size=6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     vae = T5VAE(T5VAEConfig(t5=t5, n_latent_tokens=2, latent_size=4, max_length=8), key=jax.random.key(0))
@@ -174,3 +176,10 @@ def test_interpolate_texts_walks_through_the_bank():
         build_bank(vae, tok, ["c" * 9, ""], k=1, whole=False, exact=False)
     with pytest.raises(InputError, match="opening with a capital or a quote"):
         build_bank(vae, tok, texts, k=4, exact=False)  # whole sentences only, by default
+
+
+def test_without_scipy_the_error_names_the_extra(monkeypatch):
+    for name in ("scipy.sparse", "scipy.sparse.csgraph"):  # a None entry makes the import fail
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r"eqxllm\[vae\]"):
+        bank_from_codes(["a", "b", "c"], np.zeros((3, 1, 2), np.float32), k=1)

@@ -12,7 +12,8 @@ import pytest
 import eqxllm
 from eqxllm.errors import ConfigError, InputError
 from eqxllm.models import T5, T5VAE, T5VAEConfig
-from eqxllm.vae import generate_from_latent, vae_loss
+from eqxllm.train.tasks.vae_loss import vae_loss
+from eqxllm.vae import generate_from_latent
 
 SEQ = 10
 

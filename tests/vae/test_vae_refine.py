@@ -17,7 +17,7 @@ from eqxllm.vae import encode_texts, generate_from_latent, interpolate_texts
 from eqxllm.vae.decoding import strip_after_end
 from eqxllm.vae.refine import code_margins, reconstructs, refine_latents
 from eqxllm.vae.text import build_bank, tokenize
-from tests.vae.test_vae_rerank import VAELetters
+from tests.vae._letters import VAELetters
 
 EOS, MAX = 1, 8
 

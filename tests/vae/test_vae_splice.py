@@ -12,10 +12,11 @@ from eqxllm.data import train_bpe_tokenizer
 from eqxllm.errors import ConfigError
 from eqxllm.models import T5VAE, T5VAEConfig
 from eqxllm.train.loss import cross_entropy
+from eqxllm.train.tasks.splices import splice_rows, splices, word_starts
 from eqxllm.train.tasks.vae import VAETask
-from eqxllm.vae import slerp, vae_loss
-from eqxllm.vae.losses import shift_right, splice_loss
-from eqxllm.vae.splice import splice_rows, splices, token_trigrams, word_starts
+from eqxllm.train.tasks.vae_loss import splice_loss, vae_loss
+from eqxllm.vae import slerp
+from eqxllm.vae.metrics import shift_right
 
 from .test_vae_task import _cfg
 
@@ -66,41 +67,6 @@ def test_every_splice_is_made_of_adjacent_pairs_of_its_two_sentences():
             k = round(t * len(tokens))
             assert k == pytest.approx(t * len(tokens)) and 0 < k < len(tokens)
             assert tokens[-k:] == b[-k:] and tokens[:-k] == a[: len(tokens) - k]
-
-
-def test_token_trigrams_hold_each_rows_contexts_with_its_start_and_end():
-    ids = np.array([[10, 11, 12, EOS, PAD], [20, EOS, PAD, PAD, PAD]], np.int32)
-    got = token_trigrams(ids, np.array([4, 2], np.int32))
-    start = -1
-    assert got == {(start, 10, 11), (10, 11, 12), (11, 12, EOS), (start, 20, EOS)}  # padding never counts
-
-
-def test_attested_splices_join_where_the_training_text_has_the_junctions_context():
-    a, b = [10, 11, 12], [20, 11, 21, 22]  # the one splice joins at 11: [10, 11, 21, 22]
-    assert splices(a, b, 10, trigrams=frozenset({(10, 11, 21)}), eos_id=EOS) == [([10, 11, 21, 22], 3 / 4)]
-    assert splices(a, b, 10, trigrams=frozenset({(10, 11, 12), (20, 11, 21)}), eos_id=EOS) == []  # "10 11 21": never
-    # a junction on b's last token: the context after it is the end token
-    a, b = [10, 11, 12, 13], [20, 21, 12]
-    assert splices(a, b, 10, trigrams=frozenset({(11, 12, EOS)}), eos_id=EOS) == [([10, 11, 12], 1 / 3)]
-    assert splices(a, b, 10, trigrams=frozenset({(11, 12, EOS)}), eos_id=7) == []
-    with pytest.raises(ConfigError, match="eos_id"):
-        splices(a, b, 10, trigrams=frozenset({(11, 12, EOS)}))
-
-
-def test_attested_splices_are_those_whose_every_context_occurs_in_the_text():
-    rng = np.random.default_rng(1)
-    checked = 0
-    for _ in range(300):
-        a = rng.integers(2, 6, rng.integers(2, 9)).tolist()
-        b = rng.integers(2, 6, rng.integers(2, 9)).tolist()
-        c = rng.integers(2, 6, rng.integers(2, 9)).tolist()  # a third sentence of the "training text"
-        text = token_trigrams(*_rows([a, b, c], seq=10))
-        kept = splices(a, b, 12, trigrams=text, eos_id=EOS)
-        for tokens, t in splices(a, b, 12):
-            contexts = token_trigrams(*_rows([tokens], seq=14))
-            assert ((tokens, t) in kept) == (contexts <= text)  # kept iff each of its trigrams is in the text
-            checked += 1
-    assert checked > 100
 
 
 def _rows(sentences, seq=8):
@@ -182,30 +148,6 @@ def test_splice_loss_trains_the_encoder_too(model):
     assert float(jnp.max(jnp.abs(grads.to_latent.weight))) > 0
 
 
-def test_splice_rows_prefer_attested_splices_and_fall_back_to_any():
-    # two splices: at 11 (context "10 11 21", attested below) and at 13 ("12 13 23", not)
-    a, b = [10, 11, 12, 13, 14], [20, 11, 21, 13, 23]
-    ids, lengths = _rows([a, b], seq=8)
-    every = {tuple(t) for t, _ in splices(a, b, 7)}
-    assert every == {(10, 11, 21, 13, 23), (10, 11, 12, 13, 23)}
-    trigrams = frozenset({(10, 11, 21)})
-    drawn = set()
-    for seed in range(20):
-        out = splice_rows(ids, lengths, np.random.default_rng(seed), eos_id=EOS, pad_id=PAD, trigrams=trigrams)
-        drawn.add(tuple(out["splice_ids"][0, : out["splice_lengths"][0] - 1]))
-    assert drawn == {(10, 11, 21, 13, 23)}
-    plain = set()
-    for seed in range(20):
-        out = splice_rows(ids, lengths, np.random.default_rng(seed), eos_id=EOS, pad_id=PAD)
-        plain.add(tuple(out["splice_ids"][0, : out["splice_lengths"][0] - 1]))
-    assert plain == every  # without trigrams, either splice
-    # nothing attested: any splice, as without trigrams (not the row's own sentence)
-    out = splice_rows(ids, lengths, np.random.default_rng(0), eos_id=EOS, pad_id=PAD, trigrams=frozenset())
-    assert tuple(out["splice_ids"][0, : out["splice_lengths"][0] - 1]) in every
-    with pytest.raises(ConfigError, match="splice_junction"):
-        T5VAEConfig.tiny(splice_junction="anywhere")
-
-
 def test_the_vae_task_adds_splice_rows_only_when_asked(tmp_path):
     cfg = _cfg(tmp_path)
     plain = VAETask(cfg, tmp_path / "run", progress=False)
@@ -218,10 +160,3 @@ def test_the_vae_task_adds_splice_rows_only_when_asked(tmp_path):
     for k in first:  # a pure function of the step: resuming replays the same targets
         np.testing.assert_array_equal(first[k], again[k])
     assert first["splice_ids"].shape == first["input_ids"].shape
-    assert task.trigrams is None
-    attested = spliced.replace(model=dataclasses.replace(spliced.model, splice_junction="attested"))
-    task = VAETask(attested, tmp_path / "run", progress=False)
-    assert task.trigrams == token_trigrams(task.train.ids, task.train.lengths)
-    batch = task.batch(3, process_index=0, process_count=1)
-    for row, n in zip(batch["splice_ids"], batch["splice_lengths"]):  # all of them from the training text
-        assert n >= 2 and row[n - 1] == task.eot

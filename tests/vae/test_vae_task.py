@@ -136,12 +136,8 @@ def test_cli_eval_and_vae_commands(trained, tmp_path, capsys):
     assert len(greedy) == 2
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy"), "--num-beams", "3"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
-    # this model was trained without code dropout: it has no language model to fuse
-    assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy"),
-                 "--prior-weight", "0.5"]) == 2  # fmt: skip
-    assert "code_dropout" in capsys.readouterr().err
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "z.npy"), "--num-beams", "0"]) == 2
-    assert "num_beams must be >= 1" in capsys.readouterr().err
+    assert "num_beams must be an integer >= 1" in capsys.readouterr().err
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 3), np.float32))
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "bad.npy")]) == 2
     assert "latents must be [4, 8]" in capsys.readouterr().err
@@ -149,26 +145,6 @@ def test_cli_eval_and_vae_commands(trained, tmp_path, capsys):
     assert main(["vae", "encode", "--model", str(export), "--input", str(tmp_path / "long.txt"),
                  "--output", str(tmp_path / "l.npy")]) == 2  # fmt: skip
     assert "tokens; this model encodes 1 to 15 tokens" in capsys.readouterr().err
-
-
-def test_cli_interpolate_reranked_by_a_language_model(trained, tmp_path, capsys):
-    from eqxllm.data.tokenizer import eot_id, load_tokenizer
-    from eqxllm.models import GPT2, GPT2Config
-
-    _, export = trained
-    tok = load_tokenizer(export)
-    eot = eot_id(tok)
-    lm_cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=32, n_embd=32, n_layer=1, n_head=2,
-                        bos_token_id=eot, eos_token_id=eot)  # fmt: skip
-    lm_dir = eqxllm.save_pretrained(GPT2(lm_cfg, key=jax.random.key(0)), tmp_path / "lm", tokenizer=tok)
-    ends = ["--a", "Tom had a cat.", "--b", "Mia found it.", "--steps", "4", "--num-beams", "3"]
-    assert main(["vae", "interpolate", "--model", str(export), *ends, "--lm", str(lm_dir)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and lines[0].startswith("0.00") and all(line.split(maxsplit=1)[1:] for line in lines)
-    assert main(["vae", "interpolate", "--model", str(export), *ends, "--lm", str(export)]) == 2
-    assert "decoder-only" in capsys.readouterr().err
-    assert main(["vae", "interpolate", "--model", str(export), *ends, "--lm", str(lm_dir), "--lm-weight", "-1"]) == 2
-    assert "lm_weight must be >= 0" in capsys.readouterr().err
 
 
 def test_cli_interpolate_along_a_geodesic(trained, tmp_path, capsys):

@@ -16,9 +16,9 @@ from eqxllm.data import eot_id, load_tokenizer, save_tokenizer, story_sources, t
 from eqxllm.data.sentences import encode_sentences, sentence_batch, story_sentences, unseen
 from eqxllm.errors import ConfigError, DataError
 from eqxllm.models.t5_vae_config import T5VAEConfig
+from eqxllm.train.tasks.splices import splice_rows, word_starts
+from eqxllm.train.tasks.vae_loss import vae_loss
 from eqxllm.vae.evaluate import evaluate_sentences
-from eqxllm.vae.losses import vae_loss
-from eqxllm.vae.splice import splice_rows, token_trigrams, word_starts
 
 _FIT_SENTENCES = 256  # validation codes that the samples' fitted Gaussian is fitted to
 
@@ -54,8 +54,6 @@ class VAETask:
         self.validation = unseen(val, self.train)
         if len(self.validation) == 0:
             raise DataError(f"the validation stories of {d.source!r} hold no unseen sentence of < {seq_len} tokens")
-        attested = cfg.model.splice_weight > 0 and cfg.model.splice_junction == "attested"
-        self.trigrams = token_trigrams(self.train.ids, self.train.lengths) if attested else None
 
     def model_config(self, model_cfg: T5VAEConfig) -> T5VAEConfig:
         vocab = self.tokenizer.get_vocab_size()
@@ -75,9 +73,8 @@ class VAETask:
         if self.cfg.model.splice_weight > 0:
             rng = np.random.default_rng((t.seed, int(step), process_index))
             batch |= splice_rows(
-                batch["input_ids"], batch["lengths"], rng, eos_id=self.eot, pad_id=self.eot, joinable=self.joinable,
-                trigrams=self.trigrams,
-            )  # fmt: skip
+                batch["input_ids"], batch["lengths"], rng, eos_id=self.eot, pad_id=self.eot, joinable=self.joinable
+            )
         return batch
 
     def evaluate(self, model, *, max_batches: int | None = -1) -> dict[str, float]:

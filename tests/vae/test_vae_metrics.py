@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eqxllm.vae.losses import (
+from eqxllm.vae.metrics import (
     active_units,
     annealed_weight,
     gaussian_kernel,
