@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import PyTree
 
 from eqxllm.errors import ConfigError
+from eqxllm.lora import trainable_params
 from eqxllm.nn import Stack
 
 AXES = ("data", "fsdp", "tensor")
@@ -43,6 +44,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     (r"\.(q_proj|k_proj|v_proj|up|gate)\.(weight|bias)$", ("tensor",)),
     # row-parallel: input features split; the partial sums are all-reduced by XLA
     (r"\.(o_proj|down)\.weight$", (None, "tensor")),
+    # LoRA adapters follow their base weight: B [out, r] splits like a column-parallel output,
+    # A [r, in] like a row-parallel input; the other factor is small and replicated
+    (r"\.(q_proj|k_proj|v_proj|up|gate)\.lora_b$", ("tensor",)),
+    (r"\.(o_proj|down)\.lora_a$", (None, "tensor")),
 )
 
 
@@ -162,9 +167,9 @@ def model_shardings(model: PyTree, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_R
 def opt_state_shardings(
     optimizer: optax.GradientTransformation, model: PyTree, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES
 ) -> PyTree:
-    """Shardings of ``optimizer.init(eqx.filter(model, eqx.is_inexact_array))``, computed on its shape
+    """Shardings of ``optimizer.init(trainable_params(model))``, computed on its shape
     alone: moments that mirror a parameter shard like it, counters and scalars are replicated."""
-    abstract = eqx.filter_eval_shape(optimizer.init, eqx.filter(model, eqx.is_inexact_array))
+    abstract = eqx.filter_eval_shape(optimizer.init, trainable_params(model))
     return tree_shardings(abstract, mesh, rules)
 
 

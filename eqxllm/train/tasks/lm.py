@@ -17,7 +17,12 @@ class LMTask:
 
     def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
         self.cfg = cfg
-        self.data = prepare_data(cfg.data, run_dir, seed=cfg.train.seed, progress=progress)
+        tok, eot = (None, None)
+        if cfg.init_from is not None:  # the checkpoint's tokenizer, examples separated by its EOS
+            from eqxllm.train.init_from import checkpoint_tokenizer
+
+            tok, eot = checkpoint_tokenizer(cfg.init_from)
+        self.data = prepare_data(cfg.data, run_dir, seed=cfg.train.seed, progress=progress, tokenizer=tok, eot=eot)
         self.tokenizer = self.data.tokenizer
 
     def model_config(self, model_cfg):
