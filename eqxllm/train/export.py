@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from eqxllm.checkpoints.api import save_pretrained
+from eqxllm.checkpoints.generation_config import GENERATION_CONFIG, generation_config
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.lora import has_lora, merge_lora
 from eqxllm.lora.peft_export import save_peft_adapter
@@ -23,17 +24,6 @@ TOKENIZER_FILES = (
     "merges.txt",
     "tokenizer.model",
 )
-GENERATION_CONFIG = "generation_config.json"
-
-
-def generation_config(model_cfg: Any) -> dict[str, Any]:
-    """``generation_config.json`` contents from a model config: its special ids."""
-    out: dict[str, Any] = {}
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
-        value = getattr(model_cfg, name, None)
-        if value is not None:
-            out[name] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 def export_run(model: Any, dst: Path, *, tokenizer: Any, init_from: str | None = None) -> Path:
