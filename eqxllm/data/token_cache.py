@@ -20,7 +20,7 @@ from jaxtyping import UInt
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from eqxllm.data.sources import StorySource
+from eqxllm.data.sources import TextSource
 from eqxllm.data.tokenizer import eot_id
 from eqxllm.errors import DataError
 
@@ -41,7 +41,7 @@ def token_dtype(tok: Tokenizer) -> np.dtype:
 
 
 def token_cache_path(
-    source: StorySource, tok: Tokenizer, cache_dir: str | Path | None = None, *, eot: int | None = None
+    source: TextSource, tok: Tokenizer, cache_dir: str | Path | None = None, *, eot: int | None = None
 ) -> Path:
     """Where :func:`cached_tokens` keeps the tokens of ``source`` under ``tok`` (separator ``eot``)."""
     tokenizer_hash = hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()
@@ -57,7 +57,7 @@ def token_cache_path(
 
 
 def cached_tokens(
-    source: StorySource,
+    source: TextSource,
     tok: Tokenizer,
     *,
     cache_dir: str | Path | None = None,
@@ -92,7 +92,9 @@ def cached_tokens(
                 out.flush()
                 os.fsync(out.fileno())
             if count == 0:
-                raise DataError(f"the {source.split} split of {[str(p) for p in source.files]} holds no stories")
+                raise DataError(
+                    f"the {source.split} split of {[str(p) for p in getattr(source, 'files', ())]} holds no stories"
+                )
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

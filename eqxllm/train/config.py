@@ -40,6 +40,17 @@ class DataConfig:
     """Vocabulary size of a trained tokenizer (ignored for a pretrained one)."""
     cache_dir: str | None = None
     """Token cache directory (default ``~/.cache/eqxllm/tokens``)."""
+    loader: Literal["auto", "text", "datasets"] = "auto"
+    """``datasets`` reads ``source`` with Hugging Face ``datasets`` (a Hub dataset id, or files); ``text``
+    the ``<|endoftext|>``-separated text path; ``auto``: ``datasets`` for .jsonl/.json/.parquet/.csv files
+    (or folders of them) and when prompt/completion fields are given, else ``text``."""
+    text_field: str = "text"
+    """The record field holding the text (``datasets`` sources)."""
+    prompt_field: str | None = None
+    """With ``completion_field``: train on prompt/completion records, the loss on completion tokens only."""
+    completion_field: str | None = None
+    streaming: bool = False
+    """Read a ``datasets`` source lazily (sets larger than memory); tokenized once into the cache either way."""
 
 
 @dataclass(frozen=True, kw_only=True)
