@@ -145,3 +145,28 @@ def test_checkpoint_without_tokenizer(base, tmp_path):
     cfg = _cfg(base, tmp_path / "run").replace(init_from=str(bare))
     with pytest.raises(DataError, match="holds no tokenizer"):
         train(cfg, progress=False)
+
+
+def test_prompt_completion_lora_run(base, tmp_path):
+    """A LoRA run on prompt/completion JSON Lines: its first loss is the checkpoint's completion-only loss
+    on the first batch, and the run exports the merged model and the adapter."""
+    from eqxllm.train.loss import completion_loss
+
+    rows = [{"q": f"Who had the {s.split()[-4]}?", "a": " " + s} for s in _stories(120)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = _cfg(base, tmp_path / "pc", lora=LORA, steps=2)
+    cfg = cfg.replace(
+        data=dataclasses.replace(cfg.data, source=str(path), prompt_field="q", completion_field="a", val_fraction=0.2)
+    )
+    export = train(cfg, progress=False)
+    assert (export / "model.safetensors").is_file() and (Path(cfg.out) / "adapter" / "adapter_config.json").is_file()
+    tok = load_tokenizer(cfg.init_from)
+    eot = eqxllm.load_config(cfg.init_from).eos_token_id
+    data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False, tokenizer=tok, eot=eot)
+    t = cfg.train
+    where = dict(batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed)
+    batch = {"tokens": batch_at(data.train, 0, **where), "loss_mask": batch_at(data.train_mask, 0, **where)}
+    assert 0 < batch["loss_mask"][:, 1:].sum() < batch["loss_mask"][:, 1:].size
+    loss, _ = completion_loss(eqxllm.from_pretrained(cfg.init_from), jax.tree.map(jnp.asarray, batch))
+    assert _first_loss(cfg) == pytest.approx(float(loss), abs=1e-6)
