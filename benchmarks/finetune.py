@@ -41,7 +41,7 @@ def run_mode(mode: str, args) -> dict:
     opt_state = init_opt_state(optimizer, model)
     step = make_train_step(next_token_loss, optimizer)
     batch = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1), np.int32))
-    mem = step.lower(model, opt_state, batch).compile().memory_analysis()
+    mem = step.lower(model, opt_state, batch).compile().compiled.memory_analysis()
     xla_bytes = None
     if mem is not None:
         xla_bytes = (
