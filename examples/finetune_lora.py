@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--targets", default="attn", help="regular expression over module paths")
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch", type=int, default=32, help="sequences per step")
     p.add_argument("--minutes", type=float, default=None, help="stop after this long")
     args = p.parse_args()
 
@@ -89,6 +90,7 @@ def main() -> None:
         preset.train,
         seq_len=min(preset.train.seq_len, model_cfg.max_positions),
         max_steps=args.steps,
+        batch_size=args.batch,
         max_minutes=args.minutes,
         eval_every=max(args.steps // 4, 1),
         checkpoint_every=args.steps,

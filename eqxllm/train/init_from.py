@@ -120,6 +120,8 @@ def initial_model(cfg: Any, model_cfg: Any, key: PRNGKeyArray) -> Any:
     if cfg.init_from is None:
         model = family_for_config(model_cfg).model_cls(model_cfg, key=key)
     else:
+        if cfg.task != "lm":  # the other tasks train their own tokenizer, which would not match the weights
+            raise ConfigError(f"--init-from supports the 'lm' task (decoder-only models) so far, not {cfg.task!r}")
         check_model_matches(model_cfg, cfg.init_from)
         model = load_weights(model_cfg, cfg.init_from)
     if cfg.lora.enabled:

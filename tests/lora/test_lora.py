@@ -112,3 +112,20 @@ def test_no_double_apply(base):
     m = apply_lora(base, rank=2, alpha=1.0, targets="attn", key=jax.random.key(0))
     with pytest.raises(ConfigError, match="already has LoRA adapters"):
         apply_lora(m, rank=2, alpha=1.0, targets="mlp", key=jax.random.key(0))
+
+
+def test_adapters_follow_their_base_weights_partition():
+    from jax.sharding import PartitionSpec as P
+
+    from eqxllm.train.sharding import DEFAULT_RULES, partition_spec
+
+    mesh = {"data": 1, "fsdp": 1, "tensor": 2}
+    spec = lambda path, shape: partition_spec(path, shape, 1, mesh, DEFAULT_RULES)  # noqa: E731
+    # column-parallel q_proj: the output features of W and of B split; A is replicated
+    assert spec(".blocks.blocks.attn.q_proj.weight", (2, 16, 16)) == P(None, "tensor", None)
+    assert spec(".blocks.blocks.attn.q_proj.lora_b", (2, 16, 4)) == P(None, "tensor", None)
+    assert spec(".blocks.blocks.attn.q_proj.lora_a", (2, 4, 16)) == P(None, None, None)
+    # row-parallel o_proj: the input features of W and of A split; B is replicated
+    assert spec(".blocks.blocks.attn.o_proj.weight", (2, 16, 16)) == P(None, None, "tensor")
+    assert spec(".blocks.blocks.attn.o_proj.lora_a", (2, 4, 16)) == P(None, None, "tensor")
+    assert spec(".blocks.blocks.attn.o_proj.lora_b", (2, 16, 4)) == P(None, None, None)
