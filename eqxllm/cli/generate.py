@@ -2,7 +2,8 @@
 
 The model loads with ``eqxllm.from_pretrained`` and the tokenizer from the same directory (or Hub
 repository). Sampling is the default (temperature 1, seed 0); ``--greedy`` (or ``--temperature 0``)
-picks the most likely token. Each of ``--num-samples`` samples starts with the prompt and uses its
+picks the most likely token. A ``generation_config.json`` beside the model supplies the stop ids and
+the defaults of ``--temperature``, ``--top-k``, ``--top-p`` (and greedy for ``do_sample: false``). Each of ``--num-samples`` samples starts with the prompt and uses its
 own key, ``fold_in(key(seed), i)``, so a run is reproducible and sample ``i`` does not depend on how
 many were asked for.
 """
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="Hugging Face directory or Hub repo id (with a tokenizer)")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per sample (default 64)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 is greedy (default 1)")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature; 0 is greedy (default 1)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of probability p, in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -40,6 +41,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eqxllm.checkpoints import from_pretrained
+    from eqxllm.checkpoints.generation_config import read_generation_config
     from eqxllm.checkpoints.hub import resolve_pretrained
     from eqxllm.data.tokenizer import load_tokenizer
 
@@ -49,6 +51,17 @@ def run(args: argparse.Namespace) -> int:
     directory = resolve_pretrained(args.model, revision=args.revision)
     model = from_pretrained(directory)
     tokenizer = load_tokenizer(directory)
+    # generation_config.json fills what the flags leave unset; an explicit sampling flag means sampling
+    defaults = read_generation_config(directory)
+    explicit = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
+    args.greedy = args.greedy or (defaults.get("do_sample") is False and not explicit)
+    args.temperature = defaults.get("temperature", 1.0) if args.temperature is None else args.temperature
+    args.top_k = defaults.get("top_k") if args.top_k is None else args.top_k
+    args.top_p = defaults.get("top_p") if args.top_p is None else args.top_p
+    eos = model.config.eos_token_id
+    stops = set(defaults.get("eos_token_id", [])) | (
+        set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    )
     prompt = jnp.asarray(tokenizer.encode(args.prompt).ids, jnp.int32)
     if prompt.shape[0] == 0:
         raise InputError(f"the prompt {args.prompt!r} encodes to no tokens; give some text")
@@ -59,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
         key = None if args.greedy else jax.random.fold_in(jax.random.key(args.seed), i)
         out.write(args.prompt)
         out.flush()
-        print_stream(model, tokenizer, prompt, args, key, options, out)
+        print_stream(model, tokenizer, prompt, args, key, options, out, stops=stops)
         out.write("\n")
     return 0
 
 
-def print_stream(model, tokenizer, prompt, args, key, options, out) -> None:
+def print_stream(model, tokenizer, prompt, args, key, options, out, stops: set[int] | None = None) -> None:
     """Generate with :func:`eqxllm.generation.stream` and print the decoded text as it grows.
 
     The whole continuation is decoded again after every chunk and only the new suffix printed: a
@@ -72,8 +85,9 @@ def print_stream(model, tokenizer, prompt, args, key, options, out) -> None:
     """
     from eqxllm.generation import stream
 
-    eos = model.config.eos_token_id
-    stops = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    if stops is None:
+        eos = model.config.eos_token_id
+        stops = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
     ids: list[int] = []
     printed = ""
     for chunk in stream(

@@ -3,12 +3,17 @@
     eqxllm train --config gpt2-tinystories --data ../shared/data/tinystories --out runs/ts
     eqxllm train --config gpt2-tinystories --train.max-steps 50 --model.n-layer 2
     eqxllm train --config-file runs/ts/run_config.json --resume
+    eqxllm train --init-from gpt2 --data notes.jsonl --lora.rank 8 --lora.targets attn
+
+With ``--init-from DIR|HUB_ID`` the model config, weights and tokenizer are the checkpoint's; only the
+model's dropout rates, ``--model.remat`` and ``--model.attention-impl`` may be set.
 
 Every field of the configuration is a flag (``--help`` lists them with their defaults); ``--data``,
 ``--out``, ``--max-steps``, ``--checkpoint-every``, ``--resume`` and ``--mesh`` are short forms.
 """
 
 import argparse
+import dataclasses
 
 SHORT_FLAGS = {
     "--data": "--data.source",
@@ -57,8 +62,20 @@ def parse(argv: list[str]):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default="gpt2-tinystories", choices=sorted(TRAIN_PRESETS))
     pre.add_argument("--config-file", default=None)
+    pre.add_argument("--init-from", default=None)
     known, rest = pre.parse_known_args(argv)
     default = load_config_file(known.config_file) if known.config_file else train_preset(known.config)
+    if known.init_from:
+        from eqxllm.train.init_from import checkpoint_config, refuse_fixed
+
+        # refuse architecture flags now; the changeable ones are parsed by tyro on top of the checkpoint's
+        names = {a.partition("=")[0][len("--model.") :].replace("-", "_") for a in rest if a.startswith("--model.")}
+        refuse_fixed(names, known.init_from)
+        model = checkpoint_config(known.init_from)
+        # a preset's windows may exceed a small checkpoint's context: cap them (--train.seq-len still applies)
+        seq_len = min(default.train.seq_len, model.max_positions or default.train.seq_len)
+        train_cfg = dataclasses.replace(default.train, seq_len=seq_len)
+        default = default.replace(model=model, init_from=known.init_from, train=train_cfg)
     return tyro.cli(
         TrainConfig,
         args=_expand(rest),

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from eqxllm.data.tinystories import (
     Split,
@@ -19,6 +20,19 @@ from eqxllm.data.tinystories import (
     train_val_split,
 )
 from eqxllm.errors import DataError
+
+
+@runtime_checkable
+class TextSource(Protocol):
+    """What the token cache needs of a split: its name, its texts in order, and a JSON-able identity
+    (:class:`StorySource` for text files, :class:`eqxllm.data.hf_datasets.DatasetSource` for ``datasets``)."""
+
+    @property
+    def split(self) -> Split: ...
+
+    def iter_stories(self) -> Iterator[str]: ...
+
+    def fingerprint(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from jaxtyping import UInt
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from eqxllm.data.sources import StorySource
+from eqxllm.data.sources import TextSource
 from eqxllm.data.tokenizer import eot_id
 from eqxllm.errors import DataError
 
@@ -40,31 +40,40 @@ def token_dtype(tok: Tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if tok.get_vocab_size(with_added_tokens=True) <= 1 << 16 else np.uint32)
 
 
-def token_cache_path(source: StorySource, tok: Tokenizer, cache_dir: str | Path | None = None) -> Path:
-    """Where :func:`cached_tokens` keeps the tokens of ``source`` under ``tok``."""
+def token_cache_path(
+    source: TextSource, tok: Tokenizer, cache_dir: str | Path | None = None, *, eot: int | None = None
+) -> Path:
+    """Where :func:`cached_tokens` keeps the tokens of ``source`` under ``tok`` (separator ``eot``)."""
     tokenizer_hash = hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()
-    key = {"format": _FORMAT, "source": source.fingerprint(), "tokenizer": tokenizer_hash, "eot": eot_id(tok)}
+    key = {
+        "format": _FORMAT,
+        "source": source.fingerprint(),
+        "tokenizer": tokenizer_hash,
+        "eot": eot_id(tok) if eot is None else eot,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:32]
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return directory / f"{source.split}-{digest}.{token_dtype(tok).name}.bin"
 
 
 def cached_tokens(
-    source: StorySource,
+    source: TextSource,
     tok: Tokenizer,
     *,
     cache_dir: str | Path | None = None,
     chunk_size: int = 2048,
     progress: bool = True,
+    eot: int | None = None,
 ) -> UInt[np.ndarray, " tokens"]:
     """The token ids of every story of ``source``, each followed by the end-of-text id, memory-mapped.
 
     Tokenizes (``tok.encode_batch`` on ``chunk_size`` stories at a time, with a progress bar) only when
     the cache has no file for this source and tokenizer; the file is written to a temporary name and
     renamed, so a crash never leaves a partial cache and concurrent writers (several hosts sharing a
-    disk) each leave a whole one. Returns a read-only ``np.memmap`` of ``uint16`` or ``uint32``.
+    disk) each leave a whole one. ``eot`` is the separator (default: the tokenizer's ``<|endoftext|>``;
+    a pretrained model's end-of-sequence id otherwise). Returns a read-only ``np.memmap`` of ``uint16`` or ``uint32``.
     """
-    path = token_cache_path(source, tok, cache_dir)
+    path = token_cache_path(source, tok, cache_dir, eot=eot)
     dtype = token_dtype(tok)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,11 +87,14 @@ def cached_tokens(
                     chunk_size=chunk_size,
                     progress=progress,
                     desc=source.split,
+                    eot=eot,
                 )
                 out.flush()
                 os.fsync(out.fileno())
             if count == 0:
-                raise DataError(f"the {source.split} split of {[str(p) for p in source.files]} holds no stories")
+                raise DataError(
+                    f"the {source.split} split of {[str(p) for p in getattr(source, 'files', ())]} holds no stories"
+                )
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -98,12 +110,13 @@ def write_tokens(
     chunk_size: int = 2048,
     progress: bool = True,
     desc: str = "tokenizing",
+    eot: int | None = None,
 ) -> int:
     """Tokenize ``stories`` in chunks and append their ids (each story then end-of-text) to ``out``.
 
     Returns the number of stories written.
     """
-    eot, dtype = eot_id(tok), token_dtype(tok)
+    eot, dtype = (eot_id(tok) if eot is None else eot), token_dtype(tok)
     count = 0
     with tqdm(desc=f"tokenizing {desc}", unit=" stories", disable=not progress) as bar:
         chunk: list[str] = []

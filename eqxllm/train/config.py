@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from eqxllm.checkpoints.registry import family_for_model_type
 from eqxllm.errors import ConfigError
+from eqxllm.lora.config import LoraConfig
 from eqxllm.models.gemma_config import GemmaConfig
 from eqxllm.models.gpt2 import GPT2Config
 from eqxllm.models.t5_config import T5Config
@@ -39,6 +40,17 @@ class DataConfig:
     """Vocabulary size of a trained tokenizer (ignored for a pretrained one)."""
     cache_dir: str | None = None
     """Token cache directory (default ``~/.cache/eqxllm/tokens``)."""
+    loader: Literal["auto", "text", "datasets"] = "auto"
+    """``datasets`` reads ``source`` with Hugging Face ``datasets`` (a Hub dataset id, or files); ``text``
+    the ``<|endoftext|>``-separated text path; ``auto``: ``datasets`` for .jsonl/.json/.parquet/.csv files
+    (or folders of them) and when prompt/completion fields are given, else ``text``."""
+    text_field: str = "text"
+    """The record field holding the text (``datasets`` sources)."""
+    prompt_field: str | None = None
+    """With ``completion_field``: train on prompt/completion records, the loss on completion tokens only."""
+    completion_field: str | None = None
+    streaming: bool = False
+    """Read a ``datasets`` source lazily (sets larger than memory); tokenized once into the cache either way."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +97,11 @@ class TrainConfig:
     out: str = "runs/gpt2-tinystories"
     resume: bool = False
     """Continue from the latest checkpoint in ``out`` (bit-identical to an uninterrupted run)."""
+    init_from: str | None = None
+    """Start from this checkpoint (a directory or Hub id in Hugging Face layout): its weights, config and
+    tokenizer as they are; ``model`` must then be its config (see :mod:`eqxllm.train.init_from`)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (``lora.rank > 0``): train those only, export merged and PEFT."""
 
     def __post_init__(self):
         t = self.train
@@ -143,7 +160,8 @@ class TrainConfig:
                 data=DataConfig(**raw["data"]),
                 optim=OptimConfig(**raw["optim"]),
                 train=LoopConfig(**raw["train"]),
-                **{k: v for k, v in raw.items() if k not in ("model", "data", "optim", "train")},
+                lora=LoraConfig(**raw.get("lora", {})),
+                **{k: v for k, v in raw.items() if k not in ("model", "data", "optim", "train", "lora")},
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not a TrainConfig JSON: {e}") from e

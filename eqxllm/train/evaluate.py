@@ -38,11 +38,14 @@ class EvalResult:
 
 @eqx.filter_jit
 def _window_nll(
-    model, windows: Int[Array, "batch window"], mask: Bool[Array, "batch window"]
+    model,
+    windows: Int[Array, "batch window"],
+    mask: Bool[Array, "batch window"],
+    loss_mask: Bool[Array, "batch window"],
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     inputs, targets = windows[:, :-1], windows[:, 1:]
     logits = jax.vmap(lambda ids: model(ids))(inputs)
-    return cross_entropy(logits, targets, mask[:, 1:] & mask[:, :-1])
+    return cross_entropy(logits, targets, mask[:, 1:] & mask[:, :-1] & loss_mask[:, 1:])
 
 
 def windows_covering(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,21 +73,25 @@ def evaluate_tokens(
     batch_size: int = 8,
     max_batches: int | None = None,
     place: Callable[[np.ndarray], jax.Array] = jnp.asarray,
+    loss_mask: np.ndarray | None = None,
 ) -> EvalResult:
     """Loss over ``tokens`` (every token predicted once, or the first ``max_batches`` batches of
-    windows), with BPB scaled to the ``num_bytes`` of text those tokens encode."""
+    windows), with BPB scaled to the ``num_bytes`` of text those tokens encode. ``loss_mask`` (same
+    length as ``tokens``, 0 on prompt tokens) restricts the loss to the targets where it is 1."""
     windows, mask = windows_covering(tokens, seq_len)
+    scored = mask if loss_mask is None else windows_covering(loss_mask, seq_len)[0].astype(bool)
     total, count = 0.0, 0.0
     batches: Iterable[int] = range(0, len(windows), batch_size)
     for b, start in enumerate(batches):
         if max_batches is not None and b >= max_batches:
             break
-        w, m = windows[start : start + batch_size], mask[start : start + batch_size]
+        w, m, s = (a[start : start + batch_size] for a in (windows, mask, scored))
         if len(w) < batch_size:  # pad the last batch so that one program serves every batch
             pad = batch_size - len(w)
             w = np.concatenate([w, np.zeros((pad, w.shape[1]), w.dtype)])
             m = np.concatenate([m, np.zeros((pad, m.shape[1]), bool)])
-        nll, n = _window_nll(model, place(w), place(m))
+            s = np.concatenate([s, np.zeros((pad, s.shape[1]), bool)])
+        nll, n = _window_nll(model, place(w), place(m), place(s))
         total += float(nll)
         count += float(n)
     loss = total / max(count, 1.0)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import jax
 
-from eqxllm.checkpoints import save_pretrained
-from eqxllm.checkpoints.registry import family_for_config
 from eqxllm.errors import CheckpointError, ConfigError, EqxllmError
 from eqxllm.train.checkpoint import TrainCheckpointer
 from eqxllm.train.config import TrainConfig
 from eqxllm.train.distributed import initialize_distributed
+from eqxllm.train.export import export_run
+from eqxllm.train.init_from import initial_model
 from eqxllm.train.metrics import RunLogger
 from eqxllm.train.optim import init_opt_state, make_optimizer
 from eqxllm.train.plot import plot_run
@@ -102,14 +102,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     lead = jax.process_index() == 0
     t = cfg.train
     task = make_task(cfg, out, progress=progress and lead)
-    model_cfg = task.model_config(cfg.model)
+    model_cfg = cfg.model if cfg.init_from else task.model_config(cfg.model)  # a checkpoint's stays as is
     if lead and not cfg.resume:
         (out / "run_config.json").write_text(cfg.to_json())
 
     mesh = make_mesh(f"data={jax.device_count()}" if cfg.mesh == "auto" else cfg.mesh)
     check_batch_size(t.batch_size, mesh)
     init_key, train_key, sample_key = jax.random.split(jax.random.key(t.seed), 3)
-    model = family_for_config(model_cfg).model_cls(model_cfg, key=init_key)
+    model = initial_model(cfg, model_cfg, init_key)
     optimizer = make_optimizer(cfg.optim, model)
     model_sh = model_shardings(model, mesh)
     opt_sh = opt_state_shardings(optimizer, model, mesh)
@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
         if t.export_best and float(metrics["val_loss"]) < best:
             best = float(metrics["val_loss"])
             if lead:
-                save_pretrained(model, export, tokenizer=task.tokenizer)
+                export_run(model, export, tokenizer=task.tokenizer, init_from=cfg.init_from)
             log.log("best", step, val_loss=best)
             log.text("best", step, f"step {step}: lowest val_loss so far ({best:.4f}), exported to {export}")
         for i, text in enumerate(task.samples(model, jax.random.fold_in(sample_key, step))):
@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
         evaluate_and_sample(step)
         if lead:
             if not (t.export_best and math.isfinite(best)):  # no finite val_loss: the last step's weights
-                save_pretrained(model, export, tokenizer=task.tokenizer)
+                export_run(model, export, tokenizer=task.tokenizer, init_from=cfg.init_from)
             plot_run(out)
         return export
     finally:

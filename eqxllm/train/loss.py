@@ -26,6 +26,19 @@ def next_token_loss(
     a different key per example; ``None`` runs the model deterministically.
     Returns ``(mean_loss, {"loss": mean_loss, "tokens": number_of_predicted_tokens})``.
     """
+    return _packed_loss(model, batch, None, key)
+
+
+def completion_loss(
+    model, batch: dict[str, Int[Array, "batch seq_plus_one"]], key: PRNGKeyArray | None = None
+) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+    """:func:`next_token_loss` on ``batch["tokens"]`` counting only the targets where
+    ``batch["loss_mask"]`` is 1 (completion tokens of prompt/completion data; prompts carry no loss).
+    ``aux["tokens"]`` counts those targets."""
+    return _packed_loss(model, batch["tokens"], batch["loss_mask"][:, 1:] > 0, key)
+
+
+def _packed_loss(model, batch, target_mask, key):
     if batch.shape[1] < 2:
         raise InputError(f"next_token_loss needs sequences of at least 2 tokens; got batch shape {batch.shape}")
     inputs, targets = batch[:, :-1], batch[:, 1:]
@@ -34,6 +47,6 @@ def next_token_loss(
     else:
         keys = jax.random.split(key, batch.shape[0])
         logits = jax.vmap(lambda ids, k: model(ids, key=k))(inputs, keys)
-    total, count = cross_entropy(logits, targets)
+    total, count = cross_entropy(logits, targets, target_mask)
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count}

@@ -9,7 +9,8 @@ every :class:`eqxllm.nn.Linear` (a matrix, or a stack of them) decays; embedding
 (:class:`eqxllm.nn.Embedding`, relative-position biases), norm scales and every bias do not (stacked
 norm scales are 2-D, which is why ``ndim`` alone would get them wrong).
 
-The optimizer acts on ``eqx.filter(model, eqx.is_inexact_array)`` only; see :func:`init_opt_state`.
+The optimizer acts on :func:`eqxllm.lora.trainable_params` only (every floating-point array, or the
+LoRA adapters alone when the model has any); see :func:`init_opt_state`.
 The current learning rate is kept in the optimizer state (``optax.inject_hyperparams``), so the train
 step can report it without knowing the schedule.
 """
@@ -22,6 +23,7 @@ import optax
 from jaxtyping import PyTree
 
 from eqxllm.errors import ConfigError
+from eqxllm.lora import LoraLinear, trainable_params
 from eqxllm.nn import Linear
 
 
@@ -74,27 +76,32 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
 
 def decay_mask(model: PyTree) -> PyTree[bool]:
     """True for the leaves that get weight decay, False for the others, None where
-    ``eqx.filter(model, eqx.is_inexact_array)`` has None: the same structure as the optimized params.
+    :func:`eqxllm.lora.trainable_params` has None: the same structure as the optimized params.
 
     Only ``Linear.weight`` leaves with ``ndim >= 2`` decay (a stacked Linear's weight is
     ``[layers, out, in]``); biases, norms, embeddings and position tables do not.
     """
-    params = eqx.filter(model, eqx.is_inexact_array)
+    params = trainable_params(model)
 
     def mark(node):
+        if isinstance(node, LoraLinear):  # with adapters only they train, and their matrices decay
+            flags = jax.tree.map(lambda _: False, node)
+            return eqx.tree_at(lambda lin: (lin.lora_a, lin.lora_b), flags, (True, True))
         if isinstance(node, Linear):
             flags = jax.tree.map(lambda _: False, node)
+            if node.weight is None:  # a frozen linear of a LoRA model
+                return flags
             return eqx.tree_at(lambda lin: lin.weight, flags, node.weight.ndim >= 2)
         return jax.tree.map(lambda _: False, node)
 
-    return jax.tree.map(mark, params, is_leaf=lambda x: isinstance(x, Linear))
+    return jax.tree.map(mark, params, is_leaf=lambda x: isinstance(x, Linear | LoraLinear))
 
 
 def make_optimizer(cfg: OptimConfig, model: PyTree) -> optax.GradientTransformation:
     """``clip_by_global_norm -> scale_by_adam -> add_decayed_weights(mask) -> -learning_rate(step)``.
 
     This is ``optax.adamw`` behind clipping, with the weight-decay mask computed from ``model``'s
-    structure (:func:`decay_mask`). Use it on ``eqx.filter(model, eqx.is_inexact_array)``.
+    structure (:func:`decay_mask`). Use it on :func:`eqxllm.lora.trainable_params`.
     """
     parts = []
     if cfg.grad_clip_norm is not None:
@@ -108,8 +115,9 @@ def make_optimizer(cfg: OptimConfig, model: PyTree) -> optax.GradientTransformat
 
 
 def init_opt_state(optimizer: optax.GradientTransformation, model: PyTree) -> optax.OptState:
-    """``optimizer.init`` on the model's floating-point array leaves (the only ones it updates)."""
-    return optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    """``optimizer.init`` on the model's trainable leaves (the only ones it updates): every floating-point
+    array, or the LoRA adapters alone."""
+    return optimizer.init(trainable_params(model))
 
 
 def current_learning_rate(opt_state: optax.OptState) -> jax.Array | None:

@@ -14,6 +14,8 @@ from eqxllm.data import (
     story_sources,
     train_bpe_tokenizer,
 )
+from eqxllm.data.example_cache import cached_examples
+from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources, is_dataset_file
 from eqxllm.errors import DataError
 from eqxllm.train.config import DataConfig
 
@@ -26,14 +28,55 @@ class PreparedData:
     validation: np.ndarray
     validation_bytes: int
     """UTF-8 bytes of the validation text the tokens encode (stories + separators), for bits per byte."""
+    train_mask: np.ndarray | None = None
+    """Prompt/completion data: 1 on tokens that carry loss (completion and its end), 0 on prompts."""
+    validation_mask: np.ndarray | None = None
 
 
-def prepare_data(cfg: DataConfig, run_dir: Path, *, seed: int, progress: bool = True) -> PreparedData:
-    """Resolve the text, get the tokenizer (reused from ``run_dir`` on resume, else trained or loaded,
-    and saved there), and tokenize both splits once into the token cache."""
-    sources = story_sources(cfg.source, version=cfg.version, val_fraction=cfg.val_fraction, seed=seed)
+def uses_datasets(cfg: DataConfig) -> bool:
+    """Whether ``cfg`` is read through Hugging Face ``datasets`` (see ``DataConfig.loader``)."""
+    if cfg.loader != "auto":
+        return cfg.loader == "datasets"
+    if cfg.prompt_field is not None or cfg.completion_field is not None:
+        return True
+    path = Path(cfg.source).expanduser()
+    if path.is_file():
+        return is_dataset_file(path)
+    return path.is_dir() and any(is_dataset_file(p) for p in path.iterdir())
+
+
+def _sources(cfg: DataConfig, seed: int):
+    if uses_datasets(cfg):
+        spec = DatasetSpec(
+            source=cfg.source,
+            text_field=cfg.text_field,
+            prompt_field=cfg.prompt_field,
+            completion_field=cfg.completion_field,
+            streaming=cfg.streaming,
+            val_fraction=cfg.val_fraction,
+            seed=seed,
+        )
+        return dataset_sources(spec), spec.paired
+    return story_sources(cfg.source, version=cfg.version, val_fraction=cfg.val_fraction, seed=seed), False
+
+
+def prepare_data(
+    cfg: DataConfig,
+    run_dir: Path,
+    *,
+    seed: int,
+    progress: bool = True,
+    tokenizer: Tokenizer | None = None,
+    eot: int | None = None,
+) -> PreparedData:
+    """Resolve the text, get the tokenizer (reused from ``run_dir`` on resume, else ``tokenizer`` when given
+    (a pretrained checkpoint's, with its end-of-sequence id ``eot``), else trained or loaded, and saved
+    there), and tokenize both splits once into the token cache."""
+    sources, paired = _sources(cfg, seed)
     saved = run_dir / "tokenizer.json"
-    if saved.is_file():  # a resumed run must keep its vocabulary
+    if tokenizer is not None:
+        tok = tokenizer
+    elif saved.is_file():  # a resumed run must keep its vocabulary
         tok = load_tokenizer(run_dir)
     elif cfg.tokenizer == "train":
         tok = train_bpe_tokenizer(sources["train"].stories(), cfg.vocab_size)
@@ -42,10 +85,27 @@ def prepare_data(cfg: DataConfig, run_dir: Path, *, seed: int, progress: bool = 
     if not saved.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)  # only once the data has been found and read
         save_tokenizer(tok, run_dir)
-    train = cached_tokens(sources["train"], tok, cache_dir=cfg.cache_dir, progress=progress)
-    val = cached_tokens(sources["validation"], tok, cache_dir=cfg.cache_dir, progress=progress)
+    eot = eot_id(tok) if eot is None else eot
+    masks = {}
+    if paired:
+        train, masks["train"] = cached_examples(
+            sources["train"], tok, eot=eot, cache_dir=cfg.cache_dir, progress=progress
+        )
+        val, masks["val"] = cached_examples(
+            sources["validation"], tok, eot=eot, cache_dir=cfg.cache_dir, progress=progress
+        )
+    else:
+        train = cached_tokens(sources["train"], tok, cache_dir=cfg.cache_dir, progress=progress, eot=eot)
+        val = cached_tokens(sources["validation"], tok, cache_dir=cfg.cache_dir, progress=progress, eot=eot)
     if len(val) < 2:
         raise DataError(f"the validation split of {cfg.source!r} is too small to evaluate ({len(val)} tokens)")
-    eot = eot_id(tok)
     val_bytes = sum(len(s.encode("utf-8")) + len("<|endoftext|>") for s in sources["validation"].iter_stories())
-    return PreparedData(tokenizer=tok, eot=eot, train=train, validation=val, validation_bytes=val_bytes)
+    return PreparedData(
+        tokenizer=tok,
+        eot=eot,
+        train=train,
+        validation=val,
+        validation_bytes=val_bytes,
+        train_mask=masks.get("train"),
+        validation_mask=masks.get("val"),
+    )

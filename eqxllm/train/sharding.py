@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import PyTree
 
 from eqxllm.errors import ConfigError
+from eqxllm.lora import trainable_params
 from eqxllm.nn import Stack
 
 AXES = ("data", "fsdp", "tensor")
@@ -55,6 +56,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # a mixture of experts' stacked weights: experts split over `expert`, the mlp width over `tensor`
     (r"\.(gate|up)$", (EXPERT_AXIS, None, "tensor")),
     (r"\.down$", (EXPERT_AXIS, "tensor", None)),
+    # LoRA adapters follow their base weight: B [out, r] splits like a column-parallel output,
+    # A [r, in] like a row-parallel input; the other factor is small and replicated
+    (r"\.(q_proj|k_proj|v_proj|up|gate)\.lora_b$", ("tensor",)),
+    (r"\.(o_proj|down)\.lora_a$", (None, "tensor")),
 )
 
 
@@ -181,9 +186,9 @@ def model_shardings(model: PyTree, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_R
 def opt_state_shardings(
     optimizer: optax.GradientTransformation, model: PyTree, mesh: Mesh, rules: Sequence[Rule] = DEFAULT_RULES
 ) -> PyTree:
-    """Shardings of ``optimizer.init(eqx.filter(model, eqx.is_inexact_array))``, computed on its shape
+    """Shardings of ``optimizer.init(trainable_params(model))``, computed on its shape
     alone: moments that mirror a parameter shard like it, counters and scalars are replicated."""
-    abstract = eqx.filter_eval_shape(optimizer.init, eqx.filter(model, eqx.is_inexact_array))
+    abstract = eqx.filter_eval_shape(optimizer.init, trainable_params(model))
     return tree_shardings(abstract, mesh, rules)
 
 

@@ -25,8 +25,11 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from eqxllm.errors import ConfigError
+from eqxllm.lora import trainable_filter, trainable_params, with_dropout_keys
 from eqxllm.train.optim import current_learning_rate
 from eqxllm.train.precision import cast_floating
+
+_LORA_DROPOUT_STREAM = 0x10A
 
 LossFn = Callable[[Any, Any, Any], tuple[Array, dict[str, Array]]]
 
@@ -93,10 +96,18 @@ def make_train_step(
     if accum_steps < 1:
         raise ConfigError(f"accum_steps must be >= 1, got {accum_steps}")
 
-    def loss_in_compute_dtype(model, batch, key):
+    def loss_in_compute_dtype(trainable, frozen, batch, key):
+        model = eqx.combine(trainable, frozen)
+        if key is not None:  # LoRA adapters with dropout draw from their own stream (no-op without them)
+            model = with_dropout_keys(model, jax.random.fold_in(key, _LORA_DROPOUT_STREAM))
         return loss_fn(cast_floating(model, compute_dtype), batch, key)
 
-    grad_fn = eqx.filter_value_and_grad(loss_in_compute_dtype, has_aux=True)
+    # only the trainable leaves (every float array, or the LoRA adapters alone) are differentiated
+    grad_of_trainable = eqx.filter_value_and_grad(loss_in_compute_dtype, has_aux=True)
+
+    def grad_fn(model, batch, key):
+        trainable, frozen = eqx.partition(model, trainable_filter(model))
+        return grad_of_trainable(trainable, frozen, batch, key)
 
     def accumulate(model, batch, key):
         size = _leading_size(batch)
@@ -122,7 +133,7 @@ def make_train_step(
             grad_sum = jax.tree.map(lambda acc, g: acc + w * g, grad_sum, grads)
             return (grad_sum, loss_sum + w * loss.astype(jnp.float32), weight_sum + w), (aux, w)
 
-        zeros = jax.tree.map(jnp.zeros_like, eqx.filter(model, eqx.is_inexact_array))
+        zeros = jax.tree.map(jnp.zeros_like, trainable_params(model))
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
         (grad_sum, loss_sum, weight_sum), (auxs, weights) = jax.lax.scan(body, init, (micro, keys))
         grads = jax.tree.map(lambda g: g / weight_sum, grad_sum)
@@ -141,7 +152,7 @@ def make_train_step(
         if batch_sharding is not None:
             batch = eqx.filter_shard(batch, batch_sharding)
         loss, aux, grads = accumulate(model, batch, key)
-        params = eqx.filter(model, eqx.is_inexact_array)
+        params = trainable_params(model)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         model = eqx.apply_updates(model, updates)
         if model_sharding is not None:

@@ -56,7 +56,8 @@ def eqx_filter(model):
 def test_train_exports_a_model_transformers_loads(tmp_path):
     cfg = _cfg(tmp_path)
     export = train(cfg, progress=False)
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    names = sorted(p.name for p in export.iterdir())
+    assert names == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
     rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]

@@ -7,7 +7,7 @@ import numpy as np
 
 from eqxllm.data import batch_at
 from eqxllm.train.evaluate import evaluate_tokens
-from eqxllm.train.loss import next_token_loss
+from eqxllm.train.loss import completion_loss, next_token_loss
 from eqxllm.train.prepare import prepare_data
 
 
@@ -17,7 +17,12 @@ class LMTask:
 
     def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
         self.cfg = cfg
-        self.data = prepare_data(cfg.data, run_dir, seed=cfg.train.seed, progress=progress)
+        tok, eot = (None, None)
+        if cfg.init_from is not None:  # the checkpoint's tokenizer, examples separated by its EOS
+            from eqxllm.train.init_from import checkpoint_tokenizer
+
+            tok, eot = checkpoint_tokenizer(cfg.init_from)
+        self.data = prepare_data(cfg.data, run_dir, seed=cfg.train.seed, progress=progress, tokenizer=tok, eot=eot)
         self.tokenizer = self.data.tokenizer
 
     def model_config(self, model_cfg):
@@ -25,19 +30,24 @@ class LMTask:
         return model_cfg.replace(vocab_size=self.tokenizer.get_vocab_size(), bos_token_id=eot, eos_token_id=eot)
 
     def loss_fn(self, model, batch, key):
+        if isinstance(batch, dict):  # prompt/completion data: loss on completion tokens only
+            return completion_loss(model, batch, key)
         return next_token_loss(model, batch, key)
 
-    def batch(self, step: int, *, process_index: int, process_count: int) -> np.ndarray:
+    def batch(self, step: int, *, process_index: int, process_count: int) -> np.ndarray | dict[str, np.ndarray]:
         t = self.cfg.train
-        return batch_at(
-            self.data.train,
-            step,
+        where = dict(
             batch_size=t.batch_size,
             seq_len=t.seq_len,
             seed=t.seed,
             process_index=process_index,
             process_count=process_count,
         )
+        tokens = batch_at(self.data.train, step, **where)
+        if self.data.train_mask is None:
+            return tokens
+        # the same windows of the mask: batch_at's order depends only on (seed, step, length)
+        return {"tokens": tokens, "loss_mask": batch_at(self.data.train_mask, step, **where)}
 
     def evaluate(self, model, *, max_batches: int | None = -1) -> dict[str, float]:
         t = self.cfg.train
@@ -49,6 +59,7 @@ class LMTask:
             seq_len=t.seq_len,
             batch_size=t.batch_size,
             max_batches=limit,
+            loss_mask=self.data.validation_mask,
         )
         return {"val_loss": res.loss, "val_perplexity": res.perplexity, "val_bits_per_byte": res.bits_per_byte}
 

@@ -1,0 +1,45 @@
+"""``generation_config.json``: the end-of-sequence ids and sampling defaults saved beside a model.
+
+Written from a model config on export (its special ids), or copied from the checkpoint a run started
+from; read by ``eqxllm generate``, where an explicit flag still wins over the file.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from eqxllm.errors import CheckpointError
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def generation_config(model_cfg: Any) -> dict[str, Any]:
+    """``generation_config.json`` contents from a model config: its special token ids."""
+    out: dict[str, Any] = {}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        value = getattr(model_cfg, name, None)
+        if value is not None:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def read_generation_config(directory: str | Path) -> dict[str, Any]:
+    """The known entries of ``directory/generation_config.json`` (``{}`` when there is none):
+    ``eos_token_id`` as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p`` when set."""
+    path = Path(directory) / GENERATION_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(raw).__name__}")
+    out: dict[str, Any] = {}
+    eos = raw.get("eos_token_id")
+    if eos is not None:
+        out["eos_token_id"] = [eos] if isinstance(eos, int) else [int(i) for i in eos]
+    for name, kind in (("do_sample", bool), ("temperature", float), ("top_k", int), ("top_p", float)):
+        if raw.get(name) is not None:
+            out[name] = kind(raw[name])
+    return out

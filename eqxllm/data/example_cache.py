@@ -1,0 +1,79 @@
+"""Prompt/completion examples tokenized once: the packed token stream plus a loss mask beside it.
+
+Each example becomes ``prompt ids + completion ids + end-of-sequence`` (prompt and completion are
+encoded separately, so the boundary is exact), appended to one flat stream exactly like stories in
+:mod:`eqxllm.data.token_cache`. A second file of the same length holds one byte per token: 1 where
+the token is a completion token or its closing end-of-sequence (a target that carries loss), 0 on
+prompt tokens. Windows cut from the stream take the same slices of the mask, so packing, the
+deterministic order and exact resume are those of plain text.
+"""
+
+import itertools
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from eqxllm.data.token_cache import token_cache_path, token_dtype
+from eqxllm.errors import DataError
+
+
+def mask_path(tokens_path: Path) -> Path:
+    return tokens_path.with_name(tokens_path.name.removesuffix(".bin") + ".mask.bin")
+
+
+def _encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
+def cached_examples(
+    source,
+    tok: Tokenizer,
+    *,
+    eot: int,
+    cache_dir: str | Path | None = None,
+    chunk_size: int = 2048,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens, loss_mask)`` of every example of ``source`` (an object with ``iter_examples()`` of
+    ``(prompt, completion)`` pairs and a ``fingerprint()``), both memory-mapped and equally long."""
+    path = token_cache_path(source, tok, cache_dir, eot=eot)
+    mpath = mask_path(path)
+    dtype = token_dtype(tok)
+    if not (path.exists() and mpath.exists()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_tokens = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp_mask = tempfile.mkstemp(dir=path.parent, prefix=f".{mpath.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(tmp_tokens[0], "wb") as out, os.fdopen(tmp_mask[0], "wb") as mout:
+                count = 0
+                with tqdm(desc=f"tokenizing {source.split}", unit=" examples", disable=not progress) as bar:
+                    chunk: list[tuple[str, str]] = []
+                    for pair in itertools.chain(source.iter_examples(), [None]):  # None: flush
+                        if pair is not None:
+                            chunk.append(pair)
+                        if chunk and (pair is None or len(chunk) == chunk_size):
+                            prompts = _encode(tok, [p for p, _ in chunk])
+                            completions = _encode(tok, [c for _, c in chunk])
+                            for p, c in zip(prompts, completions):
+                                out.write(np.asarray([*p, *c, eot], dtype).tobytes())
+                                mout.write(np.asarray([0] * len(p) + [1] * (len(c) + 1), np.uint8).tobytes())
+                            count += len(chunk)
+                            bar.update(len(chunk))
+                            chunk = []
+                for f in (out, mout):
+                    f.flush()
+                    os.fsync(f.fileno())
+            if count == 0:
+                raise DataError(f"the {source.split} split holds no examples")
+            os.replace(tmp_mask[1], mpath)  # the mask first: the token file's presence means both are whole
+            os.replace(tmp_tokens[1], path)
+        except BaseException:
+            Path(tmp_tokens[1]).unlink(missing_ok=True)
+            Path(tmp_mask[1]).unlink(missing_ok=True)
+            raise
+    return np.memmap(path, dtype=dtype, mode="r"), np.memmap(mpath, dtype=np.uint8, mode="r")

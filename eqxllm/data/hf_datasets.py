@@ -1,0 +1,267 @@
+"""Training text through Hugging Face ``datasets`` (Lhoest et al., 2021): local JSON Lines, JSON, Parquet,
+CSV or text files, or a Hub dataset id (through the ``datasets`` cache; offline with ``HF_HUB_OFFLINE=1``).
+
+A :class:`DatasetSource` is one split, read as records in a fixed order, and plays the part of a
+:class:`eqxllm.data.sources.StorySource` for the token cache: its :meth:`~DatasetSource.iter_stories`
+yields each record's ``text_field`` (or prompt + completion), and its fingerprint names the files
+(path, size, modification time) or the Hub id with its cache fingerprint, the fields and the hold-out.
+With ``prompt_field`` and ``completion_field`` each record is a pair, and :meth:`iter_examples`
+yields them for a loss on the completion only.
+
+The validation split is the dataset's own (``validation``, ``valid``, ``dev`` or ``test``), or a
+deterministic ``val_fraction`` of the training records: record ``i`` is held out when a hash of
+``(seed, i)`` falls below the fraction, decided in one pass, so streaming needs no count up front.
+``streaming=True`` reads records lazily (``load_dataset(..., streaming=True)``): a set larger than memory
+is tokenized once into the cache without ever being held whole.
+"""
+
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eqxllm.data._hub import looks_like_repo_id, offline
+from eqxllm.data.tinystories import Split
+from eqxllm.errors import DataError
+
+# file suffix -> the ``datasets`` builder that reads it
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+VALIDATION_SPLITS = ("validation", "valid", "dev", "test")
+_VALIDATION_NAME = ("valid", "val.", "val_", "val-", "dev.", "dev_", "dev-", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What to read: ``source`` (file, folder or Hub id) and which fields of each record."""
+
+    source: str
+    text_field: str = "text"
+    prompt_field: str | None = None
+    completion_field: str | None = None
+    streaming: bool = False
+    val_fraction: float = 0.01
+    seed: int = 0
+
+    @property
+    def paired(self) -> bool:
+        return self.prompt_field is not None
+
+    def __post_init__(self):
+        if (self.prompt_field is None) != (self.completion_field is None):
+            raise DataError("--data.prompt-field and --data.completion-field go together; give both or neither")
+
+
+def is_dataset_file(path: Path) -> bool:
+    return path.suffix.lower() in BUILDERS and path.suffix.lower() != ".txt"
+
+
+def _local_files(path: Path) -> dict[str, list[Path]]:
+    """Training and validation files of a local file or folder (validation: names with valid/val/dev/test)."""
+    if path.is_file():
+        return {"train": [path], "validation": []}
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in BUILDERS)
+    kinds = {p.suffix.lower() for p in files}
+    if not files:
+        raise DataError(f"data folder {path} holds no {sorted(BUILDERS)} files")
+    if len({BUILDERS[k] for k in kinds}) > 1:
+        raise DataError(f"data folder {path} mixes file kinds {sorted(kinds)}; keep one kind per folder")
+    val = [p for p in files if any(tag in p.name.lower() for tag in _VALIDATION_NAME)]
+    return {"train": [p for p in files if p not in val], "validation": val}
+
+
+@contextmanager
+def _offline_if_asked():
+    """``datasets`` reads ``HF_HUB_OFFLINE`` once at import; honour the value as it is now."""
+    if not offline():
+        yield
+        return
+    import datasets.config as datasets_config
+    import huggingface_hub.constants as hub_constants
+
+    saved = datasets_config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets_config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets_config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def _load(spec: DatasetSpec, split: str, files: list[Path] | None) -> Any:
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - an optional dependency
+        raise DataError("reading JSON/Parquet/CSV or Hub datasets needs `pip install eqxllm[data]`") from e
+    datasets.disable_progress_bars()
+    if files is not None and all(p.stat().st_size == 0 for p in files):
+        raise DataError(f"dataset {spec.source!r} is empty ({[str(p) for p in files]} hold no bytes); give records")
+    try:
+        with _offline_if_asked():
+            if files is not None:
+                builder = BUILDERS[files[0].suffix.lower()]
+                return datasets.load_dataset(
+                    builder, data_files={split: [str(p) for p in files]}, split=split, streaming=spec.streaming
+                )
+            return datasets.load_dataset(spec.source, split=split, streaming=spec.streaming)
+    except (ConnectionError, FileNotFoundError) as e:
+        if offline():
+            raise DataError(
+                f"dataset {spec.source!r} is not in the datasets cache and offline mode is on (HF_HUB_OFFLINE=1); "
+                f"load it once online or unset HF_HUB_OFFLINE ({e})"
+            ) from e
+        raise DataError(f"dataset {spec.source!r} cannot be loaded: {e}") from e
+    except ValueError as e:  # an unknown split, or a file with a header and no rows
+        if "corresponds to no data" in str(e):
+            raise DataError(f"dataset {spec.source!r} is empty: its {split} split has no records") from e
+        raise DataError(f"dataset {spec.source!r} has no split {split!r}: {e}") from e
+    except Exception as e:  # the builders raise their own types for malformed files
+        if type(e).__module__.startswith(("datasets", "pyarrow", "pandas", "json")):
+            raise DataError(f"dataset {spec.source!r} cannot be read: {type(e).__name__}: {e}") from e
+        raise
+
+
+def _hub_splits(spec: DatasetSpec) -> list[str]:
+    import datasets
+
+    with _offline_if_asked():
+        try:
+            return list(datasets.get_dataset_split_names(spec.source))
+        except Exception as e:
+            if offline():
+                raise DataError(
+                    f"dataset {spec.source!r} is not in the datasets cache and offline mode is on "
+                    f"(HF_HUB_OFFLINE=1); load it once online or unset HF_HUB_OFFLINE ({type(e).__name__})"
+                ) from e
+            raise DataError(f"dataset {spec.source!r} cannot be found: {e}") from e
+
+
+def _held_out(seed: int, index: int, fraction: float) -> bool:
+    return zlib.crc32(f"{seed}:{index}".encode()) < fraction * 2**32
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One split of a ``datasets`` source: records in a fixed order, read again on each pass."""
+
+    spec: DatasetSpec
+    split: Split
+    files: tuple[Path, ...] = ()
+    dataset_split: str = "train"
+    holdout: bool = False
+    """True: this split is carved from ``dataset_split`` by the hash hold-out."""
+
+    def _records(self) -> Iterator[dict[str, Any]]:
+        data = _load(self.spec, self.dataset_split, list(self.files) or None)
+        self._check_fields(data)
+        for i, record in enumerate(data):
+            if self.holdout and _held_out(self.spec.seed, i, self.spec.val_fraction) != (self.split == "validation"):
+                continue
+            yield record
+
+    def _fields(self) -> tuple[str, ...]:
+        s = self.spec
+        return (s.prompt_field, s.completion_field) if s.paired else (s.text_field,)  # type: ignore[return-value]
+
+    def _check_fields(self, data: Any) -> None:
+        names = getattr(data, "column_names", None)
+        if names is None:  # a streamed JSON file may not know its columns before the first record
+            first = next(iter(data), None)
+            names = [] if first is None else list(first)
+        missing = [f for f in self._fields() if f not in names]
+        if missing and names:
+            flag = "--data.text-field" if not self.spec.paired else "--data.prompt-field/--data.completion-field"
+            raise DataError(
+                f"dataset {self.spec.source!r} has no field {missing[0]!r}; its records have {sorted(names)}; "
+                f"name the right one with {flag}"
+            )
+
+    def iter_examples(self) -> Iterator[tuple[str, str]]:
+        """``(prompt, completion)`` of every record (paired sources only)."""
+        count = 0
+        for record in self._records():
+            prompt, completion = (record[f] for f in self._fields())
+            if prompt is None or completion is None:
+                continue
+            count += 1
+            yield str(prompt), str(completion)
+        self._check_count(count)
+
+    def iter_stories(self) -> Iterator[str]:
+        """The text of every record (prompt followed by completion for paired sources)."""
+        if self.spec.paired:
+            yield from (p + c for p, c in self.iter_examples())
+            return
+        count = 0
+        for record in self._records():
+            text = record[self.spec.text_field]
+            if text is None or text == "":
+                continue
+            count += 1
+            yield str(text)
+        self._check_count(count)
+
+    def _check_count(self, count: int) -> None:
+        if count == 0:
+            raise DataError(
+                f"the {self.split} split of dataset {self.spec.source!r} is empty"
+                + (" (every record was held out or the hold-out took none)" if self.holdout else "")
+                + "; give a dataset with records"
+            )
+
+    def stories(self) -> list[str]:
+        return list(self.iter_stories())
+
+    def fingerprint(self) -> dict[str, object]:
+        s = self.spec
+        out: dict[str, object] = {
+            "datasets": True,
+            "split": self.split,
+            "dataset_split": self.dataset_split,
+            "fields": list(self._fields()),
+            "paired": s.paired,
+            "holdout": [s.val_fraction, s.seed] if self.holdout else None,
+        }
+        if self.files:
+            out["files"] = [
+                {"path": str(p.resolve()), "size": os.stat(p).st_size, "mtime_ns": os.stat(p).st_mtime_ns}
+                for p in self.files
+            ]
+        else:  # a Hub dataset: its id, and the cache's content fingerprint when it is materialised
+            out["hub"] = s.source
+            if not s.streaming:
+                out["cache"] = getattr(_load(s, self.dataset_split, None), "_fingerprint", None)
+        return out
+
+
+def dataset_sources(spec: DatasetSpec) -> dict[Split, DatasetSource]:
+    """The training and validation sources of ``spec`` (see the module docstring)."""
+    path = Path(spec.source).expanduser()
+    if path.exists():
+        files = _local_files(path)
+        if files["validation"]:
+            return {
+                "train": DatasetSource(spec, "train", tuple(files["train"])),
+                "validation": DatasetSource(spec, "validation", tuple(files["validation"]), "validation"),
+            }
+        train = tuple(files["train"])
+        return {
+            "train": DatasetSource(spec, "train", train, holdout=True),
+            "validation": DatasetSource(spec, "validation", train, holdout=True),
+        }
+    if not looks_like_repo_id(spec.source):
+        raise DataError(f"data {spec.source!r} is neither an existing file or folder nor a Hub dataset id")
+    splits = _hub_splits(spec)
+    if "train" not in splits:
+        raise DataError(f"dataset {spec.source!r} has no 'train' split (it has {splits})")
+    val = next((s for s in VALIDATION_SPLITS if s in splits), None)
+    if val is not None:
+        return {
+            "train": DatasetSource(spec, "train"),
+            "validation": DatasetSource(spec, "validation", dataset_split=val),
+        }
+    return {
+        "train": DatasetSource(spec, "train", holdout=True),
+        "validation": DatasetSource(spec, "validation", holdout=True),
+    }

@@ -1,0 +1,41 @@
+"""The ``lora`` section of a training run."""
+
+import re
+from dataclasses import dataclass
+
+from eqxllm.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Low-rank adapters for a run (``rank = 0``: off, every weight trains).
+
+    With ``rank > 0`` only the adapters train (gradients and optimizer state exist for them alone),
+    and the run exports both the merged model and a PEFT adapter directory.
+    """
+
+    rank: int = 0
+    """Adapter rank ``r``; 0 trains the whole model instead."""
+    alpha: float = 16.0
+    """The update is scaled by ``alpha / rank``."""
+    targets: str = "attn"
+    """Regular expression searched in module paths (``blocks.blocks.attn.q_proj``): ``attn`` adapts
+    every attention projection, ``q_proj|v_proj`` two of them, ``attn|mlp`` every linear layer of a block."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input during training."""
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or self.rank < 0:
+            raise ConfigError(f"lora.rank must be an integer >= 0 (0 turns LoRA off), got {self.rank!r}")
+        if not self.alpha > 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        try:
+            re.compile(self.targets)
+        except re.error as e:
+            raise ConfigError(f"lora.targets {self.targets!r} is not a valid regular expression: {e}") from None
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0

@@ -1,0 +1,142 @@
+"""Text through Hugging Face ``datasets``: every file format from a small file written here, field names,
+streaming, the hold-out, the token cache, prompt/completion masks, and the errors of bad input."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("datasets")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources  # noqa: E402
+from eqxllm.errors import DataError  # noqa: E402
+from eqxllm.models.gpt2 import GPT2, GPT2Config  # noqa: E402
+from eqxllm.train.config import DataConfig  # noqa: E402
+from eqxllm.train.loss import completion_loss, cross_entropy  # noqa: E402
+from eqxllm.train.prepare import prepare_data, uses_datasets  # noqa: E402
+
+TEXTS = [f"Story {i}: the cat, named {name}, sat on a mat." for i, name in enumerate(["Tom", "Mia", "Ben"] * 4)]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    """``rows`` in the format that ``path``'s suffix names."""
+    kind = path.suffix
+    if kind == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif kind == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    elif kind == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif kind == ".csv":
+        cols = list(rows[0])
+        lines = [",".join(cols)] + [",".join('"' + str(r[c]).replace('"', '""') + '"' for c in cols) for r in rows]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
+def test_each_format_is_read_in_order_with_a_deterministic_holdout(tmp_path, suffix):
+    path = _write(tmp_path / f"data{suffix}", [{"body": t, "id": i} for i, t in enumerate(TEXTS)])
+    assert uses_datasets(DataConfig(source=str(path)))
+    spec = DatasetSpec(source=str(path), text_field="body", val_fraction=0.3, seed=1)
+    sources = dataset_sources(spec)
+    train, val = sources["train"].stories(), sources["validation"].stories()
+    assert sorted(train + val) == sorted(TEXTS) and val and train
+    assert train == [t for t in TEXTS if t in train]  # file order kept
+    again = dataset_sources(spec)
+    assert again["validation"].stories() == val  # the same hold-out every time
+    assert sources["train"].fingerprint() == again["train"].fingerprint()
+
+
+def test_streaming_reads_the_same_records(tmp_path):
+    path = _write(tmp_path / "data.jsonl", [{"text": t} for t in TEXTS])
+    plain = dataset_sources(DatasetSpec(source=str(path), val_fraction=0.3))
+    streamed = dataset_sources(DatasetSpec(source=str(path), val_fraction=0.3, streaming=True))
+    for split in ("train", "validation"):
+        assert streamed[split].stories() == plain[split].stories()
+
+
+def test_folder_with_its_own_validation_file(tmp_path):
+    _write(tmp_path / "train.jsonl", [{"text": t} for t in TEXTS[:8]])
+    _write(tmp_path / "valid.jsonl", [{"text": t} for t in TEXTS[8:]])
+    sources = dataset_sources(DatasetSpec(source=str(tmp_path)))
+    assert sources["train"].stories() == TEXTS[:8] and sources["validation"].stories() == TEXTS[8:]
+
+
+def test_tokenized_once_into_the_cache(tmp_path):
+    path = _write(tmp_path / "data.parquet", [{"text": t} for t in TEXTS * 3])
+    cfg = DataConfig(source=str(path), cache_dir=str(tmp_path / "cache"), vocab_size=300, val_fraction=0.2)
+    first = prepare_data(cfg, tmp_path / "run", seed=0, progress=False)
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    second = prepare_data(cfg, tmp_path / "run", seed=0, progress=False)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == files and len(files) == 2
+    np.testing.assert_array_equal(np.asarray(first.train), np.asarray(second.train))
+    assert first.train_mask is None
+
+
+@pytest.mark.parametrize(
+    ("rows", "spec", "match"),
+    [
+        ([{"text": "a"}], dict(text_field="body"), "has no field 'body'; its records have \\['text'\\]"),
+        ([{"q": "a", "a": "b"}], dict(prompt_field="question", completion_field="a"), "has no field 'question'"),
+        ([], {}, "is empty"),
+    ],
+)
+def test_bad_datasets(tmp_path, rows, spec, match):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=match):
+        dataset_sources(DatasetSpec(source=str(path), val_fraction=0.0, **spec))["train"].stories()
+
+
+def test_empty_csv_and_held_out_everything(tmp_path):
+    (tmp_path / "h.csv").write_text("text\n")
+    with pytest.raises(DataError, match="is empty"):
+        dataset_sources(DatasetSpec(source=str(tmp_path / "h.csv")))["train"].stories()
+    path = _write(tmp_path / "one.jsonl", [{"text": "only"}])
+    with pytest.raises(DataError, match="validation split of dataset .* is empty"):
+        dataset_sources(DatasetSpec(source=str(path), val_fraction=0.0))["validation"].stories()
+
+
+def test_hub_dataset_not_cached_while_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    with pytest.raises(DataError, match="not in the datasets cache and offline mode is on"):
+        dataset_sources(DatasetSpec(source="someone/surely-not-cached-dataset"))
+
+
+def test_prompt_tokens_carry_no_loss(tmp_path):
+    rows = [{"prompt": f"Q{i}: who sat?", "completion": f" {t}"} for i, t in enumerate(TEXTS * 2)]
+    path = _write(tmp_path / "pairs.jsonl", rows)
+    cfg = DataConfig(source=str(path), cache_dir=str(tmp_path / "c"), vocab_size=300, val_fraction=0.2,
+                     prompt_field="prompt", completion_field="completion")  # fmt: skip
+    data = prepare_data(cfg, tmp_path / "run", seed=0, progress=False)
+    tok, eot = data.tokenizer, data.eot
+    first = dataset_sources(DatasetSpec(source=str(path), prompt_field="prompt", completion_field="completion",
+                                        val_fraction=0.2))["train"]  # fmt: skip
+    prompt, completion = next(first.iter_examples())
+    p_ids = tok.encode(prompt, add_special_tokens=False).ids
+    c_ids = tok.encode(completion, add_special_tokens=False).ids
+    n = len(p_ids) + len(c_ids) + 1
+    np.testing.assert_array_equal(np.asarray(data.train[:n]), [*p_ids, *c_ids, eot])
+    np.testing.assert_array_equal(np.asarray(data.train_mask[:n]), [0] * len(p_ids) + [1] * (len(c_ids) + 1))
+    assert len(data.train_mask) == len(data.train) and len(data.validation_mask) == len(data.validation)
+
+    # the loss averages the completion targets only: the same as a hand-masked cross-entropy
+    cfg_m = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2(cfg_m, key=jax.random.key(0))
+    tokens = jnp.asarray(np.asarray(data.train[None, :17], np.int32))
+    mask = jnp.asarray(np.asarray(data.train_mask[None, :17], np.int32))
+    loss, aux = completion_loss(model, {"tokens": tokens, "loss_mask": mask})
+    logits = jax.vmap(model)(tokens[:, :-1])
+    nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[:, 1:, None], -1)[..., 0]
+    keep = np.asarray(mask[:, 1:]) > 0
+    assert 0 < keep.sum() < keep.size and float(aux["tokens"]) == keep.sum()
+    np.testing.assert_allclose(float(loss), float(np.asarray(nll)[keep].mean()), rtol=1e-5)
+    total, _ = cross_entropy(logits, tokens[:, 1:], jnp.asarray(~keep))
+    assert float(total) > 0  # the prompt targets would have carried loss without the mask

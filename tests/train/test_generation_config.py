@@ -1,0 +1,49 @@
+"""``generation_config.json``: written from a model config, read back, and honoured by ``eqxllm generate``
+(its EOS ids stop the text, ``do_sample: false`` means greedy, an explicit flag wins)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqxllm
+from eqxllm.checkpoints.generation_config import generation_config, read_generation_config
+from eqxllm.cli import main
+from eqxllm.data.tokenizer import save_tokenizer, train_bpe_tokenizer
+from eqxllm.errors import CheckpointError
+from eqxllm.models import GPT2, GPT2Config
+from eqxllm.models.gemma_config import GemmaConfig
+
+PROMPT = "Once upon a time"
+TEXT = ["Once upon a time, there was a little cat named Tom. Tom liked to play in the sun."] * 5
+
+
+def test_written_and_read_back(tmp_path):
+    written = generation_config(GemmaConfig.tiny().replace(eos_token_id=(1, 106)))
+    assert written["eos_token_id"] == [1, 106] and written["pad_token_id"] == 0
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 5, "do_sample": True, "top_k": 7}))
+    assert read_generation_config(tmp_path) == {"eos_token_id": [5], "do_sample": True, "top_k": 7}
+    assert read_generation_config(tmp_path / "nothing") == {}
+    (tmp_path / "generation_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_generation_config(tmp_path)
+
+
+def test_generate_stops_at_its_eos_and_is_greedy_without_do_sample(tmp_path, capsys):
+    tok = train_bpe_tokenizer(TEXT, vocab_size=300, min_frequency=1)
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                     initializer_range=0.3, bos_token_id=eot, eos_token_id=eot)  # fmt: skip
+    model = GPT2(cfg, key=jax.random.key(0))
+    eqxllm.save_pretrained(model, tmp_path)
+    save_tokenizer(tok, tmp_path)
+    ids = jnp.asarray(tok.encode(PROMPT).ids)
+    greedy = np.asarray(eqxllm.generate(model, ids, max_new_tokens=10)).tolist()
+    stop_at = next(i for i in range(1, len(greedy)) if greedy[i] not in greedy[:i] and greedy[i] != eot)
+    gen = {"eos_token_id": [eot, greedy[stop_at]], "do_sample": False}
+    (tmp_path / "generation_config.json").write_text(json.dumps(gen))
+    argv = ["generate", "--model", str(tmp_path), "--prompt", PROMPT, "--max-new-tokens", "10"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == PROMPT + tok.decode(greedy[:stop_at]) + "\n"
