@@ -23,13 +23,19 @@ spaced positions along its (unscaled) length, the ends exactly.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sparse
 from jaxtyping import Float, Int
-from scipy.sparse.csgraph import connected_components, dijkstra
 
-from eqxllm.errors import InputError
+from eqxllm.errors import InputError, require
+
+
+def _sparse():
+    """scipy.sparse and its graph routines, an optional dependency (``pip install 'eqxllm[vae]'``)."""
+    sparse = require("scipy.sparse", "vae", "the geodesic path through a sentence bank")
+    return sparse, require("scipy.sparse.csgraph", "vae", "the geodesic path through a sentence bank")
+
 
 _CHUNK = 2048  # bank rows per block of the neighbour search: [chunk, bank] distances at a time
 
@@ -46,7 +52,7 @@ class CodeBank:
     codes: Float[np.ndarray, "n latent_tokens latent"]
     neighbours: Int[np.ndarray, "n k"]
     distances: Float[np.ndarray, "n k"]
-    graph: sparse.csr_matrix  # [n + 2, n + 2] locally scaled edges; the last two rows are the path's ends
+    graph: Any  # scipy.sparse.csr_matrix [n + 2, n + 2] locally scaled edges; the last two rows are the path's ends
 
     @property
     def k(self) -> int:
@@ -111,6 +117,7 @@ def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> 
     rows, cols, vals = [np.repeat(np.arange(n), k)], [neighbours.reshape(-1)], [weights.reshape(-1)]
     rows, cols, vals = _bridges(flat, scale, rows, cols, vals)
     # 1e-12 keeps an edge between identical codes: a stored zero is no edge to scipy's graph routines
+    sparse, _ = _sparse()
     graph = sparse.csr_matrix(
         (np.maximum(np.concatenate(vals), 1e-12), (np.concatenate(rows), np.concatenate(cols))), shape=(n + 2, n + 2)
     )
@@ -123,9 +130,10 @@ def _bridges(flat, scale, rows, cols, vals):
     each island gets an edge from its code nearest to the rest to that code's nearest outsider, as
     Isomap's implementations mend such graphs, until one piece is left."""
     n = len(flat)
+    sparse, csgraph = _sparse()
     while True:
         edges = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-        count, label = connected_components(edges, directed=False)
+        count, label = csgraph.connected_components(edges, directed=False)
         if count == 1:
             return rows, cols, vals
         for island in range(count):
@@ -156,9 +164,10 @@ def geodesic_nodes(
     own = np.maximum(dist[:, -1:], 1e-12)
     weights = np.maximum(dist / np.sqrt(own * bank.scale[idx]), 1e-12)
     ends = np.repeat([n, n + 1], k)
+    sparse, csgraph = _sparse()
     link = sparse.csr_matrix((weights.reshape(-1), (ends, idx.reshape(-1))), shape=bank.graph.shape)
     graph = bank.graph + link + link.T
-    _, previous = dijkstra(graph, directed=False, indices=n, return_predecessors=True)
+    _, previous = csgraph.dijkstra(graph, directed=False, indices=n, return_predecessors=True)
     nodes, at = [], previous[n + 1]
     while at != n:
         nodes.append(int(at))
