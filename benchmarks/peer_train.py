@@ -30,7 +30,7 @@ def torch_run(cfg, data, minutes: float) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(cfg.train.seed)
-    m, o, t = cfg.model, cfg.optim, cfg.train
+    m, o, t = cfg.model, cfg.resolved_optim(), cfg.train
     hf_cfg = transformers.GPT2Config(
         vocab_size=data.tokenizer.get_vocab_size(),
         n_positions=m.n_positions,

@@ -53,3 +53,24 @@ class InputError(EqxllmError, ValueError):
 
 class DataError(EqxllmError, ValueError):
     """Training or evaluation data is missing, empty or undecodable."""
+
+
+class NonFiniteError(EqxllmError, FloatingPointError):
+    """Weights, a loss or logits hold NaN or infinity; the message says where they were found."""
+
+
+class MissingExtraError(EqxllmError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import ``module`` or raise :class:`MissingExtraError` naming the pip extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(
+            f"{what} needs the optional package {module.split('.')[0]!r}, which is not installed; "
+            f"install it with: pip install 'eqxllm[{extra}]'"
+        ) from e

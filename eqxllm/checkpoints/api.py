@@ -2,19 +2,23 @@
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from eqxllm.checkpoints.checkpoint_dir import read_checkpoint, write_checkpoint
+from eqxllm.checkpoints.atomic import atomic_write_text
+from eqxllm.checkpoints.checkpoint_dir import parse_size, read_checkpoint, write_checkpoint
+from eqxllm.checkpoints.config_json import validate_config_json
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import export_from, load_into
 from eqxllm.checkpoints.registry import family_for_config, family_for_model_type
-from eqxllm.errors import CheckpointError
+from eqxllm.errors import CheckpointError, NonFiniteError
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def read_config_json(directory: Path) -> dict[str, Any]:
@@ -27,7 +31,7 @@ def read_config_json(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path} must hold a JSON object, found {type(cfg).__name__}")
-    return cfg
+    return validate_config_json(cfg, path)
 
 
 def load_config(src: str | os.PathLike, *, revision: str | None = None):
@@ -50,9 +54,28 @@ def from_pretrained(src: str | os.PathLike, *, dtype: Any = jnp.float32, revisio
     hf = read_config_json(directory)
     family = family_for_model_type(hf.get("model_type"), str(directory / "config.json"))
     config = family.config_from_hf(hf)
-    tensors = family.normalize_keys(read_checkpoint(directory), config)
+    tensors = read_checkpoint(directory)
+    check_finite(tensors, directory)
+    tensors = family.normalize_keys(tensors, config)
     skeleton = eqx.filter_eval_shape(family.model_cls, config, key=jax.random.key(0))
     return load_into(skeleton, family.key_map(config), tensors, dtype)
+
+
+def check_finite(tensors: dict[str, np.ndarray], where: Path) -> None:
+    """Raise :class:`NonFiniteError` naming the first floating tensor of ``tensors`` that holds NaN or
+    infinity (a corrupted file, or weights saved from a diverged run): such a model samples nothing
+    and scores NaN."""
+    for key in sorted(tensors):
+        a = tensors[key]
+        if np.issubdtype(a.dtype, np.inexact) or a.dtype.kind == "V" or "float" in str(a.dtype):
+            bad = ~np.isfinite(a)
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise NonFiniteError(
+                    f"{where}: tensor {key!r} holds {int(bad.sum())} non-finite values (NaN or inf) out of {a.size}, "
+                    f"the first at index {first} ({a[first]}); the checkpoint is corrupted or was saved from a "
+                    "diverged run"
+                )
 
 
 def save_pretrained(
@@ -67,28 +90,23 @@ def save_pretrained(
     ``transformers`` loads as they are; optionally ``tokenizer.json`` from a ``tokenizers.Tokenizer``.
 
     Weights are written first and atomically, ``config.json`` last (atomically too), so a failed
-    save never leaves a directory whose config describes weights that are not there.
+    save never leaves a directory whose config describes weights that are not there. ``dst`` must be a
+    directory or absent; a bad ``max_shard_size`` is refused before anything is created. Saving
+    without a tokenizer over an earlier save removes that save's ``tokenizer.json`` (it belonged to
+    the earlier model).
     """
     config = model.config  # type: ignore[attr-defined]
     family = family_for_config(config)
     directory = Path(dst)
-    directory.mkdir(parents=True, exist_ok=True)
+    if max_shard_size is not None:
+        parse_size(max_shard_size)  # a bad size is refused before anything is created
+    resaving = (directory / "config.json").is_file()
     tensors = export_from(model, family.key_map(config), dtype=dtype)
     write_checkpoint(tensors, directory, max_shard_size=max_shard_size, metadata={"format": "pt"})
     if tokenizer is not None:
-        _atomic_write_text(directory / "tokenizer.json", tokenizer.to_str())
-    _atomic_write_text(directory / "config.json", json.dumps(family.config_to_hf(config), indent=2) + "\n")
+        atomic_write_text(directory / "tokenizer.json", tokenizer.to_str())
+    elif resaving:  # the tokenizer of the model saved here before is not this model's
+        for name in _TOKENIZER_FILES:
+            (directory / name).unlink(missing_ok=True)
+    atomic_write_text(directory / "config.json", json.dumps(family.config_to_hf(config), indent=2) + "\n")
     return directory
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,14 +9,13 @@ then ``os.replace``) and never leaves a half-written checkpoint.
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from eqxllm.checkpoints import safetensors_io
+from eqxllm.checkpoints.atomic import fsync_dir, prepare_destination, remove_created, temporary_folder
 from eqxllm.checkpoints.safetensors_io import (
     _DTYPE_NAMES,
     INDEX_FILE,
@@ -63,11 +62,11 @@ def _weight_map(index: Path) -> dict[str, Path]:
         raise ShardIndexError(f"{index}: expected a non-empty 'weight_map' object of tensor name -> shard file")
     roots, shards = _allowed_roots(index.parent), {}
     for key, name in weight_map.items():
-        if name in shards:
-            continue
         where = f"{index}: tensor {key!r} is mapped to {name!r}"
         if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ShardIndexError(f"{where}; a shard must be a file name inside {index.parent}")
+            raise ShardIndexError(f"{where}; a shard must be a file name (a string) inside {index.parent}")
+        if name in shards:
+            continue
         shard = index.parent / name
         if not any(shard.resolve().is_relative_to(r) for r in roots):
             raise ShardIndexError(f"{where}, which resolves to {shard.resolve()}, outside {index.parent}")
@@ -169,15 +168,6 @@ def _split(sizes: dict[str, int], limit: int | None) -> list[list[str]]:
     return [*shards, current] if current or not shards else shards
 
 
-def _fsync_dir(directory: Path) -> None:
-    if os.name == "posix":  # a directory's entries are durable only once the directory itself is synced
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_index(path: Path, index: dict[str, object]) -> None:
     with open(path, "x", encoding="utf-8") as f:
         f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")  # as transformers writes it
@@ -185,32 +175,24 @@ def _write_index(path: Path, index: dict[str, object]) -> None:
         os.fsync(f.fileno())
 
 
-# Weight files of an earlier save; anything else in the directory (config.json, tokenizer) is not ours.
 def _replace_files(directory: Path, write: Callable[[Path], list[str]]) -> list[Path]:
     """Run ``write(tmp)`` in a hidden folder inside ``directory``, then move the files it names into
-    ``directory`` in that order, and remove weight files of an earlier save that were not replaced."""
-    if directory.exists() and not directory.is_dir():
-        raise CheckpointError(f"{directory} is a file; expected a directory to save the checkpoint in")
-    created = [d for d in (directory, *directory.parents) if not d.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".eqxllm-save-", dir=directory))
+    ``directory`` in that order, and remove weight files of an earlier save that were not replaced.
+    A failed write leaves ``directory`` as it was (and removes it if this save created it)."""
+    created = prepare_destination(directory)
     try:
-        names = write(tmp)
-        _fsync_dir(tmp)
-        for name in names:
-            os.replace(tmp / name, directory / name)
+        with temporary_folder(directory) as tmp:
+            names = write(tmp)
+            fsync_dir(tmp)
+            for name in names:
+                os.replace(tmp / name, directory / name)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for d in created:  # deepest first; leave no empty folders we made
-            if any(d.iterdir()):
-                break
-            d.rmdir()
+        remove_created(created)
         raise
-    tmp.rmdir()
     for path in directory.iterdir():
         if _OURS.fullmatch(path.name) and path.name not in names and path.is_file():
             path.unlink()
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return [directory / name for name in names]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from eqxllm.checkpoints.keymap import KeyMap, param, transpose, transpose_back
-from eqxllm.errors import CheckpointError, ConfigError
+from eqxllm.errors import CheckpointError, ConfigError, ShapeMismatchError
 from eqxllm.models.gpt2 import GPT2Config
 
 _HF_FIELDS = (
@@ -57,6 +57,11 @@ def config_to_hf(cfg: GPT2Config) -> dict[str, Any]:
 
 def _split3(x: np.ndarray) -> tuple[np.ndarray, ...]:
     # c_attn: [in, 3*embd] (or [3*embd] bias) -> q, k, v in nn.Linear layout
+    if x.shape[-1] % 3:
+        raise ShapeMismatchError(
+            f"a fused attention tensor (c_attn) has shape {tuple(x.shape)}: its last axis, {x.shape[-1]}, "
+            "must hold query, key and value (3 * n_embd); the weights are not GPT-2's or config.json disagrees"
+        )
     parts = np.split(x, 3, axis=-1)
     return tuple(np.ascontiguousarray(p.T) for p in parts)
 
@@ -67,6 +72,12 @@ def _join3(xs: tuple[np.ndarray, ...]) -> np.ndarray:
 
 def _pad_rows(cfg: GPT2Config):
     def to_model(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        if x.shape[0] != cfg.vocab_size:  # padding is only ever added by eqxllm, from vocab_size rows
+            raise ShapeMismatchError(
+                f"an embedding/head table (wte or lm_head) has {x.shape[0]} rows but config.json says "
+                f"vocab_size={cfg.vocab_size}; the two must match (rows beyond the weights would be zeros "
+                "that sampling emits)"
+            )
         pad = cfg.padded_vocab_size - x.shape[0]
         return (np.pad(x, ((0, pad), (0, 0))) if pad > 0 else x,)
 

@@ -8,10 +8,14 @@ in the cache resolves offline. Only the files a checkpoint needs are fetched (sa
 """
 
 import contextlib
+import functools
 import importlib
+import logging
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import (
@@ -49,6 +53,42 @@ def _network_errors() -> tuple[type[Exception], ...]:
 _HUB_ERRORS = (HFValidationError, OSError, *_network_errors())
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """Whether Hub lookups must stay in the cache: ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is
+    set now or was when the Hub was imported, or the Hub's host cannot be reached at all."""
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE:
+        return True
+    return not _reachable(constants.ENDPOINT)
+
+
+@functools.cache
+def _reachable(endpoint: str) -> bool:
+    """One TCP connection to the Hub (3 s at most), once per process: without a network,
+    huggingface_hub would otherwise retry each file for about 25 s, warning at every try."""
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_hub():
+    """Silence huggingface_hub's per-retry warnings; a failure is reported once, by eqxllm."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _path_reason(text: str) -> str | None:
     """Why ``text`` reads as a local path rather than a repo id (``name`` or ``org/name``), or None."""
     if text.startswith((".", "/", "~")):
@@ -69,6 +109,14 @@ def _local_dir(path: Path, why: str) -> Path:
         )
     if not path.is_dir():
         raise CheckpointError(f"{path} is a file; pass the directory that holds config.json and the weights")
+    if not (path / "config.json").is_file() and (path / "run_config.json").is_file():
+        # a training run (eqxllm train --out DIR): its exported model is DIR/model
+        if (path / "model" / "config.json").is_file():
+            return path / "model"
+        raise CheckpointError(
+            f"{path} is a training run that has not exported a model yet (no {path / 'model' / 'config.json'}); "
+            "let the run finish (eqxllm train --config-file RUN_DIR/run_config.json --resume)"
+        )
     if not (path / "config.json").is_file():
         found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
         raise CheckpointError(
@@ -89,7 +137,7 @@ def _hub_error(repo_id: str, revision: str | None, cache: str, err: Exception) -
         hint = "the repo has no such branch, tag or commit; check the revision"
     elif isinstance(err, HFValidationError):
         hint = "it is neither an existing directory nor a valid repo id ('name' or 'org/name')"
-    elif constants.HF_HUB_OFFLINE:
+    elif constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE"):
         hint = (
             f"it is not in the cache {cache} and HF_HUB_OFFLINE=1 forbids downloading it: set "
             "HF_HUB_OFFLINE=0, download it where the Hub is reachable (HF_HOME / HF_HUB_CACHE select the "
@@ -112,7 +160,8 @@ def resolve_pretrained(
 ) -> Path:
     """The local checkpoint directory for ``src``.
 
-    An existing directory (``str`` or path) must hold ``config.json`` and is returned as is. A string that
+    An existing directory (``str`` or path) must hold ``config.json`` and is returned as is; a training
+    run directory (``run_config.json``) resolves to the model it exported, ``RUN_DIR/model``. A string that
     reads as a path (starts with ``.``, ``/`` or ``~``, has more than one separator, or its first component
     is a local directory) but does not exist raises :class:`CheckpointError` ("no such directory"). Any
     other string is a Hub repo id, downloaded (files matching ``allow_patterns``, at ``revision``) into the
@@ -127,8 +176,12 @@ def resolve_pretrained(
     if why is not None:
         return _local_dir(path, why)
     cache = os.fspath(cache_dir) if cache_dir is not None else None
+    offline = hub_offline()
     try:
-        folder = snapshot_download(text, revision=revision, allow_patterns=list(allow_patterns), cache_dir=cache)
+        with quiet_hub():
+            folder = snapshot_download(
+                text, revision=revision, allow_patterns=list(allow_patterns), cache_dir=cache, local_files_only=offline
+            )
     except _HUB_ERRORS as err:
         raise _hub_error(text, revision, cache or constants.HF_HUB_CACHE, err) from err
     folder = Path(folder)

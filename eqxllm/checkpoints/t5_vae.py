@@ -100,7 +100,8 @@ def normalize_keys(tensors: dict[str, np.ndarray], cfg: T5VAEConfig) -> dict[str
 def extract_t5(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Write the T5 inside the T5-VAE directory ``src`` as a plain T5 directory ``dst`` (config.json
     and model.safetensors, plus tokenizer.json when ``src`` has one) that transformers loads."""
-    from eqxllm.checkpoints.api import _atomic_write_text, read_config_json
+    from eqxllm.checkpoints.api import read_config_json
+    from eqxllm.checkpoints.atomic import atomic_write_text
 
     src, dst = Path(src), Path(dst)
     hf = read_config_json(src)
@@ -111,8 +112,8 @@ def extract_t5(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     write_checkpoint(tensors, dst, metadata={"format": "pt"})
     if (src / "tokenizer.json").is_file():
-        _atomic_write_text(dst / "tokenizer.json", (src / "tokenizer.json").read_text(encoding="utf-8"))
-    _atomic_write_text(dst / "config.json", json.dumps(t5_checkpoints.config_to_hf(cfg.t5), indent=2) + "\n")
+        atomic_write_text(dst / "tokenizer.json", (src / "tokenizer.json").read_text(encoding="utf-8"))
+    atomic_write_text(dst / "config.json", json.dumps(t5_checkpoints.config_to_hf(cfg.t5), indent=2) + "\n")
     return dst
 
 

@@ -1,12 +1,14 @@
 """``eqxllm convert SRC DST``: copy a checkpoint between layouts, dtypes and shard sizes.
 
-SRC: a Hugging Face directory or Hub id (any family eqxllm knows), or a training run / Orbax
-checkpoint directory once the trainer has written one. DST is always a Hugging Face directory.
+SRC: a Hugging Face directory or Hub id (any family eqxllm knows), or a training run directory
+(``eqxllm train --out``), whose exported ``model/`` is read. DST is always a Hugging Face directory.
 """
 
 import argparse
 
 import jax.numpy as jnp
+
+from eqxllm.cli._numbers import shard_size
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -18,10 +20,12 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", help="Hugging Face directory or Hub repo id")
+    p.add_argument("src", help="Hugging Face directory, training run directory (its model/) or Hub repo id")
     p.add_argument("dst", help="output directory (created; written atomically)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast floating weights (default: keep)")
-    p.add_argument("--max-shard-size", default="5GB", help="shard above this size, e.g. 500MB (default 5GB)")
+    p.add_argument(
+        "--max-shard-size", type=shard_size, default="5GB", help="shard above this size, e.g. 500MB (default 5GB)"
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.set_defaults(func=run)
 

@@ -6,6 +6,9 @@ file's UTF-8 bytes, so models with different tokenizers compare fairly.
 
 import argparse
 import json
+import math
+
+from eqxllm.cli._numbers import positive_int
 
 
 def add_parser(sub) -> None:
@@ -17,8 +20,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--model", required=True, help="model directory or Hub id (with its tokenizer)")
     p.add_argument("--data", required=True, help="UTF-8 text file")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--seq-len", type=positive_int, default=None,
+        help="window length (default: the context the model was trained on, its max positions)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per batch (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -36,8 +42,13 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_vae(model, directory, args.data, batch_size=args.batch_size)
     else:
         result = evaluate_text_file(model, directory, args.data, seq_len=args.seq_len, batch_size=args.batch_size)
+    bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # evaluate_tokens raises first; this guards other evaluators (JSON has no NaN)
+        from eqxllm.errors import NonFiniteError
+
+        raise NonFiniteError(f"the evaluation of {args.model} gave non-finite {', '.join(bad)}: {result}")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
         for k, v in result.items():
             print(f"{k:>14}: {v:.6g}" if isinstance(v, float) else f"{k:>14}: {v}")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eqxllm.cli._numbers import non_negative_float, positive_int, probability
 from eqxllm.errors import InputError
 
 
@@ -27,14 +28,20 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--model", required=True, help="Hugging Face directory or Hub repo id (with a tokenizer)")
     p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per sample (default 64)")
-    p.add_argument("--temperature", type=float, default=None, help="softmax temperature; 0 is greedy (default 1)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of probability p, in (0, 1]")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate per sample (default 64)")
+    p.add_argument(
+        "--temperature", type=non_negative_float, default=None, help="softmax temperature; 0 is greedy (default 1)"
+    )
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
+    p.add_argument(
+        "--top-p", type=probability, default=None, help="sample from the nucleus of probability p, in (0, 1]"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print (default 1)")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="how many continuations to print (default 1)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
-    p.add_argument("--chunk-size", type=int, default=8, help="tokens per compiled call while streaming (default 8)")
+    p.add_argument(
+        "--chunk-size", type=positive_int, default=8, help="tokens per compiled call while streaming (default 8)"
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.set_defaults(func=run)
 
@@ -46,8 +53,17 @@ def run(args: argparse.Namespace) -> int:
     from eqxllm.data.tokenizer import load_tokenizer
 
     out = sys.stdout
-    if args.num_samples < 1:
-        raise InputError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.greedy:  # greedy ignores every sampling option: refuse them rather than drop them silently
+        given = [
+            f
+            for f, v in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p))
+            if v is not None
+        ]
+        if given:
+            raise InputError(
+                f"--greedy always takes the most likely token; {', '.join(given)} would be ignored: drop one"
+            )
+    temperature = 1.0 if args.temperature is None else args.temperature
     directory = resolve_pretrained(args.model, revision=args.revision)
     model = from_pretrained(directory)
     tokenizer = load_tokenizer(directory)
@@ -65,13 +81,11 @@ def run(args: argparse.Namespace) -> int:
     prompt = jnp.asarray(tokenizer.encode(args.prompt).ids, jnp.int32)
     if prompt.shape[0] == 0:
         raise InputError(f"the prompt {args.prompt!r} encodes to no tokens; give some text")
-    options = {} if args.greedy else dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    options = {} if args.greedy else dict(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
     for i in range(args.num_samples):
         if args.num_samples > 1:
             out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n")
         key = None if args.greedy else jax.random.fold_in(jax.random.key(args.seed), i)
-        out.write(args.prompt)
-        out.flush()
         print_stream(model, tokenizer, prompt, args, key, options, out, stops=stops)
         out.write("\n")
     return 0
@@ -80,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
 def print_stream(model, tokenizer, prompt, args, key, options, out, stops: set[int] | None = None) -> None:
     """Generate with :func:`eqxllm.generation.stream` and print the decoded text as it grows.
 
-    The whole continuation is decoded again after every chunk and only the new suffix printed: a
+    The prompt is echoed once the first chunk has come, so an error in the arguments (found when
+    generation starts) is not printed after it. The whole continuation is decoded again after every chunk and only the new suffix printed: a
     byte-level token may hold half a character, which shows as U+FFFD until its other half comes.
     """
     from eqxllm.generation import stream
@@ -90,9 +105,11 @@ def print_stream(model, tokenizer, prompt, args, key, options, out, stops: set[i
         stops = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
     ids: list[int] = []
     printed = ""
-    for chunk in stream(
-        model, prompt, max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, key=key, **options
+    for i, chunk in enumerate(
+        stream(model, prompt, max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, key=key, **options)
     ):
+        if i == 0:
+            out.write(args.prompt)
         new = np.asarray(chunk).tolist()
         done = next((j for j, t in enumerate(new) if t in stops), None)
         ids.extend(new if done is None else new[:done])  # the stop token and padding are not text

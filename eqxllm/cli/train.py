@@ -13,7 +13,10 @@ Every field of the configuration is a flag (``--help`` lists them with their def
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
+import re
 
 SHORT_FLAGS = {
     "--data": "--data.source",
@@ -37,16 +40,14 @@ def add_parser(sub) -> None:
 
 
 def _expand(argv: list[str]) -> list[str]:
-    """Short flags to their full names; ``--max-steps`` also sets the schedule's length."""
+    """Short flags to their full names."""
     out, i = [], 0
     while i < len(argv):
         name, eq, value = argv[i].partition("=")
         if not eq and name in SHORT_FLAGS and i + 1 < len(argv):
             value, i = argv[i + 1], i + 1
-        if name in SHORT_FLAGS:
+        if name in SHORT_FLAGS:  # the schedule follows --max-steps by itself (TrainConfig.resolved_optim)
             out += [SHORT_FLAGS[name], value]
-            if name == "--max-steps":  # the schedule decays over the run: keep its length equal
-                out += ["--optim.total-steps", value]
         else:
             out.append(argv[i])
         i += 1
@@ -57,9 +58,11 @@ def parse(argv: list[str]):
     """Turn ``eqxllm train`` arguments into a :class:`TrainConfig` (``--config``/``--config-file`` first)."""
     import tyro
 
+    from eqxllm.cli import _Parser
+    from eqxllm.errors import ConfigError
     from eqxllm.train.config import TRAIN_PRESETS, TrainConfig, load_config_file, train_preset
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _Parser(prog="eqxllm train", add_help=False)
     pre.add_argument("--config", default="gpt2-tinystories", choices=sorted(TRAIN_PRESETS))
     pre.add_argument("--config-file", default=None)
     pre.add_argument("--init-from", default=None)
@@ -76,14 +79,45 @@ def parse(argv: list[str]):
         seq_len = min(default.train.seq_len, model.max_positions or default.train.seq_len)
         train_cfg = dataclasses.replace(default.train, seq_len=seq_len)
         default = default.replace(model=model, init_from=known.init_from, train=train_cfg)
-    return tyro.cli(
-        TrainConfig,
-        args=_expand(rest),
-        default=default,
-        prog="eqxllm train",
-        config=(tyro.conf.AvoidSubcommands,),
-        description=f"{__doc__}\nPresets (--config): {', '.join(sorted(TRAIN_PRESETS))}; or --config-file FILE.",
-    )
+    shown = default.replace(model=_tuples_as_lists(default.model))
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            cfg = tyro.cli(
+                TrainConfig,
+                args=_expand(rest),
+                default=shown,
+                prog="eqxllm train",
+                config=(tyro.conf.AvoidSubcommands,),
+                description=f"{__doc__}\nPresets (--config): {', '.join(sorted(TRAIN_PRESETS))}; or --config-file FILE.",
+            )
+    except SystemExit as e:
+        if not e.code:  # --help
+            raise
+        raise ConfigError(_one_line(errors.getvalue())) from None
+    tuples = {
+        f.name: tuple(v) for f in dataclasses.fields(cfg.model) if isinstance(v := getattr(cfg.model, f.name), list)
+    }
+    return cfg.replace(model=dataclasses.replace(cfg.model, **tuples)) if tuples else cfg
+
+
+def _one_line(boxed: str) -> str:
+    """tyro's framed error report as one line: the frame, rules and the help pointer dropped."""
+    text = re.sub(r"[│╭╮╰╯─┃━┏┓┗┛]+", " ", boxed)
+    text = re.sub(r"For full helptext, (see|run) .*", "", text)
+    return " ".join(text.split()) + " (see eqxllm train --help)"
+
+
+def _tuples_as_lists(model_cfg):
+    """A copy of ``model_cfg`` whose tuple fields are lists: tyro renders a ``Sequence[str]`` field's
+    default only from a list (a tuple default such as Gemma's ``layer_types`` crashes ``--help``).
+    The parsed config gets its tuples back."""
+    copy = dataclasses.replace(model_cfg)
+    for f in dataclasses.fields(copy):
+        value = getattr(copy, f.name)
+        if isinstance(value, tuple):
+            object.__setattr__(copy, f.name, list(value))
+    return copy
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,6 +48,12 @@ def offline() -> bool:
     return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE
 
 
+def _unreachable() -> bool:
+    from eqxllm.checkpoints.hub import hub_offline
+
+    return not offline() and hub_offline()
+
+
 def hub_cache_dir() -> Path:
     """The Hub cache folder: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -66,16 +72,19 @@ def download(repo_id: str, filename: str, *, repo_type: str | None = None, revis
     where = f"{repo_type + ' ' if repo_type else ''}repository {repo_id!r}" + (
         f" at revision {revision!r}" if revision else ""
     )
-    is_offline = offline()
+    from eqxllm.checkpoints.hub import quiet_hub
+
+    is_offline, unreachable = offline(), _unreachable()
     try:
-        path = huggingface_hub.hf_hub_download(
-            repo_id,
-            filename,
-            repo_type=repo_type,
-            revision=revision,
-            cache_dir=hub_cache_dir(),
-            local_files_only=is_offline,
-        )
+        with quiet_hub():
+            path = huggingface_hub.hf_hub_download(
+                repo_id,
+                filename,
+                repo_type=repo_type,
+                revision=revision,
+                cache_dir=hub_cache_dir(),
+                local_files_only=is_offline or unreachable,
+            )
     except GatedRepoError as e:
         raise DataError(f"the {where} is gated; accept its terms on the Hub and log in (`hf auth login`)") from e
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
@@ -84,9 +93,9 @@ def download(repo_id: str, filename: str, *, repo_type: str | None = None, revis
         # LocalEntryNotFoundError is an EntryNotFoundError too: offline or unreachable, and not cached.
         if isinstance(e, LocalEntryNotFoundError):
             hint = (
-                "HF_HUB_OFFLINE is set; unset it to download, or fill the cache first"
+                "HF_HUB_OFFLINE is set; unset it to download, or pass local text with --data FILE_OR_FOLDER"
                 if is_offline
-                else "the Hub is unreachable; check the network, or fill the cache and set HF_HUB_OFFLINE=1"
+                else "the Hub is unreachable; check the network, or pass local text with --data FILE_OR_FOLDER"
             )
             raise HubFileMissing(
                 f"{filename!r} from the {where} is not in the Hub cache {hub_cache_dir()} ({hint})"

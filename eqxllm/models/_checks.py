@@ -1,6 +1,7 @@
 """Input checks shared by every family, run at trace time (shapes) and at run time (token values)."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
@@ -11,6 +12,15 @@ def check_tokens(input_ids: Int[Array, " seq"], vocab_size: int, max_len: int | 
     """Raise :class:`InputError` for an empty or over-long sequence (at trace time), and an
     ``EqxRuntimeError`` naming the vocabulary size for ids outside ``[0, vocab_size)`` (at run time,
     also under ``jit``; set ``EQX_ON_ERROR=nan`` to turn the check off)."""
+    if input_ids.ndim != 1:
+        raise InputError(
+            f"expected one sequence of token ids of shape [seq], got shape {tuple(input_ids.shape)}; models take "
+            "one sequence: for a batch, wrap the call in jax.vmap (e.g. jax.vmap(model)(ids))"
+        )
+    if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+        raise InputError(
+            f"token ids must be integers, got dtype {input_ids.dtype}; convert them with .astype(jnp.int32)"
+        )
     seq = input_ids.shape[0]
     if seq == 0:
         raise InputError("got an empty sequence of token ids; pass at least one token")
@@ -20,6 +30,13 @@ def check_tokens(input_ids: Int[Array, " seq"], vocab_size: int, max_len: int | 
             "with a longer context"
         )
     bad = (input_ids < 0) | (input_ids >= vocab_size)
+    try:  # eager (concrete ids): a plain InputError, not a runtime callback error
+        eager_bad = bool(jnp.any(bad))
+    except jax.errors.ConcretizationTypeError:  # traced (jit, vmap): checked at run time below
+        eager_bad = False
+    if eager_bad:
+        first = int(jnp.asarray(input_ids)[jnp.argmax(bad)])
+        raise InputError(f"token ids must be in [0, {vocab_size}) (the vocabulary size); got {first}")
     return eqx.error_if(
         input_ids, jnp.any(bad), f"token ids must be in [0, {vocab_size}) (the vocabulary size); got one outside"
     )

@@ -112,11 +112,13 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}")
         if self.model.max_positions is not None and t.seq_len > self.model.max_positions:
             raise ConfigError(f"train.seq_len={t.seq_len} exceeds the model's context {self.model.max_positions}")
-        if self.optim.total_steps != t.max_steps:
-            raise ConfigError(
-                f"optim.total_steps={self.optim.total_steps} must equal train.max_steps={t.max_steps} "
-                "(the schedule decays over the run)"
-            )
+        self.resolved_optim()  # the schedule this run will follow must be valid
+
+    def resolved_optim(self) -> OptimConfig:
+        """The optimizer config with the schedule's length (``optim.total_steps=None``: ``train.max_steps``)
+        and warmup (``None``: ``optim.warmup_fraction`` of it) derived from the run, so that
+        ``--train.max-steps N`` alone gives a whole schedule over N steps."""
+        return self.optim.resolved(self.train.max_steps)  # OptimConfig checks warmup < total
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -167,6 +169,12 @@ class TrainConfig:
             raise ConfigError(f"not a TrainConfig JSON: {e}") from e
 
 
+def _schedule(*, warmup_steps: int, steps: int, **hyper) -> OptimConfig:
+    # A preset's schedule spans the run (total_steps=None) with its warmup kept as a fraction, so that
+    # `--train.max-steps N` rescales both: `warmup_steps` of `steps` at the preset's own length.
+    return OptimConfig(total_steps=None, warmup_steps=None, warmup_fraction=warmup_steps / steps, **hyper)
+
+
 def _gpt2_tinystories() -> TrainConfig:
     # Sized so that ~10 minutes on a 2-core CPU trains it meaningfully (about two passes over the
     # 2 MiB slice): 4 layers of width 256, a 4096-token BPE trained on the stories. The schedule
@@ -175,7 +183,7 @@ def _gpt2_tinystories() -> TrainConfig:
     return TrainConfig(
         model=GPT2Config(
             vocab_size=4096,
-            n_positions=256,
+            n_positions=128,  # = train.seq_len: the model claims only the context it was trained on
             n_embd=256,
             n_layer=4,
             n_head=4,
@@ -186,7 +194,7 @@ def _gpt2_tinystories() -> TrainConfig:
             eos_token_id=0,
         ),
         data=DataConfig(vocab_size=4096),
-        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
+        optim=_schedule(learning_rate=2e-3, warmup_steps=30, steps=steps, weight_decay=0.1, b2=0.99),
         train=LoopConfig(
             seq_len=128,
             batch_size=32,
@@ -213,7 +221,7 @@ def _gpt2_tinystories_gpu() -> TrainConfig:
             remat="dots",
         ),
         data=DataConfig(tokenizer="gpt2"),
-        optim=OptimConfig(learning_rate=6e-4, warmup_steps=500, total_steps=steps),
+        optim=_schedule(learning_rate=6e-4, warmup_steps=500, steps=steps),
         train=LoopConfig(
             seq_len=512,
             batch_size=256,
@@ -243,7 +251,7 @@ def _gpt2_tinystories_test() -> TrainConfig:
             eos_token_id=0,
         ),
         data=DataConfig(vocab_size=300),
-        optim=OptimConfig(learning_rate=1e-2, warmup_steps=2, total_steps=steps),
+        optim=_schedule(learning_rate=1e-2, warmup_steps=2, steps=steps),
         train=LoopConfig(
             seq_len=16,
             batch_size=8,
@@ -274,7 +282,7 @@ def _gemma_tinystories() -> TrainConfig:
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=64,
-            max_position_embeddings=256,
+            max_position_embeddings=128,  # = train.seq_len: the context it is trained on
             query_pre_attn_scalar=64.0,
             sliding_window=64,
             rope_theta=1_000_000.0,
@@ -285,7 +293,7 @@ def _gemma_tinystories() -> TrainConfig:
             pad_token_id=0,
         ),
         data=DataConfig(vocab_size=4096),
-        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
+        optim=_schedule(learning_rate=2e-3, warmup_steps=30, steps=steps, weight_decay=0.1, b2=0.99),
         train=LoopConfig(
             seq_len=128, batch_size=32, max_steps=steps, max_minutes=10.0, eval_every=100, checkpoint_every=200
         ),
@@ -312,7 +320,7 @@ def _t5_tinystories() -> TrainConfig:
         ),
         task="seq2seq",
         data=DataConfig(vocab_size=4096),
-        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
+        optim=_schedule(learning_rate=2e-3, warmup_steps=30, steps=steps, weight_decay=0.1, b2=0.99),
         train=LoopConfig(
             seq_len=96,
             batch_size=32,
@@ -334,7 +342,7 @@ def _t5_vae_tinystories() -> TrainConfig:
         model=T5VAEConfig.tinystories(),
         task="vae",
         data=DataConfig(vocab_size=4096, val_fraction=0.02),
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=50, total_steps=steps, weight_decay=0.01, b2=0.99),
+        optim=_schedule(learning_rate=3e-3, warmup_steps=50, steps=steps, weight_decay=0.01, b2=0.99),
         train=LoopConfig(
             seq_len=24,
             batch_size=32,
@@ -356,7 +364,7 @@ def _t5_vae_test() -> TrainConfig:
         model=T5VAEConfig.tiny(),
         task="vae",
         data=DataConfig(vocab_size=300, val_fraction=0.1),
-        optim=OptimConfig(learning_rate=1e-2, warmup_steps=2, total_steps=steps),
+        optim=_schedule(learning_rate=1e-2, warmup_steps=2, steps=steps),
         train=LoopConfig(
             seq_len=16,
             batch_size=8,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from eqxllm.errors import DataError
+from eqxllm.errors import DataError, InputError, NonFiniteError
 from eqxllm.train.loss import cross_entropy
 
 
@@ -77,7 +77,14 @@ def evaluate_tokens(
 ) -> EvalResult:
     """Loss over ``tokens`` (every token predicted once, or the first ``max_batches`` batches of
     windows), with BPB scaled to the ``num_bytes`` of text those tokens encode. ``loss_mask`` (same
-    length as ``tokens``, 0 on prompt tokens) restricts the loss to the targets where it is 1."""
+    length as ``tokens``, 0 on prompt tokens) restricts the loss to the targets where it is 1.
+
+    Raises :class:`InputError` for a ``seq_len`` or ``batch_size`` below 1, and
+    :class:`NonFiniteError` when the loss is NaN or infinite (non-finite weights, or logits that
+    overflow the compute dtype), naming the first batch where it happened."""
+    for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
     windows, mask = windows_covering(tokens, seq_len)
     scored = mask if loss_mask is None else windows_covering(loss_mask, seq_len)[0].astype(bool)
     total, count = 0.0, 0.0
@@ -92,6 +99,12 @@ def evaluate_tokens(
             m = np.concatenate([m, np.zeros((pad, m.shape[1]), bool)])
             s = np.concatenate([s, np.zeros((pad, s.shape[1]), bool)])
         nll, n = _window_nll(model, place(w), place(m), place(s))
+        if not math.isfinite(float(nll)):
+            raise NonFiniteError(
+                f"the evaluation loss is {float(nll)} on batch {b} (windows {start} to {start + len(w) - 1} of "
+                f"{seq_len} tokens): the model's weights hold NaN or inf, or its logits overflow; "
+                "check the checkpoint (eqxllm.checkpoints.from_pretrained reports non-finite weights)"
+            )
         total += float(nll)
         count += float(n)
     loss = total / max(count, 1.0)

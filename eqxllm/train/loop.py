@@ -9,19 +9,21 @@ bit for bit. SIGINT/SIGTERM finish the current step, save a checkpoint and exit 
 
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import jax
 
-from eqxllm.errors import CheckpointError, ConfigError, EqxllmError
+from eqxllm.checkpoints.atomic import atomic_write_text
+from eqxllm.errors import CheckpointError, ConfigError, MissingExtraError, NonFiniteError
 from eqxllm.train.checkpoint import TrainCheckpointer
 from eqxllm.train.config import TrainConfig
 from eqxllm.train.distributed import initialize_distributed
 from eqxllm.train.export import export_run
 from eqxllm.train.init_from import initial_model
-from eqxllm.train.metrics import RunLogger
+from eqxllm.train.metrics import RunLogger, read_metrics
 from eqxllm.train.optim import init_opt_state, make_optimizer
 from eqxllm.train.plot import plot_run
 from eqxllm.train.precision import resolve_dtype
@@ -38,7 +40,7 @@ from eqxllm.train.step import make_train_step
 from eqxllm.train.tasks import make_task
 
 
-class TrainingDiverged(EqxllmError, FloatingPointError):
+class TrainingDiverged(NonFiniteError):
     """The loss became NaN or infinite."""
 
 
@@ -65,28 +67,53 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+# What a run writes into --out before its first checkpoint: a run that stopped before saving a step
+# left only these, and a fresh start clears them (a stale tokenizer.json would be silently reused).
+_RUN_FILES = ("run_config.json", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png")
+
+
 def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
+    """``out`` must be absent or empty, or hold a run: never merge into a folder of other files (its
+    metrics.jsonl appended to). A run with checkpoints continues only with ``--resume`` and the same
+    model, data and task; a run that never saved a step is cleared and started afresh."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a directory (empty, or a run to --resume)")
+    if not out.is_dir() or not any(out.iterdir()):
+        if cfg.resume:
+            raise CheckpointError(f"--resume: {out} holds no run to resume; drop --resume to start one")
+        return
+    saved = out / "run_config.json"
+    if not saved.is_file():
+        found = ", ".join(sorted(p.name for p in out.iterdir())[:6])
+        raise ConfigError(
+            f"--out {out} is not empty and is not an eqxllm run (no run_config.json; found: {found}); "
+            "choose an empty or new --out directory"
+        )
     has_ckpt = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
-    if has_ckpt and not cfg.resume:
+    if not has_ckpt:
+        if cfg.resume:
+            raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
+        for name in _RUN_FILES:  # an earlier start that saved nothing: start afresh
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return
+    if not cfg.resume:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    if cfg.resume and not has_ckpt:
-        raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
-    if cfg.resume and (out / "run_config.json").is_file():
-        old = json.loads((out / "run_config.json").read_text())
-        for part in ("model", "data"):
-            if old.get(part) != json.loads(cfg.to_json())[part]:
-                raise ConfigError(
-                    f"--resume: the {part} config differs from the run in {out}; resume with the same one"
-                )
+    try:
+        old = json.loads(saved.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ConfigError(f"{saved} is not valid JSON ({e}); it cannot be resumed") from e
+    new = json.loads(cfg.to_json())
+    for part in ("model", "data", "task"):
+        if old.get(part, new[part]) != new[part]:
+            raise ConfigError(f"--resume: the {part} config differs from the run in {out}; resume with the same one")
 
 
 def _best_val_loss(out: Path, upto: int) -> float:
     """The lowest ``val_loss`` that the run in ``out`` logged at or before step ``upto`` (a resumed run's
     best so far; evaluations after its last checkpoint are replayed)."""
-    path = out / "metrics.jsonl"
-    if not path.is_file():
-        return math.inf
-    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    rows = read_metrics(out)
     return min((r["val_loss"] for r in rows if r.get("kind") == "eval" and r["step"] <= upto), default=math.inf)
 
 
@@ -101,16 +128,17 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     _check_out_dir(cfg, out)
     lead = jax.process_index() == 0
     t = cfg.train
+    if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "run_config.json", cfg.to_json())
     task = make_task(cfg, out, progress=progress and lead)
     model_cfg = cfg.model if cfg.init_from else task.model_config(cfg.model)  # a checkpoint's stays as is
-    if lead and not cfg.resume:
-        (out / "run_config.json").write_text(cfg.to_json())
 
     mesh = make_mesh(f"data={jax.device_count()}" if cfg.mesh == "auto" else cfg.mesh)
     check_batch_size(t.batch_size, mesh)
     init_key, train_key, sample_key = jax.random.split(jax.random.key(t.seed), 3)
     model = initial_model(cfg, model_cfg, init_key)
-    optimizer = make_optimizer(cfg.optim, model)
+    optimizer = make_optimizer(cfg.resolved_optim(), model)
     model_sh = model_shardings(model, mesh)
     opt_sh = opt_state_shardings(optimizer, model, mesh)
     model = place(model, model_sh)
@@ -201,7 +229,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
         if lead:
             if not (t.export_best and math.isfinite(best)):  # no finite val_loss: the last step's weights
                 export_run(model, export, tokenizer=task.tokenizer, init_from=cfg.init_from)
-            plot_run(out)
+            try:
+                plot_run(out)
+            except MissingExtraError as e:  # the curve is optional; the run is not
+                log.text("plot", step, f"loss.png not drawn: {e}")
         return export
     finally:
         log.close()

@@ -10,6 +10,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from eqxllm.errors import DataError
+
 
 class RunLogger:
     """``log(kind, step, **values)`` appends ``{"kind", "step", "time", ...}`` to ``metrics.jsonl`` and
@@ -27,14 +29,16 @@ class RunLogger:
         self.enabled = enabled
         self.run_dir = run_dir
         self._start = time.time()
+        if enabled:
+            drop_torn_line(run_dir / "metrics.jsonl")
         self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if enabled else None  # noqa: SIM115
         self._tb = None
         if enabled:
-            try:
+            try:  # TensorBoard is optional (pip install 'eqxllm[tensorboard]'); the JSONL log is enough
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # TensorBoard is optional; the JSONL log is enough
+            except ImportError:
                 self._tb = None
         self.bar = tqdm(
             total=total_steps,
@@ -72,8 +76,34 @@ class RunLogger:
             self._tb.close()
 
 
+def drop_torn_line(path: Path) -> None:
+    """Cut a last line that a kill or a full disk left without its newline, so that appending goes on
+    from a whole row (the torn row is lost; every row before it is kept)."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    """The rows of ``run_dir/metrics.jsonl``; a torn last line (no newline, or not JSON: a killed
+    write) is skipped. A malformed line elsewhere is corruption and raises :class:`DataError`."""
+    path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:  # the last line, without its newline: a write that was cut short
+                continue
+            raise DataError(f"{path}: line {i + 1} is not JSON ({line[:80]!r}); the log is corrupted") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

@@ -15,6 +15,7 @@ The current learning rate is kept in the optimizer state (``optax.inject_hyperpa
 step can report it without knowing the schedule.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -32,12 +33,19 @@ class OptimConfig:
     """AdamW hyperparameters and the learning-rate schedule, checked when made.
 
     ``total_steps`` is the schedule's length including warmup; past it the rate stays at
-    ``min_lr_ratio * learning_rate``. ``grad_clip_norm=None`` disables clipping.
+    ``min_lr_ratio * learning_rate``. ``None`` (in a training run's config) means the run's
+    ``train.max_steps``, and a ``warmup_steps`` of ``None`` means ``round(warmup_fraction *
+    total_steps)``: a shorter or longer run keeps the schedule's shape (:meth:`resolved`).
+    ``grad_clip_norm=None`` disables clipping.
     """
 
     learning_rate: float = 3e-4
-    warmup_steps: int = 100
-    total_steps: int = 10_000
+    warmup_steps: int | None = 100
+    """Steps of linear warmup; ``None``: ``warmup_fraction`` of ``total_steps``."""
+    total_steps: int | None = 10_000
+    """The schedule's length; ``None``: the training run's length (``train.max_steps``)."""
+    warmup_fraction: float = 0.01
+    """Warmup as a fraction of ``total_steps``, used when ``warmup_steps`` is ``None``."""
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     b1: float = 0.9
@@ -46,10 +54,13 @@ class OptimConfig:
     grad_clip_norm: float | None = 1.0
 
     def __post_init__(self):
+        warmup, total = self.warmup_steps, self.total_steps
         checks = [
             ("learning_rate", self.learning_rate > 0, "> 0"),
-            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
-            ("total_steps", self.total_steps > self.warmup_steps, f"> warmup_steps={self.warmup_steps}"),
+            ("warmup_steps", warmup is None or warmup >= 0, ">= 0"),
+            ("total_steps", total is None or total >= 1, ">= 1"),
+            ("total_steps", total is None or warmup is None or total > warmup, f"> warmup_steps={warmup}"),
+            ("warmup_fraction", 0.0 <= self.warmup_fraction < 1.0, "in [0, 1)"),
             ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("b1", 0.0 <= self.b1 < 1.0, "in [0, 1)"),
@@ -61,10 +72,21 @@ class OptimConfig:
             if not ok:
                 raise ConfigError(f"OptimConfig.{name} must be {expected}, got {getattr(self, name)!r}")
 
+    def resolved(self, run_steps: int) -> "OptimConfig":
+        """This config with ``total_steps`` (``None``: ``run_steps``) and ``warmup_steps`` (``None``:
+        ``round(warmup_fraction * total_steps)``) filled in."""
+        total = run_steps if self.total_steps is None else self.total_steps
+        warmup = round(self.warmup_fraction * total) if self.warmup_steps is None else self.warmup_steps
+        return dataclasses.replace(self, total_steps=total, warmup_steps=warmup)
+
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
     """Linear warmup from 0 to ``learning_rate`` over ``warmup_steps``, then cosine decay to
     ``min_lr_ratio * learning_rate`` at ``total_steps``."""
+    if cfg.total_steps is None or cfg.warmup_steps is None:
+        raise ConfigError(
+            "OptimConfig.total_steps/warmup_steps are None (the run's length): call cfg.resolved(max_steps) first"
+        )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=cfg.learning_rate,

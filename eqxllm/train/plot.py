@@ -2,18 +2,23 @@
 
 from pathlib import Path
 
-from eqxllm.errors import DataError
+from eqxllm.errors import DataError, require
 from eqxllm.train.metrics import read_metrics
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``loss.png``: training loss per logged step and validation loss per evaluation."""
-    import matplotlib
+    """Write ``loss.png``: training loss per logged step and validation loss per evaluation.
 
+    Needs matplotlib (``pip install 'eqxllm[plot]'``)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise DataError(f"{run}: no such run directory; pass the --out folder of an eqxllm train run")
+    if not (run / "metrics.jsonl").is_file():
+        raise DataError(f"{run} has no metrics.jsonl; it is not an eqxllm train run directory (or it never logged)")
+    matplotlib = require("matplotlib", "plot", "drawing the loss curve")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = Path(run_dir)
     rows = read_metrics(run)
     train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
     val = [(r["step"], r["val_loss"]) for r in rows if r["kind"] == "eval"]

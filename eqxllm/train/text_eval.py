@@ -6,12 +6,14 @@ import numpy as np
 
 from eqxllm.data import load_tokenizer
 from eqxllm.data.tinystories import EOT
-from eqxllm.errors import DataError
+from eqxllm.errors import DataError, InputError
 from eqxllm.train.evaluate import evaluate_tokens
 
 
 def read_utf8(path: str | Path) -> str:
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p} is a directory; pass one UTF-8 text file (concatenate the files to evaluate)")
     if not p.is_file():
         raise DataError(f"data file {p} does not exist")
     raw = p.read_bytes()
@@ -43,6 +45,9 @@ def evaluate_text_file(
     if eot is not None:
         ids = [eot] + ids[:-1]  # the first document is predicted from a separator, like the others
     tokens = np.asarray(ids, np.int32)
-    seq = min(seq_len or model.config.max_positions, model.config.max_positions)
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
+        raise InputError(f"seq_len must be an integer >= 1, got {seq_len!r}")
+    context = model.config.max_positions
+    seq = min(seq_len or context, context) if context is not None else seq_len or 1024
     res = evaluate_tokens(model, tokens, num_bytes=len(text.encode("utf-8")), seq_len=seq, batch_size=batch_size)
     return res.as_dict()

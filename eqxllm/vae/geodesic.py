@@ -23,19 +23,16 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, Int
 
-from eqxllm.errors import InputError
+from eqxllm.errors import InputError, require
+
+
+def _sparse():
+    """scipy.sparse and its graph routines, an optional dependency (``pip install 'eqxllm[vae]'``)."""
+    sparse = require("scipy.sparse", "vae", "the geodesic path through a sentence bank")
+    return sparse, require("scipy.sparse.csgraph", "vae", "the geodesic path through a sentence bank")
+
 
 _CHUNK = 2048  # bank rows per block of the neighbour search: [chunk, bank] distances at a time
-
-
-def _scipy():
-    """``(scipy.sparse, scipy.sparse.csgraph)``, imported when a graph is first needed."""
-    try:
-        import scipy.sparse
-        import scipy.sparse.csgraph
-    except ImportError as e:
-        raise ImportError('geodesic paths need scipy, an optional dependency: pip install "eqxllm[vae]"') from e
-    return scipy.sparse, scipy.sparse.csgraph
 
 
 @dataclass(frozen=True)
@@ -105,13 +102,14 @@ def bank_from_codes(texts: Sequence[str], codes: np.ndarray, *, k: int = 16) -> 
         raise InputError("the bank's codes are not all finite")
     n = len(texts)
     flat = codes.reshape(n, -1)
-    sparse = _scipy()[0]
+    sparse = _sparse()[0]
     neighbours, distances = nearest(flat, flat, k, exclude_self=True)
     scale = _scale(distances)
     weights = distances / np.sqrt(scale[:, None] * scale[neighbours])
     rows, cols, vals = [np.repeat(np.arange(n), k)], [neighbours.reshape(-1)], [weights.reshape(-1)]
     rows, cols, vals = _bridges(flat, scale, rows, cols, vals)
     # 1e-12 keeps an edge between identical codes: a stored zero is no edge to scipy's graph routines
+    sparse, _ = _sparse()
     graph = sparse.csr_matrix(
         (np.maximum(np.concatenate(vals), 1e-12), (np.concatenate(rows), np.concatenate(cols))), shape=(n + 2, n + 2)
     )
@@ -122,7 +120,7 @@ def _bridges(flat, scale, rows, cols, vals):
     """The edge lists, with bridges added until the graph is connected: each island gets an edge from
     its code nearest to the rest to that code's nearest outsider, as Isomap's implementations do."""
     n = len(flat)
-    sparse, csgraph = _scipy()
+    sparse, csgraph = _sparse()
     while True:
         edges = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
         count, label = csgraph.connected_components(edges, directed=False)
@@ -153,7 +151,7 @@ def geodesic_nodes(
     own = np.maximum(dist[:, -1:], 1e-12)
     weights = np.maximum(dist / np.sqrt(own * bank.scale[idx]), 1e-12)
     ends = np.repeat([n, n + 1], k)
-    sparse, csgraph = _scipy()
+    sparse, csgraph = _sparse()
     link = sparse.csr_matrix((weights.reshape(-1), (ends, idx.reshape(-1))), shape=bank.graph.shape)
     graph = bank.graph + link + link.T
     _, previous = csgraph.dijkstra(graph, directed=False, indices=n, return_predecessors=True)

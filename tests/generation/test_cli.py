@@ -83,18 +83,20 @@ def test_samples_are_reproducible_with_their_own_keys(saved, capsys):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--top-p", "1.5"], r"top_p must be in (0, 1]"),
-        (["--top-k", "0"], "top_k must be an integer >= 1"),
-        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got 1.5"),
+        (["--top-k", "0"], "argument --top-k: expected an integer >= 1, got 0"),
+        (["--temperature", "-1"], "argument --temperature: expected a finite number >= 0"),
         (["--max-new-tokens", "500"], "exceeds the model's context (max_positions=64)"),
-        (["--num-samples", "0"], "--num-samples must be >= 1"),
+        (["--num-samples", "0"], "argument --num-samples: expected an integer >= 1, got 0"),
+        (["--greedy", "--top-k", "5"], "--greedy always takes the most likely token; --top-k would be ignored"),
     ],
 )
 def test_bad_flags_print_one_error_line(saved, capsys, flags, message):
     path, _, _ = saved
     assert main(["generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens", "8", *flags]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith("eqxllm generate: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and out == ""  # one line, and the prompt is not echoed
 
 
 def test_help(capsys):

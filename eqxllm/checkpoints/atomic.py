@@ -1,0 +1,114 @@
+"""Atomic saves: write in a hidden temporary folder (or file) beside the destination, fsync, then
+``os.replace`` into place, so a destination is either complete or absent.
+
+Temporaries carry the writer's process id (``.eqxllm-save-<pid>-<random>``). A save that is killed
+(SIGKILL, power loss) cannot remove its own; every later save into the same folder removes those
+whose process is gone, so they never pile up. Temporaries of a live process (a concurrent save) are
+left alone.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from eqxllm.errors import CheckpointError
+
+SAVE_PREFIX = ".eqxllm-save-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _owner(name: str) -> int | None:
+    """The writer's pid in a temporary's name (``.eqxllm-save-<pid>-...`` or ``.NAME.<pid>.….tmp``)."""
+    for part in name.replace(".", "-").split("-"):
+        if part.startswith("p") and part[1:].isdigit():
+            return int(part[1:])
+    return None
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Remove the save temporaries in ``directory`` left by processes that no longer run; returns them."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        name = path.name
+        ours = name.startswith(SAVE_PREFIX) or (name.startswith(".") and name.endswith(".eqxllm.tmp"))
+        if not ours:
+            continue
+        pid = _owner(name)
+        if pid is not None and (pid == os.getpid() or _alive(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def prepare_destination(directory: Path) -> list[Path]:
+    """Check that ``directory`` can be saved into (a folder, or absent) and create it; returns the folders
+    created (deepest first) so that a failed save can remove them again."""
+    for d in (directory, *directory.parents):
+        if d.exists() and not d.is_dir():
+            where = "" if d == directory else f" (its parent {d} is a file)"
+            raise CheckpointError(f"cannot save into {directory}{where}: {d} is a file; pass a directory path")
+        if d.exists():
+            break
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
+    return created
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders :func:`prepare_destination` created, deepest first, while they are empty."""
+    for d in created:
+        if not d.is_dir() or any(d.iterdir()):
+            break
+        d.rmdir()
+
+
+@contextmanager
+def temporary_folder(directory: Path) -> Iterator[Path]:
+    """A hidden folder inside ``directory``, removed when the block ends (whatever it left there)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{SAVE_PREFIX}p{os.getpid()}-", dir=directory))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_dir(directory: Path) -> None:
+    if os.name == "posix":  # a directory's entries are durable only once the directory itself is synced
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temporary beside it, fsynced, then ``os.replace``)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.p{os.getpid()}.", suffix=".eqxllm.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,116 @@
+"""One validation layer for every ``config.json`` read from disk, before any family builds its config.
+
+A hand-edited or foreign ``config.json`` can hold a string where a boolean belongs (``"false"`` is
+truthy in Python), a float vocabulary size, a negative norm epsilon or a special token beyond the
+vocabulary; each would otherwise build a model that gives wrong answers without a word. The checks
+here are by field *kind* (sizes, flags, epsilons, probabilities, token ids) over the names every
+family uses, so a new family is covered without code of its own. Nested configs (the T5-VAE's
+``"t5"``) are checked the same way.
+"""
+
+import math
+from pathlib import Path
+from typing import Any
+
+from eqxllm.errors import CheckpointError, ConfigError
+
+
+class ConfigJsonError(CheckpointError, ConfigError):
+    """A ``config.json`` field has the wrong type or an impossible value."""
+
+
+# Sizes and counts: integers >= 1 (None allowed: "use the default").
+_SIZES = frozenset(
+    [
+        "vocab_size",
+        "n_positions",
+        "n_ctx",
+        "n_embd",
+        "n_layer",
+        "n_head",
+        "n_inner",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_layers",
+        "num_decoder_layers",
+        "num_heads",
+        "relative_attention_num_buckets",
+        "relative_attention_max_distance",
+        "sliding_window",
+        "latent_size",
+        "n_latent_tokens",
+        "pad_vocab_multiple",
+    ]
+)
+_FLAGS = frozenset(
+    [
+        "tie_word_embeddings",
+        "is_encoder_decoder",
+        "scale_attn_weights",
+        "scale_attn_by_inverse_layer_idx",
+        "reorder_and_upcast_attn",
+        "add_cross_attention",
+        "use_bias",
+        "tie_encoder_decoder",
+    ]
+)
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(cfg: dict[str, Any], where: str) -> None:
+    def fail(key: str, expected: str) -> ConfigJsonError:
+        v = cfg[key]
+        return ConfigJsonError(
+            f"{where}: {key!r} is {v!r} (a JSON {type(v).__name__}); expected {expected}. Fix config.json"
+        )
+
+    for key, v in cfg.items():
+        if v is None:
+            continue
+        if key in _SIZES and not (_is_int(v) and v >= 1):
+            raise fail(key, "an integer >= 1")
+        if key in _FLAGS and not isinstance(v, bool):
+            raise fail(key, "true or false (a JSON boolean, not a string)")
+        if (key.endswith(("_eps", "_epsilon")) or key == "eps") and not (_is_number(v) and v > 0):
+            raise fail(key, "a positive number (a norm's epsilon)")
+        if (key.endswith(("pdrop", "dropout_rate", "_dropout")) or key == "dropout") and not (
+            _is_number(v) and 0 <= v <= 1
+        ):
+            raise fail(key, "a probability in [0, 1]")
+        if isinstance(v, dict) and "vocab_size" in v:  # a nested family config (T5-VAE's "t5")
+            _check(v, f"{where} [{key}]")
+    vocab = cfg.get("vocab_size")
+    for key in _TOKEN_IDS:
+        ids = cfg.get(key)
+        if ids is None:
+            continue
+        for i in ids if isinstance(ids, list) else [ids]:
+            if not _is_int(i) or i < 0 or (vocab is not None and i >= vocab):
+                bound = f"in [0, vocab_size={vocab})" if vocab is not None else ">= 0"
+                raise fail(key, f"token ids {bound}")
+
+
+def validate_config_json(cfg: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Check the fields of a ``config.json`` (already parsed) by kind; returns it unchanged.
+
+    Raises :class:`ConfigJsonError` (a :class:`CheckpointError` and a :class:`ConfigError`) naming
+    the file, the field, the value found and what is expected.
+    """
+    _check(cfg, str(path))
+    return cfg

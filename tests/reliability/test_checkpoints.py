@@ -1,0 +1,152 @@
+"""Hostile checkpoints and config.json files: each is refused with its own error type, a message
+naming the file, field or tensor, and nothing is written or changed."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import eqxllm
+from eqxllm.checkpoints.atomic import SAVE_PREFIX, remove_stale_temporaries
+from eqxllm.checkpoints.config_json import ConfigJsonError
+from eqxllm.errors import CheckpointError, ConfigError, NonFiniteError, ShapeMismatchError, ShardIndexError
+
+from ._helpers import copy_dir, make_model_dir, snapshot
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _edit_config(path: Path, **changes) -> None:
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    ("changes", "facts"),
+    [
+        ({"tie_word_embeddings": "false"}, ["'tie_word_embeddings' is 'false'", "JSON boolean"]),
+        ({"layer_norm_epsilon": -1e-5}, ["'layer_norm_epsilon' is -1e-05", "positive number"]),
+        ({"layer_norm_epsilon": 0}, ["'layer_norm_epsilon' is 0", "positive number"]),
+        ({"eos_token_id": 100_000}, ["'eos_token_id' is 100000", "in [0, vocab_size="]),
+        ({"bos_token_id": -3}, ["'bos_token_id' is -3", "token ids"]),
+        ({"vocab_size": "300"}, ["'vocab_size' is '300'", "an integer >= 1"]),
+        ({"vocab_size": 300.0}, ["'vocab_size' is 300.0", "an integer >= 1"]),
+        ({"n_layer": 0}, ["'n_layer' is 0", "an integer >= 1"]),
+        ({"n_head": True}, ["'n_head' is True", "an integer >= 1"]),
+        ({"resid_pdrop": 1.5}, ["'resid_pdrop' is 1.5", "probability"]),
+    ],
+)
+def test_config_json_fields_are_checked_before_any_family(model_dir, tmp_path, changes, facts):
+    bad = copy_dir(model_dir, tmp_path / "bad")
+    _edit_config(bad, **changes)
+    before = snapshot(bad)
+    for load in (eqxllm.from_pretrained, eqxllm.load_config):
+        with pytest.raises(ConfigJsonError) as info:
+            load(bad)
+        assert isinstance(info.value, CheckpointError) and isinstance(info.value, ConfigError)
+        assert str(bad / "config.json") in str(info.value)
+        for fact in facts:
+            assert fact in str(info.value)
+    assert snapshot(bad) == before
+
+
+def test_config_json_checks_a_nested_config():
+    from eqxllm.checkpoints.config_json import validate_config_json
+
+    with pytest.raises(ConfigJsonError, match=r"\[t5\]: 'layer_norm_epsilon' is -1"):
+        validate_config_json({"model_type": "t5_vae", "t5": {"vocab_size": 10, "layer_norm_epsilon": -1}}, "c.json")
+
+
+def test_vocab_size_beyond_the_embedding_rows(model_dir, tmp_path):
+    bad = copy_dir(model_dir, tmp_path / "bad")
+    rows = load_file(bad / "model.safetensors")["transformer.wte.weight"].shape[0]
+    _edit_config(bad, vocab_size=rows + 50)
+    with pytest.raises(ShapeMismatchError, match=rf"has {rows} rows but config.json says vocab_size={rows + 50}"):
+        eqxllm.from_pretrained(bad)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_reported_with_where(model_dir, tmp_path, value):
+    bad = copy_dir(model_dir, tmp_path / "bad")
+    tensors = load_file(bad / "model.safetensors")
+    tensors["transformer.h.0.mlp.c_fc.weight"][3, 5] = value
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NonFiniteError) as info:
+        eqxllm.from_pretrained(bad)
+    msg = str(info.value)
+    assert "'transformer.h.0.mlp.c_fc.weight'" in msg and "index (3, 5)" in msg and "1 non-finite" in msg
+
+
+def test_weight_map_value_that_is_a_list(model_dir, tmp_path):
+    bad = tmp_path / "sharded"
+    eqxllm.save_pretrained(eqxllm.from_pretrained(model_dir), bad, max_shard_size=4000)
+    index = json.loads((bad / "model.safetensors.index.json").read_text())
+    key = next(iter(index["weight_map"]))
+    index["weight_map"][key] = [index["weight_map"][key]]
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardIndexError, match=rf"tensor '{key}' is mapped to \['model-0000"):
+        eqxllm.from_pretrained(bad)
+
+
+def test_fused_attention_width_not_divisible_by_3(model_dir, tmp_path):
+    bad = copy_dir(model_dir, tmp_path / "bad")
+    tensors = load_file(bad / "model.safetensors")
+    w = tensors["transformer.h.0.attn.c_attn.weight"]
+    tensors["transformer.h.0.attn.c_attn.weight"] = np.ascontiguousarray(w[:, :-1])
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ShapeMismatchError, match=r"c_attn\) has shape \(16, 47\).*3 \* n_embd"):
+        eqxllm.from_pretrained(bad)
+
+
+def test_save_into_a_path_that_is_a_file(model_dir, tmp_path):
+    model = eqxllm.from_pretrained(model_dir)
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    with pytest.raises(CheckpointError, match="is a file; pass a directory path"):
+        eqxllm.save_pretrained(model, target)
+    with pytest.raises(CheckpointError, match=r"its parent .*a-file is a file"):
+        eqxllm.save_pretrained(model, target / "sub")
+    assert target.read_text() == "mine" and snapshot(tmp_path) == {"a-file": snapshot(tmp_path)["a-file"]}
+
+
+@pytest.mark.parametrize("size", ["0", "-5MB", "lots", "5XB"])
+def test_bad_max_shard_size_creates_nothing(model_dir, tmp_path, size):
+    model = eqxllm.from_pretrained(model_dir)
+    with pytest.raises(CheckpointError, match=f"max_shard_size={size!r}"):
+        eqxllm.save_pretrained(model, tmp_path / "new" / "dst", max_shard_size=size)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_killed_saves_temporaries_are_removed_by_the_next_save(model_dir, tmp_path):
+    dst = copy_dir(model_dir, tmp_path / "dst")
+    # what a SIGKILLed save leaves: its temporary folder (pid of a process that is gone) and file
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    (dst / f"{SAVE_PREFIX}p{dead}-abc").mkdir()
+    (dst / f"{SAVE_PREFIX}p{dead}-abc" / "model.safetensors").write_bytes(b"half")
+    (dst / f".config.json.p{dead}.xyz.eqxllm.tmp").write_text("{")
+    live = dst / f"{SAVE_PREFIX}p{os.getppid()}-def"  # a concurrent save of a live process: kept
+    live.mkdir()
+    eqxllm.save_pretrained(eqxllm.from_pretrained(model_dir), dst)
+    assert sorted(p.name for p in dst.iterdir()) == sorted(
+        ["config.json", "model.safetensors", live.name]
+    )  # the stale tokenizer.json went too: this save had no tokenizer
+    assert remove_stale_temporaries(dst) == []
+
+
+def test_resaving_without_a_tokenizer_drops_the_stale_one(model_dir, tmp_path):
+    dst = copy_dir(model_dir, tmp_path / "dst")
+    assert (dst / "tokenizer.json").is_file()
+    eqxllm.save_pretrained(eqxllm.from_pretrained(model_dir), dst)
+    assert not (dst / "tokenizer.json").exists()
+    fresh = tmp_path / "fresh"  # a tokenizer saved first into a new folder is not touched
+    fresh.mkdir()
+    (fresh / "tokenizer.json").write_text((model_dir / "tokenizer.json").read_text())
+    eqxllm.save_pretrained(eqxllm.from_pretrained(model_dir), fresh)
+    assert (fresh / "tokenizer.json").is_file()
