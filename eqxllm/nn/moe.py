@@ -33,10 +33,12 @@ class MoE(eqx.Module):
     ``dispatch="dense"`` runs every expert on every token and weights the outputs by the zero-padded
     routing weights: the simple reference, costing ``experts`` expert passes per token.
     ``dispatch="grouped"`` sorts the ``(token, expert)`` assignments by expert, pads each expert's group
-    to a multiple of a block, and runs one batched matmul over blocks whose weights are gathered per
-    block (block-sparse, as MegaBlocks, Gale et al., 2023, without its custom kernels): it costs about
-    ``top_k`` expert passes per token, plus at most one padded block per expert, and equals the dense
-    result up to rounding.
+    to a multiple of a block of rows, and runs the blocks one after another (``jax.lax.scan``), each
+    with its expert's weights (block-sparse, as MegaBlocks, Gale et al., 2023, without its custom
+    kernels): it costs about ``top_k`` expert passes per token, plus at most one padded block per
+    expert and one read of each used expert's weights, and equals the dense result up to rounding.
+    (``jax.lax.ragged_dot`` would express the same grouping, but on CPU it computes every group for
+    every row, as dense dispatch does.)
 
     Shapes: ``x [seq, embed] -> ([seq, embed], router logits [seq, experts] in float32)``; the logits
     feed :func:`load_balancing_loss`.
@@ -149,11 +151,11 @@ def _dense_experts(
 def _block_size(assignments: int, num_experts: int) -> int:
     """Rows per block, a power of two in [8, 128].
 
-    Fewer, larger blocks gather fewer weight matrices but pad more rows (up to a block per expert):
+    Fewer, larger blocks load fewer weight matrices but pad more rows (up to a block per expert):
     the total is smallest near ``sqrt(c * assignments / experts)`` rows, where ``c`` is the cost of
-    gathering one expert's weights in rows of matmul; ``c = 16`` suits CPUs.
+    loading one expert's weights in rows of matmul; ``c = 32`` suits CPUs.
     """
-    target = math.sqrt(16 * assignments / num_experts)
+    target = math.sqrt(32 * assignments / num_experts)
     return min(128, max(8, 1 << round(math.log2(max(target, 1.0)))))
 
 
@@ -167,8 +169,8 @@ def _grouped_experts(
     *,
     activation: str,
 ) -> Float[Array, "seq embed"]:
-    """Block-sparse dispatch: assignments sorted by expert, each group padded to whole blocks, one
-    batched matmul over the blocks with each block's expert weights gathered."""
+    """Block-sparse dispatch: assignments sorted by expert, each group padded to whole blocks, and a
+    loop over the blocks, each multiplied by its expert's weights."""
     seq, top_k = experts.shape
     num_experts = gate.shape[0]
     assignments = seq * top_k
@@ -197,13 +199,20 @@ def _grouped_experts(
     block_expert = jnp.minimum(block_expert, num_experts - 1)
 
     rows = jnp.concatenate([x, jnp.zeros((1, x.shape[1]), x.dtype)])[token_of_slot]
-    outputs = _expert_mlp(
-        rows.reshape(num_blocks, block, -1),
-        gate[block_expert],
-        up[block_expert],
-        down[block_expert],
-        activation,
-    ).reshape(slots, -1)
+    act = get_activation(activation)
+
+    def run_block(carry, inputs):
+        block_rows, expert = inputs
+        w_gate, w_up, w_down = (jax.lax.dynamic_index_in_dim(w, expert, keepdims=False) for w in (gate, up, down))
+        hidden = act(block_rows @ w_gate) * (block_rows @ w_up)
+        return carry, hidden @ w_down
+
+    # A loop over blocks slices each block's expert weights where they lie; gathering them for one
+    # batched matmul would copy [blocks, embed, mlp] three times over, and the copies dominate the
+    # cost. Saving only the matmul outputs keeps the backward pass from stacking those slices too.
+    run_block = jax.checkpoint(run_block, policy=jax.checkpoint_policies.dots_saveable)
+    _, outputs = jax.lax.scan(run_block, None, (rows.reshape(num_blocks, block, -1), block_expert))
+    outputs = outputs.reshape(slots, -1)
     return jnp.einsum("sk,skd->sd", weights, outputs[slot_of_assignment].reshape(seq, top_k, -1))
 
 
