@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
+from eqxllm.models.decoder import DecoderLM
+from eqxllm.nn.moe import load_balancing_loss
 
 
 def cross_entropy(
@@ -49,10 +51,16 @@ def next_token_loss(
     at a time (``model(ids, key=k) -> [seq, vocab]``) under ``jax.vmap``. ``key`` enables dropout with
     a different key per example; ``None`` runs the model deterministically.
     Returns ``(mean_loss, {"loss": mean_loss, "tokens": number_of_predicted_tokens})``.
+
+    A model with mixture-of-experts layers (Mixtral) also gives its router logits; the loss then adds
+    ``router_aux_loss_coef * load_balancing_loss(...)`` over every layer and token (as transformers'
+    ``MixtralForCausalLM`` does), and the metrics report the load-balancing loss as ``aux_loss``.
     """
     if batch.shape[1] < 2:
         raise InputError(f"next_token_loss needs sequences of at least 2 tokens; got batch shape {batch.shape}")
     inputs, targets = batch[:, :-1], batch[:, 1:]
+    if isinstance(model, DecoderLM) and model.config.decoder.moe:
+        return _moe_loss(model, inputs, targets)
     if key is None:
         logits = jax.vmap(lambda ids: model(ids))(inputs)
     else:
@@ -61,3 +69,14 @@ def next_token_loss(
     total, count = cross_entropy(logits, targets)
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count}
+
+
+def _moe_loss(model: DecoderLM, inputs, targets) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+    """Cross-entropy plus the weighted load-balancing loss of a mixture-of-experts decoder (no dropout)."""
+    spec = model.config.decoder
+    logits, _, router_logits = jax.vmap(lambda ids: model.forward(ids))(inputs)  # router: [batch, layers, seq, experts]
+    assert router_logits is not None
+    total, count = cross_entropy(logits, targets)
+    aux = load_balancing_loss(router_logits, spec.num_experts_per_tok)
+    loss = total / jnp.maximum(count, 1.0) + spec.router_aux_loss_coef * aux
+    return loss, {"loss": loss, "tokens": count, "aux_loss": aux}
