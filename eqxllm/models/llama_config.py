@@ -89,7 +89,7 @@ class LlamaConfig:
     sliding_window: int | None = None
     use_sliding_window: bool = False
     max_window_layers: int | None = None
-    layer_types: Sequence[str] | None = None  # stored as a tuple
+    layer_types: tuple[str, ...] | list[str] | None = None  # stored as a tuple
     num_local_experts: int = 0
     num_experts_per_tok: int = 2
     router_aux_loss_coef: float = 0.02
