@@ -13,8 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from eqxllm.checkpoints.keymap import KeyMap, Param, transpose, transpose_back
-from eqxllm.errors import CheckpointError
+from eqxllm.checkpoints.keymap import KeyMap, Param, drop_tied_head, transpose, transpose_back
 from eqxllm.models.decoder_spec import DecoderSpec
 
 
@@ -113,16 +112,5 @@ def rename_keys(
     return out
 
 
-def drop_tied_head(tensors: dict[str, np.ndarray], tied: bool) -> dict[str, np.ndarray]:
-    """Drop a stored copy of a tied head: it must equal the embedding, or the config is wrong."""
-    if not tied or "lm_head.weight" not in tensors:
-        return tensors
-    out = dict(tensors)
-    head = out.pop("lm_head.weight")
-    embed = out.get("model.embed_tokens.weight")
-    if embed is not None and (head.shape != embed.shape or not np.array_equal(head, embed)):
-        raise CheckpointError(
-            "config.json says tie_word_embeddings=true but lm_head.weight differs from model.embed_tokens.weight; "
-            "set tie_word_embeddings=false in config.json"
-        )
-    return out
+def drop_decoder_tied_head(tensors: dict[str, np.ndarray], tied: bool) -> dict[str, np.ndarray]:
+    return drop_tied_head(tensors, tied, "model.embed_tokens.weight")

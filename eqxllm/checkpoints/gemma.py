@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map, drop_tied_head, rename_keys
+from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map, drop_decoder_tied_head, rename_keys
 from eqxllm.checkpoints.keymap import KeyMap
 from eqxllm.errors import ConfigError
 from eqxllm.models.gemma_config import FULL, SLIDING, GemmaConfig, default_layer_types
@@ -197,7 +197,7 @@ _RENAMES = (  # multimodal Gemma 3 (transformers < 5, then 5), then base-model c
 def normalize_keys(tensors: dict[str, np.ndarray], cfg: GemmaConfig) -> dict[str, np.ndarray]:
     """Bring every accepted layout to ``Gemma*ForCausalLM`` keys, skip vision weights, and drop a
     stored copy of a tied head (it must equal the embedding)."""
-    return drop_tied_head(rename_keys(tensors, _RENAMES, skip=_SKIPPED), cfg.tie_word_embeddings)
+    return drop_decoder_tied_head(rename_keys(tensors, _RENAMES, skip=_SKIPPED), cfg.tie_word_embeddings)
 
 
 def _family():

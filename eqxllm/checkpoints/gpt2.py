@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from eqxllm.checkpoints.keymap import KeyMap, param, transpose, transpose_back
-from eqxllm.errors import CheckpointError, ConfigError, ShapeMismatchError
+from eqxllm.checkpoints.keymap import KeyMap, drop_tied_head, param, transpose, transpose_back
+from eqxllm.errors import ConfigError, ShapeMismatchError
 from eqxllm.models.gpt2 import GPT2Config
 
 _HF_FIELDS = (
@@ -166,15 +166,7 @@ def normalize_keys(tensors: dict[str, np.ndarray], cfg: GPT2Config) -> dict[str,
     """Accept ``GPT2Model`` checkpoints (no ``transformer.`` prefix) as well as ``GPT2LMHeadModel`` ones,
     and drop a stored copy of a tied head (it must equal the embedding)."""
     out = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in tensors.items()}
-    if cfg.tie_word_embeddings and "lm_head.weight" in out:
-        head = out.pop("lm_head.weight")
-        wte = out.get("transformer.wte.weight")
-        if wte is not None and (head.shape != wte.shape or not np.array_equal(head, wte)):
-            raise CheckpointError(
-                "config.json says tie_word_embeddings=true but lm_head.weight differs from transformer.wte.weight; "
-                "set tie_word_embeddings=false in config.json"
-            )
-    return out
+    return drop_tied_head(out, cfg.tie_word_embeddings, "transformer.wte.weight")
 
 
 def _family():

@@ -156,6 +156,22 @@ def export_from(model: eqx.Module, keymap: KeyMap, dtype=None) -> dict[str, np.n
     return out
 
 
+def drop_tied_head(tensors: dict[str, np.ndarray], tied: bool, embed_key: str) -> dict[str, np.ndarray]:
+    """Drop a stored copy of a tied head (``lm_head.weight``): it must equal the embedding
+    ``embed_key``, or the config is wrong."""
+    if not tied or "lm_head.weight" not in tensors:
+        return tensors
+    out = dict(tensors)
+    head = out.pop("lm_head.weight")
+    embed = out.get(embed_key)
+    if embed is not None and (head.shape != embed.shape or not np.array_equal(head, embed)):
+        raise CheckpointError(
+            f"config.json says tie_word_embeddings=true but lm_head.weight differs from {embed_key}; "
+            "set tie_word_embeddings=false in config.json"
+        )
+    return out
+
+
 def strip_prefix(tensors: dict[str, np.ndarray], prefixes: Iterable[str]) -> dict[str, np.ndarray]:
     """Drop a wrapper prefix (``transformer.``, ``model.``) from every key that has it."""
     out = {}

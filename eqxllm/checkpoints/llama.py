@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map, drop_tied_head, rename_keys
+from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map, drop_decoder_tied_head, rename_keys
 from eqxllm.checkpoints.keymap import KeyMap
 from eqxllm.errors import ConfigError
 from eqxllm.models.llama_config import MODEL_TYPES, LlamaConfig
@@ -137,7 +137,7 @@ def key_map(cfg: LlamaConfig) -> KeyMap:
 
 def normalize_keys(tensors: dict[str, np.ndarray], cfg: LlamaConfig) -> dict[str, np.ndarray]:
     """Bring base-model checkpoints to ``*ForCausalLM`` keys and drop a stored copy of a tied head."""
-    return drop_tied_head(rename_keys(tensors, BASE_MODEL_RENAMES), cfg.tie_word_embeddings)
+    return drop_decoder_tied_head(rename_keys(tensors, BASE_MODEL_RENAMES), cfg.tie_word_embeddings)
 
 
 def _family():

@@ -1,11 +1,18 @@
-"""Input checks shared by every family, run at trace time (shapes) and at run time (token values)."""
+"""Checks shared by every family: model inputs, at trace time (shapes) and at run time (token
+values), and the validation of family configs."""
+
+from collections.abc import Collection
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
-from eqxllm.errors import InputError
+from eqxllm.errors import ConfigError, InputError
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+LAYER_TYPES = (SLIDING, FULL)
 
 
 def check_tokens(input_ids: Int[Array, " seq"], vocab_size: int, max_len: int | None, limit_name: str):
@@ -40,3 +47,50 @@ def check_tokens(input_ids: Int[Array, " seq"], vocab_size: int, max_len: int | 
     return eqx.error_if(
         input_ids, jnp.any(bad), f"token ids must be in [0, {vocab_size}) (the vocabulary size); got one outside"
     )
+
+
+# config validation shared by the family configs: each message names the config and the field -----
+def check_positive(cfg: object, ints: tuple[str, ...], reals: tuple[str, ...], *, optional: tuple[str, ...] = ()):
+    """Fields in ``ints`` must be positive integers (``None`` allowed for those also in ``optional``);
+    fields in ``reals`` positive numbers or ``None``."""
+    owner = type(cfg).__name__
+    for name in ints:
+        value = getattr(cfg, name)
+        if (value is not None or name not in optional) and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{owner}.{name} must be a positive integer, got {value!r}")
+    for name in reals:
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{owner}.{name} must be positive (or None), got {value!r}")
+
+
+def check_attention(cfg: object, heads: int, kv_heads: int, head_dim: int) -> None:
+    """Grouped-query heads divide evenly, and rotary positions need an even head width."""
+    owner = type(cfg).__name__
+    if heads % kv_heads:
+        raise ConfigError(
+            f"{owner}.num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}; "
+            "grouped-query attention shares each key/value head among a whole number of query heads"
+        )
+    if head_dim % 2:
+        raise ConfigError(f"{owner}.head_dim must be even for rotary positions, got {head_dim}")
+
+
+def check_choice(cfg: object, name: str, known: Collection[str]) -> None:
+    value = getattr(cfg, name)
+    if value not in known:
+        raise ConfigError(f"{type(cfg).__name__}.{name}={value!r} is unknown; expected one of {sorted(known)}")
+
+
+def check_layer_types(cfg: object, layer_types: tuple[str, ...], num_layers: int, sliding_window: int | None) -> None:
+    """One known type per layer; sliding layers need a window."""
+    owner = type(cfg).__name__
+    if len(layer_types) != num_layers:
+        raise ConfigError(
+            f"{owner}.layer_types has {len(layer_types)} entries; num_hidden_layers={num_layers} needs one per layer"
+        )
+    unknown = sorted({t for t in layer_types if t not in LAYER_TYPES})
+    if unknown:
+        raise ConfigError(f"{owner}.layer_types holds unknown layer type(s) {unknown}; expected {list(LAYER_TYPES)}")
+    if SLIDING in layer_types and sliding_window is None:
+        raise ConfigError(f"{owner}.layer_types has sliding_attention layers but sliding_window is None")

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from eqxllm.errors import ConfigError
+from eqxllm.models._checks import FULL, SLIDING, check_attention, check_choice, check_layer_types, check_positive
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
 from eqxllm.nn.positions import Rope, RopeScaling
 from eqxllm.nn.stack import REMAT_POLICIES
 
-SLIDING = "sliding_attention"
-FULL = "full_attention"
-LAYER_TYPES = (SLIDING, FULL)
 MODEL_TYPES = {1: "gemma", 2: "gemma2", 3: "gemma3_text"}
 
 
@@ -87,50 +85,22 @@ class GemmaConfig:
     def _validate(self) -> None:
         if self.generation not in MODEL_TYPES:
             raise ConfigError(f"GemmaConfig.generation must be 1, 2 or 3, got {self.generation!r}")
-        for name in (
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "max_position_embeddings",
-        ):  # fmt: skip
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"GemmaConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in (
-            "rms_norm_eps", "rope_theta", "rope_local_base_freq", "rope_scaling", "query_pre_attn_scalar",
-            "attn_logit_softcapping", "final_logit_softcapping", "sliding_window",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"GemmaConfig.{name} must be positive (or None), got {value!r}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(
-                f"GemmaConfig.num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.num_key_value_heads}"
-            )
-        if self.head_dim % 2:
-            raise ConfigError(f"GemmaConfig.head_dim must be even for rotary positions, got {self.head_dim}")
-        if self.hidden_activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"GemmaConfig.hidden_activation={self.hidden_activation!r} is unknown; "
-                f"expected one of {sorted(ACTIVATIONS)}"
-            )
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"GemmaConfig.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+        check_positive(
+            self,
+            ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings"),
+            ("rms_norm_eps", "rope_theta", "rope_local_base_freq", "rope_scaling", "query_pre_attn_scalar",
+             "attn_logit_softcapping", "final_logit_softcapping", "sliding_window"),
+        )  # fmt: skip
+        check_attention(self, self.num_attention_heads, self.num_key_value_heads, self.head_dim)
+        check_choice(self, "hidden_activation", ACTIVATIONS)
+        check_choice(self, "remat", REMAT_POLICIES)
         self._validate_layers()
         self._validate_generation()
 
     def _validate_layers(self) -> None:
         assert self.layer_types is not None
-        if len(self.layer_types) != self.num_hidden_layers:
-            raise ConfigError(
-                f"GemmaConfig.layer_types has {len(self.layer_types)} entries; num_hidden_layers="
-                f"{self.num_hidden_layers} needs one per layer"
-            )
-        unknown = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
-        if unknown:
-            raise ConfigError(
-                f"GemmaConfig.layer_types holds unknown layer type(s) {unknown}; expected {list(LAYER_TYPES)}"
-            )
-        if SLIDING in self.layer_types and self.sliding_window is None:
-            raise ConfigError("GemmaConfig.layer_types has sliding_attention layers but sliding_window is None")
+        check_layer_types(self, tuple(self.layer_types), self.num_hidden_layers, self.sliding_window)
 
     def _validate_generation(self) -> None:
         if self.generation == 1:

@@ -12,18 +12,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from eqxllm.errors import ConfigError
+from eqxllm.models._checks import FULL, SLIDING, check_attention, check_choice, check_layer_types, check_positive
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
 from eqxllm.nn.positions import ROPE_TYPES, Rope, RopeScaling
 from eqxllm.nn.stack import REMAT_POLICIES
 
-SLIDING = "sliding_attention"
-FULL = "full_attention"
-LAYER_TYPES = (SLIDING, FULL)
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral")
 _QWEN = ("qwen2", "qwen3")
-_DERIVED = ("num_key_value_heads", "head_dim")  # None: derived from the number of heads
 _SCALING_FIELDS = {f.name for f in dataclasses.fields(RopeScaling)}
 
 
@@ -89,7 +86,7 @@ class LlamaConfig:
     sliding_window: int | None = None
     use_sliding_window: bool = False
     max_window_layers: int | None = None
-    layer_types: Sequence[str] | None = None  # stored as a tuple
+    layer_types: tuple[str, ...] | list[str] | None = None  # stored as a tuple
     num_local_experts: int = 0
     num_experts_per_tok: int = 2
     router_aux_loss_coef: float = 0.02
@@ -114,31 +111,16 @@ class LlamaConfig:
     def _validate(self) -> None:
         if self.model_type not in MODEL_TYPES:
             raise ConfigError(f"LlamaConfig.model_type={self.model_type!r} is unknown; expected one of {MODEL_TYPES}")
-        for name in (
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "max_position_embeddings",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            if (value is not None or name not in _DERIVED) and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"LlamaConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("rms_norm_eps", "rope_theta", "sliding_window"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"LlamaConfig.{name} must be positive (or None), got {value!r}")
-        if self.num_attention_heads % self.kv_heads:
-            raise ConfigError(
-                f"LlamaConfig.num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.num_key_value_heads}; grouped-query attention shares each key/value "
-                "head among a whole number of query heads"
-            )
-        if self.head_size % 2:
-            raise ConfigError(f"LlamaConfig.head_dim must be even for rotary positions, got {self.head_size}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(
-                f"LlamaConfig.hidden_act={self.hidden_act!r} is unknown; expected one of {sorted(ACTIVATIONS)}"
-            )
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"LlamaConfig.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+        check_positive(
+            self,
+            ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings"),
+            ("rms_norm_eps", "rope_theta", "sliding_window"),
+            optional=("num_key_value_heads", "head_dim"),  # None: derived from the number of heads
+        )  # fmt: skip
+        check_attention(self, self.num_attention_heads, self.kv_heads, self.head_size)
+        check_choice(self, "hidden_act", ACTIVATIONS)
+        check_choice(self, "remat", REMAT_POLICIES)
         self._validate_family()
         self._validate_layers()
 
@@ -163,16 +145,7 @@ class LlamaConfig:
 
     def _validate_layers(self) -> None:
         assert self.layer_types is not None
-        if len(self.layer_types) != self.num_hidden_layers:
-            raise ConfigError(
-                f"LlamaConfig.layer_types has {len(self.layer_types)} entries; num_hidden_layers="
-                f"{self.num_hidden_layers} needs one per layer"
-            )
-        unknown = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
-        if unknown:
-            raise ConfigError(f"LlamaConfig.layer_types holds unknown type(s) {unknown}; expected {list(LAYER_TYPES)}")
-        if SLIDING in self.layer_types and self.sliding_window is None:
-            raise ConfigError("LlamaConfig.layer_types has sliding_attention layers but sliding_window is None")
+        check_layer_types(self, tuple(self.layer_types), self.num_hidden_layers, self.sliding_window)
 
     # derived values ------------------------------------------------------------------------------
     is_encoder_decoder = False

@@ -16,12 +16,13 @@ from eqxllm.errors import ConfigError
 from eqxllm.lora.config import LoraConfig
 from eqxllm.models.gemma_config import GemmaConfig
 from eqxllm.models.gpt2 import GPT2Config
+from eqxllm.models.llama_config import LlamaConfig
 from eqxllm.models.t5_config import T5Config
 from eqxllm.models.t5_vae_config import T5VAEConfig
 from eqxllm.train.optim import OptimConfig
 
 # Every family's config; `eqxllm train` exposes the fields of the preset's family as flags.
-ModelConfig = GPT2Config | GemmaConfig | T5Config | T5VAEConfig
+ModelConfig = GPT2Config | GemmaConfig | LlamaConfig | T5Config | T5VAEConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +155,10 @@ class TrainConfig:
         raw = json.loads(text)
         try:
             model = dict(raw["model"])
-            model_cls = family_for_model_type(model.pop("model_type", "gpt2"), "the config file").config_cls
+            model_type = model.pop("model_type", "gpt2")
+            model_cls = family_for_model_type(model_type, "the config file").config_cls
+            if "model_type" in {f.name for f in dataclasses.fields(model_cls)}:
+                model["model_type"] = model_type  # one config class for several model types (LlamaConfig)
             # nested configs (the T5-VAE's T5) rebuild themselves from plain dicts
             from_dict = getattr(model_cls, "from_dict", None)
             return cls(
@@ -301,6 +305,28 @@ def _gemma_tinystories() -> TrainConfig:
     )
 
 
+def _llama_tinystories(moe: bool = False) -> TrainConfig:
+    # A Llama 3-style model at TinyStories scale (GQA, SwiGLU, untied head); with moe=True, Mixtral's
+    # layout: every MLP a top-2 mixture of 8 narrower experts (about twice the dense model's active
+    # MLP width per token). About ten minutes on a 2-core CPU.
+    steps = 500
+    changes = dict(model_type="mixtral", intermediate_size=384, num_local_experts=8, num_experts_per_tok=2)
+    model = LlamaConfig(
+        vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0,
+    )  # fmt: skip
+    return TrainConfig(
+        model=model.replace(**changes) if moe else model,
+        data=DataConfig(vocab_size=4096),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30, total_steps=steps, weight_decay=0.1, b2=0.99),
+        train=LoopConfig(
+            seq_len=128, batch_size=32, max_steps=steps, max_minutes=10.0, eval_every=100, checkpoint_every=200
+        ),
+        out="runs/mixtral-tinystories" if moe else "runs/llama-tinystories",
+    )
+
+
 def _t5_tinystories() -> TrainConfig:
     # T5 v1.1 style (gated GELU, untied head, RMSNorm, relative positions) at TinyStories scale:
     # the first half of a story in, its second half out. About ten minutes on a 2-core CPU.
@@ -382,6 +408,8 @@ def _t5_vae_test() -> TrainConfig:
 TRAIN_PRESETS = {
     "t5-tinystories": _t5_tinystories,
     "gemma-tinystories": _gemma_tinystories,
+    "llama-tinystories": _llama_tinystories,
+    "mixtral-tinystories": lambda: _llama_tinystories(moe=True),
     "gpt2-tinystories": _gpt2_tinystories,
     "gpt2-tinystories-gpu": _gpt2_tinystories_gpu,
     "gpt2-tinystories-test": _gpt2_tinystories_test,

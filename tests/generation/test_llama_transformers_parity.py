@@ -1,7 +1,8 @@
 """Greedy continuations of llama-like checkpoints written by transformers' ``save_pretrained`` equal
 ``generate(do_sample=False)`` for 200 tokens from the BOS token: Llama (GQA, untied head, llama3
 rotary scaling), Mistral with a sliding window far shorter than the continuation (the cached
-decoding must drop the keys that leave the window) and Qwen3 (q/k norms)."""
+decoding must drop the keys that leave the window), Qwen3 (q/k norms) and Mixtral (top-2 of 4
+experts, with a window too)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,12 @@ _LLAMA3 = dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_fa
 CASES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", dict(rope_parameters=_LLAMA3), 0.3),
     "mistral-window": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=6), 0.3),
+    "mixtral-window": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=8, rope_parameters={"rope_theta": 1e4}),
+        0.3,
+    ),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16, tie_word_embeddings=True), 0.8),
 }
 
