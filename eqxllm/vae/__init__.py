@@ -1,13 +1,11 @@
-"""The T5-VAE's user-facing tools around the model (:class:`eqxllm.models.T5VAE`): encoding and
-decoding text (greedy, sampled, beam search), latent paths (straight, and geodesic through a bank of
-codes), refining a sentence's code until it is written back, drawing new codes, and the metrics of
-an evaluation. The training loss and its splices live with the task, in :mod:`eqxllm.train.tasks`.
+"""The T5-VAE's user-facing tools (:class:`eqxllm.models.T5VAE`): text to codes and back (greedy,
+sampled, beam search), latent paths (straight, or geodesic through a bank of codes), refined codes,
+new codes and evaluation metrics; the training loss is the task's (:mod:`eqxllm.train.tasks`).
 
 >>> z = encode_texts(vae, tok, ["Tom saw a big dog.", "Lily ate a red apple."])   # [2, tokens, latent]
 >>> decode_latents(vae, tok, z)                                                 # the sentences back
 >>> interpolate_texts(vae, tok, "Tom saw a big dog.", "Lily ate a red apple.", 5, num_beams=4)
->>> interpolate_texts(vae, tok, a, b, 7, method="geodesic", bank=build_bank(vae, tok, training_sentences))
->>> interpolate_texts(vae, tok, a, b, 7, refine_steps=300)   # ends refined until they write a and b back
+>>> interpolate_texts(vae, tok, a, b, 7, method="geodesic", bank=build_bank(vae, tok, sentences), refine_steps=300)
 >>> decode_latents(vae, tok, sample_latents(key, fit_latent_gaussian(z_of_many), 5))   # new sentences
 """
 

@@ -18,10 +18,13 @@ import numpy as np
 from jaxtyping import Array, Bool, Int
 
 from eqxllm.data.sentences import SentenceSet, split_sentences
+from eqxllm.data.tinystories import iter_stories
+from eqxllm.data.tokenizer import load_tokenizer
 from eqxllm.errors import DataError
 from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.vae.batches import fixed_batches
 from eqxllm.vae.metrics import active_units, gaussian_kl, mmd_to_normal, sequence_accuracy, shift_right, token_accuracy
+from eqxllm.vae.text import tokenize
 
 
 @eqx.filter_jit
@@ -75,17 +78,12 @@ def evaluate_sentences(model, data: SentenceSet, *, batch_size: int = 64, max_ba
 
 def file_sentences(path: str | Path) -> list[str]:
     """The sentences of a UTF-8 text file: stories (``<|endoftext|>``-separated or not) or one per line."""
-    from eqxllm.data.tinystories import iter_stories
-
     return [s for story in iter_stories(path) for s in split_sentences(story)]
 
 
 def evaluate_text_file(model, model_dir: str | Path, path: str | Path, *, batch_size: int = 64) -> dict:
     """``eqxllm eval`` on a T5-VAE: reconstruct the sentences of ``path`` with the tokenizer saved in
     ``model_dir``; sentences longer than the model's ``max_length`` are skipped and counted."""
-    from eqxllm.data import load_tokenizer
-    from eqxllm.vae.text import tokenize
-
     sentences = file_sentences(path)
     if not sentences:
         raise DataError(f"{path} holds no sentences to reconstruct")

@@ -57,8 +57,7 @@ class CodeBank:
 
 
 def _scale(distances: Float[np.ndarray, "n k"]) -> Float[np.ndarray, " n"]:
-    """Each code's local scale, the distance to its ``k``-th neighbour; kept above zero, so that
-    codes with ``k`` identical neighbours do not divide by zero."""
+    """Each code's local scale, the distance to its ``k``-th neighbour, kept above zero."""
     return np.maximum(distances[:, -1], 1e-12)
 
 

@@ -106,9 +106,8 @@ def build_bank(
     """A :class:`~eqxllm.vae.geodesic.CodeBank` of ``texts`` for ``interpolate_texts(method="geodesic")``,
     leaving out duplicates, texts the model cannot encode (empty or too long), with ``whole`` pieces
     of sentences (:func:`~eqxllm.data.sentences.whole_sentence`: "said Jack."), and with ``exact``
-    texts whose code does not reconstruct them (:func:`~eqxllm.vae.refine.reconstructs`). A path's
-    interior points are bank codes: with ``exact``, the decoder writes each of them back as the bank
-    sentence it is, not as a misspelt copy."""
+    texts whose code does not reconstruct them (:func:`~eqxllm.vae.refine.reconstructs`), so that
+    each interior point of a path is written back as the bank sentence it is."""
     given = list(dict.fromkeys(texts))
     data = tokenize(model, tokenizer, [t for t in given if not whole or whole_sentence(t)], strict=False)
     codes = encode_rows(model, data, batch_size=batch_size)
