@@ -25,8 +25,9 @@ class LoraConfig:
     dropout: float = 0.0
     """Dropout on the adapters' input during training."""
     base_dtype: Literal["float32", "bfloat16"] = "float32"
-    """Storage of the frozen weights: ``bfloat16`` halves their memory (adapters and their optimizer
-    state stay float32; the forward casts each weight to the compute dtype as usual)."""
+    """Storage of the frozen weights: ``bfloat16`` halves their memory between steps (adapters and their
+    optimizer state stay float32). The step still computes in ``train.compute_dtype``: with ``float32``
+    the frozen weights are cast up inside it, so pair this with ``bfloat16`` compute to save there too."""
 
     def __post_init__(self):
         if not isinstance(self.rank, int) or self.rank < 0:
