@@ -73,8 +73,8 @@ def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
         raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
     if cfg.resume and (out / "run_config.json").is_file():
         old = json.loads((out / "run_config.json").read_text())
-        for part in ("model", "data"):
-            if old.get(part) != json.loads(cfg.to_json())[part]:
+        for part in ("model", "data", "lora", "init_from"):  # lora/init_from: absent from older runs' files
+            if (part in old or part in ("model", "data")) and old.get(part) != json.loads(cfg.to_json())[part]:
                 raise ConfigError(
                     f"--resume: the {part} config differs from the run in {out}; resume with the same one"
                 )
