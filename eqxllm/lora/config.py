@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from eqxllm.errors import ConfigError
 
@@ -23,6 +24,10 @@ class LoraConfig:
     every attention projection, ``q_proj|v_proj`` two of them, ``attn|mlp`` every linear layer of a block."""
     dropout: float = 0.0
     """Dropout on the adapters' input during training."""
+    base_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Storage of the frozen weights: ``bfloat16`` halves their memory between steps (adapters and their
+    optimizer state stay float32). The step still computes in ``train.compute_dtype``: with ``float32``
+    the frozen weights are cast up inside it, so pair this with ``bfloat16`` compute to save there too."""
 
     def __post_init__(self):
         if not isinstance(self.rank, int) or self.rank < 0:
@@ -31,6 +36,8 @@ class LoraConfig:
             raise ConfigError(f"lora.alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.base_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"lora.base_dtype must be 'float32' or 'bfloat16', got {self.base_dtype!r}")
         try:
             re.compile(self.targets)
         except re.error as e:

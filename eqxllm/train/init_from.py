@@ -26,7 +26,7 @@ from eqxllm.checkpoints.keymap import load_into
 from eqxllm.checkpoints.registry import family_for_config
 from eqxllm.data.tokenizer import find_tokenizer
 from eqxllm.errors import ConfigError, DataError
-from eqxllm.lora import apply_lora
+from eqxllm.lora import apply_lora, cast_frozen
 
 # model config fields that an --init-from run may set (dropout rates, remat, attention kernel)
 CHANGEABLE = re.compile(r"(pdrop|dropout|dropout_rate|^remat$|^attention_impl$)")
@@ -134,4 +134,6 @@ def initial_model(cfg: Any, model_cfg: Any, key: PRNGKeyArray) -> Any:
             dropout=lo.dropout,
             key=jax.random.fold_in(key, _LORA_STREAM),
         )
+        if lo.base_dtype == "bfloat16":
+            model = cast_frozen(model, jnp.bfloat16)
     return model

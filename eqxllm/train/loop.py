@@ -105,8 +105,8 @@ def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
     except ValueError as e:
         raise ConfigError(f"{saved} is not valid JSON ({e}); it cannot be resumed") from e
     new = json.loads(cfg.to_json())
-    for part in ("model", "data", "task"):
-        if old.get(part, new[part]) != new[part]:
+    for part in ("model", "data", "task", "lora", "init_from"):  # lora/init_from: absent from older runs' files
+        if old.get(part, new.get(part)) != new.get(part):
             raise ConfigError(f"--resume: the {part} config differs from the run in {out}; resume with the same one")
 
 

@@ -170,3 +170,13 @@ def test_prompt_completion_lora_run(base, tmp_path):
     assert 0 < batch["loss_mask"][:, 1:].sum() < batch["loss_mask"][:, 1:].size
     loss, _ = completion_loss(eqxllm.from_pretrained(cfg.init_from), jax.tree.map(jnp.asarray, batch))
     assert _first_loss(cfg) == pytest.approx(float(loss), abs=1e-6)
+
+
+def test_lora_base_in_bfloat16(base, tmp_path):
+    from eqxllm.train.init_from import initial_model
+
+    cfg = _cfg(base, tmp_path / "bf16", lora=LoraConfig(rank=2, targets="attn", base_dtype="bfloat16"))
+    model = initial_model(cfg, cfg.model, jax.random.key(0))
+    q = model.blocks.blocks.attn.q_proj
+    assert q.weight.dtype == jnp.bfloat16 and model.wte.weight.dtype == jnp.bfloat16
+    assert q.lora_a.dtype == jnp.float32 and q.lora_b.dtype == jnp.float32
