@@ -10,7 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eqxllm.checkpoints.atomic import atomic_write_text
+from eqxllm.checkpoints.atomic import (
+    atomic_write_text,
+    check_destination,
+    fsync_dir,
+    prepare_destination,
+    remove_created,
+    temporary_folder,
+)
 from eqxllm.checkpoints.checkpoint_dir import parse_size, read_checkpoint, write_checkpoint
 from eqxllm.checkpoints.config_json import validate_config_json
 from eqxllm.checkpoints.hub import resolve_pretrained
@@ -90,7 +97,9 @@ def save_pretrained(
     ``transformers`` loads as they are; optionally ``tokenizer.json`` from a ``tokenizers.Tokenizer``.
 
     Weights are written first and atomically, ``config.json`` last (atomically too), so a failed
-    save never leaves a directory whose config describes weights that are not there. ``dst`` must be a
+    save never leaves a directory whose config describes weights that are not there; a directory
+    that did not exist is built beside its destination and renamed into place, so it appears whole
+    or not at all. ``dst`` must be a
     directory or absent; a bad ``max_shard_size`` is refused before anything is created. Saving
     without a tokenizer over an earlier save removes that save's ``tokenizer.json`` (it belonged to
     the earlier model).
@@ -98,15 +107,33 @@ def save_pretrained(
     config = model.config  # type: ignore[attr-defined]
     family = family_for_config(config)
     directory = Path(dst)
+    check_destination(directory)  # a bad path or size is refused before anything is created
     if max_shard_size is not None:
-        parse_size(max_shard_size)  # a bad size is refused before anything is created
-    resaving = (directory / "config.json").is_file()
+        parse_size(max_shard_size)
     tensors = export_from(model, family.key_map(config), dtype=dtype)
-    write_checkpoint(tensors, directory, max_shard_size=max_shard_size, metadata={"format": "pt"})
-    if tokenizer is not None:
-        atomic_write_text(directory / "tokenizer.json", tokenizer.to_str())
-    elif resaving:  # the tokenizer of the model saved here before is not this model's
-        for name in _TOKENIZER_FILES:
-            (directory / name).unlink(missing_ok=True)
-    atomic_write_text(directory / "config.json", json.dumps(family.config_to_hf(config), indent=2) + "\n")
+    hf_config = json.dumps(family.config_to_hf(config), indent=2) + "\n"
+
+    def write_into(target: Path) -> None:
+        resaving = (target / "config.json").is_file()
+        write_checkpoint(tensors, target, max_shard_size=max_shard_size, metadata={"format": "pt"})
+        if tokenizer is not None:
+            atomic_write_text(target / "tokenizer.json", tokenizer.to_str())
+        elif resaving:  # the tokenizer of the model saved here before is not this model's
+            for name in _TOKENIZER_FILES:
+                (target / name).unlink(missing_ok=True)
+        atomic_write_text(target / "config.json", hf_config)
+
+    if directory.exists():
+        write_into(directory)
+        return directory
+    # A new directory appears whole: it is built beside its destination, then renamed into place.
+    created = prepare_destination(directory.parent)
+    try:
+        with temporary_folder(directory.parent) as tmp:
+            write_into(tmp / directory.name)
+            os.replace(tmp / directory.name, directory)
+            fsync_dir(directory.parent)
+    except BaseException:
+        remove_created(created)
+        raise
     return directory

@@ -58,15 +58,20 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     return removed
 
 
-def prepare_destination(directory: Path) -> list[Path]:
-    """Check that ``directory`` can be saved into (a folder, or absent) and create it; returns the folders
-    created (deepest first) so that a failed save can remove them again."""
+def check_destination(directory: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``directory`` is a folder or absent, below no file."""
     for d in (directory, *directory.parents):
         if d.exists() and not d.is_dir():
             where = "" if d == directory else f" (its parent {d} is a file)"
             raise CheckpointError(f"cannot save into {directory}{where}: {d} is a file; pass a directory path")
         if d.exists():
             break
+
+
+def prepare_destination(directory: Path) -> list[Path]:
+    """Check that ``directory`` can be saved into (a folder, or absent) and create it; returns the folders
+    created (deepest first) so that a failed save can remove them again."""
+    check_destination(directory)
     created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(directory)

@@ -64,7 +64,7 @@ def _weight_map(index: Path) -> dict[str, Path]:
     for key, name in weight_map.items():
         where = f"{index}: tensor {key!r} is mapped to {name!r}"
         if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ShardIndexError(f"{where}; a shard must be a file name (a string) inside {index.parent}")
+            raise ShardIndexError(f"{where}; a shard must be a file name inside {index.parent}")
         if name in shards:
             continue
         shard = index.parent / name

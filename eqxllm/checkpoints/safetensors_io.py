@@ -3,8 +3,9 @@
 A safetensors file is an 8-byte little-endian header length ``N``, then ``N`` bytes of JSON mapping each
 tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (plus an optional ``"__metadata__"``
 object of strings), then the raw little-endian bytes of every tensor, offsets counted from the end of the
-header (https://github.com/huggingface/safetensors#format). We parse it ourselves, so that every way a file
-can be wrong gets a message naming the file, and so that no byte is ever unpickled.
+header (https://github.com/huggingface/safetensors#format). The ``safetensors`` package reads and writes
+the tensors; eqxllm checks every header first, so that every way a file can be wrong gets a message
+naming the file (what is wrong, and what the file looks like instead), and no byte is ever unpickled.
 
 BF16 is ``ml_dtypes.bfloat16``. Tensors of any shape, including 0-d and empty, go in and out bit for
 bit. Whole checkpoint directories (single file or sharded) are :mod:`eqxllm.checkpoints.checkpoint_dir`.
@@ -19,6 +20,8 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 from jaxtyping import Shaped
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from eqxllm.errors import SafetensorsFormatError
 
@@ -171,37 +174,22 @@ def read_safetensors(path: PathLike, *, mmap: bool = False) -> dict[str, Tensor]
             )
             for e in layout.entries
         }
-    out = {}
-    with open(path, "rb") as f:
-        for e in layout.entries:
-            array = np.empty(e.shape, e.dtype)
-            f.seek(layout.data_start + e.begin)
-            got = f.readinto(array.reshape(-1).view(np.uint8).data)
-            if got != e.end - e.begin:  # the file shrank after the header was checked
-                raise _error(path, f"truncated while reading tensor {e.name!r}: got {got} of {e.end - e.begin} bytes")
-            out[e.name] = array
-    return out
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return {e.name: np.asarray(f.get_tensor(e.name)) for e in layout.entries}
+    except (SafetensorError, OSError) as e:  # the file changed after its header was checked
+        raise _error(path, f"cannot be read ({type(e).__name__}: {e})") from e
 
 
 def write_file(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write one safetensors file and fsync it. Data is laid out by decreasing itemsize (as the reference
-    writer does) so that, with the header padded to 8 bytes, every tensor is aligned to its itemsize."""
-    order = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
-    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
-    pos = 0
-    for key in order:
-        array = tensors[key]
-        header[key] = {
-            "dtype": _DTYPE_NAMES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [pos, pos + array.nbytes],
-        }
-        pos += array.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "xb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for key in order:
-            f.write(tensors[key].reshape(-1).view(np.uint8).data)
-        f.flush()
+    """Write one safetensors file with the ``safetensors`` package (which aligns each tensor's data) and
+    fsync it. ``path`` must not exist yet."""
+    if path.exists():
+        raise FileExistsError(path)
+    try:
+        save_file(dict(tensors), str(path), metadata=metadata or None)
+    except (SafetensorError, ValueError, TypeError) as e:
+        path.unlink(missing_ok=True)
+        raise _error(path, f"cannot be written ({type(e).__name__}: {e})") from e
+    with open(path, "rb+") as f:
         os.fsync(f.fileno())

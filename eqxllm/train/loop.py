@@ -72,6 +72,17 @@ class _StopFlag:
 _RUN_FILES = ("run_config.json", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png")
 
 
+def _clear_run_files(out: Path) -> None:
+    """Remove what a run writes before its first checkpoint (and nothing else); ``out`` too if that
+    leaves it empty."""
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
 def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
     """``out`` must be absent or empty, or hold a run: never merge into a folder of other files (its
     metrics.jsonl appended to). A run with checkpoints continues only with ``--resume`` and the same
@@ -80,7 +91,7 @@ def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
         raise ConfigError(f"--out {out} is a file; pass a directory (empty, or a run to --resume)")
     if not out.is_dir() or not any(out.iterdir()):
         if cfg.resume:
-            raise CheckpointError(f"--resume: {out} holds no run to resume; drop --resume to start one")
+            raise CheckpointError(f"--resume: {out} holds no checkpoint to resume from (no run); drop --resume")
         return
     saved = out / "run_config.json"
     if not saved.is_file():
@@ -89,14 +100,12 @@ def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
             f"--out {out} is not empty and is not an eqxllm run (no run_config.json; found: {found}); "
             "choose an empty or new --out directory"
         )
-    has_ckpt = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    # a step folder, not a killed write's temporary (Orbax renames a step into place when complete)
+    has_ckpt = (out / "checkpoints").is_dir() and any(p.name.isdigit() for p in (out / "checkpoints").iterdir())
     if not has_ckpt:
         if cfg.resume:
             raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
-        for name in _RUN_FILES:  # an earlier start that saved nothing: start afresh
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        _clear_run_files(out)  # an earlier start that saved nothing: start afresh
         return
     if not cfg.resume:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
@@ -128,10 +137,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     _check_out_dir(cfg, out)
     lead = jax.process_index() == 0
     t = cfg.train
-    if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "run_config.json", cfg.to_json())
-    task = make_task(cfg, out, progress=progress and lead)
+    try:
+        if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "run_config.json", cfg.to_json())
+        task = make_task(cfg, out, progress=progress and lead)
+    except BaseException:
+        if lead and not cfg.resume:  # bad data, no network: a failed start leaves nothing behind
+            _clear_run_files(out)
+        raise
     model_cfg = cfg.model if cfg.init_from else task.model_config(cfg.model)  # a checkpoint's stays as is
 
     mesh = make_mesh(f"data={jax.device_count()}" if cfg.mesh == "auto" else cfg.mesh)
