@@ -49,7 +49,7 @@ def _packed_loss(model, batch, target_mask, key):
         raise InputError(f"next_token_loss needs sequences of at least 2 tokens; got batch shape {batch.shape}")
     inputs, targets = batch[:, :-1], batch[:, 1:]
     if isinstance(model, DecoderLM) and model.config.decoder.moe:
-        return _moe_loss(model, inputs, targets)
+        return _moe_loss(model, inputs, targets, target_mask)
     if key is None:
         logits = jax.vmap(lambda ids: model(ids))(inputs)
     else:
