@@ -108,6 +108,8 @@ def test_lora_run_first_step_exports_and_bit_identical_resume(base, tmp_path):
 
     b = _cfg(base, tmp_path / "b", lora=LORA)
     train(b, progress=False, stop_after_step=2)
+    with pytest.raises(ConfigError, match="the lora config differs"):
+        train(b.replace(resume=True, lora=dataclasses.replace(LORA, rank=4)), progress=False)
     resumed = eqxllm.from_pretrained(train(b.replace(resume=True), progress=False))
     for x, y in zip(
         jax.tree.leaves(eqx.filter(merged, eqx.is_array)), jax.tree.leaves(eqx.filter(resumed, eqx.is_array))
