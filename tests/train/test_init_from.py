@@ -108,6 +108,8 @@ def test_lora_run_first_step_exports_and_bit_identical_resume(base, tmp_path):
 
     b = _cfg(base, tmp_path / "b", lora=LORA)
     train(b, progress=False, stop_after_step=2)
+    with pytest.raises(ConfigError, match="the lora config differs"):
+        train(b.replace(resume=True, lora=dataclasses.replace(LORA, rank=4)), progress=False)
     resumed = eqxllm.from_pretrained(train(b.replace(resume=True), progress=False))
     for x, y in zip(
         jax.tree.leaves(eqx.filter(merged, eqx.is_array)), jax.tree.leaves(eqx.filter(resumed, eqx.is_array))
@@ -180,3 +182,20 @@ def test_lora_base_in_bfloat16(base, tmp_path):
     q = model.blocks.blocks.attn.q_proj
     assert q.weight.dtype == jnp.bfloat16 and model.wte.weight.dtype == jnp.bfloat16
     assert q.lora_a.dtype == jnp.float32 and q.lora_b.dtype == jnp.float32
+
+
+def test_gemma_lora_run_first_step_sees_the_checkpoint(base, tmp_path):
+    """The same path for another family: a Gemma 3 checkpoint (its own EOS id separates stories)."""
+    from eqxllm.models import Gemma, GemmaConfig
+
+    tok = load_tokenizer(base / "ckpt")
+    gemma_cfg = GemmaConfig.tiny(3).replace(
+        vocab_size=tok.get_vocab_size(), num_hidden_layers=2, max_position_embeddings=32,
+        layer_types=("sliding_attention", "full_attention"), eos_token_id=tok.token_to_id("<|endoftext|>"),
+    )  # fmt: skip
+    ckpt = tmp_path / "gemma"
+    eqxllm.save_pretrained(Gemma(gemma_cfg, key=jax.random.key(4)), ckpt, tokenizer=tok)
+    cfg = _cfg(base, tmp_path / "run", lora=LoraConfig(rank=2, targets="attn|mlp"))
+    cfg = cfg.replace(model=checkpoint_config(str(ckpt)), init_from=str(ckpt))
+    train(cfg, progress=False, stop_after_step=1)
+    assert _first_loss(cfg) == pytest.approx(_checkpoint_loss(cfg), abs=1e-6)
