@@ -15,9 +15,14 @@ CELL_TIMEOUT_S = 300
 
 
 def test_there_are_notebooks():
-    assert {"01_gpt2.ipynb", "02_gemma.ipynb", "03_t5.ipynb", "06_training_at_scale.ipynb"} <= {
-        p.name for p in NOTEBOOKS
-    }
+    assert {
+        "01_gpt2.ipynb",
+        "02_gemma.ipynb",
+        "03_t5.ipynb",
+        "04_t5_vae.ipynb",
+        "05_llama.ipynb",
+        "06_training_at_scale.ipynb",
+    } <= {p.name for p in NOTEBOOKS}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
