@@ -36,9 +36,7 @@ def test_stored_with_outputs(path: Path):
     assert not errors, f"{path.name} was stored with an error output: {errors[0].get('ename')}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_runs_top_to_bottom(path: Path):
+def _run(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
@@ -46,3 +44,18 @@ def test_runs_top_to_bottom(path: Path):
     client.execute()  # raises CellExecutionError naming the failing cell and its traceback
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert outputs, f"{path.name} ran but printed nothing"
+
+
+def _notebook_test(path: Path):
+    @pytest.mark.slow
+    def test_runs_top_to_bottom(self):
+        _run(path)
+
+    return test_runs_top_to_bottom
+
+
+# One class per notebook: under `--dist loadscope` each class is its own unit of work, so the
+# notebooks (a minute or two each) spread over the xdist workers instead of queueing on one.
+for _path in NOTEBOOKS:
+    _name = "TestRuns_" + _path.stem
+    globals()[_name] = type(_name, (), {"test_runs_top_to_bottom": _notebook_test(_path)})
