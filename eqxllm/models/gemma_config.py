@@ -62,7 +62,7 @@ class GemmaConfig:
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
     sliding_window: int | None = None
-    layer_types: Sequence[str] | None = None  # stored as a tuple
+    layer_types: tuple[str, ...] | list[str] | None = None  # stored as a tuple
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
     bos_token_id: int | None = 2
