@@ -33,7 +33,9 @@ def _randomize_norms(model):
 
 def _gpt2():
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=32)
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     return _randomize_norms(transformers.GPT2LMHeadModel(cfg).eval())
 
 
