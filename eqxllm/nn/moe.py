@@ -42,7 +42,8 @@ class MoE(eqx.Module):
     (``jax.lax.ragged_dot`` would express the same grouping, but on CPU it computes every group for
     every row, as dense dispatch does.) Under ``jax.vmap`` (forward and backward) the grouped
     dispatch folds the batch into the tokens, so a batch is dispatched at once and each expert's
-    weights are read once per call rather than once per example.
+    weights are read once per call rather than once per example. Its gradient is a custom VJP
+    (reverse mode only: use ``"dense"`` for ``jax.jvp`` or higher derivatives).
 
     Shapes: ``x [seq, embed] -> ([seq, embed], router logits [seq, experts] in float32)``; the logits
     feed :func:`load_balancing_loss`.
