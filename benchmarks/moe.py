@@ -3,10 +3,10 @@
     python benchmarks/moe.py [--batch 4 --seq 128 --dim 256 --hidden 512 --top-k 2 --experts 8 16 32 --repeats 5]
 
 One JSON line per (experts, dispatch, batching): the best of ``--repeats`` timed steps after a compiling
-one. ``vmap`` applies the layer per example under ``jax.vmap`` (as a model vmapped over its batch does);
-``flat`` dispatches all ``batch x seq`` tokens in one call (the layer accepts leading axes). Dense
-dispatch grows with the number of experts; grouped dispatch should grow only by the cost of touching
-every expert's weights once.
+one. ``vmap`` applies the layer per example under ``jax.vmap``, as a model vmapped over its batch does
+(grouped dispatch folds the batch into one dispatch); ``flat`` passes all ``batch x seq`` tokens in
+one call (the layer accepts leading axes). Dense dispatch grows with the number of experts; grouped
+dispatch should grow only by the cost of reading (and, backward, writing) every expert's weights once.
 """
 
 import argparse

@@ -1,11 +1,13 @@
 """A sparse mixture of gated experts with top-k routing, and the Switch auxiliary load-balancing loss."""
 
+import functools
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import ConfigError
@@ -38,7 +40,10 @@ class MoE(eqx.Module):
     kernels): it costs about ``top_k`` expert passes per token, plus at most one padded block per
     expert and one read of each used expert's weights, and equals the dense result up to rounding.
     (``jax.lax.ragged_dot`` would express the same grouping, but on CPU it computes every group for
-    every row, as dense dispatch does.)
+    every row, as dense dispatch does.) Under ``jax.vmap`` (forward and backward) the grouped
+    dispatch folds the batch into the tokens, so a batch is dispatched at once and each expert's
+    weights are read once per call rather than once per example. Its gradient is a custom VJP
+    (reverse mode only: use ``"dense"`` for ``jax.jvp`` or higher derivatives).
 
     Shapes: ``x [seq, embed] -> ([seq, embed], router logits [seq, experts] in float32)``; the logits
     feed :func:`load_balancing_loss`.
@@ -111,7 +116,7 @@ class MoE(eqx.Module):
         """
         experts, weights, logits = self.route(x)
         params = (self.gate.astype(x.dtype), self.up.astype(x.dtype), self.down.astype(x.dtype))
-        run = _dense_experts if self.dispatch == "dense" else _grouped_experts
+        run = _dense_experts if self.dispatch == "dense" else _grouped_dispatch
         tokens = x.reshape(-1, x.shape[-1])
         y = run(
             tokens,
@@ -159,7 +164,7 @@ def _block_size(assignments: int, num_experts: int) -> int:
     return min(128, max(8, 1 << round(math.log2(max(target, 1.0)))))
 
 
-def _grouped_experts(
+def _grouped_raw(
     x: Float[Array, "seq embed"],
     experts: Int[Array, "seq top_k"],
     weights: Float[Array, "seq top_k"],
@@ -214,6 +219,82 @@ def _grouped_experts(
     _, outputs = jax.lax.scan(run_block, None, (rows.reshape(num_blocks, block, -1), block_expert))
     outputs = outputs.reshape(slots, -1)
     return jnp.einsum("sk,skd->sd", weights, outputs[slot_of_assignment].reshape(seq, top_k, -1))
+
+
+def _grouped_vjp_raw(x, experts, weights, cotangent, gate, up, down, activation: str):
+    """Cotangents of ``x``, the routing weights and the expert weights (the forward recomputed)."""
+    fn = functools.partial(_grouped_raw, experts=experts, activation=activation)
+    _, vjp = jax.vjp(lambda x, w, g, u, d: fn(x, weights=w, gate=g, up=u, down=d), x, weights, gate, up, down)
+    return vjp(cotangent)
+
+
+@functools.cache
+def _tokenwise(raw, activation: str, token_args: int, token_outputs: int):
+    """``raw`` (token arguments first, then expert weights; token outputs first, then outputs summed over
+    tokens) with a ``jax.vmap`` rule that folds the mapped axis into the tokens.
+
+    Routing is per token, so a batch of examples is one longer sequence: dispatching it at once loads
+    each expert's weights once per call instead of once per example, and shares the padded blocks.
+    Mapped expert weights (a different MoE per example) fall back to the plain per-example map.
+    """
+    fn = custom_vmap(functools.partial(raw, activation=activation))
+
+    @fn.def_vmap
+    def rule(axis_size, in_batched, *args):
+        if any(in_batched[token_args:]):
+            outs = jax.vmap(functools.partial(raw, activation=activation), [0 if b else None for b in in_batched])(
+                *args
+            )
+            return outs, jax.tree.map(lambda _: True, outs)
+        tokens = [
+            (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))).reshape(-1, *a.shape[1 + batched :])
+            for a, batched in zip(args[:token_args], in_batched[:token_args], strict=True)
+        ]
+        seq = args[0].shape[1] if in_batched[0] else args[0].shape[0]
+        outs = fn(*tokens, *args[token_args:])
+        single = not isinstance(outs, tuple)
+        outs = (outs,) if single else outs
+        outs = tuple(o.reshape(axis_size, seq, *o.shape[1:]) for o in outs[:token_outputs]) + tuple(
+            outs[token_outputs:]
+        )
+        batched = (True,) * token_outputs + (False,) * (len(outs) - token_outputs)
+        return (outs[0], batched[0]) if single else (outs, batched)
+
+    return fn
+
+
+def _grouped_dispatch(
+    x: Float[Array, "seq embed"],
+    experts: Int[Array, "seq top_k"],
+    weights: Float[Array, "seq top_k"],
+    gate: Float[Array, "experts embed mlp"],
+    up: Float[Array, "experts embed mlp"],
+    down: Float[Array, "experts mlp embed"],
+    *,
+    activation: str,
+) -> Float[Array, "seq embed"]:
+    return cast(Array, _grouped_experts(x, experts, weights, gate, up, down, activation))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _grouped_experts(x, experts, weights, gate, up, down, activation: str):
+    """:func:`_grouped_raw` whose ``jax.vmap`` (forward and backward) dispatches the whole batch at once."""
+    return _tokenwise(_grouped_raw, activation, 3, 1)(x, experts, weights, gate, up, down)
+
+
+def _grouped_experts_fwd(x, experts, weights, gate, up, down, activation: str):
+    return _grouped_experts(x, experts, weights, gate, up, down, activation), (x, experts, weights, gate, up, down)
+
+
+def _grouped_experts_bwd(activation: str, residuals, cotangent):
+    x, experts, weights, gate, up, down = residuals
+    dx, dweights, dgate, dup, ddown = _tokenwise(_grouped_vjp_raw, activation, 4, 2)(
+        x, experts, weights, cotangent, gate, up, down
+    )
+    return dx, None, dweights, dgate, dup, ddown
+
+
+_grouped_experts.defvjp(_grouped_experts_fwd, _grouped_experts_bwd)
 
 
 def load_balancing_loss(

@@ -249,3 +249,23 @@ def test_stacked_blocks_in_a_scan():
     assert logits_s.shape == (layers, 10, 4)
     _close((value_s, logits_s), (value_l, logits_l))
     _close(grad_s, grad_l)
+
+
+def test_vmap_over_experts_weights_too():
+    """Mapping over the modules themselves (a different MoE per example) takes the plain per-example
+    map: equal to applying each module alone, in value and gradient."""
+    make = lambda k: randomize(MoE(DIM, HIDDEN, num_experts=EXPERTS, top_k=2, key=k), k, std=0.3)  # noqa: E731
+    blocks = eqx.filter_vmap(make)(jax.random.split(jax.random.key(0), 2))
+    x = jax.random.normal(jax.random.key(6), (2, 9, DIM))
+
+    def mapped(blocks, x):
+        return jnp.sum(jnp.sin(eqx.filter_vmap(lambda m, x: m(x)[0])(blocks, x)))
+
+    def one_by_one(blocks, x):
+        parts = [jax.tree.map(lambda a, i=i: a[i] if eqx.is_array(a) else a, blocks)(x[i])[0] for i in range(2)]
+        return jnp.sum(jnp.sin(jnp.stack(parts)))
+
+    _close(
+        eqx.filter_jit(eqx.filter_value_and_grad(mapped))(blocks, x),
+        eqx.filter_jit(eqx.filter_value_and_grad(one_by_one))(blocks, x),
+    )
