@@ -18,13 +18,13 @@ from eqxllm.train.config import DataConfig, LoopConfig, TrainConfig
 from eqxllm.train.optim import OptimConfig
 
 # About ten minutes on a 2-core CPU: 128-token windows of a 4096-token BPE trained on the stories.
-_CPU_LOOP = dict(seq_len=128, batch_size=32, max_minutes=10.0, eval_every=100, checkpoint_every=200)
-_CPU_OPTIM = dict(learning_rate=2e-3, warmup_steps=30, weight_decay=0.1, b2=0.99)
+_CPU_LOOP: dict[str, Any] = dict(seq_len=128, batch_size=32, max_minutes=10.0, eval_every=100, checkpoint_every=200)
+_CPU_OPTIM: dict[str, Any] = dict(learning_rate=2e-3, warmup_steps=30, weight_decay=0.1, b2=0.99)
 # Seconds on a CPU: for tests and smoke runs.
-_TEST_LOOP = dict(seq_len=16, batch_size=8, eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4,
+_TEST_LOOP: dict[str, Any] = dict(seq_len=16, batch_size=8, eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4,
                   num_samples=1)  # fmt: skip
-_TEST_OPTIM = dict(learning_rate=1e-2, warmup_steps=2)
-_NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+_TEST_OPTIM: dict[str, Any] = dict(learning_rate=1e-2, warmup_steps=2)
+_NO_DROPOUT: dict[str, Any] = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 
 def _run(
