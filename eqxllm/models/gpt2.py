@@ -11,18 +11,19 @@ Hugging Face equivalent.
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from eqxllm.errors import ConfigError, InputError
+from eqxllm.errors import ConfigError
 from eqxllm.models._checks import check_tokens
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, attention_mask, dropout
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
+from eqxllm.nn.decoding import CacheSlot, check_cache_length, scan_layers, token_slots
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,12 +161,21 @@ class GPT2Block(eqx.Module):
         )
         self.resid_pdrop = cfg.resid_pdrop
 
-    def __call__(self, x, *, mask, cache=None, cache_index=None, layer=None, key=None):
+    def __call__(
+        self,
+        x: Float[Array, "seq embed"],
+        *,
+        mask: Bool[Array, "seq kv_seq"],
+        cache: CacheSlot | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "seq embed"], Any]:
+        """The block's output and the cache with this layer's new keys and values written (None without one)."""
+        kv, index, layer = (None, None, None) if cache is None else cache
         probs_key, attn_key, mlp_key = (None, None, None) if key is None else jax.random.split(key, 3)
-        h, cache = self.attn(self.ln_1(x), mask=mask, cache=cache, cache_index=cache_index, layer=layer, key=probs_key)
+        h, kv = self.attn(self.ln_1(x), mask=mask, cache=kv, cache_index=index, layer=layer, key=probs_key)
         x = x + dropout(h, self.resid_pdrop, attn_key)
         x = x + dropout(self.mlp(self.ln_2(x)), self.resid_pdrop, mlp_key)
-        return x, cache
+        return x, kv
 
 
 class GPT2(eqx.Module):
@@ -202,50 +212,48 @@ class GPT2(eqx.Module):
         """Logits for every position. ``mask`` marks real tokens of a (left-)padded sequence; padding
         is never attended to, and positions default to counting real tokens only. Dropout is active
         only when ``key`` is given."""
-        seq = input_ids.shape[0]
-        input_ids = check_tokens(input_ids, self.config.vocab_size, self.config.n_positions, "n_positions")
-        if mask is None:
-            mask = jnp.ones((seq,), bool)
-        if positions is None:
-            positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
-        attn_mask = attention_mask(jnp.arange(seq), mask, causal=True)
-        x = self._embed(input_ids, positions, key)
-        keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.config.n_layer)
-
-        def body(block, x, layer_key):
-            x, _ = block(x, mask=attn_mask, key=layer_key)
-            return x, None
-
-        x, _ = self.blocks(body, x, keys)
-        return self._head(x)
+        logits, _ = self.forward(input_ids, positions=positions, mask=mask, key=key)
+        return logits
 
     def decode(
         self, input_ids: Int[Array, " seq"], cache: KVCache, *, mask: Bool[Array, " seq"] | None = None
     ) -> tuple[Float[Array, "seq vocab"], KVCache]:
         """Run ``seq`` new tokens against a KV cache (prefill or one decoding step); returns their
         logits and the cache with them written."""
-        seq = input_ids.shape[0]
-        input_ids = check_tokens(input_ids, self.config.vocab_size, cache.max_len, "the cache length")
-        mask = jnp.ones((seq,), bool) if mask is None else mask
-        positions, slots, valid = cache.prepare(mask)
-        attn_mask = attention_mask(slots, valid, causal=True)
-        x = self._embed(input_ids, positions, None)
+        logits, new_cache = self.forward(input_ids, mask=mask, cache=cache)
+        assert new_cache is not None
+        return logits, new_cache
 
-        # the whole cache rides in the scan carry and each layer writes its new slots in place
-        def body(block, carry, layer):
-            x, kv = carry
-            return block(x, mask=attn_mask, cache=kv, cache_index=cache.index, layer=layer), None
+    def forward(
+        self,
+        input_ids: Int[Array, " seq"],
+        *,
+        positions: Int[Array, " seq"] | None = None,
+        mask: Bool[Array, " seq"] | None = None,
+        cache: KVCache | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "seq vocab"], KVCache | None]:
+        """The one forward pass (:mod:`eqxllm.nn.decoding`): logits and the updated cache (None without one)."""
+        cfg = self.config
+        limit = (cfg.n_positions, "n_positions") if cache is None else (cache.max_len, "the cache length")
+        input_ids = check_tokens(input_ids, cfg.vocab_size, *limit)
+        mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
+        slots = token_slots(mask, positions, cache)
+        attn_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=True)
+        x = self._embed(input_ids, slots.positions, key)
+        keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), cfg.n_layer)
 
-        (x, (k, v)), _ = self.blocks(body, (x, (cache.k, cache.v)), jnp.arange(self.config.n_layer))
-        return self._head(x), cache.advanced(k, v, valid, seq)
+        def layer(block, x, layer_key, slot):
+            x, kv = block(x, mask=attn_mask, cache=slot, key=layer_key)
+            return x, kv, None
+
+        x, cache, _ = scan_layers(self.blocks, layer, x, keys, cache, slots)
+        return self._head(x), cache
 
     def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
         """An empty cache for one sequence of up to ``max_len`` tokens (at most ``n_positions``)."""
         cfg = self.config
-        if max_len > cfg.n_positions:
-            raise InputError(
-                f"a cache of {max_len} slots (prompt + new tokens) exceeds the context, n_positions={cfg.n_positions}"
-            )
+        check_cache_length(max_len, cfg.n_positions, "n_positions")
         return KVCache.empty(
             num_layers=cfg.n_layer, max_len=max_len, num_kv_heads=cfg.n_head, head_dim=cfg.head_dim, dtype=dtype
         )
