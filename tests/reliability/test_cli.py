@@ -187,3 +187,15 @@ def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch, tmp_pat
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 2.0}\n')
     assert_user_error(capsys, ["plot", tmp_path], "needs the optional package 'matplotlib'", "eqxllm[plot]")
     assert not (tmp_path / "loss.png").exists()
+
+
+def test_scripts_get_the_same_one_line_errors(capsys):
+    from eqxllm.cli import guarded
+    from eqxllm.errors import DataError
+
+    def script():
+        raise DataError("no stories in x.txt")
+
+    assert guarded("train.py", script) == 2
+    assert capsys.readouterr().err == "train.py: error: no stories in x.txt\n"
+    assert guarded("train.py", lambda: None) == 0
