@@ -121,6 +121,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
                 break
             shutil.rmtree(out / "model")
         _check_whole_or_absent(out)
+    print("kills landed:", kills)
     assert kills[:2] == ["step", "checkpoint"], kills
     while _run_until("never", config_file, out, rng):  # the last start runs to the end
         pass
