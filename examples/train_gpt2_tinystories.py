@@ -39,5 +39,7 @@ def main() -> None:
     print(f"\n{prompt}{tokenizer.decode(new.tolist())}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a bad flag, file or network: one line, exit 2 (eqxllm.cli.guarded)
+    from eqxllm.cli import guarded
+
+    raise SystemExit(guarded("train_gpt2_tinystories.py", main))

@@ -34,5 +34,7 @@ def main() -> None:
     print(f"\n{first_half} => {tokenizer.decode(new.tolist())}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a bad flag, file or network: one line, exit 2 (eqxllm.cli.guarded)
+    from eqxllm.cli import guarded
+
+    raise SystemExit(guarded("train_t5_tinystories.py", main))

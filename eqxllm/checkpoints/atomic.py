@@ -81,7 +81,9 @@ def prepare_destination(directory: Path) -> list[Path]:
 def remove_created(created: list[Path]) -> None:
     """Remove the folders :func:`prepare_destination` created, deepest first, while they are empty."""
     for d in created:
-        if not d.is_dir() or any(d.iterdir()):
+        if not d.is_dir():  # already gone
+            continue
+        if any(d.iterdir()):
             break
         d.rmdir()
 

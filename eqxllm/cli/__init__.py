@@ -13,6 +13,7 @@ import importlib
 import re
 import sys
 import traceback
+from collections.abc import Callable
 
 from eqxllm.errors import EqxllmError
 
@@ -96,21 +97,29 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a one-line usage error (2)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     args.rest = rest
+    return guarded(f"eqxllm {args.command}", lambda: args.func(args))
+
+
+def guarded(name: str, run: Callable[[], int | None]) -> int:
+    """Run ``run()`` as a command named ``name`` and return its exit status: 0 (or what it returns)
+    on success, 2 with one line ``NAME: error: ...`` for a user error, 1 with the traceback and a
+    line saying it is a bug for anything else. Scripts use it too (``examples/``):
+    ``raise SystemExit(guarded("train_gpt2_tinystories.py", main))``."""
     try:
-        return int(args.func(args) or 0)
+        return int(run() or 0)
     except KeyboardInterrupt:
-        print(f"eqxllm {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except SystemExit as e:  # tyro's own usage errors (it printed them)
+    except SystemExit as e:  # argparse's and tyro's own usage errors (they printed them)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     except Exception as e:
         message = user_error_message(e)
         if message is not None:  # bad input: one clear line, no traceback
-            print(f"eqxllm {args.command}: error: {message}", file=sys.stderr)
+            print(f"{name}: error: {message}", file=sys.stderr)
             return 2
         traceback.print_exc()
         print(
-            f"eqxllm {args.command}: this is a bug in eqxllm ({type(e).__name__}), not a problem with your input; "
+            f"{name}: this is a bug in eqxllm ({type(e).__name__}), not a problem with your input; "
             "please report it with the traceback above",
             file=sys.stderr,
         )

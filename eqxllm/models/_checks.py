@@ -6,7 +6,7 @@ from collections.abc import Collection
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Int
+from jaxtyping import Array, Shaped
 
 from eqxllm.errors import ConfigError, InputError
 
@@ -15,8 +15,9 @@ FULL = "full_attention"
 LAYER_TYPES = (SLIDING, FULL)
 
 
-def check_tokens(input_ids: Int[Array, " seq"], vocab_size: int, max_len: int | None, limit_name: str):
-    """Raise :class:`InputError` for an empty or over-long sequence (at trace time), and an
+def check_tokens(input_ids: Shaped[Array, "..."], vocab_size: int, max_len: int | None, limit_name: str):
+    """Raise :class:`InputError` for ids that are not one sequence of integers (typed ``...`` so that
+    wrong shapes and dtypes reach this message, which says to ``vmap``), an empty or over-long sequence (at trace time), and an
     ``EqxRuntimeError`` naming the vocabulary size for ids outside ``[0, vocab_size)`` (at run time,
     also under ``jit``; set ``EQX_ON_ERROR=nan`` to turn the check off)."""
     if input_ids.ndim != 1:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jax
 
-from eqxllm.checkpoints.atomic import atomic_write_text
+from eqxllm.checkpoints.atomic import atomic_write_text, remove_created
 from eqxllm.errors import CheckpointError, ConfigError, MissingExtraError, NonFiniteError
 from eqxllm.train.checkpoint import TrainCheckpointer
 from eqxllm.train.config import TrainConfig
@@ -83,7 +83,7 @@ def _clear_run_files(out: Path) -> None:
         out.rmdir()
 
 
-def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
+def _check_out_dir(cfg: TrainConfig, out: Path, *, lead: bool = True) -> None:
     """``out`` must be absent or empty, or hold a run: never merge into a folder of other files (its
     metrics.jsonl appended to). A run with checkpoints continues only with ``--resume`` and the same
     model, data and task; a run that never saved a step is cleared and started afresh."""
@@ -105,7 +105,8 @@ def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
     if not has_ckpt:
         if cfg.resume:
             raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
-        _clear_run_files(out)  # an earlier start that saved nothing: start afresh
+        if lead:  # an earlier start that saved nothing: start afresh (process 0 owns the files)
+            _clear_run_files(out)
         return
     if not cfg.resume:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
@@ -134,9 +135,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     """
     initialize_distributed()
     out = Path(cfg.out)
-    _check_out_dir(cfg, out)
     lead = jax.process_index() == 0
+    _check_out_dir(cfg, out, lead=lead)
     t = cfg.train
+    created = [d for d in (out, *out.parents) if not d.exists()]
     try:
         if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
             out.mkdir(parents=True, exist_ok=True)
@@ -145,6 +147,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     except BaseException:
         if lead and not cfg.resume:  # bad data, no network: a failed start leaves nothing behind
             _clear_run_files(out)
+            remove_created(created)
         raise
     model_cfg = cfg.model if cfg.init_from else task.model_config(cfg.model)  # a checkpoint's stays as is
 

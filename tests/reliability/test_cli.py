@@ -180,3 +180,22 @@ def test_train_without_network_is_one_line_with_the_data_hint(capsys, tmp_path, 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     out = tmp_path / "run"
     assert_user_error(capsys, ["train", "--config", "gpt2-tinystories-test", "--out", out], "--data")
+
+
+def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if not installed
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 2.0}\n')
+    assert_user_error(capsys, ["plot", tmp_path], "needs the optional package 'matplotlib'", "eqxllm[plot]")
+    assert not (tmp_path / "loss.png").exists()
+
+
+def test_scripts_get_the_same_one_line_errors(capsys):
+    from eqxllm.cli import guarded
+    from eqxllm.errors import DataError
+
+    def script():
+        raise DataError("no stories in x.txt")
+
+    assert guarded("train.py", script) == 2
+    assert capsys.readouterr().err == "train.py: error: no stories in x.txt\n"
+    assert guarded("train.py", lambda: None) == 0

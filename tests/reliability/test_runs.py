@@ -107,3 +107,9 @@ def test_train_cli_refuses_a_non_run_out_in_one_line(capsys, tmp_path):
     argv = ["train", "--config", "gpt2-tinystories-test", "--data", story_file(tmp_path / "s.txt"), "--out", out]
     assert_user_error(capsys, argv, "is not an eqxllm run")
     assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+
+
+def test_a_failed_start_removes_the_folders_it_made(tmp_path):
+    with pytest.raises(DataError):
+        train(_cfg(tmp_path, tmp_path / "runs" / "deep" / "run", data=tmp_path / "missing.txt"), progress=False)
+    assert not (tmp_path / "runs").exists()
