@@ -6,7 +6,7 @@ checks its dtype and shape against the skeleton (naming the key), and places all
 ``eqx.tree_at``. Saving reads the same entries backwards.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,16 +169,4 @@ def drop_tied_head(tensors: dict[str, np.ndarray], tied: bool, embed_key: str) -
             f"config.json says tie_word_embeddings=true but lm_head.weight differs from {embed_key}; "
             "set tie_word_embeddings=false in config.json"
         )
-    return out
-
-
-def strip_prefix(tensors: dict[str, np.ndarray], prefixes: Iterable[str]) -> dict[str, np.ndarray]:
-    """Drop a wrapper prefix (``transformer.``, ``model.``) from every key that has it."""
-    out = {}
-    for k, v in tensors.items():
-        for prefix in prefixes:
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-                break
-        out[k] = v
     return out

@@ -20,7 +20,6 @@ from jaxtyping import Int32
 
 from eqxllm.errors import ConfigError, DataError
 
-_QUOTES = '"“”'
 _CLOSERS = "\"”’')]"
 _END = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*")
 

@@ -10,7 +10,6 @@ and restored onto an abstract skeleton carrying the target shardings, so the sam
 restores onto one CPU or a sharded mesh.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +91,3 @@ class TrainCheckpointer:
 
     def close(self) -> None:
         self._manager.close()
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run_config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} has no run_config.json; it is not an eqxllm training run directory")
-    return json.loads(path.read_text())
