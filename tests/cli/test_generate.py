@@ -12,7 +12,7 @@ import eqxllm
 from eqxllm.cli import main
 from eqxllm.data.tokenizer import save_tokenizer, train_bpe_tokenizer
 
-from ._helpers import tiny_gpt2
+from tests.generation._helpers import tiny_gpt2
 
 SENTENCES = [
     "Once upon a time, there was a little cat named Tom. Tom liked to play in the sun.",
