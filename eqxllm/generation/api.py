@@ -114,6 +114,18 @@ def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_
     ids, mask, single = left_pad(prompt, pad_id=0)
     check_context(ids.shape[1], max_new_tokens, config.max_positions, encoder_decoder=config.is_encoder_decoder)
     check_ids(ids, mask, config.vocab_size)
+    outside = [i for i in stops if not 0 <= i < config.vocab_size]
+    if outside:
+        source = (
+            "the model config's eos_token_id"
+            if eos_token_id is None and outside[0] in _stop_ids(config.eos_token_id)
+            else "the stop ids given"
+        )
+        raise InputError(
+            f"stop token id {outside[0]} ({source}) is outside the vocabulary [0, {config.vocab_size}): it can never "
+            "be generated, so decoding would never stop on it; pass eos_token_id= with ids in the vocabulary "
+            "(or eos_token_id=() to stop only at max_new_tokens)"
+        )
     sampler = make_sampler(
         temperature=temperature, top_k=top_k, top_p=top_p, has_key=key is not None, vocab_size=config.vocab_size
     )

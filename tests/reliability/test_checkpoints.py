@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -12,7 +13,14 @@ from safetensors.numpy import load_file, save_file
 import eqxllm
 from eqxllm.checkpoints.atomic import SAVE_PREFIX, remove_stale_temporaries
 from eqxllm.checkpoints.config_json import ConfigJsonError
-from eqxllm.errors import CheckpointError, ConfigError, NonFiniteError, ShapeMismatchError, ShardIndexError
+from eqxllm.errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    NonFiniteError,
+    ShapeMismatchError,
+    ShardIndexError,
+)
 
 from ._helpers import copy_dir, make_model_dir, snapshot
 
@@ -34,7 +42,7 @@ def _edit_config(path: Path, **changes) -> None:
         ({"tie_word_embeddings": "false"}, ["'tie_word_embeddings' is 'false'", "JSON boolean"]),
         ({"layer_norm_epsilon": -1e-5}, ["'layer_norm_epsilon' is -1e-05", "positive number"]),
         ({"layer_norm_epsilon": 0}, ["'layer_norm_epsilon' is 0", "positive number"]),
-        ({"eos_token_id": 100_000}, ["'eos_token_id' is 100000", "in [0, vocab_size="]),
+        ({"eos_token_id": 1.5}, ["'eos_token_id' is 1.5", "token ids"]),
         ({"bos_token_id": -3}, ["'bos_token_id' is -3", "token ids"]),
         ({"vocab_size": "300"}, ["'vocab_size' is '300'", "an integer >= 1"]),
         ({"vocab_size": 300.0}, ["'vocab_size' is 300.0", "an integer >= 1"]),
@@ -55,6 +63,20 @@ def test_config_json_fields_are_checked_before_any_family(model_dir, tmp_path, c
         for fact in facts:
             assert fact in str(info.value)
     assert snapshot(bad) == before
+
+
+def test_eos_beyond_the_vocabulary_loads_and_generation_refuses_it(model_dir, tmp_path):
+    # transformers loads such configs (tiny test models, fine-tunes whose tokenizer grew a pad token);
+    # the id is refused where it would do harm: a stop id that can never be generated
+    odd = copy_dir(model_dir, tmp_path / "odd")
+    _edit_config(odd, eos_token_id=100_000)
+    model = eqxllm.from_pretrained(odd)
+    prompt = jnp.array([1, 2, 3])
+    with pytest.raises(InputError, match=r"stop token id 100000 \(the model config's eos_token_id\) is outside"):
+        eqxllm.generate(model, prompt, max_new_tokens=2)
+    with pytest.raises(InputError, match=r"stop token id 100000 \(the stop ids given\)"):
+        eqxllm.generate(model, prompt, max_new_tokens=2, eos_token_id=(), stop_token_ids=[100_000])
+    assert eqxllm.generate(model, prompt, max_new_tokens=2, eos_token_id=()).shape == (2,)
 
 
 def test_config_json_checks_a_nested_config():
