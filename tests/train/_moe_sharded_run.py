@@ -1,7 +1,8 @@
 """Subprocess script for ``test_moe_sharding.py``: started with 8 virtual CPU devices, it takes two SGD
-steps of a small stack of mixture-of-experts blocks on one device and then under each mesh layout given
-on the command line, and prints one JSON line with, per layout, the largest differences from the
-single-device run and each parameter's whole and per-device shapes.
+steps of a tiny Mixtral (the llama-like decoder with a top-2 mixture of 8 experts in every layer,
+trained through the LM loss with its load-balancing term) on one device and then under each mesh
+layout given on the command line, and prints one JSON line with, per layout, the largest differences
+from the single-device run and each parameter's whole and per-device shapes.
 Run as ``python tests/train/_moe_sharded_run.py expert=8 fsdp=2,expert=2,tensor=2 ...``."""
 
 import json
@@ -17,44 +18,22 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from eqxllm.nn import MoE, Stack, load_balancing_loss  # noqa: E402
+from eqxllm.models import LLAMA_PRESETS, Llama  # noqa: E402
 from eqxllm.train import (  # noqa: E402
     batch_sharding,
     make_mesh,
     make_train_step,
     model_shardings,
+    next_token_loss,
     opt_state_shardings,
     place,
     place_batch,
 )
 
-DIM, HIDDEN, EXPERTS, TOP_K, LAYERS = 16, 32, 8, 2, 2
-BATCH, SEQ = 8, 6
+BATCH, SEQ = 8, 12
 STEPS = 2
-
-
-class MoEStack(eqx.Module):
-    """Residual MoE blocks: ``h + moe(h)``, scanned over stacked layers."""
-
-    blocks: Stack[MoE]
-
-    def __init__(self, key):
-        make = lambda k: MoE(DIM, HIDDEN, num_experts=EXPERTS, top_k=TOP_K, init_std=0.1, key=k)  # noqa: E731
-        self.blocks = Stack(make, LAYERS, key=key)
-
-    def __call__(self, x):
-        def body(block, h, _):
-            y, logits = block(h)
-            return h + y, logits
-
-        return self.blocks(body, x)
-
-
-def loss_fn(model, batch, key):
-    del key
-    out, logits = jax.vmap(model)(batch)  # logits [batch, layers, seq, experts]
-    loss = jnp.mean((out - jnp.sin(3.0 * batch)) ** 2) + 0.01 * load_balancing_loss(logits, TOP_K)
-    return loss, {"loss": loss}
+CONFIG = LLAMA_PRESETS["mixtral-tiny"]().replace(vocab_size=64, num_local_experts=8, num_experts_per_tok=2)
+loss_fn = next_token_loss
 
 
 def train(model, opt_state, step, batch):
@@ -66,9 +45,9 @@ def train(model, opt_state, step, batch):
 
 
 def main(layouts: list[str]) -> dict:
-    model = MoEStack(jax.random.key(0))
+    model = Llama(CONFIG, key=jax.random.key(0))
     optimizer = optax.sgd(0.1)
-    batch = np.asarray(jax.random.normal(jax.random.key(1), (BATCH, SEQ, DIM)))
+    batch = np.asarray(jax.random.randint(jax.random.key(1), (BATCH, SEQ + 1), 0, CONFIG.vocab_size))
     init = lambda m: optimizer.init(eqx.filter(m, eqx.is_inexact_array))  # noqa: E731
 
     step = make_train_step(loss_fn, optimizer)

@@ -69,7 +69,7 @@ def sharded_report():
 
 
 @pytest.mark.slow  # one 8-device subprocess, shared by two tests
-def test_sharded_moe_steps_match_single_device(sharded_report):
+def test_sharded_mixtral_steps_match_single_device(sharded_report):
     assert sharded_report["devices"] == 8
     assert sharded_report["update"] > 10 * PARAM_TOL  # the comparison below is not vacuous
     for spec in LAYOUTS:
@@ -84,10 +84,10 @@ def test_experts_are_really_split(sharded_report):
     experts = 8
     for spec, ways in (("expert=8", 8), ("data=2,expert=4", 4), ("fsdp=2,expert=2,tensor=2", 2)):
         for name in ("gate", "up", "down"):
-            shape, shard = layouts[spec]["shapes"][f".blocks.blocks.{name}"]
+            shape, shard = layouts[spec]["shapes"][f".blocks.blocks.mlp.{name}"]
             assert shard[0] == shape[0] and shard[1] == experts // ways, (spec, name)
     # without an expert axis the experts stay whole and the mlp width splits like a dense MLP's
-    shape, shard = layouts["fsdp=2,tensor=4"]["shapes"][".blocks.blocks.gate"]
+    shape, shard = layouts["fsdp=2,tensor=4"]["shapes"][".blocks.blocks.mlp.gate"]
     assert shard[1] == experts and shard[3] == shape[3] // 4
-    shape, shard = layouts["data=8"]["shapes"][".blocks.blocks.down"]
+    shape, shard = layouts["data=8"]["shapes"][".blocks.blocks.mlp.down"]
     assert shard == shape
