@@ -23,7 +23,7 @@ from eqxllm.models._checks import check_tokens
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack, attention_mask
 from eqxllm.nn.attention import Rotary
-from eqxllm.nn.decoding import CacheSlot, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.decoding import CacheSlot, CausalLM, check_cache_length, scan_layers, token_slots
 from eqxllm.nn.moe import MoE
 
 __all__ = ["DecoderBlock", "DecoderLM", "parameter_count"]
@@ -113,7 +113,7 @@ class DecoderBlock(eqx.Module):
         return self.mlp(x)  # a mixture of experts also returns its router logits
 
 
-class DecoderLM(eqx.Module):
+class DecoderLM(CausalLM):
     """A llama-like language model: token ids ``[seq]`` -> next-token logits ``[seq, vocab]``.
 
     ``config`` is a family config with a ``decoder`` property (:class:`DecoderSpec`); the family
@@ -140,31 +140,6 @@ class DecoderLM(eqx.Module):
             )
         )
 
-    def __call__(
-        self,
-        input_ids: Int[Array, " seq"],
-        *,
-        positions: Int[Array, " seq"] | None = None,
-        mask: Bool[Array, " seq"] | None = None,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "seq vocab"]:
-        """Logits for every position. ``mask`` marks real tokens of a (left-)padded sequence; padding
-        is never attended to, and positions default to counting real tokens only. These models have
-        no dropout (as in the references), so ``key`` is accepted for a uniform signature and unused."""
-        del key
-        logits, _, _ = self.forward(input_ids, positions=positions, mask=mask)
-        return logits
-
-    def decode(
-        self, input_ids: Int[Array, " seq"], cache: KVCache, *, mask: Bool[Array, " seq"] | None = None
-    ) -> tuple[Float[Array, "seq vocab"], KVCache]:
-        """Run ``seq`` new tokens against a KV cache (prefill or one decoding step); returns their
-        logits and the cache with them written. The cache keeps every slot; sliding layers see only
-        the last ``sliding_window`` slots through their mask."""
-        logits, new_cache, _ = self.forward(input_ids, mask=mask, cache=cache)
-        assert new_cache is not None
-        return logits, new_cache
-
     def forward(
         self,
         input_ids: Int[Array, " seq"],
@@ -172,9 +147,14 @@ class DecoderLM(eqx.Module):
         positions: Int[Array, " seq"] | None = None,
         mask: Bool[Array, " seq"] | None = None,
         cache: KVCache | None = None,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "seq vocab"], KVCache | None, Float[Array, "layers seq experts"] | None]:
         """The one forward pass: logits, the updated cache (None without one), and the router logits
-        of every mixture-of-experts layer (None for dense models), for an auxiliary loss."""
+        of every mixture-of-experts layer (None for dense models), for an auxiliary loss. These models
+        have no dropout (as in the references): ``key`` is accepted for a uniform signature and unused.
+        The cache keeps every slot; sliding layers see only the last ``sliding_window`` slots through
+        their mask."""
+        del key
         spec: DecoderSpec = self.config.decoder
         limit = (
             (spec.max_position_embeddings, "max_position_embeddings")

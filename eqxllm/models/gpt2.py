@@ -23,7 +23,7 @@ from eqxllm.models._checks import check_tokens
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, attention_mask, dropout
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
-from eqxllm.nn.decoding import CacheSlot, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.decoding import CacheSlot, CausalLM, check_cache_length, scan_layers, token_slots
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +178,7 @@ class GPT2Block(eqx.Module):
         return x, kv
 
 
-class GPT2(eqx.Module):
+class GPT2(CausalLM):
     """The GPT-2 language model: token ids ``[seq]`` -> next-token logits ``[seq, vocab]``."""
 
     wte: Embedding
@@ -201,29 +201,6 @@ class GPT2(eqx.Module):
             else Linear(config.n_embd, config.padded_vocab_size, use_bias=False, key=head_key)
         )
 
-    def __call__(
-        self,
-        input_ids: Int[Array, " seq"],
-        *,
-        positions: Int[Array, " seq"] | None = None,
-        mask: Bool[Array, " seq"] | None = None,
-        key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "seq vocab"]:
-        """Logits for every position. ``mask`` marks real tokens of a (left-)padded sequence; padding
-        is never attended to, and positions default to counting real tokens only. Dropout is active
-        only when ``key`` is given."""
-        logits, _ = self.forward(input_ids, positions=positions, mask=mask, key=key)
-        return logits
-
-    def decode(
-        self, input_ids: Int[Array, " seq"], cache: KVCache, *, mask: Bool[Array, " seq"] | None = None
-    ) -> tuple[Float[Array, "seq vocab"], KVCache]:
-        """Run ``seq`` new tokens against a KV cache (prefill or one decoding step); returns their
-        logits and the cache with them written."""
-        logits, new_cache = self.forward(input_ids, mask=mask, cache=cache)
-        assert new_cache is not None
-        return logits, new_cache
-
     def forward(
         self,
         input_ids: Int[Array, " seq"],
@@ -232,8 +209,9 @@ class GPT2(eqx.Module):
         mask: Bool[Array, " seq"] | None = None,
         cache: KVCache | None = None,
         key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, "seq vocab"], KVCache | None]:
-        """The one forward pass (:mod:`eqxllm.nn.decoding`): logits and the updated cache (None without one)."""
+    ) -> tuple[Float[Array, "seq vocab"], KVCache | None, None]:
+        """The one forward pass (:mod:`eqxllm.nn.decoding`): logits, the updated cache (None without one)
+        and None (GPT-2 has no router). Dropout is active only when ``key`` is given."""
         cfg = self.config
         limit = (cfg.n_positions, "n_positions") if cache is None else (cache.max_len, "the cache length")
         input_ids = check_tokens(input_ids, cfg.vocab_size, *limit)
@@ -248,7 +226,7 @@ class GPT2(eqx.Module):
             return x, kv, None
 
         x, cache, _ = scan_layers(self.blocks, layer, x, keys, cache, slots)
-        return self._head(x), cache
+        return self._head(x), cache, None
 
     def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
         """An empty cache for one sequence of up to ``max_len`` tokens (at most ``n_positions``)."""

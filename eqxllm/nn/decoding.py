@@ -5,12 +5,16 @@ queries sit at slots ``0..seq-1``. With a :class:`KVCache`, the new tokens are w
 cached ones and attend over every slot. :func:`token_slots` gives both cases the same three arrays
 (positions, query slots, key validity), and :func:`scan_layers` runs the stacked blocks, threading
 the whole cache through the scan carry so each layer writes its new slots in place.
+:class:`CausalLM` gives every decoder-only model its plain call and its ``decode`` in terms of its one
+``forward``.
 """
 
+import abc
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Int
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
 from eqxllm.nn.attention import CacheKV
@@ -86,3 +90,45 @@ def scan_layers(stack: Stack, layer, x: Any, xs: Any, cache: KVCache | None, slo
     layers = jnp.arange(stack.num_layers)
     (x, (k, v)), ys = stack(cached, (x, (cache.k, cache.v)), (layers, xs))
     return x, cache.advanced(k, v, slots.kv_valid, slots.q_slots.shape[0]), ys
+
+
+class CausalLM(eqx.Module):
+    """The two faces of a decoder-only model's one pass, ``forward(input_ids, *, positions, mask, cache,
+    key) -> (logits, cache, router_logits)``: the plain call (no cache) and ``decode`` (with one).
+    Subclasses (GPT-2, the llama-like decoder) define ``forward`` and ``init_cache``."""
+
+    @abc.abstractmethod
+    def forward(
+        self,
+        input_ids: Int[Array, " seq"],
+        *,
+        positions: Int[Array, " seq"] | None = None,
+        mask: Bool[Array, " seq"] | None = None,
+        cache: KVCache | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "seq vocab"], KVCache | None, Any]:
+        """Logits, the cache with the new tokens written (None without one), and any per-layer extras
+        (a mixture of experts' router logits; None elsewhere)."""
+
+    def __call__(
+        self,
+        input_ids: Int[Array, " seq"],
+        *,
+        positions: Int[Array, " seq"] | None = None,
+        mask: Bool[Array, " seq"] | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "seq vocab"]:
+        """Logits for every position. ``mask`` marks real tokens of a (left-)padded sequence; padding
+        is never attended to, and positions default to counting real tokens only. ``key`` turns on the
+        model's dropout, where it has any."""
+        logits, _, _ = self.forward(input_ids, positions=positions, mask=mask, key=key)
+        return logits
+
+    def decode(
+        self, input_ids: Int[Array, " seq"], cache: KVCache, *, mask: Bool[Array, " seq"] | None = None
+    ) -> tuple[Float[Array, "seq vocab"], KVCache]:
+        """Run ``seq`` new tokens against a KV cache (prefill or one decoding step); returns their
+        logits and the cache with them written."""
+        logits, new_cache, _ = self.forward(input_ids, mask=mask, cache=cache)
+        assert new_cache is not None
+        return logits, new_cache
