@@ -81,7 +81,8 @@ def trained(tmp_path_factory):
 
 def test_trainer_exports_a_t5_vae(trained):
     tmp, export = trained
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    names = sorted(p.name for p in export.iterdir())
+    assert names == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
     model = eqxllm.from_pretrained(export)
     assert isinstance(model, T5VAE)
     rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
