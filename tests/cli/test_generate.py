@@ -11,7 +11,6 @@ import pytest
 import eqxllm
 from eqxllm.cli import main
 from eqxllm.data.tokenizer import save_tokenizer, train_bpe_tokenizer
-
 from tests.generation._helpers import tiny_gpt2
 
 SENTENCES = [
