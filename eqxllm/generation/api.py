@@ -1,5 +1,6 @@
 """``generate`` (the whole run in one compiled call) and ``stream`` (the same tokens, chunk by chunk)."""
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import equinox as eqx
@@ -108,24 +109,15 @@ def sequence_lengths(
 def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id):
     """Check every argument and build the loop's inputs: ``(decoder, ids, mask, single)``."""
     config = model.config
-    stops = _stop_ids(config.eos_token_id if eos_token_id is None else eos_token_id) + _stop_ids(stop_token_ids)
+    stops = _stop_ids(eos_token_id) + _stop_ids(stop_token_ids)
+    _check_stop_ids(stops, config.vocab_size)
+    if eos_token_id is None:
+        stops = _config_stop_ids(config) + stops
     if pad_token_id is None:
         pad_token_id = stops[0] if stops else 0
     ids, mask, single = left_pad(prompt, pad_id=0)
     check_context(ids.shape[1], max_new_tokens, config.max_positions, encoder_decoder=config.is_encoder_decoder)
     check_ids(ids, mask, config.vocab_size)
-    outside = [i for i in stops if not 0 <= i < config.vocab_size]
-    if outside:
-        source = (
-            "the model config's eos_token_id"
-            if eos_token_id is None and outside[0] in _stop_ids(config.eos_token_id)
-            else "the stop ids given"
-        )
-        raise InputError(
-            f"stop token id {outside[0]} ({source}) is outside the vocabulary [0, {config.vocab_size}): it can never "
-            "be generated, so decoding would never stop on it; pass eos_token_id= with ids in the vocabulary "
-            "(or eos_token_id=() to stop only at max_new_tokens)"
-        )
     sampler = make_sampler(
         temperature=temperature, top_k=top_k, top_p=top_p, has_key=key is not None, vocab_size=config.vocab_size
     )
@@ -137,6 +129,29 @@ def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_
         cache_dtype=_float_dtype(model),
     )
     return decoder, jnp.asarray(ids), jnp.asarray(mask), single
+
+
+def _check_stop_ids(stops: tuple[int, ...], vocab_size: int) -> None:
+    outside = [i for i in stops if not 0 <= i < vocab_size]
+    if outside:
+        raise InputError(
+            f"stop token id {outside[0]} is outside the vocabulary [0, {vocab_size}): it can never be generated; "
+            "pass ids in the vocabulary (or eos_token_id=() to stop only at max_new_tokens)"
+        )
+
+
+def _config_stop_ids(config) -> tuple[int, ...]:
+    """The config's EOS ids; ids beyond the vocabulary (as some checkpoints that ``transformers`` loads
+    carry) can never be generated, so they are dropped with a warning rather than silently kept."""
+    ids = _stop_ids(config.eos_token_id)
+    outside = [i for i in ids if not 0 <= i < config.vocab_size]
+    if outside:
+        warnings.warn(
+            f"the model config's eos_token_id {outside} is outside the vocabulary [0, {config.vocab_size}) and can "
+            "never be generated: decoding stops only at max_new_tokens (pass eos_token_id= to set stop ids)",
+            stacklevel=4,
+        )
+    return tuple(i for i in ids if 0 <= i < config.vocab_size)
 
 
 def _stop_ids(ids: int | Sequence[int] | None) -> tuple[int, ...]:
