@@ -172,16 +172,3 @@ def cast_frozen(model: PyTree, dtype: Any) -> PyTree:
         model,
         spec,
     )
-
-
-__all__ = [
-    "apply_lora",
-    "cast_frozen",
-    "has_lora",
-    "linear_modules",
-    "lora_filter",
-    "merge_lora",
-    "trainable_filter",
-    "trainable_params",
-    "with_dropout_keys",
-]
