@@ -50,19 +50,47 @@ def check_tokens(input_ids: Shaped[Array, "..."], vocab_size: int, max_len: int 
     )
 
 
-# config validation shared by the family configs: each message names the config and the field -----
-def check_positive(cfg: object, ints: tuple[str, ...], reals: tuple[str, ...], *, optional: tuple[str, ...] = ()):
+# config validation shared by the family and training configs: each message names the config, the field and the value
+def check_positive(
+    cfg: object,
+    ints: tuple[str, ...],
+    reals: tuple[str, ...] = (),
+    *,
+    optional: tuple[str, ...] = (),
+    owner: str | None = None,
+) -> None:
     """Fields in ``ints`` must be positive integers (``None`` allowed for those also in ``optional``);
-    fields in ``reals`` positive numbers or ``None``."""
-    owner = type(cfg).__name__
+    fields in ``reals`` positive numbers or ``None``. Messages name ``owner.field`` (``owner``: the
+    config's class name unless given, e.g. ``"train"`` for the flags of a training run)."""
+    owner = owner or type(cfg).__name__
     for name in ints:
         value = getattr(cfg, name)
         if (value is not None or name not in optional) and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{owner}.{name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be a positive integer{_or_none(name, optional)}, got {value!r}")
     for name in reals:
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise ConfigError(f"{owner}.{name} must be positive (or None), got {value!r}")
+
+
+def _or_none(name: str, optional: tuple[str, ...]) -> str:
+    return " (or None)" if name in optional else ""
+
+
+def check_nonnegative(cfg: object, names: tuple[str, ...]) -> None:
+    """Fields in ``names`` must be numbers ``>= 0`` (loss weights, noise scales)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not value >= 0:
+            raise ConfigError(f"{type(cfg).__name__}.{name} must be >= 0, got {value!r}")
+
+
+def check_probability(cfg: object, names: tuple[str, ...]) -> None:
+    """Fields in ``names`` are dropout-like rates in ``[0, 1)`` (a rate of 1 would drop everything)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{type(cfg).__name__}.{name} must be a probability in [0, 1), got {value!r}")
 
 
 def check_attention(cfg: object, heads: int, kv_heads: int, head_dim: int) -> None:

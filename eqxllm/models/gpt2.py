@@ -19,11 +19,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import ConfigError
-from eqxllm.models._checks import check_tokens
+from eqxllm.models._checks import check_choice, check_positive, check_probability, check_tokens
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, attention_mask, dropout
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
 from eqxllm.nn.decoding import CacheSlot, CausalLM, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.stack import REMAT_POLICIES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,20 +57,18 @@ class GPT2Config:
     is_encoder_decoder = False
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "pad_vocab_multiple"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"GPT2Config.{name} must be >= 1, got {getattr(self, name)}")
+        check_positive(
+            self,
+            ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "pad_vocab_multiple"),
+            ("layer_norm_epsilon",),
+            optional=("n_inner",),  # None: four times n_embd
+        )
         if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.activation_function not in ACTIVATIONS:
-            raise ConfigError(
-                f"unknown activation_function {self.activation_function!r}; expected one of {sorted(ACTIVATIONS)}"
-            )
-        if self.mlp not in ("gelu", "swiglu"):
-            raise ConfigError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
-        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"GPT2Config.{name} must be in [0, 1), got {getattr(self, name)}")
+            raise ConfigError(f"GPT2Config.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        check_choice(self, "activation_function", ACTIVATIONS)
+        check_choice(self, "mlp", ("gelu", "swiglu"))
+        check_choice(self, "remat", REMAT_POLICIES)
+        check_probability(self, ("resid_pdrop", "embd_pdrop", "attn_pdrop"))
 
     @property
     def inner_dim(self) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from eqxllm.errors import ConfigError
+from eqxllm.models._checks import check_choice, check_positive, check_probability
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
 from eqxllm.nn.stack import REMAT_POLICIES
@@ -68,11 +69,12 @@ class T5Config:
         if self.scale_decoder_outputs == self.tie_word_embeddings:
             # one canonical form, so that configs read back from config.json compare equal
             object.__setattr__(self, "scale_decoder_outputs", None)
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"T5Config.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_decoder_layers is not None and self.num_decoder_layers < 1:
-            raise ConfigError(f"T5Config.num_decoder_layers must be >= 1 or None, got {self.num_decoder_layers}")
+        check_positive(
+            self,
+            ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads"),
+            ("layer_norm_epsilon",),
+            optional=("num_decoder_layers",),  # None: as many as the encoder
+        )
         self._check_relative()
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or self.activation not in ACTIVATIONS:
@@ -80,15 +82,12 @@ class T5Config:
                 f"feed_forward_proj={self.feed_forward_proj!r} is not '<activation>' or 'gated-<activation>' with "
                 f"an activation among {sorted(ACTIVATIONS)} (e.g. 'relu', 'gated-gelu', 'gated-silu')"
             )
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ConfigError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        for name, allowed in (("positions", ("relative", "sinusoidal")), ("norm", ("rms_pre", "layer_post"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"T5Config.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_probability(self, ("dropout_rate",))
+        check_choice(self, "positions", ("relative", "sinusoidal"))
+        check_choice(self, "norm", ("rms_pre", "layer_post"))
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"unknown remat {self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        check_choice(self, "remat", REMAT_POLICIES)
         for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ConfigError(f"T5Config.{name}={getattr(self, name)} is outside [0, vocab_size={self.vocab_size})")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eqxllm.errors import ConfigError
+from eqxllm.models._checks import check_choice, check_nonnegative, check_positive, check_probability
 from eqxllm.models.t5_config import T5Config
 
 POOLINGS = ("first", "mean", "attention")
@@ -84,16 +85,12 @@ class T5VAEConfig:
     def __post_init__(self):
         if isinstance(self.t5, dict):  # read back from JSON (a run_config.json): the nested config too
             object.__setattr__(self, "t5", T5Config(**self.t5))
-        for name in ("n_latent_tokens", "latent_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"T5VAEConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name, allowed in (
-            ("pooling", POOLINGS),
-            ("regulariser", REGULARISERS),
-            ("latent_activation", LATENT_ACTIVATIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"T5VAEConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_positive(self, ("n_latent_tokens", "latent_size", "max_length"), ("mmd_scale",))
+        check_nonnegative(self, ("reg_weight", "latent_noise", "bow_weight", "splice_weight"))
+        check_probability(self, ("word_dropout",))
+        check_choice(self, "pooling", POOLINGS)
+        check_choice(self, "regulariser", REGULARISERS)
+        check_choice(self, "latent_activation", LATENT_ACTIVATIONS)
         if self.pooling == "first" and self.n_latent_tokens > self.max_length:
             raise ConfigError(
                 f"pooling='first' keeps the first n_latent_tokens={self.n_latent_tokens} positions, more than "
@@ -104,13 +101,6 @@ class T5VAEConfig:
                 f"pooling='mean' averages the sentence into one latent token; got n_latent_tokens="
                 f"{self.n_latent_tokens} (use 'first' or 'attention' for several)"
             )
-        for name in ("reg_weight", "latent_noise", "bow_weight", "splice_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"T5VAEConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.word_dropout < 1.0:
-            raise ConfigError(f"T5VAEConfig.word_dropout must be in [0, 1), got {self.word_dropout}")
-        if self.mmd_scale is not None and self.mmd_scale <= 0:
-            raise ConfigError(f"T5VAEConfig.mmd_scale must be > 0 or None, got {self.mmd_scale}")
 
     # the T5's vocabulary and special ids, read by the trainer, the sampler and the CLI -----------
     @property

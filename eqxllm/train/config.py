@@ -15,6 +15,7 @@ from typing import Any, Literal
 from eqxllm.checkpoints.registry import family_for_model_type
 from eqxllm.errors import ConfigError
 from eqxllm.lora.config import LoraConfig
+from eqxllm.models._checks import check_positive
 from eqxllm.models.gemma_config import GemmaConfig
 from eqxllm.models.gpt2 import GPT2Config
 from eqxllm.models.llama_config import LlamaConfig
@@ -107,9 +108,10 @@ class TrainConfig:
 
     def __post_init__(self):
         t = self.train
-        for name in ("seq_len", "batch_size", "accum_steps", "max_steps", "eval_every", "log_every"):
-            if getattr(t, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        # named as the flags are (--train.seq-len), not as the class is
+        check_positive(
+            t, ("seq_len", "batch_size", "accum_steps", "max_steps", "eval_every", "log_every"), owner="train"
+        )
         if t.batch_size % t.accum_steps:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}")
         if self.model.max_positions is not None and t.seq_len > self.model.max_positions:

@@ -1,8 +1,12 @@
-"""Training configs: every preset survives JSON (a run's ``run_config.json``), bad JSON is refused."""
+"""Training configs: every preset survives JSON (a run's ``run_config.json``), bad JSON is refused, and
+every config's bad field is named with the value found."""
+
+import dataclasses
 
 import pytest
 
 from eqxllm.errors import ConfigError
+from eqxllm.models import GPT2Config, T5Config, T5VAEConfig
 from eqxllm.train import TrainConfig
 from eqxllm.train.config import TRAIN_PRESETS, train_preset
 
@@ -27,3 +31,24 @@ def test_for_run_sets_only_what_is_given():
     assert run.model == cfg.model and run.optim == cfg.optim and run.train.max_steps == cfg.train.max_steps
     assert cfg.for_run() == cfg
     assert cfg.for_run(out="runs/y").data == cfg.data
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: GPT2Config(n_layer=0), "GPT2Config.n_layer must be a positive integer, got 0"),
+        (lambda: GPT2Config(n_inner=0), r"GPT2Config.n_inner must be a positive integer \(or None\), got 0"),
+        (lambda: GPT2Config(attn_pdrop=1.0), r"GPT2Config.attn_pdrop must be a probability in \[0, 1\), got 1.0"),
+        (lambda: T5Config(num_decoder_layers=0), r"T5Config.num_decoder_layers must be a positive integer \(or None\)"),
+        (lambda: T5Config(d_kv=0), "T5Config.d_kv must be a positive integer, got 0"),
+        (lambda: T5VAEConfig.tiny(mmd_scale=0.0), r"T5VAEConfig.mmd_scale must be positive \(or None\), got 0.0"),
+        (lambda: T5VAEConfig.tiny(bow_weight=-1.0), "T5VAEConfig.bow_weight must be >= 0, got -1.0"),
+        (
+            lambda: TrainConfig().replace(train=dataclasses.replace(TrainConfig().train, seq_len=0)),
+            "train.seq_len must be a positive integer, got 0",
+        ),
+    ],
+)
+def test_bad_fields_name_the_config_the_field_and_the_value(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
