@@ -1,0 +1,101 @@
+"""A training run's directory (``--out``): what it may hold before a run starts, and a start that
+leaves nothing behind when it fails.
+
+A run writes ``run_config.json`` first, then whatever its task prepares (``tokenizer.json``), then
+metrics and checkpoints. A folder of other files is never merged into; a run with checkpoints is
+continued only with ``--resume`` and the same model, data and task; a run that never saved a step
+is cleared and started afresh.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from eqxllm.checkpoints.atomic import atomic_write_text, remove_created
+from eqxllm.errors import CheckpointError, ConfigError
+from eqxllm.train.config import TrainConfig
+from eqxllm.train.metrics import read_metrics
+from eqxllm.train.tasks import Task, make_task
+
+# What a run writes into --out before its first checkpoint: a run that stopped before saving a step
+# left only these, and a fresh start clears them (a stale tokenizer.json would be silently reused).
+_RUN_FILES = ("run_config.json", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png")
+
+
+def clear_run_files(out: Path) -> None:
+    """Remove what a run writes before its first checkpoint (and nothing else); ``out`` too if that
+    leaves it empty."""
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def check_out_dir(cfg: TrainConfig, out: Path, *, lead: bool = True) -> None:
+    """``out`` must be absent or empty, or hold a run: never merge into a folder of other files (its
+    metrics.jsonl appended to). A run with checkpoints continues only with ``--resume`` and the same
+    model, data and task; a run that never saved a step is cleared (by the ``lead`` process) and
+    started afresh."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a directory (empty, or a run to --resume)")
+    if not out.is_dir() or not any(out.iterdir()):
+        if cfg.resume:
+            raise CheckpointError(f"--resume: {out} holds no checkpoint to resume from (no run); drop --resume")
+        return
+    saved = out / "run_config.json"
+    if not saved.is_file():
+        found = ", ".join(sorted(p.name for p in out.iterdir())[:6])
+        raise ConfigError(
+            f"--out {out} is not empty and is not an eqxllm run (no run_config.json; found: {found}); "
+            "choose an empty or new --out directory"
+        )
+    # a step folder, not a killed write's temporary (Orbax renames a step into place when complete)
+    has_ckpt = (out / "checkpoints").is_dir() and any(p.name.isdigit() for p in (out / "checkpoints").iterdir())
+    if not has_ckpt:
+        if cfg.resume:
+            raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
+        if lead:  # an earlier start that saved nothing: start afresh (process 0 owns the files)
+            clear_run_files(out)
+        return
+    if not cfg.resume:
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    _check_same_run(cfg, saved, out)
+
+
+def _check_same_run(cfg: TrainConfig, saved: Path, out: Path) -> None:
+    try:
+        old = json.loads(saved.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ConfigError(f"{saved} is not valid JSON ({e}); it cannot be resumed") from e
+    new = json.loads(cfg.to_json())
+    for part in ("model", "data", "task", "lora", "init_from"):  # lora/init_from: absent from older runs' files
+        if old.get(part, new.get(part)) != new.get(part):
+            raise ConfigError(f"--resume: the {part} config differs from the run in {out}; resume with the same one")
+
+
+def start_run(cfg: TrainConfig, out: Path, *, lead: bool, progress: bool) -> Task:
+    """Check ``out``, write ``run_config.json`` (a fresh run, ``lead`` process) and prepare the task's
+    data and tokenizer. A start that fails (bad data, no network) removes what it wrote, and the
+    folders it created."""
+    check_out_dir(cfg, out, lead=lead)
+    created = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "run_config.json", cfg.to_json())
+        return make_task(cfg, out, progress=progress and lead)
+    except BaseException:
+        if lead and not cfg.resume:
+            clear_run_files(out)
+            remove_created(created)
+        raise
+
+
+def best_val_loss(out: Path, upto: int) -> float:
+    """The lowest ``val_loss`` that the run in ``out`` logged at or before step ``upto`` (a resumed run's
+    best so far; evaluations after its last checkpoint are replayed)."""
+    rows = read_metrics(out)
+    return min((r["val_loss"] for r in rows if r.get("kind") == "eval" and r["step"] <= upto), default=math.inf)
