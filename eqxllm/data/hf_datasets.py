@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eqxllm.data._hub import looks_like_repo_id, offline
+from eqxllm.checkpoints.hub import looks_like_repo_id
+from eqxllm.checkpoints.hub import offline_requested as offline
 from eqxllm.data.tinystories import Split
 from eqxllm.errors import DataError
 

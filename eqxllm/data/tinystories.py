@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from eqxllm.data._hub import download, looks_like_repo_id
+from eqxllm.checkpoints.hub import download, looks_like_repo_id
 from eqxllm.errors import ConfigError, DataError
 
 EOT = "<|endoftext|>"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from eqxllm.data._hub import HubFileMissing, download, looks_like_repo_id
+from eqxllm.checkpoints.hub import HubFileMissing, download, looks_like_repo_id
 from eqxllm.data.tinystories import EOT
 from eqxllm.errors import ConfigError, DataError
 

@@ -17,7 +17,7 @@ from huggingface_hub.utils import filter_repo_objects
 from eqxllm.checkpoints import hub
 from eqxllm.checkpoints.checkpoint_dir import read_checkpoint, write_checkpoint
 from eqxllm.checkpoints.hub import DEFAULT_PATTERNS, resolve_pretrained
-from eqxllm.errors import CheckpointError
+from eqxllm.errors import CheckpointError, DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -159,3 +159,19 @@ def test_sharded_checkpoint_in_the_cache_loads(offline_cache, tmp_path):
     loaded = read_checkpoint(resolve_pretrained("org/sharded"))
     assert {k: v.tolist() for k, v in loaded.items()} == {k: v.tolist() for k, v in tensors.items()}
     assert (snapshot / "model-00001-of-00002.safetensors").is_symlink()
+
+
+def test_one_offline_policy_for_models_and_datasets(offline_cache):
+    """A model repo missing from the cache offline is a CheckpointError, a dataset file a DataError; both
+    are decided by one look at the cache (no download tried) and say how to get them."""
+    with pytest.raises(CheckpointError) as model:
+        resolve_pretrained("org/not-cached")
+    with pytest.raises(hub.HubFileMissing) as data:
+        hub.download("org/not-cached", "train.txt", repo_type="dataset")
+    assert isinstance(data.value, DataError) and not isinstance(data.value, CheckpointError)
+    for info, what, instead in ((model, "model repository 'org/not-cached'", "pass a local directory"),
+                                (data, "'train.txt' from the Hub dataset repository", "--data FILE_OR_FOLDER")):  # fmt: skip
+        message = str(info.value)
+        assert what in message and instead in message and str(offline_cache) in message
+        assert "HF_HUB_OFFLINE=1 forbids downloading it: set HF_HUB_OFFLINE=0" in message
+        assert isinstance(info.value.__cause__, LocalEntryNotFoundError)

@@ -184,7 +184,9 @@ def test_hub_v2_file_names(tmp_path):
 
 
 def test_hub_file_not_cached_offline(tmp_path):
-    with pytest.raises(DataError, match=r"'TinyStories-train\.txt' from the dataset repository .*HF_HUB_OFFLINE"):
+    with pytest.raises(
+        DataError, match=r"'TinyStories-train\.txt' from the Hub dataset repository .*HF_HUB_OFFLINE=1 forbids"
+    ):
         resolve_text_files("hub")
 
 
