@@ -56,6 +56,15 @@ def _gemma():
     return _randomize_norms(transformers.Gemma3ForCausalLM(cfg).eval())
 
 
+def _llama():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, rms_norm_eps=1e-6,
+    )  # fmt: skip
+    return _randomize_norms(transformers.LlamaForCausalLM(cfg).eval())
+
+
 def _t5():
     torch.manual_seed(0)
     cfg = transformers.T5Config(
@@ -89,6 +98,9 @@ CASES = {
     # only part of the fused c_attn adapted
     "gpt2-q-v": (_gpt2, r"attn\.(q_proj|v_proj)", 2, 3.0),
     "gemma3-all": (_gemma, r"attn|mlp", 4, 16.0),
+    # the llama-like family (grouped-query attention): every projection and the untied head, then a few
+    "llama-all": (_llama, r"attn|mlp|lm_head", 4, 8.0),
+    "llama-k-down": (_llama, r"attn\.k_proj|mlp\.down", 2, 2.0),
     "t5-attn": (_t5, r"attn", 2, 4.0),
 }
 
