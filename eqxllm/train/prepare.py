@@ -6,18 +6,12 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from eqxllm.data import (
-    cached_tokens,
-    eot_id,
-    load_tokenizer,
-    save_tokenizer,
-    story_sources,
-    train_bpe_tokenizer,
-)
+from eqxllm.data import cached_tokens, eot_id, story_sources
 from eqxllm.data.example_cache import cached_examples
 from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources, is_dataset_file
 from eqxllm.errors import DataError
 from eqxllm.train.config import DataConfig
+from eqxllm.train.tokenizer_source import keep_in_run, run_tokenizer
 
 
 @dataclass(frozen=True)
@@ -68,24 +62,18 @@ def prepare_data(
     progress: bool = True,
     tokenizer: Tokenizer | None = None,
     eot: int | None = None,
+    init_from: str | None = None,
 ) -> PreparedData:
-    """Resolve the text, get the tokenizer (reused from ``run_dir`` on resume, else ``tokenizer`` when given
-    (a pretrained checkpoint's, with its end-of-sequence id ``eot``), else trained or loaded, and saved
-    there), and tokenize both splits once into the token cache."""
+    """Resolve the text, get the tokenizer (``tokenizer`` when given, with the id ``eot`` that ends each
+    example, else by :func:`~eqxllm.train.tokenizer_source.run_tokenizer`: the ``init_from`` checkpoint's,
+    the run's own on resume, trained or loaded) and tokenize both splits once into the token cache."""
     sources, paired = _sources(cfg, seed)
-    saved = run_dir / "tokenizer.json"
-    if tokenizer is not None:
-        tok = tokenizer
-    elif saved.is_file():  # a resumed run must keep its vocabulary
-        tok = load_tokenizer(run_dir)
-    elif cfg.tokenizer == "train":
-        tok = train_bpe_tokenizer(sources["train"].stories(), cfg.vocab_size)
+    if tokenizer is None:
+        chosen = run_tokenizer(cfg, run_dir, sources["train"].stories, init_from=init_from, progress=progress)
+        tok, eot = chosen.tokenizer, chosen.eot
     else:
-        tok = load_tokenizer(cfg.tokenizer)
-    if not saved.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)  # only once the data has been found and read
-        save_tokenizer(tok, run_dir)
-    eot = eot_id(tok) if eot is None else eot
+        tok, eot = tokenizer, eot_id(tokenizer) if eot is None else eot
+        keep_in_run(tok, run_dir)
     masks = {}
     if paired:
         train, masks["train"] = cached_examples(
