@@ -1,5 +1,6 @@
 """From a :class:`DataConfig` to a tokenizer and token arrays: the one-way data path of a run."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from tokenizers import Tokenizer
 from eqxllm.data import cached_tokens, eot_id, story_sources
 from eqxllm.data.example_cache import cached_examples
 from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources, is_dataset_file
-from eqxllm.errors import DataError
+from eqxllm.data.sources import TextSource
+from eqxllm.data.tinystories import Split
+from eqxllm.errors import ConfigError, DataError
 from eqxllm.train.config import DataConfig
 from eqxllm.train.tokenizer_source import keep_in_run, run_tokenizer
 
@@ -39,7 +42,11 @@ def uses_datasets(cfg: DataConfig) -> bool:
     return path.is_dir() and any(is_dataset_file(p) for p in path.iterdir())
 
 
-def _sources(cfg: DataConfig, seed: int):
+def data_sources(cfg: DataConfig, seed: int) -> tuple[Mapping[Split, TextSource], bool]:
+    """The training and validation sources of ``cfg`` and whether they are prompt/completion pairs: the one
+    path of every task. Separated text (TinyStories and its presets, ``.txt`` files) is read without
+    ``datasets``; JSON/Parquet/CSV and Hub datasets through it. Either way the sources give their texts
+    in a fixed order and a fingerprint for the token cache, and batches are a function of ``(seed, step)``."""
     if uses_datasets(cfg):
         spec = DatasetSpec(
             source=cfg.source,
@@ -52,6 +59,16 @@ def _sources(cfg: DataConfig, seed: int):
         )
         return dataset_sources(spec), spec.paired
     return story_sources(cfg.source, version=cfg.version, val_fraction=cfg.val_fraction, seed=seed), False
+
+
+def stories_of(cfg: DataConfig, seed: int, *, task: str) -> Mapping[Split, TextSource]:
+    """The sources of a task that reads plain texts (``seq2seq``, ``vae``): :func:`data_sources` without pairs."""
+    sources, paired = data_sources(cfg, seed)
+    if paired:
+        raise ConfigError(
+            f"task {task!r} reads plain texts; --data.prompt-field/--data.completion-field pairs are for the 'lm' task"
+        )
+    return sources
 
 
 def prepare_data(
@@ -67,7 +84,7 @@ def prepare_data(
     """Resolve the text, get the tokenizer (``tokenizer`` when given, with the id ``eot`` that ends each
     example, else by :func:`~eqxllm.train.tokenizer_source.run_tokenizer`: the ``init_from`` checkpoint's,
     the run's own on resume, trained or loaded) and tokenize both splits once into the token cache."""
-    sources, paired = _sources(cfg, seed)
+    sources, paired = data_sources(cfg, seed)
     if tokenizer is None:
         chosen = run_tokenizer(cfg, run_dir, sources["train"].stories, init_from=init_from, progress=progress)
         tok, eot = chosen.tokenizer, chosen.eot

@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eqxllm.data import eot_id, story_sources
+from eqxllm.data import eot_id
 from eqxllm.errors import DataError
 from eqxllm.train.loss import cross_entropy
+from eqxllm.train.prepare import stories_of
 from eqxllm.train.tokenizer_source import run_tokenizer
 
 
@@ -124,7 +125,7 @@ class Seq2SeqTask:
     def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
         self.cfg = cfg
         d, t = cfg.data, cfg.train
-        sources = story_sources(d.source, version=d.version, val_fraction=d.val_fraction, seed=t.seed)
+        sources = stories_of(cfg.data, t.seed, task=cfg.task)
         train_stories = sources["train"].stories()
         chosen = run_tokenizer(d, run_dir, lambda: train_stories, init_from=cfg.init_from, progress=progress)
         self.tokenizer, self.eot = chosen.tokenizer, chosen.eot

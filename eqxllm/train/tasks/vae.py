@@ -12,10 +12,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from eqxllm.data import story_sources
 from eqxllm.data.sentences import encode_sentences, sentence_batch, story_sentences, unseen
 from eqxllm.errors import ConfigError, DataError
 from eqxllm.models.t5_vae_config import T5VAEConfig
+from eqxllm.train.prepare import stories_of
 from eqxllm.train.tasks.splices import splice_rows, word_starts
 from eqxllm.train.tasks.vae_loss import vae_loss
 from eqxllm.train.tokenizer_source import run_tokenizer
@@ -36,7 +36,7 @@ class VAETask:
             raise ConfigError(f"task 'vae' trains a T5-VAE (T5VAEConfig), got {type(cfg.model).__name__}")
         self.cfg = cfg
         d, seq_len = cfg.data, cfg.train.seq_len
-        sources = story_sources(d.source, version=d.version, val_fraction=d.val_fraction, seed=cfg.train.seed)
+        sources = stories_of(cfg.data, cfg.train.seed, task=cfg.task)
         train_stories = sources["train"].stories()
         chosen = run_tokenizer(d, run_dir, lambda: train_stories, init_from=cfg.init_from, progress=progress)
         self.tokenizer, self.eot = chosen.tokenizer, chosen.eot
