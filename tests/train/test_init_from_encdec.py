@@ -22,6 +22,7 @@ from eqxllm.train.config import DataConfig, LoopConfig, TrainConfig, train_prese
 from eqxllm.train.init_from import check_model_matches, checkpoint_config
 from eqxllm.train.loop import train
 from eqxllm.train.optim import OptimConfig
+from tests.data._helpers import write_stories
 
 PAD, EOS = "<pad>", "</s>"
 
@@ -39,9 +40,8 @@ def _stories(n: int = 80) -> list[str]:
 def base(tmp_path_factory):
     """The stories file and a tokenizer with T5's own ``<pad>`` and ``</s>`` beside ``<|endoftext|>``."""
     root = tmp_path_factory.mktemp("encdec")
-    stories = _stories()
-    (root / "stories.txt").write_text("\n<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n", encoding="utf-8")
-    tok = train_bpe_tokenizer(stories, 300)
+    write_stories(root / "stories.txt", _stories())
+    tok = train_bpe_tokenizer(_stories(), 300)
     tok.add_special_tokens([PAD, EOS])
     return root, tok
 
