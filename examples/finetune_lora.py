@@ -23,7 +23,7 @@ from eqxllm.data.tinystories import iter_stories
 from eqxllm.lora.config import LoraConfig
 from eqxllm.train import train_preset
 from eqxllm.train.evaluate import evaluate_tokens
-from eqxllm.train.init_from import checkpoint_config, checkpoint_tokenizer
+from eqxllm.train.init_from import checkpoint_config
 from eqxllm.train.loop import train
 from eqxllm.train.prepare import prepare_data
 
@@ -48,8 +48,7 @@ def write_pairs(stories_file: Path, dst: Path, limit: int) -> int:
 
 def completion_loss(model, cfg) -> float:
     """The held-out completion-only loss (every validation window, prompts masked)."""
-    tok, eot = checkpoint_tokenizer(cfg.init_from)
-    data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False, tokenizer=tok, eot=eot)
+    data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False, init_from=cfg.init_from)
     t = cfg.train
     res = evaluate_tokens(
         model,

@@ -5,8 +5,9 @@
     eqxllm train --config-file runs/ts/run_config.json --resume
     eqxllm train --init-from gpt2 --data notes.jsonl --lora.rank 8 --lora.targets attn
 
-With ``--init-from DIR|HUB_ID`` the model config, weights and tokenizer are the checkpoint's; only the
-model's dropout rates, ``--model.remat`` and ``--model.attention-impl`` may be set.
+With ``--init-from DIR|HUB_ID`` the model config, weights and tokenizer are the checkpoint's (a T5 with
+``--task seq2seq``, a T5-VAE with ``--task vae``); only the model's dropout rates, ``--model.remat``,
+``--model.attention-impl`` and a T5-VAE's loss-only fields (``--model.reg-weight``, ...) may be set.
 
 Every field of the configuration is a flag (``--help`` lists them with their defaults); ``--data``,
 ``--out``, ``--max-steps``, ``--checkpoint-every``, ``--resume`` and ``--mesh`` are short forms.

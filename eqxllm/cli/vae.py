@@ -96,10 +96,10 @@ def _with_tokenizer(src: str):
     """The model in ``src`` (a directory or Hub id) and the tokenizer saved beside it."""
     from eqxllm.checkpoints import from_pretrained
     from eqxllm.checkpoints.hub import resolve_pretrained
-    from eqxllm.data.tokenizer import load_tokenizer
+    from eqxllm.train.tokenizer_source import saved_tokenizer
 
     directory = resolve_pretrained(src)
-    return from_pretrained(directory), load_tokenizer(directory)
+    return from_pretrained(directory), saved_tokenizer(directory, flag="--model")
 
 
 def _load(model_src: str):

@@ -15,7 +15,6 @@ deterministic ``val_fraction`` of the training records: record ``i`` is held out
 is tokenized once into the cache without ever being held whole.
 """
 
-import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from typing import Any
 
 from eqxllm.checkpoints.hub import looks_like_repo_id
 from eqxllm.checkpoints.hub import offline_requested as offline
+from eqxllm.data.sources import file_identity
 from eqxllm.data.tinystories import Split
 from eqxllm.errors import DataError
 
@@ -225,10 +225,7 @@ class DatasetSource:
             "holdout": [s.val_fraction, s.seed] if self.holdout else None,
         }
         if self.files:
-            out["files"] = [
-                {"path": str(p.resolve()), "size": os.stat(p).st_size, "mtime_ns": os.stat(p).st_mtime_ns}
-                for p in self.files
-            ]
+            out["files"] = file_identity(self.files)
         else:  # a Hub dataset: its id, and the cache's content fingerprint when it is materialised
             out["hub"] = s.source
             if not s.streaming:

@@ -1,12 +1,14 @@
 """One split of the stories as a value: which files, and which part of them when validation is carved out.
 
-A :class:`StorySource` is what the token cache keys on: its :meth:`~StorySource.fingerprint` names the
+Every format of training text (separated ``.txt`` here, JSON/Parquet/CSV/Hub datasets in
+:mod:`eqxllm.data.hf_datasets`) is read through the one :class:`TextSource` interface, and local files
+are identified the same way (:func:`file_identity`). A :class:`StorySource` is what the token cache keys on: its :meth:`~StorySource.fingerprint` names the
 files by path, size and modification time (cheap for a 2 GB file, and a Hub cache file's resolved path
 already holds its content hash) and the hold-out that picked the stories.
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,7 +34,22 @@ class TextSource(Protocol):
 
     def iter_stories(self) -> Iterator[str]: ...
 
+    def stories(self) -> list[str]: ...
+
     def fingerprint(self) -> dict[str, object]: ...
+
+
+def file_identity(paths: Iterable[Path]) -> list[dict[str, object]]:
+    """Each file's resolved path, size and modification time: what the token cache keys a local source on
+    (every format alike), so that replacing, editing or touching a file retokenizes it."""
+    out = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError as e:
+            raise DataError(f"data file {path} cannot be read: {e.strerror}") from e
+        out.append({"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return out
 
 
 @dataclass(frozen=True)
@@ -64,13 +81,7 @@ class StorySource:
 
     def fingerprint(self) -> dict[str, object]:
         """A JSON-able identity: changes when a file is replaced, edited or touched, or the split changes."""
-        files = []
-        for path in self.files:
-            try:
-                stat = os.stat(path)
-            except OSError as e:
-                raise DataError(f"data file {path} cannot be read: {e.strerror}") from e
-            files.append({"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        files = file_identity(self.files)
         holdout = None if self.holdout is None else [self.holdout.val_fraction, self.holdout.seed]
         return {"files": files, "split": self.split, "holdout": holdout}
 

@@ -1,14 +1,19 @@
-"""TinyStories text: where it lives (a local file, a folder, the Hub) and how it splits into stories.
+"""Separated text: where it lives (a local file, a folder, the Hub) and how it splits into records.
+
+This is the ``text`` format of the data sources (:mod:`eqxllm.data.sources`; the other formats go
+through Hugging Face ``datasets``, :mod:`eqxllm.data.hf_datasets`): plain UTF-8 text, each record
+followed by ``<|endoftext|>``. It needs no optional package, and streams a 2 GB file without copying it.
 
 TinyStories (Eldan & Li, 2023, "TinyStories: How Small Can Language Models Be and Still Speak Coherent
-English?", arXiv:2305.07759; Hub dataset ``roneneldan/TinyStories``) ships as plain text: each story
-followed by a line ``<|endoftext|>``. V1 was written by GPT-3.5 and GPT-4; V2 (``TinyStoriesV2-GPT4-*``)
-by GPT-4 only.
+English?", arXiv:2305.07759; Hub dataset ``roneneldan/TinyStories``) is a preset of this format
+(:data:`TEXT_PRESETS`): a Hub repository and the file of each version and split. V1 was written by
+GPT-3.5 and GPT-4; V2 (``TinyStoriesV2-GPT4-*``) by GPT-4 only.
 """
 
 import codecs
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +35,19 @@ HUB_FILES: dict[tuple[str, str], str] = {
     ("v2", "validation"): "TinyStoriesV2-GPT4-valid.txt",
 }
 
+
+@dataclass(frozen=True)
+class TextPreset:
+    """A Hub dataset repository of separated text files: the file of each ``(version, split)``."""
+
+    repo_id: str
+    files: Mapping[tuple[str, str], str]
+
+
+TINYSTORIES = TextPreset(HUB_DATASET, HUB_FILES)
+# ``--data NAME``: named sources; any other Hub dataset id is read as laid out like TinyStories
+TEXT_PRESETS: dict[str, TextPreset] = {"hub": TINYSTORIES, "tinystories": TINYSTORIES}
+
 # A file in a data folder is validation data when its name says so: "valid", or "val"/"dev" as a word.
 _VALIDATION_NAME = re.compile(r"valid|(^|[-_.])(val|dev)([-_.]|$)", re.IGNORECASE)
 _BLOCK = 1 << 24  # bytes read at a time: stories stream, so a 2 GB file never sits in memory twice
@@ -44,8 +62,9 @@ def resolve_text_files(
 ) -> list[Path]:
     """The local text files holding one split of the stories.
 
-    ``data`` is a ``.txt`` file, a folder of ``.txt`` files, ``None`` / ``"hub"`` (the Hub dataset
-    ``roneneldan/TinyStories``) or another Hub dataset id laid out the same way. Hub files are fetched
+    ``data`` is a ``.txt`` file, a folder of ``.txt`` files, ``None`` or a name of :data:`TEXT_PRESETS`
+    (``"hub"``, ``"tinystories"``: the Hub dataset ``roneneldan/TinyStories``) or another Hub dataset
+    id laid out the same way. Hub files are fetched
     with ``hf_hub_download`` into the Hub cache (``HF_HOME`` / ``HF_HUB_CACHE``; offline with
     ``HF_HUB_OFFLINE=1``). In a folder, files whose names contain ``valid`` (or ``val`` / ``dev`` as a
     word) are the validation split and the rest are the training split.
@@ -53,23 +72,26 @@ def resolve_text_files(
     Returns an empty list when a local source has no separate validation text: carve one from the
     training stories with :func:`train_val_split`.
     """
-    if data is None or (isinstance(data, str) and data.lower() == "hub"):
-        return [_hub_file(HUB_DATASET, split, version, revision)]
+    if data is None:
+        data = "hub"
+    preset = TEXT_PRESETS.get(str(data).lower())
+    if preset is not None:
+        return [_hub_file(preset, split, version, revision)]
     path = Path(data).expanduser()
     if path.is_file():
         return [path] if split == "train" else []
     if path.is_dir():
         return _folder_files(path, split)
     if looks_like_repo_id(data):
-        return [_hub_file(str(data), split, version, revision)]
+        return [_hub_file(TextPreset(str(data), HUB_FILES), split, version, revision)]
     raise DataError(
         f"data {str(data)!r} is neither an existing file or folder nor a Hub dataset id; "
-        "pass a .txt file, a folder of .txt files, or 'hub'"
+        f"pass a .txt file, a folder of .txt files, or one of {sorted(TEXT_PRESETS)}"
     )
 
 
-def _hub_file(repo_id: str, split: Split, version: Version, revision: str | None) -> Path:
-    return download(repo_id, HUB_FILES[(version, split)], repo_type="dataset", revision=revision)
+def _hub_file(preset: TextPreset, split: Split, version: Version, revision: str | None) -> Path:
+    return download(preset.repo_id, preset.files[(version, split)], repo_type="dataset", revision=revision)
 
 
 def _folder_files(folder: Path, split: Split) -> list[Path]:

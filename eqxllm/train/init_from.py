@@ -1,17 +1,17 @@
 """Starting a run from a pretrained checkpoint (``--init-from DIR|HUB_ID``), and the model a run trains.
 
 The checkpoint fixes the architecture: its ``config.json`` becomes the run's model config, its weights
-the first step's weights, its tokenizer (``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``
-with their special tokens) the run's tokenizer, and its end-of-sequence id separates the training
-examples. Only fields that change how the same weights are *trained*, not what they compute, may be
-set: dropout rates, rematerialisation and the attention implementation (:data:`CHANGEABLE`). A family
-added later needs no entry here as long as its field names follow that pattern.
+the first step's weights, and its tokenizer the run's (:mod:`eqxllm.train.tokenizer_source`). Only
+fields that change how the same weights are *trained*, not what they compute, may be set: dropout
+rates, rematerialisation, the attention implementation and a T5-VAE's regulariser schedule, code
+noise and interpolation-loss weight (:data:`CHANGEABLE`). Nested configs (a T5-VAE's ``t5``) are
+compared field by field under dotted names (``t5.dropout_rate``). A family added later needs no entry
+here as long as its field names follow that pattern.
 """
 
 import dataclasses
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -24,12 +24,18 @@ from eqxllm.checkpoints.checkpoint_dir import read_checkpoint
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import load_into
 from eqxllm.checkpoints.registry import family_for_config
-from eqxllm.data.tokenizer import find_tokenizer
-from eqxllm.errors import ConfigError, DataError
+from eqxllm.errors import ConfigError
 from eqxllm.lora import apply_lora, cast_frozen
 
-# model config fields that an --init-from run may set (dropout rates, remat, attention kernel)
-CHANGEABLE = re.compile(r"(pdrop|dropout|dropout_rate|^remat$|^attention_impl$)")
+# model config fields that an --init-from run may set: dropout rates, remat, the attention kernel, and the
+# T5-VAE's loss-only fields (its regulariser's weight and schedule, the code's noise, the splice loss)
+CHANGEABLE = re.compile(
+    r"(pdrop|dropout|(^|\.)remat$|(^|\.)attention_impl$|^(reg_weight|reg_k|reg_b|mmd_scale|latent_noise|splice_weight)$)"
+)
+_MAY_CHANGE = (
+    "only dropout rates, remat, attention_impl and a T5-VAE's reg_weight, reg_k, reg_b, mmd_scale, "
+    "latent_noise and splice_weight may change"
+)
 
 # the stream key that draws the adapters' A matrices (independent of the model init key's other uses)
 _LORA_STREAM = 7
@@ -49,20 +55,40 @@ def refuse_fixed(names: Iterable[str], src: str) -> None:
     if fixed:
         raise ConfigError(
             f"{', '.join(_flag(k) for k in fixed)} cannot be set with --init-from: the checkpoint {src} fixes "
-            f"the architecture; only dropout rates, remat and attention_impl may change"
+            f"the architecture; {_MAY_CHANGE}"
         )
 
 
+def _leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every field of ``cfg`` by dotted name, nested config dataclasses (a T5-VAE's ``t5``) opened."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out |= _leaves(value, f"{prefix}{f.name}.")
+        else:
+            out[prefix + f.name] = value
+    return out
+
+
+def _with(cfg: Any, name: str, value: Any) -> Any:
+    """``cfg`` with the field of dotted ``name`` set to ``value``."""
+    head, _, rest = name.partition(".")
+    return dataclasses.replace(cfg, **{head: _with(getattr(cfg, head), rest, value) if rest else value})
+
+
 def checkpoint_config(src: str, changes: dict[str, Any] | None = None) -> Any:
-    """The model config of checkpoint ``src`` with ``changes`` (field name -> value) applied; a change to a
-    field the checkpoint fixes raises ``ConfigError`` naming its flag."""
+    """The model config of checkpoint ``src`` with ``changes`` (dotted field name -> value) applied; a
+    change to a field the checkpoint fixes raises ``ConfigError`` naming its flag."""
     cfg = load_config(src)
     changes = changes or {}
     refuse_fixed(changes, src)
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(cfg)})
+    unknown = sorted(set(changes) - set(_leaves(cfg)))
     if unknown:
         raise ConfigError(f"{type(cfg).__name__} has no field(s) {unknown}")
-    return dataclasses.replace(cfg, **changes)
+    for name, value in changes.items():
+        cfg = _with(cfg, name, value)
+    return cfg
 
 
 def check_model_matches(model_cfg: Any, src: str) -> None:
@@ -73,36 +99,13 @@ def check_model_matches(model_cfg: Any, src: str) -> None:
             f"--init-from {src} holds a {ckpt.model_type!r} model but the run's model config is "
             f"{type(model_cfg).__name__}; leave the model to the checkpoint"
         )
-    differ = [
-        f.name
-        for f in dataclasses.fields(ckpt)
-        if not changeable(f.name) and getattr(ckpt, f.name) != getattr(model_cfg, f.name)
-    ]
+    want, got = _leaves(ckpt), _leaves(model_cfg)
+    differ = [k for k in want if not changeable(k) and want[k] != got[k]]
     if differ:
-        shown = ", ".join(
-            f"{_flag(k)}={getattr(model_cfg, k)!r} (checkpoint: {getattr(ckpt, k)!r})" for k in differ[:4]
-        )
+        shown = ", ".join(f"{_flag(k)}={got[k]!r} (checkpoint: {want[k]!r})" for k in differ[:4])
         raise ConfigError(
-            f"{shown} cannot be set with --init-from: the checkpoint {src} fixes the architecture; "
-            "only dropout rates, remat and attention_impl may change"
+            f"{shown} cannot be set with --init-from: the checkpoint {src} fixes the architecture; " + _MAY_CHANGE
         )
-
-
-def checkpoint_tokenizer(src: str) -> tuple[Any, int]:
-    """The checkpoint's tokenizer and the end-of-sequence id that separates examples."""
-    directory = resolve_pretrained(src)
-    tok = find_tokenizer(directory)
-    if tok is None:
-        found = sorted(p.name for p in Path(directory).iterdir())[:12]
-        raise DataError(
-            f"--init-from {src}: {directory} holds no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
-            f"found {found}. Save the tokenizer beside the weights"
-        )
-    eos = load_config(src).eos_token_id
-    eos = eos[0] if isinstance(eos, list | tuple) else eos
-    if eos is None:
-        raise DataError(f"--init-from {src}: config.json has no eos_token_id to separate training examples")
-    return tok, int(eos)
 
 
 def load_weights(model_cfg: Any, src: str) -> Any:
@@ -120,8 +123,6 @@ def initial_model(cfg: Any, model_cfg: Any, key: PRNGKeyArray) -> Any:
     if cfg.init_from is None:
         model = family_for_config(model_cfg).model_cls(model_cfg, key=key)
     else:
-        if cfg.task != "lm":  # the other tasks train their own tokenizer, which would not match the weights
-            raise ConfigError(f"--init-from supports the 'lm' task (decoder-only models) so far, not {cfg.task!r}")
         check_model_matches(model_cfg, cfg.init_from)
         model = load_weights(model_cfg, cfg.init_from)
     if cfg.lora.enabled:

@@ -1,23 +1,20 @@
 """From a :class:`DataConfig` to a tokenizer and token arrays: the one-way data path of a run."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from eqxllm.data import (
-    cached_tokens,
-    eot_id,
-    load_tokenizer,
-    save_tokenizer,
-    story_sources,
-    train_bpe_tokenizer,
-)
+from eqxllm.data import cached_tokens, eot_id, story_sources
 from eqxllm.data.example_cache import cached_examples
 from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources, is_dataset_file
-from eqxllm.errors import DataError
+from eqxllm.data.sources import TextSource
+from eqxllm.data.tinystories import Split
+from eqxllm.errors import ConfigError, DataError
 from eqxllm.train.config import DataConfig
+from eqxllm.train.tokenizer_source import keep_in_run, run_tokenizer
 
 
 @dataclass(frozen=True)
@@ -45,7 +42,11 @@ def uses_datasets(cfg: DataConfig) -> bool:
     return path.is_dir() and any(is_dataset_file(p) for p in path.iterdir())
 
 
-def _sources(cfg: DataConfig, seed: int):
+def data_sources(cfg: DataConfig, seed: int) -> tuple[Mapping[Split, TextSource], bool]:
+    """The training and validation sources of ``cfg`` and whether they are prompt/completion pairs: the one
+    path of every task. Separated text (TinyStories and its presets, ``.txt`` files) is read without
+    ``datasets``; JSON/Parquet/CSV and Hub datasets through it. Either way the sources give their texts
+    in a fixed order and a fingerprint for the token cache, and batches are a function of ``(seed, step)``."""
     if uses_datasets(cfg):
         spec = DatasetSpec(
             source=cfg.source,
@@ -60,6 +61,16 @@ def _sources(cfg: DataConfig, seed: int):
     return story_sources(cfg.source, version=cfg.version, val_fraction=cfg.val_fraction, seed=seed), False
 
 
+def stories_of(cfg: DataConfig, seed: int, *, task: str) -> Mapping[Split, TextSource]:
+    """The sources of a task that reads plain texts (``seq2seq``, ``vae``): :func:`data_sources` without pairs."""
+    sources, paired = data_sources(cfg, seed)
+    if paired:
+        raise ConfigError(
+            f"task {task!r} reads plain texts; --data.prompt-field/--data.completion-field pairs are for the 'lm' task"
+        )
+    return sources
+
+
 def prepare_data(
     cfg: DataConfig,
     run_dir: Path,
@@ -68,24 +79,18 @@ def prepare_data(
     progress: bool = True,
     tokenizer: Tokenizer | None = None,
     eot: int | None = None,
+    init_from: str | None = None,
 ) -> PreparedData:
-    """Resolve the text, get the tokenizer (reused from ``run_dir`` on resume, else ``tokenizer`` when given
-    (a pretrained checkpoint's, with its end-of-sequence id ``eot``), else trained or loaded, and saved
-    there), and tokenize both splits once into the token cache."""
-    sources, paired = _sources(cfg, seed)
-    saved = run_dir / "tokenizer.json"
-    if tokenizer is not None:
-        tok = tokenizer
-    elif saved.is_file():  # a resumed run must keep its vocabulary
-        tok = load_tokenizer(run_dir)
-    elif cfg.tokenizer == "train":
-        tok = train_bpe_tokenizer(sources["train"].stories(), cfg.vocab_size)
+    """Resolve the text, get the tokenizer (``tokenizer`` when given, with the id ``eot`` that ends each
+    example, else by :func:`~eqxllm.train.tokenizer_source.run_tokenizer`: the ``init_from`` checkpoint's,
+    the run's own on resume, trained or loaded) and tokenize both splits once into the token cache."""
+    sources, paired = data_sources(cfg, seed)
+    if tokenizer is None:
+        chosen = run_tokenizer(cfg, run_dir, sources["train"].stories, init_from=init_from, progress=progress)
+        tok, eot = chosen.tokenizer, chosen.eot
     else:
-        tok = load_tokenizer(cfg.tokenizer)
-    if not saved.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)  # only once the data has been found and read
-        save_tokenizer(tok, run_dir)
-    eot = eot_id(tok) if eot is None else eot
+        tok, eot = tokenizer, eot_id(tokenizer) if eot is None else eot
+        keep_in_run(tok, run_dir)
     masks = {}
     if paired:
         train, masks["train"] = cached_examples(

@@ -169,7 +169,7 @@ def test_hub_dataset_from_cache_offline(tmp_path):
             "TinyStories-valid.txt": _layout(SAMPLE_STORIES[4:]),
         },
     )
-    for data in (None, "hub", "roneneldan/TinyStories"):
+    for data in (None, "hub", "tinystories", "roneneldan/TinyStories"):
         assert resolve_text_files(data, split="train") == [snapshot / "TinyStories-train.txt"]
     sources = story_sources("hub")
     assert sources["train"].stories() == SAMPLE_STORIES[:4]

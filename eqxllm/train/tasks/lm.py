@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eqxllm.data import batch_at
+from eqxllm.errors import ConfigError
 from eqxllm.train.evaluate import evaluate_tokens
 from eqxllm.train.loss import completion_loss, next_token_loss
 from eqxllm.train.prepare import prepare_data
@@ -16,13 +17,15 @@ class LMTask:
     perplexity and bits per byte; samples continue ``train.sample_prompt``."""
 
     def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
+        if cfg.model.is_encoder_decoder:
+            raise ConfigError(
+                f"task 'lm' trains decoder-only models, got a {cfg.model.model_type!r} model; train a T5 with "
+                "--task seq2seq and a T5-VAE with --task vae (or their presets, e.g. --config t5-tinystories)"
+            )
         self.cfg = cfg
-        tok, eot = (None, None)
-        if cfg.init_from is not None:  # the checkpoint's tokenizer, examples separated by its EOS
-            from eqxllm.train.init_from import checkpoint_tokenizer
-
-            tok, eot = checkpoint_tokenizer(cfg.init_from)
-        self.data = prepare_data(cfg.data, run_dir, seed=cfg.train.seed, progress=progress, tokenizer=tok, eot=eot)
+        # the tokenizer by the one rule of every task (eqxllm.train.tokenizer_source): the checkpoint's with
+        # --init-from, whose end-of-sequence id then separates the examples
+        self.data = prepare_data(cfg.data, run_dir, seed=cfg.train.seed, progress=progress, init_from=cfg.init_from)
         self.tokenizer = self.data.tokenizer
 
     def model_config(self, model_cfg):

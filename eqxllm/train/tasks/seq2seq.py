@@ -3,9 +3,10 @@ half of a story in, its second half out.
 
 Each story is tokenized once, cut at the sentence boundary nearest its middle (in tokens), the first
 part truncated to ``encoder_len`` tokens from the left (keeping the words nearest the cut) and the
-second to ``decoder_len - 1`` tokens plus the end-of-text id. The end-of-text id also serves as
-padding and as the decoder start token (as T5's pad id does). Batches are a fixed permutation of
-the examples per epoch, a function of ``(seed, step)`` only.
+second to ``decoder_len - 1`` tokens plus the end id. A trained tokenizer's end-of-text id also serves
+as padding and as the decoder start token (as T5's pad id does); with ``--init-from`` the checkpoint's
+own pad, end and decoder-start ids do. Batches are a fixed permutation of the examples per epoch, a
+function of ``(seed, step)`` only.
 """
 
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eqxllm.data import eot_id, load_tokenizer, save_tokenizer, story_sources, train_bpe_tokenizer
+from eqxllm.data import eot_id
 from eqxllm.errors import DataError
 from eqxllm.train.loss import cross_entropy
+from eqxllm.train.prepare import stories_of
+from eqxllm.train.tokenizer_source import run_tokenizer
 
 
 @dataclass(frozen=True)
@@ -48,31 +51,48 @@ def _cut(ids: list[int], boundaries: set[int]) -> int:
     return min(ends, key=lambda i: abs(i - mid)) if ends else mid
 
 
-def build_examples(stories: list[str], tok, *, encoder_len: int, decoder_len: int) -> Seq2SeqArrays:
-    eot = eot_id(tok)
-    sentence_end = {tok.token_to_id(t) for t in (".", "!", "?", "Ġ.") if tok.token_to_id(t) is not None}
-    encs = tok.encode_batch(stories, add_special_tokens=False)
+@dataclass(frozen=True)
+class SpecialIds:
+    """The ids that end a target, pad a row and start the decoder."""
+
+    eos: int
+    pad: int
+    start: int
+
+
+def build_examples(
+    stories: list[str], tok, *, encoder_len: int, decoder_len: int, special: SpecialIds | None = None
+) -> Seq2SeqArrays:
+    """Split each story in two (see the module docstring); the ``special`` ids default to the tokenizer's
+    end-of-text id in every role."""
+    if special is None:
+        eot = eot_id(tok)
+        special = SpecialIds(eos=eot, pad=eot, start=eot)
+    # sentence ends of a byte-level BPE ("Ġ.") and of a SentencePiece vocabulary ("▁.") alike
+    ends = (".", "!", "?", "Ġ.", "▁.")
+    sentence_end = {tok.token_to_id(t) for t in ends if tok.token_to_id(t) is not None}
     rows = []
-    for enc in encs:
+    for enc in tok.encode_batch(stories, add_special_tokens=False):
         ids = enc.ids
         if len(ids) < 4:
             continue
         cut = _cut(ids, {i + 1 for i, t in enumerate(ids) if t in sentence_end})
-        rows.append((ids[:cut][-encoder_len:], ids[cut:][: decoder_len - 1] + [eot]))
+        rows.append((ids[:cut][-encoder_len:], ids[cut:][: decoder_len - 1] + [special.eos]))
     if not rows:
         raise DataError("no story is long enough to split into a first and a second half")
     n = len(rows)
     out = Seq2SeqArrays(
-        enc=np.full((n, encoder_len), eot, np.int32),
+        enc=np.full((n, encoder_len), special.pad, np.int32),
         enc_mask=np.zeros((n, encoder_len), bool),
-        dec_in=np.full((n, decoder_len), eot, np.int32),
-        target=np.full((n, decoder_len), eot, np.int32),
+        dec_in=np.full((n, decoder_len), special.pad, np.int32),
+        target=np.full((n, decoder_len), special.pad, np.int32),
         dec_mask=np.zeros((n, decoder_len), bool),
     )
     for r, (src, tgt) in enumerate(rows):
         out.enc[r, : len(src)], out.enc_mask[r, : len(src)] = src, True
         out.target[r, : len(tgt)], out.dec_mask[r, : len(tgt)] = tgt, True
-        out.dec_in[r, 1 : len(tgt)] = tgt[:-1]  # shifted right behind the start token (= eot)
+        out.dec_in[r, 0] = special.start
+        out.dec_in[r, 1 : len(tgt)] = tgt[:-1]  # shifted right behind the start token
     return out
 
 
@@ -105,19 +125,14 @@ class Seq2SeqTask:
     def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
         self.cfg = cfg
         d, t = cfg.data, cfg.train
-        sources = story_sources(d.source, version=d.version, val_fraction=d.val_fraction, seed=t.seed)
+        sources = stories_of(cfg.data, t.seed, task=cfg.task)
         train_stories = sources["train"].stories()
-        if (run_dir / "tokenizer.json").is_file():
-            self.tokenizer = load_tokenizer(run_dir)
-        elif d.tokenizer == "train":
-            self.tokenizer = train_bpe_tokenizer(train_stories, d.vocab_size)
-        else:
-            self.tokenizer = load_tokenizer(d.tokenizer)
-        if not (run_dir / "tokenizer.json").is_file():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_tokenizer(self.tokenizer, run_dir)
-        self.eot = eot_id(self.tokenizer)
-        lens = {"encoder_len": t.seq_len, "decoder_len": t.seq_len}
+        chosen = run_tokenizer(d, run_dir, lambda: train_stories, init_from=cfg.init_from, progress=progress)
+        self.tokenizer, self.eot = chosen.tokenizer, chosen.eot
+        # a checkpoint's config keeps its own special ids; a new model's come from the tokenizer
+        trained = cfg.model if cfg.init_from else self.model_config(cfg.model)
+        self.ids = SpecialIds(eos=trained.eos_token_id, pad=trained.pad_token_id, start=trained.decoder_start_token_id)
+        lens = {"encoder_len": t.seq_len, "decoder_len": t.seq_len, "special": self.ids}
         self.train = build_examples(train_stories, self.tokenizer, **lens)
         self.val = build_examples(sources["validation"].stories(), self.tokenizer, **lens)
         if len(self.train.enc) < t.batch_size:
@@ -169,11 +184,15 @@ class Seq2SeqTask:
             return []
         prompts = [self.val.enc[i][self.val.enc_mask[i]] for i in range(k)]
         new = generate(
-            model, [jnp.asarray(p) for p in prompts], max_new_tokens=t.sample_tokens, key=None, eos_token_id=self.eot
+            model,
+            [jnp.asarray(p) for p in prompts],
+            max_new_tokens=t.sample_tokens,
+            key=None,
+            eos_token_id=self.ids.eos,
         )
         out = []
         for p, row in zip(prompts, np.asarray(new).tolist()):
             first = self.tokenizer.decode(p.tolist())
-            second = self.tokenizer.decode([i for i in row if i != self.eot])
+            second = self.tokenizer.decode([i for i in row if i not in (self.ids.eos, self.ids.pad)])
             out.append(f"{first} => {second}")
         return out

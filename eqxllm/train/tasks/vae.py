@@ -12,12 +12,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from eqxllm.data import eot_id, load_tokenizer, save_tokenizer, story_sources, train_bpe_tokenizer
 from eqxllm.data.sentences import encode_sentences, sentence_batch, story_sentences, unseen
 from eqxllm.errors import ConfigError, DataError
 from eqxllm.models.t5_vae_config import T5VAEConfig
+from eqxllm.train.prepare import stories_of
 from eqxllm.train.tasks.splices import splice_rows, word_starts
 from eqxllm.train.tasks.vae_loss import vae_loss
+from eqxllm.train.tokenizer_source import run_tokenizer
 from eqxllm.vae.evaluate import evaluate_sentences
 
 _FIT_SENTENCES = 256  # validation codes that the samples' fitted Gaussian is fitted to
@@ -35,20 +36,15 @@ class VAETask:
             raise ConfigError(f"task 'vae' trains a T5-VAE (T5VAEConfig), got {type(cfg.model).__name__}")
         self.cfg = cfg
         d, seq_len = cfg.data, cfg.train.seq_len
-        sources = story_sources(d.source, version=d.version, val_fraction=d.val_fraction, seed=cfg.train.seed)
+        sources = stories_of(cfg.data, cfg.train.seed, task=cfg.task)
         train_stories = sources["train"].stories()
-        saved = run_dir / "tokenizer.json"
-        if saved.is_file():  # a resumed run keeps its vocabulary
-            self.tokenizer = load_tokenizer(run_dir)
-        elif d.tokenizer == "train":
-            self.tokenizer = train_bpe_tokenizer(train_stories, d.vocab_size, progress=progress)
-        else:
-            self.tokenizer = load_tokenizer(d.tokenizer)
-        if not saved.is_file():
-            save_tokenizer(self.tokenizer, run_dir)
-        self.eot = eot_id(self.tokenizer)
+        chosen = run_tokenizer(d, run_dir, lambda: train_stories, init_from=cfg.init_from, progress=progress)
+        self.tokenizer, self.eot = chosen.tokenizer, chosen.eot
+        # a checkpoint's config keeps its own special ids; a new model's come from the tokenizer
+        trained = cfg.model if cfg.init_from else self.model_config(cfg.model)
+        self.eos, self.pad = trained.eos_token_id, trained.pad_token_id
         self.joinable = word_starts(self.tokenizer)  # where the interpolation loss may splice sentences
-        options = dict(max_length=seq_len, eos_id=self.eot, pad_id=self.eot)
+        options = dict(max_length=seq_len, eos_id=self.eos, pad_id=self.pad)
         self.train = encode_sentences(self.tokenizer, story_sentences(train_stories), **options)
         val = encode_sentences(self.tokenizer, story_sentences(sources["validation"].iter_stories()), **options)
         self.validation = unseen(val, self.train)
@@ -73,7 +69,7 @@ class VAETask:
         if self.cfg.model.splice_weight > 0:
             rng = np.random.default_rng((t.seed, int(step), process_index))
             batch |= splice_rows(
-                batch["input_ids"], batch["lengths"], rng, eos_id=self.eot, pad_id=self.eot, joinable=self.joinable
+                batch["input_ids"], batch["lengths"], rng, eos_id=self.eos, pad_id=self.pad, joinable=self.joinable
             )
         return batch
 
