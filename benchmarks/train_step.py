@@ -47,7 +47,7 @@ def main() -> None:
     batch = args.batch or cfg.train.batch_size
     seq = args.seq or cfg.train.seq_len
     model = GPT2(cfg.model, key=jax.random.key(0))
-    opt = make_optimizer(cfg.optim, model)
+    opt = make_optimizer(cfg.resolved_optim(), model)
     opt_state = init_opt_state(opt, model)
     step = make_train_step(next_token_loss, opt, compute_dtype=resolve_dtype(args.dtype or cfg.train.compute_dtype))
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ from eqxllm.models._checks import check_tokens
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack, attention_mask
 from eqxllm.nn.attention import Rotary
-from eqxllm.nn.decoding import CacheSlot, CausalLM, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.decoding import CacheSlot, CausalLM, OutputHead, check_cache_length, scan_layers, token_slots
 from eqxllm.nn.moe import MoE
 
 __all__ = ["DecoderBlock", "DecoderLM", "parameter_count"]
@@ -148,8 +148,9 @@ class DecoderLM(CausalLM):
         mask: Bool[Array, " seq"] | None = None,
         cache: KVCache | None = None,
         key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, "seq vocab"], KVCache | None, Float[Array, "layers seq experts"] | None]:
-        """The one forward pass: logits, the updated cache (None without one), and the router logits
+        project: bool = True,
+    ) -> tuple[Float[Array, "seq out"], KVCache | None, Float[Array, "layers seq experts"] | None]:
+        """The one forward pass: logits (the final-normed hidden states with ``project=False``), the updated cache (None without one), and the router logits
         of every mixture-of-experts layer (None for dense models), for an auxiliary loss. These models
         have no dropout (as in the references): ``key`` is accepted for a uniform signature and unused.
         The cache keeps every slot; sliding layers see only the last ``sliding_window`` slots through
@@ -172,7 +173,8 @@ class DecoderLM(CausalLM):
 
         flags = jnp.asarray(spec.sliding_flags, dtype=bool)
         x, cache, router_logits = scan_layers(self.blocks, layer, self._embed(input_ids), flags, cache, slots)
-        return self._head(x), cache, router_logits
+        x = self.norm(x)
+        return (self._head(x) if project else x), cache, router_logits
 
     def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
         """An empty cache for one sequence of up to ``max_len`` (<= ``max_position_embeddings``) tokens."""
@@ -222,8 +224,13 @@ class DecoderLM(CausalLM):
         # the reference keeps the normaliser as a tensor of the activation dtype: sqrt(3072) is 55.5 in bf16
         return x * jnp.asarray(math.sqrt(self.config.decoder.hidden_size), dtype=x.dtype)
 
+    def output_head(self) -> OutputHead | None:
+        if self.lm_head is not None and (type(self.lm_head) is not Linear or self.lm_head.bias is not None):
+            return None  # LoRA adapters on the head, or a bias: the loss takes the logits
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return OutputHead(weight, self.config.decoder.final_softcap)
+
     def _head(self, x: Float[Array, "seq embed"]) -> Float[Array, "seq vocab"]:
-        x = self.norm(x)
         logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
         cap = self.config.decoder.final_softcap
         if cap is not None:

@@ -23,7 +23,7 @@ from eqxllm.models._checks import check_choice, check_positive, check_probabilit
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, attention_mask, dropout
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
-from eqxllm.nn.decoding import CacheSlot, CausalLM, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.decoding import CacheSlot, CausalLM, OutputHead, check_cache_length, scan_layers, token_slots
 from eqxllm.nn.stack import REMAT_POLICIES
 
 
@@ -208,9 +208,11 @@ class GPT2(CausalLM):
         mask: Bool[Array, " seq"] | None = None,
         cache: KVCache | None = None,
         key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, "seq vocab"], KVCache | None, None]:
-        """The one forward pass (:mod:`eqxllm.nn.decoding`): logits, the updated cache (None without one)
-        and None (GPT-2 has no router). Dropout is active only when ``key`` is given."""
+        project: bool = True,
+    ) -> tuple[Float[Array, "seq out"], KVCache | None, None]:
+        """The one forward pass (:mod:`eqxllm.nn.decoding`): logits (the final-normed hidden states with
+        ``project=False``), the updated cache (None without one) and None (GPT-2 has no router).
+        Dropout is active only when ``key`` is given."""
         cfg = self.config
         limit = (cfg.n_positions, "n_positions") if cache is None else (cache.max_len, "the cache length")
         input_ids = check_tokens(input_ids, cfg.vocab_size, *limit)
@@ -225,7 +227,8 @@ class GPT2(CausalLM):
             return x, kv, None
 
         x, cache, _ = scan_layers(self.blocks, layer, x, keys, cache, slots)
-        return self._head(x), cache, None
+        x = self.ln_f(x)
+        return (self._head(x) if project else x), cache, None
 
     def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
         """An empty cache for one sequence of up to ``max_len`` tokens (at most ``n_positions``)."""
@@ -239,7 +242,12 @@ class GPT2(CausalLM):
         x = self.wte(input_ids) + self.wpe(positions).astype(self.wte.weight.dtype)
         return dropout(x, self.config.embd_pdrop, key)
 
+    def output_head(self) -> OutputHead | None:
+        if self.lm_head is not None and type(self.lm_head) is not Linear:  # e.g. LoRA adapters on it
+            return None
+        weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        return OutputHead(weight[: self.config.vocab_size], None)
+
     def _head(self, x: Float[Array, "seq embed"]) -> Float[Array, "seq vocab"]:
-        x = self.ln_f(x)
         logits = self.wte.attend(x) if self.lm_head is None else self.lm_head(x)
         return logits[:, : self.config.vocab_size]

@@ -22,6 +22,14 @@ from eqxllm.nn.kv_cache import KVCache
 from eqxllm.nn.stack import Stack
 
 
+class OutputHead(NamedTuple):
+    """``logits = softcap * tanh(features @ weight.T / softcap)`` (no cap when ``softcap`` is None);
+    ``weight`` is ``[vocab, embed]``, cut to the real vocabulary."""
+
+    weight: Float[Array, "vocab embed"]
+    softcap: float | None
+
+
 class TokenSlots(NamedTuple):
     """Where the tokens of one pass sit: rotary/learned ``positions`` ``[seq]``, their ``q_slots``
     ``[seq]`` in the key axis, and ``kv_valid`` ``[kv_seq]``, the keys that hold real tokens."""
@@ -106,9 +114,25 @@ class CausalLM(eqx.Module):
         mask: Bool[Array, " seq"] | None = None,
         cache: KVCache | None = None,
         key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, "seq vocab"], KVCache | None, Any]:
-        """Logits, the cache with the new tokens written (None without one), and any per-layer extras
-        (a mixture of experts' router logits; None elsewhere)."""
+        project: bool = True,
+    ) -> tuple[Float[Array, "seq out"], KVCache | None, Any]:
+        """Logits ``[seq, vocab]``, the cache with the new tokens written (None without one), and any
+        per-layer extras (a mixture of experts' router logits; None elsewhere). ``project=False``
+        returns the final-normed hidden states ``[seq, embed]`` in place of the logits."""
+
+    def output_head(self) -> OutputHead | None:
+        """The projection from :meth:`features` to the logits, for a loss that fuses it with the
+        cross-entropy (:mod:`eqxllm.nn.linear_cross_entropy`); None when the head is not a plain
+        matrix (e.g. one with LoRA adapters), and the loss then takes the logits."""
+        return None
+
+    def features(
+        self, input_ids: Int[Array, " seq"], *, key: PRNGKeyArray | None = None
+    ) -> tuple[Float[Array, "seq embed"], Any]:
+        """The final-normed hidden states that :meth:`output_head` projects to the logits, and the
+        per-layer extras of :meth:`forward`."""
+        x, _, extras = self.forward(input_ids, key=key, project=False)
+        return x, extras
 
     def __call__(
         self,

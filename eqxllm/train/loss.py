@@ -13,6 +13,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from eqxllm.errors import InputError
 from eqxllm.models.decoder import DecoderLM
 from eqxllm.nn.cross_entropy import cross_entropy
+from eqxllm.nn.decoding import CausalLM
+from eqxllm.nn.linear_cross_entropy import linear_cross_entropy
 from eqxllm.nn.moe import load_balancing_loss
 
 __all__ = ["cross_entropy", "next_token_loss"]
@@ -25,7 +27,11 @@ def next_token_loss(
 
     ``batch[:, :-1]`` are the inputs and ``batch[:, 1:]`` the targets; the model is called one sequence
     at a time (``model(ids, key=k) -> [seq, vocab]``) under ``jax.vmap``. ``key`` enables dropout with
-    a different key per example; ``None`` runs the model deterministically.
+    a different key per example; ``None`` runs the model deterministically. A decoder whose
+    :meth:`~eqxllm.nn.decoding.CausalLM.output_head` is a plain matrix (GPT-2, Gemma, the llama-like
+    family without adapters on the head) runs its head fused with the loss
+    (:func:`eqxllm.nn.linear_cross_entropy.linear_cross_entropy`): the ``[batch, seq, vocab]`` logits
+    never exist at once.
     Returns ``(mean_loss, {"loss": mean_loss, "tokens": number_of_predicted_tokens})``.
 
     A model with mixture-of-experts layers (Mixtral) also gives its router logits; the loss then adds
@@ -48,25 +54,30 @@ def _packed_loss(model, batch, target_mask, key):
     if batch.shape[1] < 2:
         raise InputError(f"next_token_loss needs sequences of at least 2 tokens; got batch shape {batch.shape}")
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    if isinstance(model, DecoderLM) and model.config.decoder.moe:
-        return _moe_loss(model, inputs, targets, target_mask)
-    if key is None:
-        logits = jax.vmap(lambda ids: model(ids))(inputs)
-    else:
-        keys = jax.random.split(key, batch.shape[0])
-        logits = jax.vmap(lambda ids, k: model(ids, key=k))(inputs, keys)
-    total, count = cross_entropy(logits, targets, target_mask)
+    keys = None if key is None else jax.random.split(key, batch.shape[0])
+    head = model.output_head() if isinstance(model, CausalLM) else None
+    if head is not None:  # the head fused with the cross-entropy: no [batch, seq, vocab] logits
+        hidden, extras = _per_example(lambda ids, k: model.features(ids, key=k), inputs, keys)
+        total, count = linear_cross_entropy(hidden, head.weight, targets, target_mask, softcap=head.softcap)
+    elif isinstance(model, CausalLM):
+        logits, _, extras = _per_example(lambda ids, k: model.forward(ids, key=k), inputs, keys)
+        total, count = cross_entropy(logits, targets, target_mask)
+    else:  # any model called as model(ids, key=k) -> [seq, vocab]
+        logits, extras = _per_example(lambda ids, k: model(ids) if k is None else model(ids, key=k), inputs, keys), None
+        total, count = cross_entropy(logits, targets, target_mask)
     loss = total / jnp.maximum(count, 1.0)
-    return loss, {"loss": loss, "tokens": count}
-
-
-def _moe_loss(model: DecoderLM, inputs, targets, target_mask) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
-    """Cross-entropy (over ``target_mask``, when given) plus the weighted load-balancing loss of a
-    mixture-of-experts decoder over every token (no dropout)."""
+    if not (isinstance(model, DecoderLM) and model.config.decoder.moe):
+        return loss, {"loss": loss, "tokens": count}
+    # the router logits of every layer: [batch, layers, seq, experts]
     spec = model.config.decoder
-    logits, _, router_logits = jax.vmap(lambda ids: model.forward(ids))(inputs)  # router: [batch, layers, seq, experts]
-    assert router_logits is not None
-    total, count = cross_entropy(logits, targets, target_mask)
-    aux = load_balancing_loss(router_logits, spec.num_experts_per_tok)
-    loss = total / jnp.maximum(count, 1.0) + spec.router_aux_loss_coef * aux
+    assert extras is not None
+    aux = load_balancing_loss(extras, spec.num_experts_per_tok)
+    loss = loss + spec.router_aux_loss_coef * aux
     return loss, {"loss": loss, "tokens": count, "aux_loss": aux}
+
+
+def _per_example(fn, inputs, keys):
+    """``fn(ids, key)`` over the batch under ``jax.vmap`` (``key`` None for every row without keys)."""
+    if keys is None:
+        return jax.vmap(lambda ids: fn(ids, None))(inputs)
+    return jax.vmap(fn)(inputs, keys)

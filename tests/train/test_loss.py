@@ -88,3 +88,47 @@ def test_next_token_loss_dropout_follows_the_key():
 def test_next_token_loss_needs_two_tokens():
     with pytest.raises(InputError, match=r"at least 2 tokens.*\(4, 1\)"):
         next_token_loss(tiny_model(), jnp.zeros((4, 1), jnp.int32), None)
+
+
+def _tiny_decoder(kind: str):
+    from eqxllm.lora import apply_lora
+    from eqxllm.models import GemmaConfig, LlamaConfig
+    from eqxllm.models.gemma import Gemma
+    from eqxllm.models.llama import Llama
+
+    if kind == "gpt2-padded-vocab":  # tied head, vocabulary padded to a multiple of 64 and cut
+        model = tiny_model(vocab_size=100, pad_vocab_multiple=64)
+        assert model.config.padded_vocab_size > 100
+        return model
+    if kind == "gemma2-softcap":  # a cap small enough to bend the logits
+        return Gemma(GemmaConfig.tiny(2).replace(final_logit_softcapping=0.5), key=jax.random.key(0))
+    cfg = LlamaConfig(vocab_size=61, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                      tie_word_embeddings=False)  # fmt: skip
+    model = Llama(cfg, key=jax.random.key(0))
+    if kind == "llama-lora-head":  # adapters on the head: the loss takes the logits path
+        model = apply_lora(model, rank=2, alpha=4.0, targets=r"lm_head", key=jax.random.key(1))
+        assert model.output_head() is None
+    return model
+
+
+@pytest.mark.parametrize("kind", ["gpt2-padded-vocab", "llama-untied", "llama-lora-head", "gemma2-softcap"])
+def test_the_fused_head_loss_equals_the_loss_of_the_logits(kind):
+    """next_token_loss projects the features with the head inside the fused cross-entropy; its value
+    and every gradient equal the cross-entropy of the model's own logits."""
+    model = _tiny_decoder(kind)
+    vocab = model.config.vocab_size
+    batch = jax.random.randint(jax.random.key(2), (3, 13), 0, vocab)
+
+    def from_logits(m, b):
+        total, count = cross_entropy(jax.vmap(m)(b[:, :-1]), b[:, 1:])
+        return total / count
+
+    grad = eqx.filter_jit(eqx.filter_value_and_grad(lambda m, b: next_token_loss(m, b)[0]))
+    ref = eqx.filter_jit(eqx.filter_value_and_grad(from_logits))
+    (loss, grads), (want, want_grads) = grad(model, batch), ref(model, batch)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    for g, w in zip(
+        jax.tree.leaves(eqx.filter(grads, eqx.is_array)), jax.tree.leaves(eqx.filter(want_grads, eqx.is_array))
+    ):
+        np.testing.assert_allclose(g, w, atol=2e-6, rtol=1e-5)
