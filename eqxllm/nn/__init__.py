@@ -22,6 +22,7 @@ from eqxllm.nn.dropout import dropout
 from eqxllm.nn.embedding import Embedding
 from eqxllm.nn.kv_cache import KVCache
 from eqxllm.nn.linear import Linear
+from eqxllm.nn.linear_cross_entropy import linear_cross_entropy
 from eqxllm.nn.masks import attention_mask
 from eqxllm.nn.materialize import materialize
 from eqxllm.nn.mlp import MLP
@@ -44,6 +45,7 @@ __all__ = [
     "KVCache",
     "LayerNorm",
     "Linear",
+    "linear_cross_entropy",
     "MLP",
     "MoE",
     "RMSNorm",
