@@ -19,11 +19,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from eqxllm.models._checks import check_tokens
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack, attention_mask
 from eqxllm.nn.attention import Rotary
-from eqxllm.nn.decoding import CacheSlot, CausalLM, OutputHead, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, scan_layers
 from eqxllm.nn.moe import MoE
 
 __all__ = ["DecoderBlock", "DecoderLM", "parameter_count"]
@@ -140,53 +139,38 @@ class DecoderLM(CausalLM):
             )
         )
 
-    def forward(
+    @property
+    def dims(self) -> Dims:
+        spec: DecoderSpec = self.config.decoder
+        limit = spec.max_position_embeddings
+        return Dims(
+            spec.vocab_size, limit, "max_position_embeddings", spec.num_layers, spec.num_kv_heads, spec.head_dim
+        )
+
+    def _forward(
         self,
         input_ids: Int[Array, " seq"],
-        *,
-        positions: Int[Array, " seq"] | None = None,
-        mask: Bool[Array, " seq"] | None = None,
-        cache: KVCache | None = None,
-        key: PRNGKeyArray | None = None,
-        project: bool = True,
+        slots: TokenSlots,
+        cache: KVCache | None,
+        key: PRNGKeyArray | None,
+        project: bool,
     ) -> tuple[Float[Array, "seq out"], KVCache | None, Float[Array, "layers seq experts"] | None]:
-        """The one forward pass: logits (the final-normed hidden states with ``project=False``), the updated cache (None without one), and the router logits
-        of every mixture-of-experts layer (None for dense models), for an auxiliary loss. These models
-        have no dropout (as in the references): ``key`` is accepted for a uniform signature and unused.
-        The cache keeps every slot; sliding layers see only the last ``sliding_window`` slots through
-        their mask."""
+        """Logits (the final-normed hidden states without ``project``), the updated cache (None
+        without one), and the router logits of every mixture-of-experts layer (None for dense
+        models), for an auxiliary loss. These models have no dropout (as in the references): ``key``
+        is accepted for a uniform signature and unused. The cache keeps every slot; sliding layers
+        see only the last ``sliding_window`` slots through their mask."""
         del key
-        spec: DecoderSpec = self.config.decoder
-        limit = (
-            (spec.max_position_embeddings, "max_position_embeddings")
-            if cache is None
-            else (cache.max_len, "the cache length")
-        )
-        input_ids = check_tokens(input_ids, spec.vocab_size, *limit)
-        mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
-        slots = token_slots(mask, positions, cache)
         masks = self._masks(slots.q_slots, slots.kv_valid)
         rotaries = self._rotaries(slots.positions)
 
         def layer(block, x, is_sliding, slot):
             return block(x, mask=self._pick(is_sliding, masks), rotary=self._pick(is_sliding, rotaries), cache=slot)
 
-        flags = jnp.asarray(spec.sliding_flags, dtype=bool)
+        flags = jnp.asarray(self.config.decoder.sliding_flags, dtype=bool)
         x, cache, router_logits = scan_layers(self.blocks, layer, self._embed(input_ids), flags, cache, slots)
         x = self.norm(x)
         return (self._head(x) if project else x), cache, router_logits
-
-    def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
-        """An empty cache for one sequence of up to ``max_len`` (<= ``max_position_embeddings``) tokens."""
-        spec: DecoderSpec = self.config.decoder
-        check_cache_length(max_len, spec.max_position_embeddings, "max_position_embeddings")
-        return KVCache.empty(
-            num_layers=spec.num_layers,
-            max_len=max_len,
-            num_kv_heads=spec.num_kv_heads,
-            head_dim=spec.head_dim,
-            dtype=dtype,
-        )
 
     # pieces of the forward pass -------------------------------------------------------------------
     def _masks(self, q_slots: Int[Array, " seq"], kv_valid: Bool[Array, " kv_seq"]):
