@@ -46,44 +46,24 @@ class DecoderBlock(eqx.Module):
         norm = lambda: RMSNorm(spec.hidden_size, eps=spec.norm_eps, unit_offset=spec.unit_offset_norms)  # noqa: E731
         self.pre_attn_norm = norm()
         self.attn = Attention(
-            spec.hidden_size,
-            spec.num_heads,
-            num_kv_heads=spec.num_kv_heads,
-            head_dim=spec.head_dim,
-            use_bias=spec.qkv_bias,
-            out_bias=spec.o_bias,
-            scale=spec.attention_scale,
-            qk_norm=spec.qk_norm,
-            norm_eps=spec.norm_eps,
-            norm_unit_offset=spec.unit_offset_norms,
-            softcap=spec.attn_softcap,
-            impl=spec.attention_impl,
-            init_std=spec.initializer_range,
-            key=attn_key,
-        )
+            spec.hidden_size, spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+            use_bias=spec.qkv_bias, out_bias=spec.o_bias, scale=spec.attention_scale, softcap=spec.attn_softcap,
+            qk_norm=spec.qk_norm, norm_eps=spec.norm_eps, norm_unit_offset=spec.unit_offset_norms,
+            impl=spec.attention_impl, init_std=spec.initializer_range, key=attn_key,
+        )  # fmt: skip
         self.post_attn_norm = norm() if spec.sandwich_norms else None
         self.pre_mlp_norm = norm()
         if spec.moe:  # Mixtral: softmax over all experts, then the top-k weights renormalised
             self.mlp = MoE(
-                spec.hidden_size,
-                spec.intermediate_size,
-                num_experts=spec.num_experts,
-                top_k=spec.num_experts_per_tok,
-                activation=spec.activation,
-                normalize_top_k=True,
-                init_std=spec.initializer_range,
-                key=mlp_key,
-            )
+                spec.hidden_size, spec.intermediate_size, num_experts=spec.num_experts,
+                top_k=spec.num_experts_per_tok, activation=spec.activation, normalize_top_k=True,
+                init_std=spec.initializer_range, key=mlp_key,
+            )  # fmt: skip
         else:
             self.mlp = MLP(
-                spec.hidden_size,
-                spec.intermediate_size,
-                activation=spec.activation,
-                gated=True,
-                use_bias=spec.mlp_bias,
-                init_std=spec.initializer_range,
-                key=mlp_key,
-            )
+                spec.hidden_size, spec.intermediate_size, activation=spec.activation, gated=True,
+                use_bias=spec.mlp_bias, init_std=spec.initializer_range, key=mlp_key,
+            )  # fmt: skip
         self.post_mlp_norm = norm() if spec.sandwich_norms else None
 
     def __call__(
