@@ -289,9 +289,9 @@ class T5(eqx.Module):
     ) -> tuple[Float[Array, "seq vocab"], KVCache | None]:
         """The decoder's one pass (:mod:`eqxllm.nn.decoding`): logits and the self-attention cache with
         the new tokens written (None without one). ``memory`` is the encoder output, whose keys and
-        values each layer projects inside the scan (training: recomputed under remat, never stored for
-        every layer), or every layer's precomputed cross keys and values ``[layers, enc_seq, heads,
-        d_kv]``, scanned as per-layer inputs (cached decoding)."""
+        values each layer projects inside the scan (the uncached pass, so a remat policy covers them),
+        or every layer's precomputed cross keys and values ``[layers, enc_seq, heads, d_kv]``, scanned
+        as per-layer inputs (cached decoding)."""
         ids, slots = begin_pass(self._dims, ids, mask, None, cache)
         self_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=True)
         cross_mask = jnp.broadcast_to(memory_mask[None, :], (ids.shape[0], memory_mask.shape[0]))
