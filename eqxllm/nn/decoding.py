@@ -116,13 +116,14 @@ def token_slots(mask: Bool[Array, " seq"], positions: Int[Array, " seq"] | None,
 
 def begin_pass(
     dims: Dims,
-    input_ids: Int[Array, " seq"],
+    input_ids: Shaped[Array, "..."],
     mask: Bool[Array, " seq"] | None,
     positions: Int[Array, " seq"] | None,
     cache: KVCache | None,
 ) -> tuple[Int[Array, " seq"], TokenSlots]:
     """The checked ids of a pass (at most the model's context, or the cache's slots) and their
-    :class:`TokenSlots`; no ``mask`` means every token is real."""
+    :class:`TokenSlots`; no ``mask`` means every token is real. ``input_ids`` is typed ``...`` so that
+    wrong shapes and dtypes reach :func:`check_tokens`'s message."""
     limit = (dims.max_positions, dims.limit_name) if cache is None else (cache.max_len, "the cache length")
     input_ids = check_tokens(input_ids, dims.vocab_size, *limit)
     mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
