@@ -127,19 +127,14 @@ class DecoderLM(CausalLM):
             spec.vocab_size, limit, "max_position_embeddings", spec.num_layers, spec.num_kv_heads, spec.head_dim
         )
 
-    def _forward(
-        self,
-        input_ids: Int[Array, " seq"],
-        slots: TokenSlots,
-        cache: KVCache | None,
-        key: PRNGKeyArray | None,
-        project: bool,
-    ) -> tuple[Float[Array, "seq out"], KVCache | None, Float[Array, "layers seq experts"] | None]:
-        """Logits (the final-normed hidden states without ``project``), the updated cache (None
-        without one), and the router logits of every mixture-of-experts layer (None for dense
-        models), for an auxiliary loss. These models have no dropout (as in the references): ``key``
-        is accepted for a uniform signature and unused. The cache keeps every slot; sliding layers
-        see only the last ``sliding_window`` slots through their mask."""
+    def _features(
+        self, input_ids: Int[Array, " seq"], slots: TokenSlots, cache: KVCache | None, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, "seq embed"], KVCache | None, Float[Array, "layers seq experts"] | None]:
+        """The final-normed hidden states, the updated cache (None without one), and the router
+        logits of every mixture-of-experts layer (None for dense models), for an auxiliary loss. These
+        models have no dropout (as in the references): ``key`` is accepted for a uniform signature and
+        unused. The cache keeps every slot; sliding layers see only the last ``sliding_window`` slots
+        through their mask."""
         del key
         masks = self._masks(slots.q_slots, slots.kv_valid)
         rotaries = self._rotaries(slots.positions)
@@ -149,8 +144,7 @@ class DecoderLM(CausalLM):
 
         flags = jnp.asarray(self.config.decoder.sliding_flags, dtype=bool)
         x, cache, router_logits = scan_layers(self.blocks, layer, self._embed(input_ids), flags, cache, slots)
-        x = self.norm(x)
-        return (self._head(x) if project else x), cache, router_logits
+        return self.norm(x), cache, router_logits
 
     # pieces of the forward pass -------------------------------------------------------------------
     def _masks(self, q_slots: Int[Array, " seq"], kv_valid: Bool[Array, " kv_seq"]):

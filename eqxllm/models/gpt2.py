@@ -205,16 +205,11 @@ class GPT2(CausalLM):
         cfg = self.config
         return Dims(cfg.vocab_size, cfg.n_positions, "n_positions", cfg.n_layer, cfg.n_head, cfg.head_dim)
 
-    def _forward(
-        self,
-        input_ids: Int[Array, " seq"],
-        slots: TokenSlots,
-        cache: KVCache | None,
-        key: PRNGKeyArray | None,
-        project: bool,
-    ) -> tuple[Float[Array, "seq out"], KVCache | None, None]:
-        """Logits (the final-normed hidden states without ``project``), the updated cache (None
-        without one) and None (GPT-2 has no router). Dropout is active only when ``key`` is given."""
+    def _features(
+        self, input_ids: Int[Array, " seq"], slots: TokenSlots, cache: KVCache | None, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, "seq embed"], KVCache | None, None]:
+        """The final-normed hidden states, the updated cache (None without one) and None (GPT-2 has
+        no router). Dropout is active only when ``key`` is given."""
         attn_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=True)
         x = self._embed(input_ids, slots.positions, key)
         keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.config.n_layer)
@@ -224,8 +219,7 @@ class GPT2(CausalLM):
             return x, kv, None
 
         x, cache, _ = scan_layers(self.blocks, layer, x, keys, cache, slots)
-        x = self.ln_f(x)
-        return (self._head(x) if project else x), cache, None
+        return self.ln_f(x), cache, None
 
     def _embed(self, input_ids, positions, key):
         x = self.wte(input_ids) + self.wpe(positions).astype(self.wte.weight.dtype)

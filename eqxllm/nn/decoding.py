@@ -6,9 +6,9 @@ cached ones and attend over every slot. :func:`begin_pass` checks a pass's token
 cases the same three arrays (:class:`TokenSlots`: positions, query slots, key validity), and
 :func:`scan_layers` runs the stacked blocks, threading the whole cache through the scan carry so
 each layer writes its new slots in place. :class:`CausalLM` gives every decoder-only model its
-``forward``, its plain call, its ``decode`` and its ``init_cache`` in terms of one ``_forward`` over
-resolved slots; T5's decoder uses the same functions with its cross-attention keys and values as
-per-layer inputs.
+``forward``, its plain call, its ``decode`` and its ``init_cache`` in terms of its ``_features`` over
+resolved slots and its ``_head``; T5's decoder uses the same functions, with its cross-attention
+keys and values as per-layer inputs.
 """
 
 import abc
@@ -175,7 +175,7 @@ def scan_layers(stack: Stack, layer, x: Any, xs: Any, cache: KVCache | None, slo
 class CausalLM(eqx.Module):
     """The faces of a decoder-only model's one pass: ``forward`` (logits, cache, extras), the plain call
     (no cache), ``decode`` (with one) and ``init_cache``. Subclasses (GPT-2, the llama-like decoder)
-    define ``dims`` and ``_forward``."""
+    define ``dims``, ``_features`` and ``_head``."""
 
     @property
     @abc.abstractmethod
@@ -183,15 +183,15 @@ class CausalLM(eqx.Module):
         """The model's vocabulary, context and cache layout."""
 
     @abc.abstractmethod
-    def _forward(
-        self,
-        input_ids: Int[Array, " seq"],
-        slots: TokenSlots,
-        cache: KVCache | None,
-        key: PRNGKeyArray | None,
-        project: bool,
-    ) -> tuple[Float[Array, "seq out"], KVCache | None, Any]:
-        """The pass over checked ids whose slots are resolved; see :meth:`forward`."""
+    def _features(
+        self, input_ids: Int[Array, " seq"], slots: TokenSlots, cache: KVCache | None, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, "seq embed"], KVCache | None, Any]:
+        """The final-normed hidden states of checked ids at resolved slots, the cache and the extras of
+        :meth:`forward`."""
+
+    @abc.abstractmethod
+    def _head(self, x: Float[Array, "seq embed"]) -> Float[Array, "seq vocab"]:
+        """The logits of final-normed hidden states."""
 
     def forward(
         self,
@@ -208,7 +208,8 @@ class CausalLM(eqx.Module):
         ``project=False`` returns the final-normed hidden states ``[seq, embed]`` in place of the
         logits. ``key`` turns on the model's dropout, where it has any."""
         input_ids, slots = begin_pass(self.dims, input_ids, mask, positions, cache)
-        return self._forward(input_ids, slots, cache, key, project)
+        x, cache, extras = self._features(input_ids, slots, cache, key)
+        return (self._head(x) if project else x), cache, extras
 
     def output_head(self) -> OutputHead | None:
         """The projection from :meth:`features` to the logits, for a loss that fuses it with the
