@@ -19,11 +19,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from eqxllm.models._checks import check_tokens
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack, attention_mask
 from eqxllm.nn.attention import Rotary
-from eqxllm.nn.decoding import CacheSlot, CausalLM, OutputHead, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, scan_layers
 from eqxllm.nn.moe import MoE
 
 __all__ = ["DecoderBlock", "DecoderLM", "parameter_count"]
@@ -47,44 +46,24 @@ class DecoderBlock(eqx.Module):
         norm = lambda: RMSNorm(spec.hidden_size, eps=spec.norm_eps, unit_offset=spec.unit_offset_norms)  # noqa: E731
         self.pre_attn_norm = norm()
         self.attn = Attention(
-            spec.hidden_size,
-            spec.num_heads,
-            num_kv_heads=spec.num_kv_heads,
-            head_dim=spec.head_dim,
-            use_bias=spec.qkv_bias,
-            out_bias=spec.o_bias,
-            scale=spec.attention_scale,
-            qk_norm=spec.qk_norm,
-            norm_eps=spec.norm_eps,
-            norm_unit_offset=spec.unit_offset_norms,
-            softcap=spec.attn_softcap,
-            impl=spec.attention_impl,
-            init_std=spec.initializer_range,
-            key=attn_key,
-        )
+            spec.hidden_size, spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+            use_bias=spec.qkv_bias, out_bias=spec.o_bias, scale=spec.attention_scale, softcap=spec.attn_softcap,
+            qk_norm=spec.qk_norm, norm_eps=spec.norm_eps, norm_unit_offset=spec.unit_offset_norms,
+            impl=spec.attention_impl, init_std=spec.initializer_range, key=attn_key,
+        )  # fmt: skip
         self.post_attn_norm = norm() if spec.sandwich_norms else None
         self.pre_mlp_norm = norm()
         if spec.moe:  # Mixtral: softmax over all experts, then the top-k weights renormalised
             self.mlp = MoE(
-                spec.hidden_size,
-                spec.intermediate_size,
-                num_experts=spec.num_experts,
-                top_k=spec.num_experts_per_tok,
-                activation=spec.activation,
-                normalize_top_k=True,
-                init_std=spec.initializer_range,
-                key=mlp_key,
-            )
+                spec.hidden_size, spec.intermediate_size, num_experts=spec.num_experts,
+                top_k=spec.num_experts_per_tok, activation=spec.activation, normalize_top_k=True,
+                init_std=spec.initializer_range, key=mlp_key,
+            )  # fmt: skip
         else:
             self.mlp = MLP(
-                spec.hidden_size,
-                spec.intermediate_size,
-                activation=spec.activation,
-                gated=True,
-                use_bias=spec.mlp_bias,
-                init_std=spec.initializer_range,
-                key=mlp_key,
-            )
+                spec.hidden_size, spec.intermediate_size, activation=spec.activation, gated=True,
+                use_bias=spec.mlp_bias, init_std=spec.initializer_range, key=mlp_key,
+            )  # fmt: skip
         self.post_mlp_norm = norm() if spec.sandwich_norms else None
 
     def __call__(
@@ -140,53 +119,32 @@ class DecoderLM(CausalLM):
             )
         )
 
-    def forward(
-        self,
-        input_ids: Int[Array, " seq"],
-        *,
-        positions: Int[Array, " seq"] | None = None,
-        mask: Bool[Array, " seq"] | None = None,
-        cache: KVCache | None = None,
-        key: PRNGKeyArray | None = None,
-        project: bool = True,
-    ) -> tuple[Float[Array, "seq out"], KVCache | None, Float[Array, "layers seq experts"] | None]:
-        """The one forward pass: logits (the final-normed hidden states with ``project=False``), the updated cache (None without one), and the router logits
-        of every mixture-of-experts layer (None for dense models), for an auxiliary loss. These models
-        have no dropout (as in the references): ``key`` is accepted for a uniform signature and unused.
-        The cache keeps every slot; sliding layers see only the last ``sliding_window`` slots through
-        their mask."""
-        del key
+    @property
+    def dims(self) -> Dims:
         spec: DecoderSpec = self.config.decoder
-        limit = (
-            (spec.max_position_embeddings, "max_position_embeddings")
-            if cache is None
-            else (cache.max_len, "the cache length")
+        limit = spec.max_position_embeddings
+        return Dims(
+            spec.vocab_size, limit, "max_position_embeddings", spec.num_layers, spec.num_kv_heads, spec.head_dim
         )
-        input_ids = check_tokens(input_ids, spec.vocab_size, *limit)
-        mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
-        slots = token_slots(mask, positions, cache)
+
+    def _features(
+        self, input_ids: Int[Array, " seq"], slots: TokenSlots, cache: KVCache | None, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, "seq embed"], KVCache | None, Float[Array, "layers seq experts"] | None]:
+        """The final-normed hidden states, the updated cache (None without one), and the router
+        logits of every mixture-of-experts layer (None for dense models), for an auxiliary loss. These
+        models have no dropout (as in the references): ``key`` is accepted for a uniform signature and
+        unused. The cache keeps every slot; sliding layers see only the last ``sliding_window`` slots
+        through their mask."""
+        del key
         masks = self._masks(slots.q_slots, slots.kv_valid)
         rotaries = self._rotaries(slots.positions)
 
         def layer(block, x, is_sliding, slot):
             return block(x, mask=self._pick(is_sliding, masks), rotary=self._pick(is_sliding, rotaries), cache=slot)
 
-        flags = jnp.asarray(spec.sliding_flags, dtype=bool)
+        flags = jnp.asarray(self.config.decoder.sliding_flags, dtype=bool)
         x, cache, router_logits = scan_layers(self.blocks, layer, self._embed(input_ids), flags, cache, slots)
-        x = self.norm(x)
-        return (self._head(x) if project else x), cache, router_logits
-
-    def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
-        """An empty cache for one sequence of up to ``max_len`` (<= ``max_position_embeddings``) tokens."""
-        spec: DecoderSpec = self.config.decoder
-        check_cache_length(max_len, spec.max_position_embeddings, "max_position_embeddings")
-        return KVCache.empty(
-            num_layers=spec.num_layers,
-            max_len=max_len,
-            num_kv_heads=spec.num_kv_heads,
-            head_dim=spec.head_dim,
-            dtype=dtype,
-        )
+        return self.norm(x), cache, router_logits
 
     # pieces of the forward pass -------------------------------------------------------------------
     def _masks(self, q_slots: Int[Array, " seq"], kv_valid: Bool[Array, " kv_seq"]):

@@ -15,15 +15,14 @@ from typing import Any, Literal
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import ConfigError
-from eqxllm.models._checks import check_choice, check_positive, check_probability, check_tokens
+from eqxllm.models._checks import check_choice, check_positive, check_probability
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, attention_mask, dropout
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
-from eqxllm.nn.decoding import CacheSlot, CausalLM, OutputHead, check_cache_length, scan_layers, token_slots
+from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, scan_layers
 from eqxllm.nn.stack import REMAT_POLICIES
 
 
@@ -178,7 +177,8 @@ class GPT2Block(eqx.Module):
 
 
 class GPT2(CausalLM):
-    """The GPT-2 language model: token ids ``[seq]`` -> next-token logits ``[seq, vocab]``."""
+    """The GPT-2 language model: token ids ``[seq]`` -> next-token logits ``[seq, vocab]``; ``forward``,
+    ``decode`` and ``init_cache`` (at most ``n_positions`` slots) come from :class:`CausalLM`."""
 
     wte: Embedding
     wpe: Embedding
@@ -200,43 +200,26 @@ class GPT2(CausalLM):
             else Linear(config.n_embd, config.padded_vocab_size, use_bias=False, key=head_key)
         )
 
-    def forward(
-        self,
-        input_ids: Int[Array, " seq"],
-        *,
-        positions: Int[Array, " seq"] | None = None,
-        mask: Bool[Array, " seq"] | None = None,
-        cache: KVCache | None = None,
-        key: PRNGKeyArray | None = None,
-        project: bool = True,
-    ) -> tuple[Float[Array, "seq out"], KVCache | None, None]:
-        """The one forward pass (:mod:`eqxllm.nn.decoding`): logits (the final-normed hidden states with
-        ``project=False``), the updated cache (None without one) and None (GPT-2 has no router).
-        Dropout is active only when ``key`` is given."""
+    @property
+    def dims(self) -> Dims:
         cfg = self.config
-        limit = (cfg.n_positions, "n_positions") if cache is None else (cache.max_len, "the cache length")
-        input_ids = check_tokens(input_ids, cfg.vocab_size, *limit)
-        mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
-        slots = token_slots(mask, positions, cache)
+        return Dims(cfg.vocab_size, cfg.n_positions, "n_positions", cfg.n_layer, cfg.n_head, cfg.head_dim)
+
+    def _features(
+        self, input_ids: Int[Array, " seq"], slots: TokenSlots, cache: KVCache | None, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, "seq embed"], KVCache | None, None]:
+        """The final-normed hidden states, the updated cache (None without one) and None (GPT-2 has
+        no router). Dropout is active only when ``key`` is given."""
         attn_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=True)
         x = self._embed(input_ids, slots.positions, key)
-        keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), cfg.n_layer)
+        keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.config.n_layer)
 
         def layer(block, x, layer_key, slot):
             x, kv = block(x, mask=attn_mask, cache=slot, key=layer_key)
             return x, kv, None
 
         x, cache, _ = scan_layers(self.blocks, layer, x, keys, cache, slots)
-        x = self.ln_f(x)
-        return (self._head(x) if project else x), cache, None
-
-    def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
-        """An empty cache for one sequence of up to ``max_len`` tokens (at most ``n_positions``)."""
-        cfg = self.config
-        check_cache_length(max_len, cfg.n_positions, "n_positions")
-        return KVCache.empty(
-            num_layers=cfg.n_layer, max_len=max_len, num_kv_heads=cfg.n_head, head_dim=cfg.head_dim, dtype=dtype
-        )
+        return self.ln_f(x), cache, None
 
     def _embed(self, input_ids, positions, key):
         x = self.wte(input_ids) + self.wpe(positions).astype(self.wte.weight.dtype)

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
-from eqxllm.models._checks import check_tokens
 from eqxllm.models.t5_config import T5_PRESETS, T5Config
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, RMSNorm, Stack
+from eqxllm.nn.decoding import CacheSlot, Dims, begin_pass, empty_cache, positions_from_mask, scan_layers
 from eqxllm.nn.dropout import dropout
 from eqxllm.nn.masks import attention_mask
 from eqxllm.nn.positions import RelativePositionBias, sinusoidal_positions
@@ -40,11 +40,6 @@ Norm = RMSNorm | LayerNorm
 
 def _split(key: PRNGKeyArray | None, n: int):
     return (None,) * n if key is None else tuple(jax.random.split(key, n))
-
-
-def _positions(mask: Bool[Array, " seq"]) -> Int[Array, " seq"]:
-    """Each token's index among the real tokens (padding gets its neighbour's; it is never attended)."""
-    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
 
 
 class T5DecoderCache(eqx.Module):
@@ -118,24 +113,24 @@ class T5Layer(eqx.Module):
         bias: Float[Array, "heads seq kv_seq"] | None,
         cross_kv: tuple[Array, Array] | None = None,
         cross_mask: Bool[Array, "seq enc_seq"] | None = None,
-        cache: tuple[Array, Array] | None = None,
-        cache_index: Int[Array, ""] | None = None,
-        layer: Int[Array, ""] | None = None,
+        cache: CacheSlot | None = None,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "seq embed"], tuple[Array, Array] | None]:
+        """The layer's output and the self-attention cache with this layer's new keys and values
+        written (None without one)."""
+        kv, index, layer = (None, None, None) if cache is None else cache
         # dropout as in Hugging Face's T5: attention probabilities, the feed-forward's hidden units, and
         # every sub-layer's output before the residual add
         self_key, self_probs, cross_key, cross_probs, ffn_key, ffn_hidden = _split(key, 6)
-        h, cache = self.self_attn(
-            self._in(x, self.self_norm), mask=mask, bias=bias, cache=cache, cache_index=cache_index, layer=layer,
-            key=self_probs,
-        )  # fmt: skip
+        h, kv = self.self_attn(
+            self._in(x, self.self_norm), mask=mask, bias=bias, cache=kv, cache_index=index, layer=layer, key=self_probs
+        )
         x = self._out(x, h, self.self_norm, self_key)
         if self.cross_attn is not None:
             h, _ = self.cross_attn(self._in(x, self.cross_norm), mask=cross_mask, kv=cross_kv, key=cross_probs)
             x = self._out(x, h, self.cross_norm, cross_key)
         x = self._out(x, self.ffn(self._in(x, self.ffn_norm), key=ffn_hidden), self.ffn_norm, ffn_key)
-        return x, cache
+        return x, kv
 
 
 class T5Stack(eqx.Module):
@@ -226,19 +221,17 @@ class T5(eqx.Module):
         self, input_ids: Int[Array, " seq"], *, mask: Bool[Array, " seq"] | None = None, key: PRNGKeyArray | None = None
     ) -> Float[Array, "seq embed"]:
         """The encoder's output states (after its final norm). Padded positions hold meaningless values."""
-        seq = input_ids.shape[0]
-        input_ids = check_tokens(input_ids, self.config.vocab_size, None, "")
-        mask = jnp.ones((seq,), bool) if mask is None else mask
-        positions = _positions(mask)
-        attn_mask = attention_mask(jnp.arange(seq), mask, causal=False)
-        bias = self.encoder.bias(positions, positions)
+        input_ids, slots = begin_pass(self._dims, input_ids, mask, None, None)
+        attn_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=False)
+        bias = self.encoder.bias(slots.positions, slots.positions)
         emb_key, layers_key, final_key = _split(key, 3)
-        x = self._embed(self.shared, input_ids, positions, emb_key)
+        x = self._embed(self.shared, input_ids, slots.positions, emb_key)
 
-        def body(layer, x, layer_key):
-            return layer(x, mask=attn_mask, bias=bias, key=layer_key)[0], None
+        def layer(block, x, layer_key, _):
+            x, _ = block(x, mask=attn_mask, bias=bias, key=layer_key)
+            return x, None, None
 
-        x, _ = self.encoder.layers(body, x, self._layer_keys(layers_key, self.encoder))
+        x, _, _ = scan_layers(self.encoder.layers, layer, x, self._layer_keys(layers_key, self.encoder), None, slots)
         return self.encoder.finish(x, final_key)
 
     def decode_full(
@@ -251,23 +244,9 @@ class T5(eqx.Module):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "seq vocab"]:
         """Decoder logits for a whole target sequence attending to ``encoder_out`` (no cache)."""
-        seq = decoder_input_ids.shape[0]
-        ids = check_tokens(decoder_input_ids, self.config.vocab_size, None, "")
-        decoder_mask = jnp.ones((seq,), bool) if decoder_mask is None else decoder_mask
         encoder_mask = jnp.ones((encoder_out.shape[0],), bool) if encoder_mask is None else encoder_mask
-        positions = _positions(decoder_mask)
-        self_mask = attention_mask(jnp.arange(seq), decoder_mask, causal=True)
-        cross_mask = jnp.broadcast_to(encoder_mask[None, :], (seq, encoder_mask.shape[0]))
-        bias = self.decoder.bias(positions, positions)
-        emb_key, layers_key, final_key = _split(key, 3)
-        x = self._embed(self._decoder_table, ids, positions, emb_key)
-
-        def body(layer, x, layer_key):
-            kv = layer.cross_attn.project_kv(encoder_out)
-            return layer(x, mask=self_mask, bias=bias, cross_kv=kv, cross_mask=cross_mask, key=layer_key)[0], None
-
-        x, _ = self.decoder.layers(body, x, self._layer_keys(layers_key, self.decoder))
-        return self._logits(self.decoder.finish(x, final_key))
+        logits, _ = self._decoder_forward(decoder_input_ids, encoder_out, encoder_mask, decoder_mask, None, key)
+        return logits
 
     def init_decoder_cache(
         self,
@@ -276,20 +255,16 @@ class T5(eqx.Module):
         max_len: int,
         dtype=jnp.float32,
     ) -> T5DecoderCache:
-        """An empty decoder cache of ``max_len`` slots, with every layer's cross-attention keys and
-        values of ``encoder_out`` precomputed (``Attention.project_kv``, stacked over layers)."""
-        if max_len < 1:
-            raise InputError(f"a decoder cache needs max_len >= 1 slots, got {max_len}")
-        cfg = self.config
+        """An empty decoder cache of ``max_len`` slots (:class:`InputError` for fewer than one), with
+        every layer's cross-attention keys and values of ``encoder_out`` precomputed
+        (``Attention.project_kv``, stacked over layers)."""
+        self_kv = empty_cache(self._dims, max_len, dtype)
 
         def body(layer, carry, _):
             return carry, layer.cross_attn.project_kv(encoder_out)
 
         _, (k, v) = self.decoder.layers(body, None)
         encoder_mask = jnp.ones((encoder_out.shape[0],), bool) if encoder_mask is None else encoder_mask
-        self_kv = KVCache.empty(
-            num_layers=cfg.decoder_layers, max_len=max_len, num_kv_heads=cfg.num_heads, head_dim=cfg.d_kv, dtype=dtype
-        )
         return T5DecoderCache(
             self_kv=self_kv, cross_k=k.astype(dtype), cross_v=v.astype(dtype), encoder_mask=encoder_mask
         )
@@ -299,31 +274,52 @@ class T5(eqx.Module):
     ) -> tuple[Float[Array, "seq vocab"], T5DecoderCache]:
         """Run ``seq`` new decoder tokens against the cache (a prompt, or one step); returns their
         logits and the cache with their keys and values written."""
-        seq = decoder_ids.shape[0]
-        ids = check_tokens(decoder_ids, self.config.vocab_size, cache.max_len, "the cache length")
-        mask = jnp.ones((seq,), bool) if mask is None else mask
-        positions, slots, valid = cache.self_kv.prepare(mask)
-        self_mask = attention_mask(slots, valid, causal=True)
-        cross_mask = jnp.broadcast_to(cache.encoder_mask[None, :], (seq, cache.encoder_mask.shape[0]))
-        # the cached keys' positions, counted over valid slots as the queries' are (unwritten slots are masked)
-        bias = self.decoder.bias(positions, _positions(valid))
-        x = self._embed(self._decoder_table, ids, positions, None)
-        index = cache.index
+        cross = (cache.cross_k, cache.cross_v)
+        logits, self_kv = self._decoder_forward(decoder_ids, cross, cache.encoder_mask, mask, cache.self_kv, None)
+        return logits, eqx.tree_at(lambda c: c.self_kv, cache, self_kv)
 
-        # the self-attention cache rides in the scan carry (each layer writes its new slots in place);
-        # the read-only cross keys/values are indexed by layer, not scanned (no per-token restacking)
-        def body(block, carry, layer):
-            x, kv = carry
-            cross = tuple(c[layer].astype(x.dtype) for c in (cache.cross_k, cache.cross_v))
-            kw = dict(cross_kv=cross, cross_mask=cross_mask, cache=kv, cache_index=index, layer=layer)
-            return block(x, mask=self_mask, bias=bias, **kw), None
+    def _decoder_forward(
+        self,
+        ids: Int[Array, " seq"],
+        memory: Float[Array, "enc_seq embed"] | tuple[Array, Array],
+        memory_mask: Bool[Array, " enc_seq"],
+        mask: Bool[Array, " seq"] | None,
+        cache: KVCache | None,
+        key: PRNGKeyArray | None,
+    ) -> tuple[Float[Array, "seq vocab"], KVCache | None]:
+        """The decoder's one pass (:mod:`eqxllm.nn.decoding`): logits and the self-attention cache with
+        the new tokens written (None without one). ``memory`` is the encoder output, whose keys and
+        values each layer projects inside the scan (the uncached pass, so a remat policy covers them),
+        or every layer's precomputed cross keys and values ``[layers, enc_seq, heads, d_kv]``, scanned
+        as per-layer inputs (cached decoding)."""
+        ids, slots = begin_pass(self._dims, ids, mask, None, cache)
+        self_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=True)
+        cross_mask = jnp.broadcast_to(memory_mask[None, :], (ids.shape[0], memory_mask.shape[0]))
+        # the keys' positions, counted over valid slots as the queries' are (unwritten slots are masked)
+        bias = self.decoder.bias(slots.positions, positions_from_mask(slots.kv_valid))
+        emb_key, layers_key, final_key = _split(key, 3)
+        x = self._embed(self._decoder_table, ids, slots.positions, emb_key)
+        projected = memory if isinstance(memory, tuple) else None
 
-        carry = (x, (cache.self_kv.k, cache.self_kv.v))
-        (x, (k, v)), _ = self.decoder.layers(body, carry, jnp.arange(self.config.decoder_layers))
-        new_kv = cache.self_kv.advanced(k, v, valid, seq)
-        return self._logits(self.decoder.finish(x, None)), eqx.tree_at(lambda c: c.self_kv, cache, new_kv)
+        def layer(block, x, inputs, slot):
+            layer_key, cross = inputs
+            cross = block.cross_attn.project_kv(memory) if cross is None else tuple(c.astype(x.dtype) for c in cross)
+            x, kv = block(
+                x, mask=self_mask, bias=bias, cross_kv=cross, cross_mask=cross_mask, cache=slot, key=layer_key
+            )
+            return x, kv, None
+
+        xs = (self._layer_keys(layers_key, self.decoder), projected)
+        x, cache, _ = scan_layers(self.decoder.layers, layer, x, xs, cache, slots)
+        return self._logits(self.decoder.finish(x, final_key)), cache
 
     # helpers ------------------------------------------------------------------------------------
+    @property
+    def _dims(self) -> Dims:
+        """The decoder's cache layout; relative positions (and sinusoids) set no length limit."""
+        cfg = self.config
+        return Dims(cfg.vocab_size, cfg.max_positions, "max_positions", cfg.decoder_layers, cfg.num_heads, cfg.d_kv)
+
     @property
     def _decoder_table(self) -> Embedding:
         return self.shared if self.decoder_embed is None else self.decoder_embed

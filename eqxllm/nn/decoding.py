@@ -2,19 +2,22 @@
 
 Without a cache, a pass runs a whole (left-padded) sequence: positions count its real tokens and
 queries sit at slots ``0..seq-1``. With a :class:`KVCache`, the new tokens are written after the
-cached ones and attend over every slot. :func:`token_slots` gives both cases the same three arrays
-(positions, query slots, key validity), and :func:`scan_layers` runs the stacked blocks, threading
-the whole cache through the scan carry so each layer writes its new slots in place.
-:class:`CausalLM` gives every decoder-only model its plain call and its ``decode`` in terms of its one
-``forward``.
+cached ones and attend over every slot. :func:`begin_pass` checks a pass's token ids and gives both
+cases the same three arrays (:class:`TokenSlots`: positions, query slots, key validity), and
+:func:`scan_layers` runs the stacked blocks, threading the whole cache through the scan carry so
+each layer writes its new slots in place. :class:`CausalLM` gives every decoder-only model its
+``forward``, its plain call, its ``decode`` and its ``init_cache`` in terms of its ``_features`` over
+resolved slots and its ``_head``; T5's decoder uses the same functions, with its cross-attention
+keys and values as per-layer inputs.
 """
 
 import abc
 from typing import Any, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Shaped
 
 from eqxllm.errors import InputError
 from eqxllm.nn.attention import CacheKV
@@ -28,6 +31,18 @@ class OutputHead(NamedTuple):
 
     weight: Float[Array, "vocab embed"]
     softcap: float | None
+
+
+class Dims(NamedTuple):
+    """What the shared glue reads of a model: its vocabulary, its context (``None``: no fixed limit)
+    with the config field that sets it (named in errors), and the layout of its self-attention cache."""
+
+    vocab_size: int
+    max_positions: int | None
+    limit_name: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
 
 
 class TokenSlots(NamedTuple):
@@ -48,6 +63,41 @@ class CacheSlot(NamedTuple):
     layer: Int[Array, ""]
 
 
+def check_tokens(input_ids: Shaped[Array, "..."], vocab_size: int, max_len: int | None, limit_name: str):
+    """Raise :class:`InputError` for ids that are not one sequence of integers (typed ``...`` so that
+    wrong shapes and dtypes reach this message, which says to ``vmap``), an empty or over-long sequence
+    (at trace time), and an ``EqxRuntimeError`` naming the vocabulary size for ids outside
+    ``[0, vocab_size)`` (at run time, also under ``jit``; set ``EQX_ON_ERROR=nan`` to turn the check off)."""
+    if input_ids.ndim != 1:
+        raise InputError(
+            f"expected one sequence of token ids of shape [seq], got shape {tuple(input_ids.shape)}; models take "
+            "one sequence: for a batch, wrap the call in jax.vmap (e.g. jax.vmap(model)(ids))"
+        )
+    if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+        raise InputError(
+            f"token ids must be integers, got dtype {input_ids.dtype}; convert them with .astype(jnp.int32)"
+        )
+    seq = input_ids.shape[0]
+    if seq == 0:
+        raise InputError("got an empty sequence of token ids; pass at least one token")
+    if max_len is not None and seq > max_len:
+        raise InputError(
+            f"sequence of {seq} tokens is longer than {limit_name}={max_len}; truncate it or use a model "
+            "with a longer context"
+        )
+    bad = (input_ids < 0) | (input_ids >= vocab_size)
+    try:  # eager (concrete ids): a plain InputError, not a runtime callback error
+        eager_bad = bool(jnp.any(bad))
+    except jax.errors.ConcretizationTypeError:  # traced (jit, vmap): checked at run time below
+        eager_bad = False
+    if eager_bad:
+        first = int(jnp.asarray(input_ids)[jnp.argmax(bad)])
+        raise InputError(f"token ids must be in [0, {vocab_size}) (the vocabulary size); got {first}")
+    return eqx.error_if(
+        input_ids, jnp.any(bad), f"token ids must be in [0, {vocab_size}) (the vocabulary size); got one outside"
+    )
+
+
 def positions_from_mask(mask: Bool[Array, " seq"]) -> Int[Array, " seq"]:
     """Positions that count real tokens only, so a left-padded sequence starts at position 0."""
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
@@ -64,13 +114,35 @@ def token_slots(mask: Bool[Array, " seq"], positions: Int[Array, " seq"] | None,
     return TokenSlots(*cache.prepare(mask))
 
 
-def check_cache_length(max_len: int, limit: int, limit_name: str) -> None:
-    """Refuse a cache longer than the model's context."""
-    if max_len > limit:
+def begin_pass(
+    dims: Dims,
+    input_ids: Shaped[Array, "..."],
+    mask: Bool[Array, " seq"] | None,
+    positions: Int[Array, " seq"] | None,
+    cache: KVCache | None,
+) -> tuple[Int[Array, " seq"], TokenSlots]:
+    """The checked ids of a pass (at most the model's context, or the cache's slots) and their
+    :class:`TokenSlots`; no ``mask`` means every token is real. ``input_ids`` is typed ``...`` so that
+    wrong shapes and dtypes reach :func:`check_tokens`'s message."""
+    limit = (dims.max_positions, dims.limit_name) if cache is None else (cache.max_len, "the cache length")
+    input_ids = check_tokens(input_ids, dims.vocab_size, *limit)
+    mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
+    return input_ids, token_slots(mask, positions, cache)
+
+
+def empty_cache(dims: Dims, max_len: int, dtype=jnp.float32) -> KVCache:
+    """An empty self-attention cache of ``max_len`` slots; :class:`InputError` for fewer than one slot or
+    more than the model's context."""
+    if max_len < 1:
+        raise InputError(f"a cache needs max_len >= 1 slots, got {max_len}")
+    if dims.max_positions is not None and max_len > dims.max_positions:
         raise InputError(
-            f"a cache of {max_len} slots (prompt + new tokens) exceeds the context, {limit_name}={limit}; "
-            "shorten the prompt or max_new_tokens"
+            f"a cache of {max_len} slots (prompt + new tokens) exceeds the context, "
+            f"{dims.limit_name}={dims.max_positions}; shorten the prompt or max_new_tokens"
         )
+    return KVCache.empty(
+        num_layers=dims.num_layers, max_len=max_len, num_kv_heads=dims.num_kv_heads, head_dim=dims.head_dim, dtype=dtype
+    )
 
 
 def scan_layers(stack: Stack, layer, x: Any, xs: Any, cache: KVCache | None, slots: TokenSlots):
@@ -101,11 +173,26 @@ def scan_layers(stack: Stack, layer, x: Any, xs: Any, cache: KVCache | None, slo
 
 
 class CausalLM(eqx.Module):
-    """The two faces of a decoder-only model's one pass, ``forward(input_ids, *, positions, mask, cache,
-    key) -> (logits, cache, router_logits)``: the plain call (no cache) and ``decode`` (with one).
-    Subclasses (GPT-2, the llama-like decoder) define ``forward`` and ``init_cache``."""
+    """The faces of a decoder-only model's one pass: ``forward`` (logits, cache, extras), the plain call
+    (no cache), ``decode`` (with one) and ``init_cache``. Subclasses (GPT-2, the llama-like decoder)
+    define ``dims``, ``_features`` and ``_head``."""
+
+    @property
+    @abc.abstractmethod
+    def dims(self) -> Dims:
+        """The model's vocabulary, context and cache layout."""
 
     @abc.abstractmethod
+    def _features(
+        self, input_ids: Int[Array, " seq"], slots: TokenSlots, cache: KVCache | None, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, "seq embed"], KVCache | None, Any]:
+        """The final-normed hidden states of checked ids at resolved slots, the cache and the extras of
+        :meth:`forward`."""
+
+    @abc.abstractmethod
+    def _head(self, x: Float[Array, "seq embed"]) -> Float[Array, "seq vocab"]:
+        """The logits of final-normed hidden states."""
+
     def forward(
         self,
         input_ids: Int[Array, " seq"],
@@ -116,9 +203,13 @@ class CausalLM(eqx.Module):
         key: PRNGKeyArray | None = None,
         project: bool = True,
     ) -> tuple[Float[Array, "seq out"], KVCache | None, Any]:
-        """Logits ``[seq, vocab]``, the cache with the new tokens written (None without one), and any
-        per-layer extras (a mixture of experts' router logits; None elsewhere). ``project=False``
-        returns the final-normed hidden states ``[seq, embed]`` in place of the logits."""
+        """The one forward pass: logits ``[seq, vocab]``, the cache with the new tokens written (None
+        without one), and any per-layer extras (a mixture of experts' router logits; None elsewhere).
+        ``project=False`` returns the final-normed hidden states ``[seq, embed]`` in place of the
+        logits. ``key`` turns on the model's dropout, where it has any."""
+        input_ids, slots = begin_pass(self.dims, input_ids, mask, positions, cache)
+        x, cache, extras = self._features(input_ids, slots, cache, key)
+        return (self._head(x) if project else x), cache, extras
 
     def output_head(self) -> OutputHead | None:
         """The projection from :meth:`features` to the logits, for a loss that fuses it with the
@@ -156,3 +247,8 @@ class CausalLM(eqx.Module):
         logits, new_cache, _ = self.forward(input_ids, mask=mask, cache=cache)
         assert new_cache is not None
         return logits, new_cache
+
+    def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
+        """An empty cache for one sequence of up to ``max_len`` tokens (prompt + new ones, within the
+        model's context)."""
+        return empty_cache(self.dims, max_len, dtype)
