@@ -15,12 +15,12 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from moe import processor  # benchmarks/moe.py: run as a script, this folder is on the path
 
 import eqxllm
 from eqxllm.models import GPT2, GPT2Config
@@ -63,18 +63,6 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _processor() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -97,7 +85,7 @@ def main() -> None:
         hf.generation_config.eos_token_id = None  # never stop early, like eos_token_id=() here
 
     rng = np.random.default_rng(0)
-    common = {"model": "gpt2-124M-random", "new_tokens": args.new, "device": "cpu", "processor": _processor(),
+    common = {"model": "gpt2-124M-random", "new_tokens": args.new, "device": "cpu", "processor": processor(),
               "cores": os.cpu_count()}  # fmt: skip
     table = []
     for prompt, batch in itertools.product(args.prompt, args.batch):
