@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from eqxllm.nn.linear import project
+
 
 class Embedding(eqx.Module):
     """A lookup table ``weight[ids]``; ``attend`` computes ``x @ weight^T`` for a tied head (Press & Wolf, 2017)."""
@@ -18,4 +20,4 @@ class Embedding(eqx.Module):
         return jnp.take(self.weight, ids, axis=0)
 
     def attend(self, x: Float[Array, "seq embed"]) -> Float[Array, "seq vocab"]:
-        return x @ self.weight.T.astype(x.dtype)
+        return project(x, self.weight.astype(x.dtype))

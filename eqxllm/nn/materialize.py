@@ -15,18 +15,20 @@ from jaxtyping import Array, Float
 
 
 @custom_vmap
-def _gathered(x: Array) -> Array:
+def identity_gather(x: Array) -> Array:
+    """``x`` computed into its own buffer: a gather is never fused into its consumer, nor folded into
+    a product's operand order (under a ``vmap`` of more than one: plain ``x``, see below)."""
     ids = jnp.arange(x.size, dtype=jnp.int32)
     return jnp.take(x.reshape(-1), ids, unique_indices=True, indices_are_sorted=True).reshape(x.shape)
 
 
-@_gathered.def_vmap
+@identity_gather.def_vmap
 def _batched(axis_size: int, in_batched: list[bool], x: Array) -> tuple[Array, bool]:
     # a batch of one sequence is still one vector per product: gather the whole array at once. A
     # larger batch makes the products matrix-matrix, which XLA:CPU hands to a library kernel
     # without fusing anything, and a batched gather would be slow: the identity itself.
     if axis_size == 1 or not in_batched[0]:
-        return _gathered(x), in_batched[0]
+        return identity_gather(x), in_batched[0]
     return x, in_batched[0]
 
 
@@ -38,7 +40,7 @@ def materialize(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     the identity."""
     if jax.default_backend() != "cpu":
         return x
-    return _gathered(x)
+    return identity_gather(x)
 
 
 @materialize.defjvp
