@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from eqxllm.nn.materialize import identity_gather
@@ -48,10 +49,15 @@ def project(x: Float[Array, "*batch in"], weight: Float[Array, "out in"]) -> Flo
     return _one_row(x.reshape(1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
 
 
-@project.defjvp
 def _project_jvp(primals, tangents):
     (x, weight), (dx, dweight) = primals, tangents
-    return project(x, weight), dx @ weight.T + x @ dweight.T
+    # with symbolic zeros, a frozen weight (LoRA's base) or a constant input costs no tangent product
+    parts = [d @ w.T for d, w, zero in ((dx, weight, dx), (x, dweight, dweight)) if not isinstance(zero, SymbolicZero)]
+    y = project(x, weight)
+    return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
+
+
+project.defjvp(_project_jvp, symbolic_zeros=True)
 
 
 class Linear(eqx.Module):
