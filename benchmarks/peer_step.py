@@ -19,10 +19,11 @@ faster), the processor and the load average: a ratio from one run holds on its m
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+from moe import processor  # benchmarks/moe.py: run as a script, this folder is on the path
 
 SHAPES = {
     "gpt2-tinystories": dict(preset="gpt2-tinystories", batch=32, seq=128, steps=8),
@@ -137,17 +138,6 @@ def worker(shape_name: str, impl: str, rounds: int) -> None:
     print(json.dumps({"shape": shape_name, "impl": impl, "batch": shape["batch"], "seq": shape["seq"], **result}))
 
 
-def _processor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -158,7 +148,7 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.rounds)
         return
-    machine = {"processor": _processor(), "cores": os.cpu_count()}
+    machine = {"processor": processor(), "cores": os.cpu_count()}
     for name in args.shapes:
         speeds: dict[str, float] = {}
         for impl in args.impls:
