@@ -14,6 +14,9 @@ holds the compilations) it times ``--rounds`` rounds of ``--steps`` steps and ke
 Prints one JSON line per (shape, implementation) as it goes, then one summary line per shape with the
 ratios ``eqxllm / eager`` and ``eqxllm / compile`` (tokens/s over tokens/s; above 1 means eqxllm is
 faster), the processor and the load average: a ratio from one run holds on its machine only.
+
+The eqxllm process calls ``keep_freed_host_memory()`` before its first step, as ``eqxllm.train.train``
+does; ``--torch-keeps-memory`` gives the PyTorch processes the same glibc settings.
 """
 
 import argparse
@@ -62,8 +65,9 @@ def run_eqxllm(shape: dict, rounds: int) -> dict:
     import numpy as np
 
     from eqxllm.checkpoints.registry import family_for_config
-    from eqxllm.train import init_opt_state, make_optimizer, make_train_step, next_token_loss
+    from eqxllm.train import init_opt_state, keep_freed_host_memory, make_optimizer, make_train_step, next_token_loss
 
+    keep_freed_host_memory()  # as eqxllm.train.train does before its first step
     cfg = _config(shape)
     model = family_for_config(cfg.model).model_cls(cfg.model, key=jax.random.key(0))
     opt = make_optimizer(cfg.resolved_optim(), model)
@@ -143,6 +147,12 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--torch-keeps-memory",
+        action="store_true",
+        help="give the PyTorch processes glibc's settings of keep_freed_host_memory too (through MALLOC_* "
+        "variables), for a comparison with the same allocator behaviour on both sides",
+    )
     ap.add_argument("--worker", nargs=2, metavar=("SHAPE", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -153,7 +163,10 @@ def main() -> None:
         speeds: dict[str, float] = {}
         for impl in args.impls:
             cmd = [sys.executable, __file__, "--worker", name, impl, "--rounds", str(args.rounds)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ)
+            if args.torch_keeps_memory and impl != "eqxllm":
+                env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 print(json.dumps({"shape": name, "impl": impl, "error": done.stderr.strip().splitlines()[-1:]}))
                 continue
@@ -166,6 +179,8 @@ def main() -> None:
             if "eqxllm" in speeds and peer in speeds
         }
         summary = {"shape": name, **ratios, **machine, "load1": round(os.getloadavg()[0], 2)}
+        if args.torch_keeps_memory:
+            summary["torch_keeps_memory"] = True
         print(json.dumps(summary), flush=True)
 
 

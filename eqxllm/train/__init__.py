@@ -19,6 +19,7 @@ Sharded (any mesh of ``data`` x ``fsdp`` x ``tensor`` devices, one or many proce
 
 from eqxllm.train.config import DataConfig, LoopConfig, TrainConfig, train_preset
 from eqxllm.train.distributed import initialize_distributed
+from eqxllm.train.host_memory import keep_freed_host_memory
 from eqxllm.train.loss import cross_entropy, next_token_loss
 from eqxllm.train.optim import (
     OptimConfig,
@@ -58,6 +59,7 @@ __all__ = [
     "current_learning_rate",
     "decay_mask",
     "init_opt_state",
+    "keep_freed_host_memory",
     "initialize_distributed",
     "learning_rate_schedule",
     "make_eval_step",

@@ -25,6 +25,7 @@ from eqxllm.train.checkpoint import TrainCheckpointer
 from eqxllm.train.config import TrainConfig
 from eqxllm.train.distributed import initialize_distributed
 from eqxllm.train.export import export_run
+from eqxllm.train.host_memory import keep_freed_host_memory
 from eqxllm.train.init_from import initial_model
 from eqxllm.train.metrics import RunLogger
 from eqxllm.train.optim import init_opt_state, make_optimizer
@@ -103,6 +104,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     would; ``cfg.replace(resume=True)`` then continues it exactly.
     """
     initialize_distributed()
+    keep_freed_host_memory()  # after the distributed start: it asks JAX for the backend
     out = Path(cfg.out)
     lead = jax.process_index() == 0
     task = start_run(cfg, out, lead=lead, progress=progress)

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,3 +60,55 @@ def test_unknown_activation_lists_the_known_names():
         activation("gleu")
     for name in ACTIVATIONS:
         assert repr(name) in str(info.value)
+
+
+SMOOTH = ("gelu", "gelu_new", "silu")
+AUTODIFF = {  # the same functions left to JAX's autodiff
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": lambda x: x * jax.nn.sigmoid(x),
+}
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_closed_form_slope_matches_a_central_difference(name):
+    h = 1e-5
+    slope = jax.grad(lambda x: jnp.sum(activation(name)(x)))(jnp.asarray(X, jnp.float32))
+    numeric = (REFERENCES[name](X + h) - REFERENCES[name](X - h)) / (2 * h)  # float64
+    np.testing.assert_allclose(np.asarray(slope, np.float64), numeric, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_first_and_second_derivatives_equal_autodiff(name):
+    x = jnp.asarray(X, jnp.float32)
+    ours, theirs = activation(name), AUTODIFF[name]
+    d_ours, d_theirs = ours, theirs
+    for _ in range(2):  # first, then second derivative, elementwise
+        d_ours, d_theirs = jax.grad(d_ours), jax.grad(d_theirs)
+        np.testing.assert_allclose(jax.vmap(d_ours)(x), jax.vmap(d_theirs)(x), rtol=1e-5, atol=1e-5)
+    # forward mode through the same rule
+    _, tangent = jax.jvp(ours, (x,), (jnp.full_like(x, 2.0),))
+    np.testing.assert_allclose(tangent, 2.0 * jax.vmap(jax.grad(theirs))(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_reverse_mode_keeps_one_array_for_the_backward_pass(name):
+    # what jax.vjp closes over is what a training step stores per activation (per layer, in a scan)
+    x = jnp.asarray(np.linspace(-3.0, 3.0, 64).reshape(8, 8), jnp.float32)
+
+    def kept(fn):
+        _, pullback = jax.vjp(fn, x)
+        return sum(leaf.shape == x.shape for leaf in jax.tree_util.tree_leaves(pullback))
+
+    assert kept(activation(name)) == 1
+    if name == "gelu_new":
+        assert kept(AUTODIFF[name]) > 1  # what the closed form saves
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_bfloat16_stays_bfloat16(name):
+    x = jnp.asarray(X, jnp.bfloat16)
+    y, slope = jax.value_and_grad(lambda v: jnp.sum(activation(name)(v).astype(jnp.float32)))(x)
+    assert slope.dtype == jnp.bfloat16
+    assert activation(name)(x).dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(activation(name)(x), np.float32), REFERENCES[name](X), atol=0.05, rtol=0.02)

@@ -1,0 +1,58 @@
+"""Host memory reuse on the CPU backend: a freed large block comes back without page faults."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt; Linux only")
+
+# Allocates (C malloc, as XLA:CPU does; NumPy would ask for huge pages), touches and frees a 256 MiB
+# block four times (as XLA:CPU does with a step's working
+# buffers) and prints the minor page faults of the last three rounds.
+_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, resource, sys
+    from eqxllm.train import keep_freed_host_memory
+    applied = keep_freed_host_memory() if sys.argv[1] == "keep" else False
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    faults = []
+    for _ in range(4):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = libc.malloc(256 * 2**20)
+        ctypes.memset(block, 1, 256 * 2**20)
+        libc.free(block)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(applied, sum(faults[1:]))
+    """
+)
+_PAGES = 256 * 2**20 // 4096
+
+
+def _rounds(mode: str) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, mode], capture_output=True, text=True, check=True)
+    applied, faults = out.stdout.split()
+    return applied == "True", int(faults)
+
+
+def test_freed_blocks_are_reused_without_faulting_pages_in_again():
+    applied, faults = _rounds("keep")
+    if not applied:
+        pytest.skip("not glibc: keep_freed_host_memory does not apply")
+    assert faults < _PAGES // 100  # three rounds reuse the first round's pages
+
+
+def test_by_default_every_round_faults_its_pages_in():
+    # the cost the setting removes: glibc maps a block this large afresh on every allocation
+    applied, faults = _rounds("default")
+    assert not applied and faults > 2 * _PAGES
+
+
+def test_idempotent_and_reports_the_backend():
+    from eqxllm.train import keep_freed_host_memory
+
+    first = keep_freed_host_memory()
+    assert keep_freed_host_memory() == first
