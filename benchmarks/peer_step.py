@@ -175,7 +175,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", name, impl, "--rounds", str(args.rounds)]
             env = dict(os.environ)
             if args.torch_keeps_memory and impl != "eqxllm":
-                env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
+                env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**62))  # never, in effect
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 print(json.dumps({"shape": name, "impl": impl, "error": done.stderr.strip().splitlines()[-1:]}))

@@ -18,8 +18,9 @@ import jax
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-# mallopt takes an int: free memory above 2 GiB at the heap top is still given back
-_TRIM_THRESHOLD = 2**31 - 1
+# -1: never trim the heap top (mallopt(3)); any positive int would cap it at 2 GiB, less than the
+# working set of a larger model
+_NEVER = -1
 
 _applied = False
 
@@ -43,5 +44,5 @@ def keep_freed_host_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    _applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    _applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _NEVER) == 1
     return _applied
