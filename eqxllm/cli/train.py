@@ -80,7 +80,7 @@ def parse(argv: list[str]):
         seq_len = min(default.train.seq_len, model.max_positions or default.train.seq_len)
         train_cfg = dataclasses.replace(default.train, seq_len=seq_len)
         default = default.replace(model=model, init_from=known.init_from, train=train_cfg)
-    shown = default.replace(model=_tuples_as_lists(default.model))
+    shown = default.replace(model=_shown_default(default.model))
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
@@ -109,15 +109,23 @@ def _one_line(boxed: str) -> str:
     return " ".join(text.split()) + " (see eqxllm train --help)"
 
 
-def _tuples_as_lists(model_cfg):
-    """A copy of ``model_cfg`` whose tuple fields are lists: tyro renders a ``Sequence[str]`` field's
-    default only from a list (a tuple default such as Gemma's ``layer_types`` crashes ``--help``).
-    The parsed config gets its tuples back."""
+def _shown_default(model_cfg):
+    """A copy of ``model_cfg`` as tyro's default, changed in two ways that the parsed config undoes:
+
+    - a per-layer list that the config derives by itself (a field whose default is ``None`` and that
+      ``None`` gives back unchanged, such as ``layer_types`` of the llama family and Gemma) is ``None``
+      again, so ``--model.num-hidden-layers 2`` derives two entries instead of clashing with the
+      preset's four (a list that a preset spells out stays);
+    - other tuples are lists: tyro renders a ``Sequence[str]`` field's default only from a list (a
+      tuple default crashes ``--help``), and the parsed config gets its tuples back.
+    """
     copy = dataclasses.replace(model_cfg)
     for f in dataclasses.fields(copy):
         value = getattr(copy, f.name)
-        if isinstance(value, tuple):
-            object.__setattr__(copy, f.name, list(value))
+        if not isinstance(value, tuple):
+            continue
+        derived = f.default is None and getattr(dataclasses.replace(model_cfg, **{f.name: None}), f.name) == value
+        object.__setattr__(copy, f.name, None if derived else list(value))
     return copy
 
 
