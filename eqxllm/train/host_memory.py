@@ -29,8 +29,8 @@ def keep_freed_host_memory() -> bool:
     """Make glibc keep freed memory for reuse when JAX runs on the CPU; returns whether it applies.
 
     Process-wide and idempotent. It does nothing (and returns ``False``) on another backend, off
-    Linux, or with a C library other than glibc. :func:`eqxllm.train.train` calls it; a loop of your
-    own around :func:`eqxllm.train.make_train_step` on the CPU can call it once before the first step.
+    Linux, or with a C library other than glibc. ``eqxllm.train.loop.train`` calls it; a loop of your
+    own around ``eqxllm.train.make_train_step`` on the CPU can call it once before the first step.
     """
     global _applied
     if _applied:
