@@ -15,7 +15,7 @@ Prints one JSON line per (shape, implementation) as it goes, then one summary li
 ratios ``eqxllm / eager`` and ``eqxllm / compile`` (tokens/s over tokens/s; above 1 means eqxllm is
 faster), the processor and the load average: a ratio from one run holds on its machine only.
 
-The eqxllm process calls ``keep_freed_host_memory()`` before its first step, as ``eqxllm.train.train``
+The eqxllm process calls ``keep_freed_host_memory()`` before its first step, as ``eqxllm.train.loop.train``
 does; ``--torch-keeps-memory`` gives the PyTorch processes the same glibc settings.
 """
 
@@ -77,7 +77,7 @@ def run_eqxllm(shape: dict, rounds: int) -> dict:
     from eqxllm.checkpoints.registry import family_for_config
     from eqxllm.train import init_opt_state, keep_freed_host_memory, make_optimizer, make_train_step, next_token_loss
 
-    keep_freed_host_memory()  # as eqxllm.train.train does before its first step
+    keep_freed_host_memory()  # as eqxllm.train.loop.train does before its first step
     cfg = _config(shape)
     model = family_for_config(cfg.model).model_cls(cfg.model, key=jax.random.key(0))
     opt = make_optimizer(cfg.resolved_optim(), model)

@@ -1,16 +1,19 @@
 """Host memory reuse on the CPU backend: a freed large block comes back without page faults."""
 
+import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt; Linux only")
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt: Linux with glibc only"
+)
 
-# Allocates (C malloc, as XLA:CPU does; NumPy would ask for huge pages), touches and frees a 256 MiB
-# block four times (as XLA:CPU does with a step's working
-# buffers) and prints the minor page faults of the last three rounds.
+# Allocates a 256 MiB block with C's malloc (as XLA:CPU does with a step's working buffers; NumPy would
+# ask for huge pages), touches it and frees it, four times, and prints the minor page faults of the
+# last three rounds.
 _SCRIPT = textwrap.dedent(
     """
     import ctypes, resource, sys
@@ -40,9 +43,7 @@ def _rounds(mode: str) -> tuple[bool, int]:
 
 def test_freed_blocks_are_reused_without_faulting_pages_in_again():
     applied, faults = _rounds("keep")
-    if not applied:
-        pytest.skip("not glibc: keep_freed_host_memory does not apply")
-    assert faults < _PAGES // 100  # three rounds reuse the first round's pages
+    assert applied and faults < _PAGES // 100  # three rounds reuse the first round's pages
 
 
 def test_by_default_every_round_faults_its_pages_in():
@@ -51,8 +52,11 @@ def test_by_default_every_round_faults_its_pages_in():
     assert not applied and faults > 2 * _PAGES
 
 
-def test_idempotent_and_reports_the_backend():
+def test_applies_on_the_cpu_backend_and_is_idempotent():
+    import jax
+
     from eqxllm.train import keep_freed_host_memory
 
-    first = keep_freed_host_memory()
-    assert keep_freed_host_memory() == first
+    assert jax.default_backend() == "cpu"  # the test machines
+    assert keep_freed_host_memory() is True
+    assert keep_freed_host_memory() is True
