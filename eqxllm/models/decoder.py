@@ -20,9 +20,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.models.decoder_spec import DecoderSpec
-from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack, attention_mask
+from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack
 from eqxllm.nn.attention import Rotary
-from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, scan_layers
+from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, causal_mask, scan_layers
+from eqxllm.nn.masks import Mask
 from eqxllm.nn.moe import MoE
 
 __all__ = ["DecoderBlock", "DecoderLM", "parameter_count"]
@@ -70,7 +71,7 @@ class DecoderBlock(eqx.Module):
         self,
         x: Float[Array, "seq embed"],
         *,
-        mask: Bool[Array, "seq kv_seq"],
+        mask: Mask,
         rotary: Rotary,
         cache: CacheSlot | None = None,
     ) -> tuple[Float[Array, "seq embed"], Any, Float[Array, "seq experts"] | None]:
@@ -136,7 +137,7 @@ class DecoderLM(CausalLM):
         unused. The cache keeps every slot; sliding layers see only the last ``sliding_window`` slots
         through their mask."""
         del key
-        masks = self._masks(slots.q_slots, slots.kv_valid)
+        masks = self._masks(slots)
         rotaries = self._rotaries(slots.positions)
 
         def layer(block, x, is_sliding, slot):
@@ -147,14 +148,19 @@ class DecoderLM(CausalLM):
         return self.norm(x), cache, router_logits
 
     # pieces of the forward pass -------------------------------------------------------------------
-    def _masks(self, q_slots: Int[Array, " seq"], kv_valid: Bool[Array, " kv_seq"]):
-        """``(local, global)`` masks; the same array twice when no layer slides."""
+    def _masks(self, slots: TokenSlots):
+        """``(local, global)`` masks; the same one twice when no layer slides. Sliding and global layers
+        in one stack pick their mask with a scanned flag, so both are plain arrays there."""
         spec: DecoderSpec = self.config.decoder
-        full = attention_mask(q_slots, kv_valid, causal=True)
-        if not any(spec.sliding_flags):
+        flags = spec.sliding_flags
+        mixed = any(flags) and not all(flags)
+        if mixed:
+            slots = slots._replace(whole=False)
+        full = causal_mask(slots)
+        if not any(flags):
             return full, full
         # transformers' sliding_window_overlay keeps kv_idx > q_idx - window, i.e. q - k < window
-        return attention_mask(q_slots, kv_valid, causal=True, window=spec.sliding_window), full
+        return causal_mask(slots, window=spec.sliding_window), full
 
     def _rotaries(self, positions: Int[Array, " seq"]):
         """``(local, global)`` rotary tables; the same pair twice when sliding layers share the global one."""

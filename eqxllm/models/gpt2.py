@@ -15,14 +15,15 @@ from typing import Any, Literal
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import ConfigError
 from eqxllm.models._checks import check_choice, check_positive, check_probability
-from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, attention_mask, dropout
+from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, dropout
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
-from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, scan_layers
+from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, causal_mask, scan_layers
+from eqxllm.nn.masks import Mask
 from eqxllm.nn.stack import REMAT_POLICIES
 
 
@@ -163,7 +164,7 @@ class GPT2Block(eqx.Module):
         self,
         x: Float[Array, "seq embed"],
         *,
-        mask: Bool[Array, "seq kv_seq"],
+        mask: Mask,
         cache: CacheSlot | None = None,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "seq embed"], Any]:
@@ -210,7 +211,7 @@ class GPT2(CausalLM):
     ) -> tuple[Float[Array, "seq embed"], KVCache | None, None]:
         """The final-normed hidden states, the updated cache (None without one) and None (GPT-2 has
         no router). Dropout is active only when ``key`` is given."""
-        attn_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=True)
+        attn_mask = causal_mask(slots)
         x = self._embed(input_ids, slots.positions, key)
         keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.config.n_layer)
 

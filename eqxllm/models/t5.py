@@ -28,9 +28,17 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from eqxllm.errors import InputError
 from eqxllm.models.t5_config import T5_PRESETS, T5Config
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, RMSNorm, Stack
-from eqxllm.nn.decoding import CacheSlot, Dims, begin_pass, empty_cache, positions_from_mask, scan_layers
+from eqxllm.nn.decoding import (
+    CacheSlot,
+    Dims,
+    begin_pass,
+    causal_mask,
+    empty_cache,
+    positions_from_mask,
+    scan_layers,
+)
 from eqxllm.nn.dropout import dropout
-from eqxllm.nn.masks import attention_mask
+from eqxllm.nn.masks import Mask, attention_mask
 from eqxllm.nn.positions import RelativePositionBias, sinusoidal_positions
 
 __all__ = ["T5", "T5_PRESETS", "T5Config", "T5DecoderCache", "T5Layer", "T5Stack"]
@@ -109,7 +117,7 @@ class T5Layer(eqx.Module):
         self,
         x: Float[Array, "seq embed"],
         *,
-        mask: Bool[Array, "seq kv_seq"],
+        mask: Mask,
         bias: Float[Array, "heads seq kv_seq"] | None,
         cross_kv: tuple[Array, Array] | None = None,
         cross_mask: Bool[Array, "seq enc_seq"] | None = None,
@@ -293,7 +301,7 @@ class T5(eqx.Module):
         or every layer's precomputed cross keys and values ``[layers, enc_seq, heads, d_kv]``, scanned
         as per-layer inputs (cached decoding)."""
         ids, slots = begin_pass(self._dims, ids, mask, None, cache)
-        self_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=True)
+        self_mask = causal_mask(slots)
         cross_mask = jnp.broadcast_to(memory_mask[None, :], (ids.shape[0], memory_mask.shape[0]))
         # the keys' positions, counted over valid slots as the queries' are (unwritten slots are masked)
         bias = self.decoder.bias(slots.positions, positions_from_mask(slots.kv_valid))

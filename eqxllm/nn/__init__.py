@@ -23,7 +23,7 @@ from eqxllm.nn.embedding import Embedding
 from eqxllm.nn.kv_cache import KVCache
 from eqxllm.nn.linear import Linear
 from eqxllm.nn.linear_cross_entropy import linear_cross_entropy
-from eqxllm.nn.masks import attention_mask
+from eqxllm.nn.masks import CausalMask, attention_mask
 from eqxllm.nn.materialize import materialize
 from eqxllm.nn.mlp import MLP
 from eqxllm.nn.moe import MoE, load_balancing_loss
@@ -41,6 +41,7 @@ __all__ = [
     "ACTIVATIONS",
     "Attention",
     "AttentionImpl",
+    "CausalMask",
     "Embedding",
     "KVCache",
     "LayerNorm",

@@ -5,11 +5,12 @@ import math
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from eqxllm.nn.attention_kernel import AttentionImpl, dot_product_attention
 from eqxllm.nn.kv_cache import write_slots
 from eqxllm.nn.linear import Linear
+from eqxllm.nn.masks import Mask
 from eqxllm.nn.materialize import materialize
 from eqxllm.nn.norms import RMSNorm
 from eqxllm.nn.positions import apply_rotary
@@ -108,7 +109,7 @@ class Attention(eqx.Module):
         self,
         x: Float[Array, "seq embed"],
         *,
-        mask: Bool[Array, "seq kv_seq"] | None,
+        mask: Mask | None,
         context: Float[Array, "kv_seq kv_embed"] | None = None,
         kv: LayerKV | None = None,
         rotary: Rotary | None = None,

@@ -2,16 +2,19 @@
 
 ``"xla"`` is a plain einsum/softmax path that supports everything (soft-capping included) and runs
 anywhere; ``"jax"`` calls ``jax.nn.dot_product_attention`` (XLA on CPU, cuDNN flash attention on
-GPU with ``"cudnn"``). Both give the same results up to float rounding; the tests check it.
+GPU with ``"cudnn"``). Both give the same results up to float rounding; the tests check it. A
+:class:`~eqxllm.nn.masks.CausalMask` reaches ``jax.nn.dot_product_attention`` as ``is_causal`` (and a
+``local_window_size``), not as an array, so cuDNN runs its causal kernel instead of adding a dense bias.
 """
 
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from eqxllm.nn.dropout import dropout
+from eqxllm.nn.masks import CausalMask, Mask
 
 AttentionImpl = Literal["xla", "jax", "cudnn"]
 
@@ -21,7 +24,7 @@ def dot_product_attention(
     k: Float[Array, "kv_seq kv_heads head_dim"],
     v: Float[Array, "kv_seq kv_heads head_dim"],
     *,
-    mask: Bool[Array, "seq kv_seq"] | None = None,
+    mask: Mask | None = None,
     bias: Float[Array, "heads seq kv_seq"] | None = None,
     scale: float = 1.0,
     softcap: float | None = None,
@@ -31,6 +34,7 @@ def dot_product_attention(
 ) -> Float[Array, "seq heads head_dim"]:
     """``softmax(cap(scale * q k^T) + bias, masked) v`` (Vaswani et al., 2017), grouped over kv heads.
 
+    ``mask`` (``True`` = may attend) is a boolean array or a :class:`~eqxllm.nn.masks.CausalMask`.
     ``softcap`` applies ``c * tanh(logits / c)`` before the bias and mask (Gemma 2). Logits and softmax
     run in float32. A query row whose keys are all masked (left padding) gets a uniform average
     instead of NaN; its output is meaningless and must be ignored by the caller.
@@ -44,14 +48,18 @@ def dot_product_attention(
     if heads % kv_heads:
         raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")
     dropping = key is not None and dropout_rate > 0.0
+    causal, mask = (mask, mask.dense) if isinstance(mask, CausalMask) else (None, mask)
     if impl != "xla" and softcap is None and not dropping:
+        window = None if causal is None or causal.window is None else (causal.window - 1, 0)  # q - k < window
         return jax.nn.dot_product_attention(
             q,
             k,
             v,
             bias=None if bias is None else bias.astype(q.dtype),
-            mask=None if mask is None else mask[None],
+            mask=None if mask is None or causal is not None else mask[None],
             scale=scale,
+            is_causal=causal is not None,
+            local_window_size=window,
             implementation=None if impl == "jax" else "cudnn",
         )
     if q.shape[0] == 1 and not dropping:

@@ -22,6 +22,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Shaped
 from eqxllm.errors import InputError
 from eqxllm.nn.attention import CacheKV
 from eqxllm.nn.kv_cache import KVCache
+from eqxllm.nn.masks import CausalMask, Mask, attention_mask
 from eqxllm.nn.stack import Stack
 
 
@@ -47,11 +48,14 @@ class Dims(NamedTuple):
 
 class TokenSlots(NamedTuple):
     """Where the tokens of one pass sit: rotary/learned ``positions`` ``[seq]``, their ``q_slots``
-    ``[seq]`` in the key axis, and ``kv_valid`` ``[kv_seq]``, the keys that hold real tokens."""
+    ``[seq]`` in the key axis, and ``kv_valid`` ``[kv_seq]``, the keys that hold real tokens. ``whole``
+    (static) says that no padding mask and no cache were given: the keys are the queries' own slots,
+    all real, so a causal mask is the triangle alone (:func:`causal_mask`)."""
 
     positions: Int[Array, " seq"]
     q_slots: Int[Array, " seq"]
     kv_valid: Bool[Array, " kv_seq"]
+    whole: bool = False
 
 
 class CacheSlot(NamedTuple):
@@ -103,12 +107,15 @@ def positions_from_mask(mask: Bool[Array, " seq"]) -> Int[Array, " seq"]:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
 
 
-def token_slots(mask: Bool[Array, " seq"], positions: Int[Array, " seq"] | None, cache: KVCache | None) -> TokenSlots:
+def token_slots(
+    mask: Bool[Array, " seq"], positions: Int[Array, " seq"] | None, cache: KVCache | None, *, whole: bool = False
+) -> TokenSlots:
     """The :class:`TokenSlots` of ``seq`` new tokens (``mask`` marks real ones), appended to ``cache``
-    when there is one (their positions then continue the cached ones)."""
+    when there is one (their positions then continue the cached ones). ``whole``: ``mask`` is known to
+    be all true (none was given); it has no effect with a cache."""
     if cache is None:
         positions = positions_from_mask(mask) if positions is None else positions
-        return TokenSlots(positions, jnp.arange(mask.shape[0]), mask)
+        return TokenSlots(positions, jnp.arange(mask.shape[0]), mask, whole=whole)
     if positions is not None:
         raise InputError("positions come from the cache in a cached pass; pass positions=None")
     return TokenSlots(*cache.prepare(mask))
@@ -126,8 +133,17 @@ def begin_pass(
     wrong shapes and dtypes reach :func:`check_tokens`'s message."""
     limit = (dims.max_positions, dims.limit_name) if cache is None else (cache.max_len, "the cache length")
     input_ids = check_tokens(input_ids, dims.vocab_size, *limit)
+    whole = mask is None and cache is None
     mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
-    return input_ids, token_slots(mask, positions, cache)
+    return input_ids, token_slots(mask, positions, cache, whole=whole)
+
+
+def causal_mask(slots: TokenSlots, *, window: int | None = None) -> Mask:
+    """The causal self-attention mask of a pass (with a sliding ``window``: only the last ``window``
+    keys): a :class:`~eqxllm.nn.masks.CausalMask` for a whole sequence without a cache, so a kernel can
+    use the structure, and a plain boolean array otherwise."""
+    dense = attention_mask(slots.q_slots, slots.kv_valid, causal=True, window=window)
+    return CausalMask(dense, window) if slots.whole else dense
 
 
 def empty_cache(dims: Dims, max_len: int, dtype=jnp.float32) -> KVCache:

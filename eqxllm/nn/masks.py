@@ -1,6 +1,7 @@
 """Boolean attention masks (``True`` = may attend), built from slot indices so the same code serves
 full sequences, padded batches and KV caches."""
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
@@ -27,3 +28,21 @@ def attention_mask(
     if window is not None:
         mask = mask & (q_slots[:, None] - k_slots[None, :] < window)
     return mask
+
+
+class CausalMask(eqx.Module):
+    """The mask of a pass over one whole sequence of real tokens without a cache, where the keys are the
+    queries' own slots: key ``k`` is visible to query ``q`` iff ``k <= q`` (and ``q - k < window`` with a
+    sliding ``window``), nothing else.
+
+    ``dense`` is that mask as an array, for the plain attention path. Kernels that take the structure
+    itself use ``window`` instead: cuDNN flash attention's causal mode skips the blocks above the
+    diagonal and reads no mask, where a dense mask would become an added ``[seq, kv_seq]`` bias.
+    """
+
+    dense: Bool[Array, "seq kv_seq"]
+    window: int | None = eqx.field(static=True, default=None)
+
+
+# what attention layers take: any boolean mask, or a causal one whose structure is known
+Mask = Bool[Array, "seq kv_seq"] | CausalMask

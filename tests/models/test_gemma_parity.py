@@ -12,6 +12,8 @@ import pytest
 
 import eqxllm
 from eqxllm.models import Gemma, GemmaConfig
+from eqxllm.nn import CausalMask
+from eqxllm.nn.decoding import token_slots
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -212,10 +214,13 @@ def test_sliding_window_is_exclusive_like_hf():
     for window in (1, 3):
         cfg = GemmaConfig.tiny(2).replace(sliding_window=window, layer_types=("sliding_attention",) * 4)
         skeleton = eqx.filter_eval_shape(Gemma, cfg, key=jax.random.key(0))  # masks need the config only
-        local, full = skeleton._masks(jnp.arange(6), jnp.ones(6, bool))
+        # a whole sequence: masks passed by their structure (every layer slides, so no scanned choice)
+        local, full = skeleton._masks(token_slots(jnp.ones(6, bool), None, None, whole=True))
+        assert isinstance(local, CausalMask) and isinstance(full, CausalMask)
+        assert (local.window, full.window) == (window, None)
         fn = sliding_window_causal_mask_function(window)
         t = torch.tensor
         ref = np.array([[bool(fn(t(0), t(0), t(q), t(k))) for k in range(6)] for q in range(6)])
-        np.testing.assert_array_equal(np.asarray(local), ref)
-        np.testing.assert_array_equal(np.asarray(full), np.tril(np.ones((6, 6), bool)))
-    np.testing.assert_array_equal(np.asarray(local)[5], [False, False, False, True, True, True])
+        np.testing.assert_array_equal(np.asarray(local.dense), ref)
+        np.testing.assert_array_equal(np.asarray(full.dense), np.tril(np.ones((6, 6), bool)))
+    np.testing.assert_array_equal(np.asarray(local.dense)[5], [False, False, False, True, True, True])

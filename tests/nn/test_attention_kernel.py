@@ -1,5 +1,6 @@
 """``dot_product_attention`` against a NumPy reference: MHA, GQA, MQA, masks, bias, T5's scale 1,
-Gemma 2's soft-capping, the two implementations agreeing, and fully masked rows."""
+Gemma 2's soft-capping, the two implementations agreeing, fully masked rows, and causal masks passed
+by their structure."""
 
 import math
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from eqxllm.nn import dot_product_attention
+from eqxllm.nn.masks import CausalMask
 
 from ._reference import attention, np64
 
@@ -180,3 +182,49 @@ def test_dropout_on_probabilities(impl):
         from eqxllm.nn import Attention
 
         Attention(16, 2, dropout_rate=1.0, key=jax.random.key(0))
+
+
+def _causal(seq: int, window: int | None) -> np.ndarray:
+    q, k = np.arange(seq)[:, None], np.arange(seq)[None, :]
+    return (k <= q) & (q - k < (window or seq))
+
+
+@pytest.mark.parametrize("impl", ["xla", "jax"])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize(("heads", "kv_heads"), HEADS, ids=HEAD_IDS)
+def test_causal_mask_equals_its_dense_mask(heads, kv_heads, window, impl):
+    """A CausalMask attends exactly as the boolean triangle (and window) it stands for, on both paths."""
+    q, k, v = _qkv(heads, kv_heads)
+    k, v = k[:SEQ], v[:SEQ]
+    dense = _causal(SEQ, window)
+    out = dot_product_attention(q, k, v, mask=CausalMask(jnp.asarray(dense), window), scale=0.4, impl=impl)
+    ref = attention(np64(q), np64(k), np64(v), mask=dense, scale=0.4)
+    np.testing.assert_allclose(np64(out), ref, atol=1e-5)
+
+
+def _recorded_calls(monkeypatch) -> list[dict]:
+    """Record the keyword arguments of every ``jax.nn.dot_product_attention`` call (still computed)."""
+    calls, original = [], jax.nn.dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_causal_mask_reaches_jax_as_its_structure(monkeypatch, window):
+    """cuDNN's causal kernel needs ``is_causal`` (and a left window) without a mask: a dense mask would
+    be turned into an added [seq, kv_seq] bias."""
+    calls = _recorded_calls(monkeypatch)
+    q, k, v = _qkv(4, 2)
+    k, v = k[:SEQ], v[:SEQ]
+    dense = jnp.asarray(_causal(SEQ, window))
+    dot_product_attention(q, k, v, mask=CausalMask(dense, window), scale=0.4, impl="jax")
+    dot_product_attention(q, k, v, mask=dense, scale=0.4, impl="jax")
+    structured, plain = calls
+    assert structured["mask"] is None and structured["is_causal"] is True
+    assert structured["local_window_size"] == (None if window is None else (window - 1, 0))
+    assert plain["mask"] is not None and plain["is_causal"] is False and plain["local_window_size"] is None

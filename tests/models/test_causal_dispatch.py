@@ -1,0 +1,80 @@
+"""A whole sequence without padding or a cache reaches ``jax.nn.dot_product_attention`` as ``is_causal``
+(with the window of layers that all slide), so cuDNN runs its causal kernel, and gives the same logits
+as the plain path; padded and cached passes, and stacks that mix sliding and global layers, keep
+their boolean masks."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eqxllm.models import GPT2, T5, Gemma, GemmaConfig, GPT2Config, Llama, T5Config
+from eqxllm.models.llama import LLAMA_PRESETS
+
+SEQ = 12
+MODELS = {
+    "gpt2": (GPT2, GPT2Config.tiny()),
+    "llama": (Llama, LLAMA_PRESETS["llama-tiny"]()),
+    "mistral": (Llama, LLAMA_PRESETS["mistral-tiny"]()),  # a window of 8 on every layer
+    "gemma3": (Gemma, GemmaConfig.tiny(3)),  # sliding and global layers in one stack
+}
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``jax.nn.dot_product_attention`` call (each still computed)."""
+    recorded, original = [], jax.nn.dot_product_attention
+
+    def spy(*args, **kwargs):
+        recorded.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    return recorded
+
+
+def _models(name: str):
+    cls, config = MODELS[name]
+    return cls(config, key=jax.random.key(0)), cls(config.replace(attention_impl="jax"), key=jax.random.key(0))
+
+
+def _ids(vocab: int) -> jax.Array:
+    return jax.random.randint(jax.random.key(1), (SEQ,), 0, vocab)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_whole_sequence_is_passed_as_causal(calls, name):
+    plain, structured = _models(name)
+    ids = _ids(plain.dims.vocab_size)
+    np.testing.assert_allclose(np.asarray(structured(ids)), np.asarray(plain(ids)), atol=1e-5)
+    assert calls, "the jax path was not taken"
+    mixed = name == "gemma3"
+    assert all(c["is_causal"] is not mixed and (c["mask"] is None) is not mixed for c in calls)
+    window = (7, 0) if name == "mistral" else None
+    assert all(c["local_window_size"] == window for c in calls)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "mistral"])
+def test_padded_and_cached_passes_keep_their_masks(calls, name):
+    plain, structured = _models(name)
+    ids = _ids(plain.dims.vocab_size)
+    mask = jnp.arange(SEQ) >= 3  # three left pads
+    np.testing.assert_allclose(
+        np.asarray(structured(ids, mask=mask))[3:], np.asarray(plain(ids, mask=mask))[3:], atol=1e-5
+    )
+    logits, _ = eqx.filter_jit(structured.decode)(ids, structured.init_cache(SEQ + 1))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(plain(ids)), atol=1e-5)
+    assert calls and all(c["is_causal"] is False and c["mask"] is not None for c in calls)
+
+
+def test_t5_decoder_self_attention_is_causal_and_the_rest_masked(calls):
+    config = T5Config.tiny()
+    plain = T5(config, key=jax.random.key(0))
+    structured = T5(config.replace(attention_impl="jax"), key=jax.random.key(0))
+    ids, dec = _ids(config.vocab_size), _ids(config.vocab_size)[:7]
+    np.testing.assert_allclose(np.asarray(structured(ids, dec)), np.asarray(plain(ids, dec)), atol=1e-5)
+    # each scanned stack is traced once: encoder self-attention, decoder self- and cross-attention
+    encoder, decoder_self, cross = calls
+    assert decoder_self["is_causal"] and decoder_self["mask"] is None and decoder_self["bias"] is not None
+    assert not encoder["is_causal"] and not cross["is_causal"] and cross["mask"] is not None
