@@ -13,7 +13,6 @@ import json
 import resource
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +24,8 @@ from eqxllm.train.config import train_preset
 
 def flops_per_token(model: GPT2, seq: int) -> float:
     cfg = model.config
-    params = sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_array)))
+    # arrays, or the ShapeDtypeStructs of a model built under eqx.filter_eval_shape
+    params = sum(x.size for x in jax.tree.leaves(model) if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)))
     embed = model.wte.weight.size + model.wpe.weight.size
     non_embedding = params - embed
     # the tied head is a real matmul: count it as 2 * d * vocab forward (x3 for fwd+bwd)
