@@ -85,6 +85,8 @@ def config_from_hf(hf: dict[str, Any]) -> GemmaConfig:
     if gen >= 2:
         kwargs.update({name: get(name) for name in _GEMMA2_FIELDS})
         kwargs["layer_types"] = _layer_types(hf, gen, kwargs["num_hidden_layers"])
+    if gen == 3:
+        kwargs["sliding_window_pattern"] = _pattern(hf)
     if gen == 2:
         kwargs["attn_logit_softcapping"] = get("attn_logit_softcapping")
     # Gemma 3 has no attention soft-cap: transformers' Gemma3Attention never passes the value on
@@ -135,8 +137,11 @@ def _rope_from_hf(hf: dict[str, Any], gen: int) -> dict[str, Any]:
 def _layer_types(hf: dict[str, Any], gen: int, num_layers: int) -> tuple[str, ...]:
     if hf.get("layer_types") is not None:
         return tuple(hf["layer_types"])  # GemmaConfig names any unknown type
-    pattern = hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6))
-    return default_layer_types(gen, num_layers, sliding_window_pattern=pattern)
+    return default_layer_types(gen, num_layers, sliding_window_pattern=_pattern(hf))
+
+
+def _pattern(hf: dict[str, Any]) -> int:
+    return hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6))
 
 
 # GemmaConfig -> config.json --------------------------------------------------------------------------
@@ -165,6 +170,7 @@ def config_to_hf(cfg: GemmaConfig) -> dict[str, Any]:
         local = {"rope_type": "default", "rope_theta": cfg.local_rope_theta}
         out["rope_parameters"] = {FULL: full, SLIDING: local}
         out["rope_local_base_freq"] = cfg.local_rope_theta
+        out["sliding_window_pattern"] = cfg.sliding_window_pattern  # what transformers before 5 reads
     out["rope_theta"] = cfg.rope_theta  # for transformers before 5
     if scaling is not None:
         out["rope_scaling"] = scaling

@@ -37,7 +37,9 @@ class GemmaConfig:
     """Gemma 1, 2 or 3 (text) hyperparameters, named as in Hugging Face (plus eqxllm's own options).
 
     ``query_pre_attn_scalar=None`` scales attention by ``head_dim**-0.5`` (Gemma 1's rule).
-    ``layer_types=None`` takes the generation's default pattern. ``rope_scaling`` is the factor of
+    ``layer_types=None`` takes the generation's default pattern: Gemma 2 alternates local and global
+    layers; Gemma 3 makes every ``sliding_window_pattern``-th layer global (transformers' older
+    ``Gemma3TextConfig`` field; 6 on the Hub), so a change of depth keeps the pattern. ``rope_scaling`` is the factor of
     linear position interpolation (Hugging Face's ``{"rope_type": "linear", "factor": f}``), applied
     to every layer in Gemma 1/2 and to global layers only in Gemma 3. ``rope_local_base_freq`` is
     Gemma 3's rotary base for sliding layers (``None``: 10 000).
@@ -63,6 +65,7 @@ class GemmaConfig:
     final_logit_softcapping: float | None = None
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | list[str] | None = None  # stored as a tuple
+    sliding_window_pattern: int = 6  # Gemma 3's default layer_types: one global layer in this many
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
     bos_token_id: int | None = 2
@@ -75,7 +78,8 @@ class GemmaConfig:
     def __post_init__(self):
         # lists (from JSON) become tuples: the config is a static, hashed part of the model
         if self.layer_types is None:
-            object.__setattr__(self, "layer_types", default_layer_types(self.generation, self.num_hidden_layers))
+            layer_types = default_layer_types(self.generation, self.num_hidden_layers, self.sliding_window_pattern)
+            object.__setattr__(self, "layer_types", layer_types)
         else:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         if self.eos_token_id is not None and not isinstance(self.eos_token_id, int):
@@ -88,7 +92,7 @@ class GemmaConfig:
         check_positive(
             self,
             ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "num_key_value_heads", "head_dim", "max_position_embeddings"),
+             "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window_pattern"),
             ("rms_norm_eps", "rope_theta", "rope_local_base_freq", "rope_scaling", "query_pre_attn_scalar",
              "attn_logit_softcapping", "final_logit_softcapping", "sliding_window"),
         )  # fmt: skip
@@ -170,8 +174,12 @@ class GemmaConfig:
         )  # fmt: skip
 
     def replace(self, **changes) -> "GemmaConfig":
-        if {"num_hidden_layers", "generation"} & changes.keys() and "layer_types" not in changes:
-            changes["layer_types"] = None  # recompute the default pattern for the new depth or generation
+        if {
+            "num_hidden_layers",
+            "generation",
+            "sliding_window_pattern",
+        } & changes.keys() and "layer_types" not in changes:
+            changes["layer_types"] = None  # recompute the default pattern for the new depth, generation or pattern
         return dataclasses.replace(self, **changes)
 
     # presets: sizes from the config.json files of google/gemma-2b, gemma-7b, gemma-2-2b, gemma-2-9b,
@@ -238,7 +246,7 @@ class GemmaConfig:
         return cls(
             generation=3, num_hidden_layers=4, num_key_value_heads=2, query_pre_attn_scalar=16.0,
             rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, sliding_window=8,
-            layer_types=default_layer_types(3, 4, sliding_window_pattern=2), **common,
+            sliding_window_pattern=2, **common,
         )  # fmt: skip
 
 

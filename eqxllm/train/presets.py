@@ -88,7 +88,7 @@ _PRESETS: dict[str, Callable[[], TrainConfig]] = {
             generation=3, vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=128,
             query_pre_attn_scalar=64.0, sliding_window=64, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
-            layer_types=("sliding_attention", "full_attention") * 2, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            sliding_window_pattern=2, bos_token_id=0, eos_token_id=0, pad_token_id=0,
         ),
         out="runs/gemma-tinystories", steps=500, loop=_CPU_LOOP, optim=_CPU_OPTIM,
     ),

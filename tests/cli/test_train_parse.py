@@ -19,14 +19,23 @@ def test_window_flags_derive_sliding_layers():
     assert cfg.model.layer_types == (SLIDING,) * 4 and cfg.model.sliding_window == 32
 
 
-def test_a_spelled_out_pattern_stays_and_must_be_given_for_a_new_depth():
+def test_gemma_depth_flag_keeps_the_presets_pattern():
     assert parse(["--config", "gemma-tinystories"]).model.layer_types == (SLIDING, FULL) * 2
-    with pytest.raises(ConfigError, match="layer_types has 4 entries; num_hidden_layers=2"):
-        parse(["--config", "gemma-tinystories", "--model.num-hidden-layers", "2"])
+    cfg = parse(["--config", "gemma-tinystories", "--model.num-hidden-layers", "6"])
+    assert cfg.model.layer_types == (SLIDING, FULL) * 3
     cfg = parse(
-        ["--config", "gemma-tinystories", "--model.num-hidden-layers", "2", "--model.layer-types", SLIDING, FULL]
+        ["--config", "gemma-tinystories", "--model.num-hidden-layers", "6", "--model.sliding-window-pattern", "3"]
     )
-    assert cfg.model.layer_types == (SLIDING, FULL)
+    assert cfg.model.layer_types == (SLIDING, SLIDING, FULL) * 2
+
+
+def test_a_spelled_out_layer_list_is_kept_and_checked():
+    cfg = parse(
+        ["--config", "gemma-tinystories", "--model.num-hidden-layers", "2", "--model.layer-types", FULL, SLIDING]
+    )
+    assert cfg.model.layer_types == (FULL, SLIDING)
+    with pytest.raises(ConfigError, match="layer_types has 2 entries; num_hidden_layers=4"):
+        parse(["--config", "gemma-tinystories", "--model.layer-types", SLIDING, FULL])
 
 
 @pytest.mark.parametrize("preset", ["llama-tinystories", "gemma-tinystories"])

@@ -211,6 +211,8 @@ def test_legacy_config_keys():
     )
     cfg3 = config_from_hf(old3)
     assert cfg3.layer_types == ("sliding_attention", "sliding_attention", "full_attention") * 2
+    assert cfg3.sliding_window_pattern == 3  # kept, so a change of depth keeps the pattern
+    assert cfg3.replace(num_hidden_layers=3).layer_types == ("sliding_attention", "sliding_attention", "full_attention")
     assert (cfg3.rope_theta, cfg3.local_rope_theta) == (2e5, 500.0)
     # the multimodal gemma-3-4b dialect: a legacy rope_scaling beside transformers 5's nested defaults
     nested = {
