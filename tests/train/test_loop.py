@@ -86,6 +86,19 @@ def test_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+def test_train_keeps_freed_host_memory_before_its_first_step(tmp_path, monkeypatch):
+    """On the CPU backend, train() turns off glibc's returning of freed memory (eqxllm.train.host_memory)
+    before the first step compiles and runs."""
+    import eqxllm.train.loop as loop
+
+    order = []
+    original_keep, original_step = loop.keep_freed_host_memory, loop.make_train_step
+    monkeypatch.setattr(loop, "keep_freed_host_memory", lambda: order.append("keep") or original_keep())
+    monkeypatch.setattr(loop, "make_train_step", lambda *a, **k: order.append("step") or original_step(*a, **k))
+    train(_cfg(tmp_path), progress=False, stop_after_step=1)
+    assert order[:2] == ["keep", "step"]
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     cfg = _cfg(tmp_path)
     train(cfg, progress=False, stop_after_step=2)
