@@ -39,10 +39,11 @@ class GemmaConfig:
     ``query_pre_attn_scalar=None`` scales attention by ``head_dim**-0.5`` (Gemma 1's rule).
     ``layer_types=None`` takes the generation's default pattern: Gemma 2 alternates local and global
     layers; Gemma 3 makes every ``sliding_window_pattern``-th layer global (transformers' older
-    ``Gemma3TextConfig`` field; 6 on the Hub), so a change of depth keeps the pattern. ``rope_scaling`` is the factor of
-    linear position interpolation (Hugging Face's ``{"rope_type": "linear", "factor": f}``), applied
-    to every layer in Gemma 1/2 and to global layers only in Gemma 3. ``rope_local_base_freq`` is
-    Gemma 3's rotary base for sliding layers (``None``: 10 000).
+    ``Gemma3TextConfig`` field; 6 on the Hub), so a change of depth keeps the pattern.
+    ``rope_scaling`` is the factor of linear position interpolation (Hugging Face's
+    ``{"rope_type": "linear", "factor": f}``), applied to every layer in Gemma 1/2 and to global layers
+    only in Gemma 3. ``rope_local_base_freq`` is Gemma 3's rotary base for sliding layers (``None``:
+    10 000).
     """
 
     generation: Literal[1, 2, 3] = 1
@@ -174,11 +175,8 @@ class GemmaConfig:
         )  # fmt: skip
 
     def replace(self, **changes) -> "GemmaConfig":
-        if {
-            "num_hidden_layers",
-            "generation",
-            "sliding_window_pattern",
-        } & changes.keys() and "layer_types" not in changes:
+        derive_from = {"num_hidden_layers", "generation", "sliding_window_pattern"}
+        if derive_from & changes.keys() and "layer_types" not in changes:
             changes["layer_types"] = None  # recompute the default pattern for the new depth, generation or pattern
         return dataclasses.replace(self, **changes)
 
