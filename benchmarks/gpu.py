@@ -43,7 +43,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from peer_step import _time_steps  # benchmarks/peer_step.py: run as a script, this folder is on the path
+from peer_step import (  # benchmarks/peer_step.py: run as a script, this folder is on the path
+    _time_steps,
+    torch_train_step,
+)
 
 
 @dataclass(frozen=True)
@@ -205,32 +208,14 @@ def train_torch(setup: Setup, compiled: bool) -> dict:
     device = _torch_device()
     model, config = _hf_model(setup)
     model.train()
-    o = _optim()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps, fused=device.type == "cuda")
-    forward = torch.compile(model) if compiled else model
     rng = np.random.default_rng(0)
     tokens = torch.from_numpy(rng.integers(0, setup.vocab, (setup.batch, setup.seq + 1))).long().to(device)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = forward(inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if o.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip_norm)
-        opt.step()
-        return loss
-
+    gpu = device.type == "cuda"
+    step = torch_train_step(model, _optim(), tokens, compiled=compiled, fused=gpu, autocast_dtype=torch.bfloat16)
     t0 = time.perf_counter()
     loss = float(step())
     warmup_s = time.perf_counter() - t0
     timing = _time_steps(step, setup.steps, setup.rounds, lambda loss: float(loss))
-    gpu = device.type == "cuda"
     return {
         **timing,
         "warmup_s": round(warmup_s, 2),

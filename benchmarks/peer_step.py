@@ -115,19 +115,35 @@ def run_torch(shape: dict, rounds: int, compiled: bool) -> dict:
         if hasattr(hf_cfg, name):
             setattr(hf_cfg, name, 0.0)
     model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa").train()
-    o = cfg.resolved_optim()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
-    forward = torch.compile(model) if compiled else model
     rng = np.random.default_rng(0)
     tokens = torch.from_numpy(rng.integers(0, hf_cfg.vocab_size, (shape["batch"], shape["seq"] + 1))).long()
+    step = torch_train_step(model, cfg.resolved_optim(), tokens, compiled=compiled)
+    t0 = time.perf_counter()
+    step()
+    warmup_s = time.perf_counter() - t0
+    step()
+    timing = _time_steps(step, shape["steps"], rounds, lambda loss: float(loss))
+    return {**timing, "warmup_s": round(warmup_s, 2), "torch": torch.__version__}
+
+
+def torch_train_step(model, o, tokens, *, compiled: bool, fused: bool = False, autocast_dtype=None):
+    """``step() -> loss``: one AdamW step (``o``'s hyper-parameters, weight decay on matrices only,
+    global-norm clipping) of a ``transformers`` causal LM on the next-token loss of ``tokens``
+    ``[batch, seq + 1]``; the forward pass under ``torch.compile`` with ``compiled``, and under
+    ``torch.autocast(autocast_dtype)`` when one is given (the loss then in float32)."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps, fused=fused)
+    forward = torch.compile(model) if compiled else model
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
     def step():
-        logits = forward(inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        with torch.autocast(tokens.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = forward(inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if o.grad_clip_norm is not None:
@@ -135,12 +151,7 @@ def run_torch(shape: dict, rounds: int, compiled: bool) -> dict:
         opt.step()
         return loss
 
-    t0 = time.perf_counter()
-    step()
-    warmup_s = time.perf_counter() - t0
-    step()
-    timing = _time_steps(step, shape["steps"], rounds, lambda loss: float(loss))
-    return {**timing, "warmup_s": round(warmup_s, 2), "torch": torch.__version__}
+    return step
 
 
 def worker(shape_name: str, impl: str, rounds: int) -> None:

@@ -21,19 +21,6 @@ MODELS = {
 }
 
 
-@pytest.fixture
-def calls(monkeypatch) -> list[dict]:
-    """The keyword arguments of every ``jax.nn.dot_product_attention`` call (each still computed)."""
-    recorded, original = [], jax.nn.dot_product_attention
-
-    def spy(*args, **kwargs):
-        recorded.append(kwargs)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
-    return recorded
-
-
 def _models(name: str):
     cls, config = MODELS[name]
     return cls(config, key=jax.random.key(0)), cls(config.replace(attention_impl="jax"), key=jax.random.key(0))
@@ -44,10 +31,11 @@ def _ids(vocab: int) -> jax.Array:
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_whole_sequence_is_passed_as_causal(calls, name):
+def test_whole_sequence_is_passed_as_causal(attention_calls, name):
     plain, structured = _models(name)
     ids = _ids(plain.dims.vocab_size)
     np.testing.assert_allclose(np.asarray(structured(ids)), np.asarray(plain(ids)), atol=1e-5)
+    calls = attention_calls
     assert calls, "the jax path was not taken"
     mixed = name == "gemma3"
     assert all(c["is_causal"] is not mixed and (c["mask"] is None) is not mixed for c in calls)
@@ -56,7 +44,7 @@ def test_whole_sequence_is_passed_as_causal(calls, name):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "mistral"])
-def test_padded_and_cached_passes_keep_their_masks(calls, name):
+def test_padded_and_cached_passes_keep_their_masks(attention_calls, name):
     plain, structured = _models(name)
     ids = _ids(plain.dims.vocab_size)
     mask = jnp.arange(SEQ) >= 3  # three left pads
@@ -65,16 +53,16 @@ def test_padded_and_cached_passes_keep_their_masks(calls, name):
     )
     logits, _ = eqx.filter_jit(structured.decode)(ids, structured.init_cache(SEQ + 1))
     np.testing.assert_allclose(np.asarray(logits), np.asarray(plain(ids)), atol=1e-5)
-    assert calls and all(c["is_causal"] is False and c["mask"] is not None for c in calls)
+    assert attention_calls and all(c["is_causal"] is False and c["mask"] is not None for c in attention_calls)
 
 
-def test_t5_decoder_self_attention_is_causal_and_the_rest_masked(calls):
+def test_t5_decoder_self_attention_is_causal_and_the_rest_masked(attention_calls):
     config = T5Config.tiny()
     plain = T5(config, key=jax.random.key(0))
     structured = T5(config.replace(attention_impl="jax"), key=jax.random.key(0))
     ids, dec = _ids(config.vocab_size), _ids(config.vocab_size)[:7]
     np.testing.assert_allclose(np.asarray(structured(ids, dec)), np.asarray(plain(ids, dec)), atol=1e-5)
     # each scanned stack is traced once: encoder self-attention, decoder self- and cross-attention
-    encoder, decoder_self, cross = calls
+    encoder, decoder_self, cross = attention_calls
     assert decoder_self["is_causal"] and decoder_self["mask"] is None and decoder_self["bias"] is not None
     assert not encoder["is_causal"] and not cross["is_causal"] and cross["mask"] is not None

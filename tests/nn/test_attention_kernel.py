@@ -202,29 +202,16 @@ def test_causal_mask_equals_its_dense_mask(heads, kv_heads, window, impl):
     np.testing.assert_allclose(np64(out), ref, atol=1e-5)
 
 
-def _recorded_calls(monkeypatch) -> list[dict]:
-    """Record the keyword arguments of every ``jax.nn.dot_product_attention`` call (still computed)."""
-    calls, original = [], jax.nn.dot_product_attention
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
-    return calls
-
-
 @pytest.mark.parametrize("window", [None, 3])
-def test_causal_mask_reaches_jax_as_its_structure(monkeypatch, window):
+def test_causal_mask_reaches_jax_as_its_structure(attention_calls, window):
     """cuDNN's causal kernel needs ``is_causal`` (and a left window) without a mask: a dense mask would
     be turned into an added [seq, kv_seq] bias."""
-    calls = _recorded_calls(monkeypatch)
     q, k, v = _qkv(4, 2)
     k, v = k[:SEQ], v[:SEQ]
     dense = jnp.asarray(_causal(SEQ, window))
     dot_product_attention(q, k, v, mask=CausalMask(dense, window), scale=0.4, impl="jax")
     dot_product_attention(q, k, v, mask=dense, scale=0.4, impl="jax")
-    structured, plain = calls
+    structured, plain = attention_calls
     assert structured["mask"] is None and structured["is_causal"] is True
     assert structured["local_window_size"] == (None if window is None else (window - 1, 0))
     assert plain["mask"] is not None and plain["is_causal"] is False and plain["local_window_size"] is None
