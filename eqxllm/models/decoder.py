@@ -23,7 +23,7 @@ from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack
 from eqxllm.nn.attention import Rotary
 from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, causal_mask, scan_layers
-from eqxllm.nn.masks import Mask
+from eqxllm.nn.masks import CausalMask, Mask
 from eqxllm.nn.moe import MoE
 
 __all__ = ["DecoderBlock", "DecoderLM", "parameter_count"]
@@ -149,15 +149,10 @@ class DecoderLM(CausalLM):
 
     # pieces of the forward pass -------------------------------------------------------------------
     def _masks(self, slots: TokenSlots):
-        """``(local, global)`` masks; the same one twice when no layer slides. Sliding and global layers
-        in one stack pick their mask with a scanned flag, so both are plain arrays there."""
+        """``(local, global)`` masks; the same one twice when no layer slides."""
         spec: DecoderSpec = self.config.decoder
-        flags = spec.sliding_flags
-        mixed = any(flags) and not all(flags)
-        if mixed:
-            slots = slots._replace(whole=False)
         full = causal_mask(slots)
-        if not any(flags):
+        if not any(spec.sliding_flags):
             return full, full
         # transformers' sliding_window_overlay keeps kv_idx > q_idx - window, i.e. q - k < window
         return causal_mask(slots, window=spec.sliding_window), full
@@ -179,6 +174,8 @@ class DecoderLM(CausalLM):
             return full
         if all(flags):
             return local
+        if isinstance(local, CausalMask) and isinstance(full, CausalMask):
+            return CausalMask.pick(is_sliding, local, full)
         return jax.tree.map(lambda a, b: jnp.where(is_sliding, a, b), local, full)
 
     def _embed(self, input_ids: Int[Array, " seq"]) -> Float[Array, "seq embed"]:

@@ -50,18 +50,24 @@ def dot_product_attention(
     dropping = key is not None and dropout_rate > 0.0
     causal, mask = (mask, mask.dense) if isinstance(mask, CausalMask) else (None, mask)
     if impl != "xla" and softcap is None and not dropping:
-        window = None if causal is None or causal.window is None else (causal.window - 1, 0)  # q - k < window
-        return jax.nn.dot_product_attention(
-            q,
-            k,
-            v,
-            bias=None if bias is None else bias.astype(q.dtype),
-            mask=None if mask is None or causal is not None else mask[None],
-            scale=scale,
-            is_causal=causal is not None,
-            local_window_size=window,
-            implementation=None if impl == "jax" else "cudnn",
-        )
+
+        def fused(window: int | None):
+            return jax.nn.dot_product_attention(
+                q,
+                k,
+                v,
+                bias=None if bias is None else bias.astype(q.dtype),
+                mask=None if mask is None or causal is not None else mask[None],
+                scale=scale,
+                is_causal=causal is not None,
+                local_window_size=None if window is None else (window - 1, 0),  # q - k < window
+                implementation=None if impl == "jax" else "cudnn",
+            )
+
+        if causal is None or causal.windowed is None:
+            return fused(None if causal is None else causal.window)
+        # a scanned layer of a mixed stack: its own kernel, sliding or global (one runs per layer)
+        return jax.lax.cond(causal.windowed, lambda: fused(causal.window), lambda: fused(None))
     if q.shape[0] == 1 and not dropping:
         return _one_query(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap)
     group = heads // kv_heads

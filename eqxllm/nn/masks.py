@@ -38,10 +38,19 @@ class CausalMask(eqx.Module):
     ``dense`` is that mask as an array, for the plain attention path. Kernels that take the structure
     itself use ``window`` instead: cuDNN flash attention's causal mode skips the blocks above the
     diagonal and reads no mask, where a dense mask would become an added ``[seq, kv_seq]`` bias.
+
+    In a stack that mixes sliding and global layers, ``windowed`` is the scanned layer's flag: the
+    window applies only where it is true (and ``dense`` is that layer's mask).
     """
 
     dense: Bool[Array, "seq kv_seq"]
     window: int | None = eqx.field(static=True, default=None)
+    windowed: Bool[Array, ""] | None = None
+
+    @staticmethod
+    def pick(flag: Bool[Array, ""], local: "CausalMask", full: "CausalMask") -> "CausalMask":
+        """``local`` (a sliding layer's) where ``flag`` is true, ``full`` (a global layer's) elsewhere."""
+        return CausalMask(jnp.where(flag, local.dense, full.dense), local.window, flag)
 
 
 # what attention layers take: any boolean mask, or a causal one whose structure is known

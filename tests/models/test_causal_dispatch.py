@@ -1,7 +1,7 @@
 """A whole sequence without padding or a cache reaches ``jax.nn.dot_product_attention`` as ``is_causal``
-(with the window of layers that all slide), so cuDNN runs its causal kernel, and gives the same logits
-as the plain path; padded and cached passes, and stacks that mix sliding and global layers, keep
-their boolean masks."""
+(with the window of sliding layers, also in stacks that mix them with global ones), so cuDNN runs its
+causal kernel, and gives the same logits as the plain path; padded and cached passes keep their
+boolean masks."""
 
 import equinox as eqx
 import jax
@@ -40,12 +40,11 @@ def test_whole_sequence_is_passed_as_causal(attention_calls, name):
     plain, structured = _models(name)
     ids = _ids(plain.dims.vocab_size)
     np.testing.assert_allclose(np.asarray(_logits(structured, ids)), np.asarray(_logits(plain, ids)), atol=1e-5)
-    calls = attention_calls
-    assert calls, "the jax path was not taken"
-    mixed = name == "gemma3"
-    assert all(c["is_causal"] is not mixed and (c["mask"] is None) is not mixed for c in calls)
-    window = (7, 0) if name == "mistral" else None
-    assert all(c["local_window_size"] == window for c in calls)
+    assert attention_calls, "the jax path was not taken"
+    assert all(c["is_causal"] is True and c["mask"] is None for c in attention_calls)
+    # Gemma 3 mixes sliding and global layers: each scanned layer picks one of two kernels
+    windows = {"mistral": {(7, 0)}, "gemma3": {(7, 0), None}}.get(name, {None})
+    assert {c["local_window_size"] for c in attention_calls} == windows
 
 
 @pytest.mark.parametrize("name", ["gpt2", "mistral"])
@@ -73,3 +72,17 @@ def test_t5_decoder_self_attention_is_causal_and_the_rest_masked(attention_calls
     encoder, decoder_self, cross = attention_calls
     assert decoder_self["is_causal"] and decoder_self["mask"] is None and decoder_self["bias"] is not None
     assert not encoder["is_causal"] and not cross["is_causal"] and cross["mask"] is not None
+
+
+def test_gradients_through_the_picked_kernels_equal_the_plain_path():
+    """Training differentiates through each layer's choice of kernel (Gemma 3's mixed stack)."""
+    plain, structured = _models("gemma3")
+    ids = _ids(plain.dims.vocab_size)
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grads(model):
+        return jnp.mean(jax.nn.log_softmax(model(ids))[jnp.arange(SEQ - 1), ids[1:]])
+
+    for a, b in zip(jax.tree.leaves(grads(structured)), jax.tree.leaves(grads(plain)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

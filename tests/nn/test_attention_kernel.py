@@ -215,3 +215,19 @@ def test_causal_mask_reaches_jax_as_its_structure(attention_calls, window):
     assert structured["mask"] is None and structured["is_causal"] is True
     assert structured["local_window_size"] == (None if window is None else (window - 1, 0))
     assert plain["mask"] is not None and plain["is_causal"] is False and plain["local_window_size"] is None
+
+
+@pytest.mark.parametrize("impl", ["xla", "jax"])
+def test_a_scanned_flag_picks_the_window(impl):
+    """In a stack mixing sliding and global layers, each layer's flag (traced) picks its mask or kernel."""
+    q, k, v = _qkv(4, 2)
+    k, v = k[:SEQ], v[:SEQ]
+    local, full = (CausalMask(jnp.asarray(_causal(SEQ, w)), w) for w in (2, None))
+
+    @jax.jit
+    def attend(flag):
+        return dot_product_attention(q, k, v, mask=CausalMask.pick(flag, local, full), scale=0.4, impl=impl)
+
+    for flag, window in ((True, 2), (False, None)):
+        ref = attention(np64(q), np64(k), np64(v), mask=_causal(SEQ, window), scale=0.4)
+        np.testing.assert_allclose(np64(attend(jnp.asarray(flag))), ref, atol=1e-5)
