@@ -43,10 +43,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from peer_step import (  # benchmarks/peer_step.py: run as a script, this folder is on the path
-    _time_steps,
-    torch_train_step,
-)
+# benchmarks/moe.py and peer_step.py: run as a script, this folder is on the path
+from moe import processor
+from peer_step import _time_steps, torch_train_step
 
 
 @dataclass(frozen=True)
@@ -70,15 +69,15 @@ FULL = Setup(width=1024, layers=24, heads=16, vocab=50257, batch=16, seq=1024, s
              gen_batches=(1, 8), prompt=128, new=128)  # fmt: skip
 SMOKE = Setup(width=64, layers=2, heads=4, vocab=512, batch=2, seq=32, steps=2, rounds=1, gen_batches=(1, 2),
               prompt=8, new=8)  # fmt: skip
-# part -> (what it runs, a generous estimate in seconds on an H100 for FULL: process start, compile, timing)
+# part -> a generous estimate in seconds on an H100 for FULL (process start, compile, timing)
 PARTS = {
-    "eqxllm-cudnn": ("train", 90),
-    "torch-eager": ("train", 60),
-    "torch-compile": ("train", 150),
-    "eqxllm-xla": ("train", 90),
-    "generate-eqxllm": ("generate", 120),
-    "generate-torch": ("generate", 60),
-    "eqxllm-cudnn-remat": ("train", 90),
+    "eqxllm-cudnn": 90,
+    "torch-eager": 60,
+    "torch-compile": 150,
+    "eqxllm-xla": 90,
+    "generate-eqxllm": 120,
+    "generate-torch": 60,
+    "eqxllm-cudnn-remat": 90,
 }
 # dense bfloat16 tensor-core peaks from the vendors' data sheets (SXM parts), in TFLOP/s
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L4": 121.0}
@@ -317,7 +316,8 @@ def _peak_tflops(device: str, given: float | None) -> float | None:
 
 
 def _summary(lines: list[dict], peak: float | None) -> list[str]:
-    """A markdown table of the training lines (tokens/s, MFU, ratio to eqxllm-cudnn) and one of generation."""
+    """A markdown table of the training lines (tokens/s, MFU), eqxllm-cudnn's ratios to the two PyTorch
+    lines of the same run, and a table of generation with eqxllm's ratio to ``transformers``."""
     train = [x for x in lines if "tokens_per_s" in x and "seq" in x]
     gen = [x for x in lines if x.get("part", "").startswith("generate-") and "tokens_per_s" in x]
     out = [
@@ -349,7 +349,7 @@ def _run_parts(parts: list[str], smoke: bool, budget_s: float, emit) -> None:
     start = time.perf_counter()
     for part in parts:
         left = budget_s - (time.perf_counter() - start)
-        estimate = PARTS[part][1] * (0.2 if smoke else 1.0)
+        estimate = PARTS[part] * (0.2 if smoke else 1.0)
         if left < estimate:
             emit({"part": part, "skipped": f"{left:.0f} s left of the budget, estimate {estimate:.0f} s"})
             continue
@@ -401,7 +401,8 @@ def main() -> None:
             with open(os.path.join(args.out, "gpu.jsonl"), "a") as f:
                 f.write(json.dumps(line) + "\n")
 
-    emit({"gpu": _gpu_name(), "setup": setup.__dict__, "smoke": args.smoke})
+    host = {"processor": processor(), "cores": os.cpu_count()}
+    emit({"gpu": _gpu_name(), **host, "setup": setup.__dict__, "smoke": args.smoke})
     _run_parts(args.parts, args.smoke, args.budget_s, emit)
     table = _summary(lines, args.peak_tflops)
     print("\n".join(table))
