@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from moe import processor  # benchmarks/moe.py: run as a script, this folder is on the path
+from host import processor  # benchmarks/host.py: run as a script, this folder is on the path
 
 import eqxllm
 from eqxllm.models import GPT2, GPT2Config

@@ -43,8 +43,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-# benchmarks/moe.py and peer_step.py: run as a script, this folder is on the path
-from moe import processor
+# benchmarks/host.py and peer_step.py: run as a script, this folder is on the path
+from host import processor
 from peer_step import _time_steps, torch_train_step
 
 

@@ -11,25 +11,14 @@ dispatch should grow only by the cost of reading (and, backward, writing) every 
 
 import argparse
 import json
-import platform
 import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from host import processor  # benchmarks/host.py: run as a script, this folder is on the path
 
 from eqxllm.nn import MoE
-
-
-def processor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def step_ms(moe: MoE, x: jax.Array, batching: str, repeats: int) -> float:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from moe import processor  # benchmarks/moe.py: run as a script, this folder is on the path
+from host import processor  # benchmarks/host.py: run as a script, this folder is on the path
 
 SHAPES = {
     "gpt2-tinystories": dict(preset="gpt2-tinystories", batch=32, seq=128, steps=8),
