@@ -1,7 +1,92 @@
-"""Fixtures shared across the test folders, and the malloc settings of the test processes."""
+"""Fixtures shared across the test folders, and the settings of the test processes: the malloc
+defaults, the release of compiled programs near the memory-map limit, and one JAX compilation
+cache per run (docs/installation.md, "Running the tests")."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import jax
 import pytest
+
+_CACHE_ATTR = "_eqxllm_jax_cache_dir"
+# with a size limit, JAX holds a file lock around each read and write of the cache, so the workers,
+# notebook kernels and subprocesses that share it never read a half-written entry
+_CACHE_MAX_BYTES = 8 << 30
+# only programs that took this long to compile are written: with a size limit JAX lists the whole
+# folder on every write, and the many quick ones (an eager op at one shape) cost more to share than
+# to compile again
+_CACHE_MIN_COMPILE_S = 0.1
+
+
+def pytest_configure(config):
+    """The first process of a run (the xdist controller, or the only process) makes one JAX
+    persistent compilation cache in a fresh temporary folder, shared by every process the run starts
+    (workers, notebook kernels, subprocesses inherit the environment), and removes it at the end.
+    A cache folder set by the caller is left alone."""
+    if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    path = tempfile.mkdtemp(prefix="eqxllm-tests-jax-cache-")
+    setattr(config, _CACHE_ATTR, path)
+    settings = {
+        "EQXLLM_TESTS_JAX_CACHE": path,  # tells the test processes that the run made the cache
+        "JAX_COMPILATION_CACHE_DIR": path,
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(_CACHE_MAX_BYTES),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(_CACHE_MIN_COMPILE_S),
+    }
+    os.environ.update(settings)
+    # this process imported JAX before it read the environment (without xdist it runs the tests too)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_compilation_cache_max_size", _CACHE_MAX_BYTES)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_S)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, _CACHE_ATTR, None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def memory_map_count() -> int | None:
+    """How many memory maps this process holds (Linux), else None."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return maps.read().count(b"\n")
+    except OSError:
+        return None
+
+
+def memory_map_limit() -> int | None:
+    """The kernel's limit on a process's memory maps, ``vm.max_map_count`` (Linux), else None."""
+    try:
+        return int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def release_compiled_programs(fraction: float = 0.5) -> bool:
+    """Drop JAX's in-memory caches (``jax.clear_caches()``) when this process holds more than
+    ``fraction`` of its allowed memory maps; True if it did.
+
+    XLA:CPU maps the code of every program it compiles into the process (about five maps a
+    program), and JAX keeps every compiled program. A test worker compiles thousands, and past
+    ``vm.max_map_count`` (65530 by default) LLVM can no longer map new code: the worker dies inside
+    XLA ("LLVM compilation error: Cannot allocate memory", then a segfault), or Python cannot start
+    a thread. Released programs are compiled again, or read back from the run's cache, when needed.
+    """
+    count, limit = memory_map_count(), memory_map_limit()
+    if count is None or limit is None or count <= fraction * limit:
+        return False
+    jax.clear_caches()
+    return True
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs_near_the_map_limit():
+    """After each test module (a module runs whole on one worker, ``--dist loadscope``)."""
+    yield
+    release_compiled_programs()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,7 +1,38 @@
 """The settings ``tests/conftest.py`` gives every test process are in force (see docs/installation.md)."""
 
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from conftest import memory_map_count, memory_map_limit, release_compiled_programs
+
 import eqxllm.train.loop as loop
 
 
 def test_train_leaves_malloc_as_it_is_in_test_processes():
     assert loop.keep_freed_host_memory() is False
+
+
+def test_the_run_shares_one_compilation_cache():
+    path = os.environ.get("EQXLLM_TESTS_JAX_CACHE")
+    if path is None:
+        pytest.skip("the caller set JAX_COMPILATION_CACHE_DIR: the run uses that folder as it is")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == path and Path(path).is_dir()
+    assert jax.config.jax_compilation_cache_dir == path
+    # a size limit: JAX then holds a file lock around each read and write of the shared folder
+    assert jax.config.jax_compilation_cache_max_size > 0
+
+
+@pytest.mark.skipif(memory_map_limit() is None, reason="needs Linux's /proc")
+def test_compiled_programs_are_released_near_the_memory_map_limit():
+    assert not release_compiled_programs(fraction=1.0)  # far from the limit: nothing is dropped
+    programs = [jax.jit(lambda x, i=i: jnp.tanh(x * i).sum()) for i in range(20)]
+    for i, f in enumerate(programs):
+        f(jnp.ones(i + 1)).block_until_ready()
+    held = memory_map_count()
+    assert held is not None
+    assert release_compiled_programs(fraction=0.0)
+    after = memory_map_count()
+    assert after is not None and after < held - 20  # XLA:CPU unmapped the programs' code

@@ -76,8 +76,13 @@ def hf_logits(model, ids: np.ndarray) -> np.ndarray:
 
 
 @eqx.filter_jit
-def _logits(model, ids):
-    return model(ids)
+def _logits(model, ids, mask=None):
+    return model(ids, mask=mask)
+
+
+@eqx.filter_jit
+def _decode(model, ids, cache):
+    return model.decode(ids, cache)
 
 
 def eqx_logits(model, ids: np.ndarray) -> np.ndarray:
@@ -149,13 +154,13 @@ def test_padded_batch_and_cache_match_full_pass(pair):
     _, _, _, model = pair
     ids = jnp.asarray(np.random.default_rng(4).integers(0, _BASE["vocab_size"], size=SEQ))
     full = _logits(model, ids)
-    padded = model(jnp.concatenate([jnp.zeros(3, jnp.int32), ids]), mask=jnp.arange(SEQ + 3) >= 3)
+    padded = _logits(model, jnp.concatenate([jnp.zeros(3, jnp.int32), ids]), jnp.arange(SEQ + 3) >= 3)
     np.testing.assert_allclose(padded[3:], full, atol=1e-5)
     cache = model.init_cache(SEQ)
-    logits, cache = model.decode(ids[:7], cache)
+    logits, cache = _decode(model, ids[:7], cache)
     steps = [logits]
-    for t in range(7, SEQ):
-        logits, cache = model.decode(ids[t : t + 1], cache)
+    for t in range(7, SEQ):  # one program for every single-token step
+        logits, cache = _decode(model, ids[t : t + 1], cache)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps), full, atol=1e-5)
 
