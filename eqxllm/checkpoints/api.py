@@ -23,9 +23,45 @@ from eqxllm.checkpoints.config_json import validate_config_json
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import export_from, load_into
 from eqxllm.checkpoints.registry import family_for_config, family_for_model_type
-from eqxllm.errors import CheckpointError, NonFiniteError
+from eqxllm.errors import CheckpointError, InputError, NonFiniteError
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# The floating dtypes a Hugging Face checkpoint holds weights in, and that a model computes in.
+_WEIGHT_DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
+
+
+def weight_dtype(dtype: Any, what: str) -> Any:
+    """``dtype`` as a NumPy dtype if it is one that weights may be cast to (float32, float16,
+    bfloat16; float64 too when JAX runs with ``jax_enable_x64``), ``None`` as is; else
+    :class:`InputError` naming ``what`` (the argument), before anything is read or written."""
+    if dtype is None:
+        return None
+    allowed = [np.dtype(d) for d in _WEIGHT_DTYPES]
+    if jax.config.read("jax_enable_x64"):
+        allowed.append(np.dtype(np.float64))
+    try:
+        found = np.dtype(dtype)
+    except TypeError:
+        found = None
+    if found not in allowed:
+        names = ", ".join(d.name for d in allowed)
+        raise InputError(f"{what}={dtype!r} is not a dtype for weights; expected one of {names}, or None")
+    return found
+
+
+def _tokenizer_json(tokenizer: Any) -> str | None:
+    """The ``tokenizer.json`` text of a ``tokenizers.Tokenizer`` (``None`` for no tokenizer); anything
+    else is refused before a save writes a file."""
+    if tokenizer is None:
+        return None
+    from tokenizers import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer.to_str()
+    hint = ""
+    if hasattr(tokenizer, "backend_tokenizer"):  # a transformers "fast" tokenizer wraps one
+        hint = "; for a transformers tokenizer pass tok.backend_tokenizer, or call tok.save_pretrained(dst) afterwards"
+    raise InputError(f"tokenizer must be a tokenizers.Tokenizer, found {type(tokenizer).__name__}{hint}")
 
 
 def read_config_json(directory: Path) -> dict[str, Any]:
@@ -53,10 +89,11 @@ def from_pretrained(src: str | os.PathLike, *, dtype: Any = jnp.float32, revisio
 
     The family comes from ``config.json``'s ``model_type``; weights from ``model.safetensors`` or a
     sharded ``model.safetensors.index.json`` (pickled ``.bin`` files are never read). Floating
-    weights are cast to ``dtype`` (``None`` keeps the stored dtype, e.g. bfloat16). The model is built abstractly first (``eqx.filter_eval_shape``),
+    weights are cast to ``dtype`` (float32, float16 or bfloat16; ``None`` keeps the stored dtype). The model is built abstractly first (``eqx.filter_eval_shape``),
     so weights are allocated once. Returns the family's model (``GPT2``, ``T5``,
-    ``Gemma``), typed ``Any`` because the family is only known from the file.
+    ``T5VAE``, ``Gemma`` or ``Llama``), typed ``Any`` because the family is only known from the file.
     """
+    dtype = weight_dtype(dtype, "dtype")
     directory = resolve_pretrained(src, revision=revision)
     hf = read_config_json(directory)
     family = family_for_model_type(hf.get("model_type"), str(directory / "config.json"))
@@ -107,17 +144,19 @@ def save_pretrained(
     config = model.config  # type: ignore[attr-defined]
     family = family_for_config(config)
     directory = Path(dst)
-    check_destination(directory)  # a bad path or size is refused before anything is created
+    check_destination(directory)  # a bad path, size, dtype or tokenizer is refused before anything is created
     if max_shard_size is not None:
         parse_size(max_shard_size)
+    dtype = weight_dtype(dtype, "dtype")
+    tokenizer_json = _tokenizer_json(tokenizer)
     tensors = export_from(model, family.key_map(config), dtype=dtype)
     hf_config = json.dumps(family.config_to_hf(config), indent=2) + "\n"
 
     def write_into(target: Path) -> None:
         resaving = (target / "config.json").is_file()
         write_checkpoint(tensors, target, max_shard_size=max_shard_size, metadata={"format": "pt"})
-        if tokenizer is not None:
-            atomic_write_text(target / "tokenizer.json", tokenizer.to_str())
+        if tokenizer_json is not None:
+            atomic_write_text(target / "tokenizer.json", tokenizer_json)
         elif resaving:  # the tokenizer of the model saved here before is not this model's
             for name in _TOKENIZER_FILES:
                 (target / name).unlink(missing_ok=True)

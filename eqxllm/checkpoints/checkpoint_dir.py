@@ -31,7 +31,18 @@ from eqxllm.errors import CheckpointError, MissingKeyError, ShardIndexError
 _OURS = re.compile(r"model\.safetensors(\.index\.json)?|model-\d{5,}-of-\d{5,}\.safetensors")
 
 
+def _broken_link(path: Path) -> str:
+    """Why ``path``, a link whose target is gone, is not a file (a download into the cache was cut short)."""
+    return (
+        f"{path} is a broken link (to {os.readlink(path)}); the download into the Hugging Face cache is "
+        "incomplete: download the repo again"
+    )
+
+
 def _no_weights(directory: Path) -> CheckpointError:
+    for name in (SINGLE_FILE, INDEX_FILE):
+        if (directory / name).is_symlink() and not (directory / name).exists():
+            return CheckpointError(_broken_link(directory / name))
     names = sorted(p.name for p in directory.iterdir())
     msg = f"{directory} holds neither {SINGLE_FILE} nor {INDEX_FILE} (found: {', '.join(names) or 'nothing'})"
     if any(n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json")) for n in names):
@@ -70,6 +81,8 @@ def _weight_map(index: Path) -> dict[str, Path]:
         shard = index.parent / name
         if not any(shard.resolve().is_relative_to(r) for r in roots):
             raise ShardIndexError(f"{where}, which resolves to {shard.resolve()}, outside {index.parent}")
+        if shard.is_symlink() and not shard.exists():
+            raise ShardIndexError(f"{where}, but {_broken_link(shard)}")
         if not shard.is_file():
             raise ShardIndexError(f"{where}, which does not exist in {index.parent}")
         shards[name] = shard

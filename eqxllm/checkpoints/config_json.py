@@ -65,6 +65,10 @@ _FLAGS = frozenset(
         "tie_encoder_decoder",
     ]
 )
+# Positive numbers that have no "default" meaning for null (rope bases; epsilons are matched by name).
+_POSITIVE = frozenset(["rope_theta", "rope_local_base_freq"])
+# Non-negative numbers, null refused as well (transformers' initialisers multiply by them).
+_NON_NEGATIVE = frozenset(["initializer_range", "initializer_factor"])
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
@@ -84,14 +88,19 @@ def _check(cfg: dict[str, Any], where: str) -> None:
         )
 
     for key, v in cfg.items():
+        epsilon = key.endswith(("_eps", "_epsilon")) or key == "eps"
+        if epsilon and not (_is_number(v) and v > 0):
+            raise fail(key, "a positive number (a norm's epsilon)")
+        if key in _POSITIVE and not (_is_number(v) and v > 0):
+            raise fail(key, "a positive number")
+        if key in _NON_NEGATIVE and not (_is_number(v) and v >= 0):
+            raise fail(key, "a number >= 0")
         if v is None:
             continue
         if key in _SIZES and not (_is_int(v) and v >= 1):
             raise fail(key, "an integer >= 1")
         if key in _FLAGS and not isinstance(v, bool):
             raise fail(key, "true or false (a JSON boolean, not a string)")
-        if (key.endswith(("_eps", "_epsilon")) or key == "eps") and not (_is_number(v) and v > 0):
-            raise fail(key, "a positive number (a norm's epsilon)")
         if (key.endswith(("pdrop", "dropout_rate", "_dropout")) or key == "dropout") and not (
             _is_number(v) and 0 <= v <= 1
         ):
@@ -108,10 +117,17 @@ def _check(cfg: dict[str, Any], where: str) -> None:
 
 
 def validate_config_json(cfg: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """Check the fields of a ``config.json`` (already parsed) by kind; returns it unchanged.
+    """Check the fields of a ``config.json`` (already parsed) by kind; returns it, less a negative
+    ``pad_token_id``.
 
-    Raises :class:`ConfigJsonError` (a :class:`CheckpointError` and a :class:`ConfigError`) naming
-    the file, the field, the value found and what is expected.
+    Configs of the Llama 1 era carry ``"pad_token_id": -1`` for "no pad token"; `transformers` loads
+    them with a warning, and so does eqxllm, reading the field as absent (the family's default) so
+    that no negative id reaches an embedding lookup. Raises :class:`ConfigJsonError` (a
+    :class:`CheckpointError` and a :class:`ConfigError`) naming the file, the field, the value found
+    and what is expected.
     """
+    pad = cfg.get("pad_token_id")
+    if isinstance(pad, int) and not isinstance(pad, bool) and pad < 0:
+        cfg = {k: v for k, v in cfg.items() if k != "pad_token_id"}
     _check(cfg, str(path))
     return cfg

@@ -21,6 +21,7 @@ from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map,
 from eqxllm.checkpoints.keymap import KeyMap
 from eqxllm.errors import ConfigError
 from eqxllm.models.gemma_config import FULL, SLIDING, GemmaConfig, default_layer_types
+from eqxllm.nn.positions import check_scaling_numbers
 
 _GENERATION = {"gemma": 1, "gemma2": 2, "gemma3_text": 3}
 _ARCHITECTURES = {1: "GemmaForCausalLM", 2: "Gemma2ForCausalLM", 3: "Gemma3ForCausalLM"}
@@ -67,6 +68,9 @@ def config_from_hf(hf: dict[str, Any]) -> GemmaConfig:
     if hf.get("model_type") == "gemma3":
         text = dict(hf.get("text_config") or {})
         text.setdefault("tie_word_embeddings", hf.get("tie_word_embeddings", True))
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the -it models' [1, 106] lives on top
+            if name in hf:
+                text.setdefault(name, hf[name])
         hf = {**text, "model_type": "gemma3_text"}
     model_type = hf.get("model_type")
     if model_type not in _GENERATION:
@@ -108,6 +112,9 @@ def _linear_factor(params: dict[str, Any], where: str) -> float | None:
     if rope_type == "default":
         return None
     if rope_type == "linear":
+        if "factor" not in params:
+            raise ConfigError(f"config.json {where} has rope_type='linear' but no factor")
+        check_scaling_numbers(params)
         return float(params["factor"])
     raise ConfigError(
         f"config.json {where} has rope_type={rope_type!r}; eqxllm's Gemma implements 'default' and 'linear' only"

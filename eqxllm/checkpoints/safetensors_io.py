@@ -3,9 +3,11 @@
 A safetensors file is an 8-byte little-endian header length ``N``, then ``N`` bytes of JSON mapping each
 tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (plus an optional ``"__metadata__"``
 object of strings), then the raw little-endian bytes of every tensor, offsets counted from the end of the
-header (https://github.com/huggingface/safetensors#format). The ``safetensors`` package reads and writes
-the tensors; eqxllm checks every header first, so that every way a file can be wrong gets a message
-naming the file (what is wrong, and what the file looks like instead), and no byte is ever unpickled.
+header (https://github.com/huggingface/safetensors#format). The ``safetensors`` package writes the
+tensors; eqxllm checks every header first, so that every way a file can be wrong gets a message
+naming the file (what is wrong, and what the file looks like instead), then reads each tensor's bytes
+at the offsets the header gives (every dtype of the format, float8 included, which the package's NumPy
+reader lacks); no byte is ever unpickled.
 
 BF16 is ``ml_dtypes.bfloat16``. Tensors of any shape, including 0-d and empty, go in and out bit for
 bit. Whole checkpoint directories (single file or sharded) are :mod:`eqxllm.checkpoints.checkpoint_dir`.
@@ -20,7 +22,7 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 from jaxtyping import Shaped
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from eqxllm.errors import SafetensorsFormatError
@@ -174,11 +176,18 @@ def read_safetensors(path: PathLike, *, mmap: bool = False) -> dict[str, Tensor]
             )
             for e in layout.entries
         }
+    out = {}
     try:
-        with safe_open(path, framework="numpy") as f:
-            return {e.name: np.asarray(f.get_tensor(e.name)) for e in layout.entries}
-    except (SafetensorError, OSError) as e:  # the file changed after its header was checked
+        with open(path, "rb") as f:
+            for e in layout.entries:
+                buf = bytearray(e.end - e.begin)  # writable, so the array is too
+                f.seek(layout.data_start + e.begin)
+                if f.readinto(buf) != len(buf):
+                    raise _error(path, f"ended inside tensor {e.name!r}: the file shrank after its header was read")
+                out[e.name] = np.frombuffer(buf, dtype=e.dtype).reshape(e.shape)
+    except OSError as e:
         raise _error(path, f"cannot be read ({type(e).__name__}: {e})") from e
+    return out
 
 
 def write_file(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ from eqxllm.models._checks import FULL, SLIDING, check_attention, check_choice, 
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
-from eqxllm.nn.positions import ROPE_TYPES, Rope, RopeScaling
+from eqxllm.nn.positions import ROPE_TYPES, Rope, RopeScaling, check_scaling_numbers
 from eqxllm.nn.stack import REMAT_POLICIES
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral")
@@ -39,6 +39,7 @@ def rope_scaling_from(value: RopeScaling | Mapping[str, Any] | None) -> RopeScal
             "Use a checkpoint without it, or remove rope_scaling to run at the pre-training context."
         )
     kept = {k: v for k, v in params.items() if k in _SCALING_FIELDS}
+    check_scaling_numbers(kept)
     try:
         return RopeScaling(rope_type=rope_type, **kept)
     except TypeError as e:

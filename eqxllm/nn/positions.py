@@ -5,7 +5,9 @@ Learned absolute positions (GPT-2's ``wpe``) are a plain :class:`eqxllm.nn.Embed
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -26,6 +28,15 @@ def sinusoidal_positions(positions: Int[Array, " seq"], dim: int) -> Float[Array
     angles = positions.astype(jnp.float32)[:, None] * inv[None, :]
     # interleave: even columns sin, odd columns cos, as in the paper's equations
     return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(positions.shape[0], dim)
+
+
+def check_scaling_numbers(fields: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the first of :class:`RopeScaling`'s numeric fields in ``fields``
+    that is not a number (a config.json may spell ``"factor": "8"``)."""
+    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        value = fields.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"rope scaling {name} must be a number, got {value!r} ({type(value).__name__})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +64,7 @@ class RopeScaling:
                 f"rope scaling type {self.rope_type!r} is not implemented; known types: {list(ROPE_TYPES)} "
                 "('default' means no scaling)"
             )
+        check_scaling_numbers(vars(self))
         if not self.factor > 0:
             raise ConfigError(f"rope scaling factor must be positive, got {self.factor!r}")
         if self.rope_type == "llama3" and not 0 < self.low_freq_factor < self.high_freq_factor:

@@ -80,6 +80,13 @@ def test_wrong_dtype(saved):
         eqxllm.from_pretrained(saved)
 
 
+def test_float8_weights_are_named_and_refused(saved):
+    # FP8 checkpoints store scaled float8 weights; eqxllm loads floating weights of 16 bits or more
+    _edit_tensors(saved, lambda t: t.update({"transformer.ln_f.weight": np.ones((64,), jnp.float8_e4m3fn)}))
+    with pytest.raises(DtypeMismatchError, match=r"transformer\.ln_f\.weight.*float8_e4m3fn"):
+        eqxllm.from_pretrained(saved)
+
+
 def test_unknown_model_type(saved):
     _edit_config(saved, lambda c: c.update(model_type="llama_v9"))
     with pytest.raises(UnknownModelTypeError, match=r"llama_v9.*gpt2"):

@@ -17,7 +17,7 @@ from huggingface_hub.utils import filter_repo_objects
 from eqxllm.checkpoints import hub
 from eqxllm.checkpoints.checkpoint_dir import read_checkpoint, write_checkpoint
 from eqxllm.checkpoints.hub import DEFAULT_PATTERNS, resolve_pretrained
-from eqxllm.errors import CheckpointError, DataError
+from eqxllm.errors import CheckpointError, DataError, ShardIndexError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -159,6 +159,19 @@ def test_sharded_checkpoint_in_the_cache_loads(offline_cache, tmp_path):
     loaded = read_checkpoint(resolve_pretrained("org/sharded"))
     assert {k: v.tolist() for k, v in loaded.items()} == {k: v.tolist() for k, v in tensors.items()}
     assert (snapshot / "model-00001-of-00002.safetensors").is_symlink()
+
+
+@pytest.mark.parametrize("shard", [None, 32])
+def test_a_broken_link_in_the_cache_says_the_download_is_incomplete(offline_cache, tmp_path, shard):
+    tensors = {f"w{i}": np.full((4,), i, np.float32) for i in range(4)}
+    write_checkpoint(tensors, tmp_path / "saved", max_shard_size=shard)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "saved").iterdir()}
+    snapshot = fake_hub_repo(offline_cache, "org/cut", {"config.json": b"{}", **files})
+    weights = "model.safetensors" if shard is None else "model-00002-of-00002.safetensors"
+    (snapshot / weights).resolve().unlink()  # its blob never arrived
+    error = CheckpointError if shard is None else ShardIndexError
+    with pytest.raises(error, match=rf"{weights} is a broken link .*incomplete: download the repo again"):
+        read_checkpoint(resolve_pretrained("org/cut"))
 
 
 def test_one_offline_policy_for_models_and_datasets(offline_cache):

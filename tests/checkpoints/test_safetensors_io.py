@@ -58,6 +58,16 @@ def test_round_trip_is_bit_identical(tmp_path, tensors, mmap, shard):
     _assert_identical(read_checkpoint(tmp_path, mmap=mmap), tensors)
 
 
+@pytest.mark.parametrize("mmap", [False, True])
+def test_float8_tensors_are_read(tmp_path, mmap):
+    """FP8 Hub checkpoints hold float8 tensors, which the reference library's NumPy reader cannot give."""
+    rng = np.random.default_rng(1)
+    f8 = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "f32": np.float32}
+    tensors = {name: _random(dt, (3, 5), rng) for name, dt in f8.items()}
+    write_checkpoint(tensors, tmp_path, max_shard_size=None, metadata={})
+    _assert_identical(read_checkpoint(tmp_path, mmap=mmap), tensors)
+
+
 def test_written_files_load_in_reference_library(tmp_path, tensors):
     (path,) = write_checkpoint(tensors, tmp_path, max_shard_size=None)
     theirs = safetensors.torch.load_file(path)  # what transformers uses

@@ -180,6 +180,16 @@ def test_multimodal_in_memory_layout_and_legacy_config(tmp_path):
 
 
 # config.json dialects and defaults -----------------------------------------------------------------------
+def test_multimodal_special_ids_on_top_reach_the_text_config():
+    """gemma-3-*-it keeps ``eos_token_id: [1, 106]`` beside ``text_config``, not in it: without it,
+    generation would not stop at ``<end_of_turn>`` (106). An id the text config spells out wins."""
+    text = {**TEXT, "model_type": "gemma3_text"}
+    top = {"model_type": "gemma3", "text_config": text, "eos_token_id": [1, 106], "bos_token_id": 2}
+    cfg = config_from_hf(top)
+    assert (cfg.eos_token_id, cfg.bos_token_id) == ((1, 106), 2)
+    assert config_from_hf({**top, "text_config": {**text, "eos_token_id": 7}}).eos_token_id == 7
+
+
 @pytest.mark.parametrize("kind", ["GemmaConfig", "Gemma2Config", "Gemma3TextConfig"])
 def test_missing_keys_take_transformers_defaults(kind):
     full = getattr(transformers, kind)().to_dict()
@@ -268,6 +278,8 @@ def test_unknown_layer_type_in_config_json(tmp_path):
     "hf,match",
     [
         (dict(model_type="gemma2", rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_type='yarn'"),
+        (dict(model_type="gemma2", rope_scaling={"rope_type": "linear", "factor": "8"}), "factor must be a number"),
+        (dict(model_type="gemma2", rope_scaling={"rope_type": "linear"}), "rope_type='linear' but no factor"),
         (
             dict(
                 model_type="gemma3_text",

@@ -70,6 +70,8 @@ def test_bad_configs():
         config_from_hf(
             {"model_type": "llama", "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}}
         )
+    with pytest.raises(ConfigError, match=r"rope scaling factor must be a number, got '8' \(str\)"):
+        config_from_hf({"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": "8"}})
 
 
 def test_qwen_layer_types_follow_transformers():

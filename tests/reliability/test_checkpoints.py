@@ -49,6 +49,11 @@ def _edit_config(path: Path, **changes) -> None:
         ({"n_layer": 0}, ["'n_layer' is 0", "an integer >= 1"]),
         ({"n_head": True}, ["'n_head' is True", "an integer >= 1"]),
         ({"resid_pdrop": 1.5}, ["'resid_pdrop' is 1.5", "probability"]),
+        ({"layer_norm_epsilon": None}, ["'layer_norm_epsilon' is None", "positive number"]),
+        ({"rms_norm_eps": None}, ["'rms_norm_eps' is None", "positive number"]),
+        ({"rope_theta": None}, ["'rope_theta' is None", "a positive number"]),
+        ({"rope_theta": "1e4"}, ["'rope_theta' is '1e4'", "a positive number"]),
+        ({"initializer_range": None}, ["'initializer_range' is None", "a number >= 0"]),
     ],
 )
 def test_config_json_fields_are_checked_before_any_family(model_dir, tmp_path, changes, facts):
@@ -173,3 +178,52 @@ def test_resaving_without_a_tokenizer_drops_the_stale_one(model_dir, tmp_path):
     (fresh / "tokenizer.json").write_text((model_dir / "tokenizer.json").read_text())
     eqxllm.save_pretrained(eqxllm.from_pretrained(model_dir), fresh)
     assert (fresh / "tokenizer.json").is_file()
+
+
+def test_a_negative_pad_token_id_reads_as_none():
+    """Llama 1 era configs say ``"pad_token_id": -1`` for "none"; transformers loads them, so does eqxllm."""
+    from eqxllm.checkpoints.config_json import validate_config_json
+    from eqxllm.checkpoints.llama import config_from_hf
+
+    hf = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16, "num_attention_heads": 2, "pad_token_id": -1}
+    read = validate_config_json(hf, "c.json")
+    assert "pad_token_id" not in read and hf["pad_token_id"] == -1  # the caller's dict is not changed
+    assert config_from_hf(read).pad_token_id is None
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.bool_, jnp.float8_e4m3fn, np.complex64, "nonsense"])
+def test_save_and_load_refuse_dtypes_that_are_not_for_weights(model_dir, tmp_path, dtype):
+    dst = copy_dir(model_dir, tmp_path / "dst")
+    before = snapshot(dst)
+    model = eqxllm.from_pretrained(model_dir)
+    with pytest.raises(
+        InputError, match=r"dtype=.* is not a dtype for weights; expected one of float32, float16, bfloat16"
+    ):
+        eqxllm.save_pretrained(model, dst, dtype=dtype)
+    with pytest.raises(InputError, match="is not a dtype for weights"):
+        eqxllm.save_pretrained(model, tmp_path / "new", dtype=dtype)
+    assert snapshot(dst) == before and not (tmp_path / "new").exists()
+    with pytest.raises(InputError, match="is not a dtype for weights"):
+        eqxllm.from_pretrained(model_dir, dtype=dtype)
+
+
+def test_a_tokenizer_of_another_kind_is_refused_before_the_save_writes(model_dir, tmp_path):
+    """A transformers tokenizer used to fail only after the new weights had replaced the old ones,
+    leaving the old config.json over weights it does not describe."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    dst = copy_dir(model_dir, tmp_path / "dst")
+    before = snapshot(dst)
+    wrapped = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    )
+    model = eqxllm.from_pretrained(model_dir)
+    with pytest.raises(
+        InputError,
+        match=r"must be a tokenizers.Tokenizer, found \w+; for a transformers tokenizer pass tok.backend_tokenizer",
+    ):
+        eqxllm.save_pretrained(model, dst, tokenizer=wrapped)
+    assert snapshot(dst) == before
+    eqxllm.save_pretrained(model, dst, tokenizer=wrapped.backend_tokenizer)  # the hint works
+    assert Tokenizer.from_file(str(dst / "tokenizer.json")).to_str() == wrapped.backend_tokenizer.to_str()
