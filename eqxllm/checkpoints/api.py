@@ -10,14 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eqxllm.checkpoints.atomic import (
-    atomic_write_text,
-    check_destination,
-    fsync_dir,
-    prepare_destination,
-    remove_created,
-    temporary_folder,
-)
+from eqxllm.checkpoints.atomic import atomic_write_text, check_destination, write_directory
 from eqxllm.checkpoints.checkpoint_dir import parse_size, read_checkpoint, write_checkpoint
 from eqxllm.checkpoints.config_json import validate_config_json
 from eqxllm.checkpoints.hub import resolve_pretrained
@@ -162,17 +155,4 @@ def save_pretrained(
                 (target / name).unlink(missing_ok=True)
         atomic_write_text(target / "config.json", hf_config)
 
-    if directory.exists():
-        write_into(directory)
-        return directory
-    # A new directory appears whole: it is built beside its destination, then renamed into place.
-    created = prepare_destination(directory.parent)
-    try:
-        with temporary_folder(directory.parent) as tmp:
-            write_into(tmp / directory.name)
-            os.replace(tmp / directory.name, directory)
-            fsync_dir(directory.parent)
-    except BaseException:
-        remove_created(created)
-        raise
-    return directory
+    return write_directory(directory, write_into)

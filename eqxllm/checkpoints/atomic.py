@@ -10,7 +10,7 @@ left alone.
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -119,3 +119,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_directory(directory: Path, write_into: Callable[[Path], None]) -> Path:
+    """Fill ``directory`` with ``write_into(folder)``. An existing directory is written in place (each
+    file by ``write_into``, atomically, its describing file last); a new one is built beside its
+    destination and renamed into place, so it appears whole or not at all. Returns ``directory``."""
+    if directory.exists():
+        write_into(directory)
+        return directory
+    created = prepare_destination(directory.parent)
+    try:
+        with temporary_folder(directory.parent) as tmp:
+            (tmp / directory.name).mkdir()
+            write_into(tmp / directory.name)
+            os.replace(tmp / directory.name, directory)
+            fsync_dir(directory.parent)
+    except BaseException:
+        remove_created(created)
+        raise
+    return directory

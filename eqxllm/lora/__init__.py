@@ -15,6 +15,7 @@ from eqxllm.lora.apply import (
     merge_lora,
     trainable_filter,
     trainable_params,
+    with_adapter_dropout,
     with_dropout_keys,
 )
 from eqxllm.lora.linear import LoraLinear
@@ -29,5 +30,6 @@ __all__ = [
     "merge_lora",
     "trainable_filter",
     "trainable_params",
+    "with_adapter_dropout",
     "with_dropout_keys",
 ]

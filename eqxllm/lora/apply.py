@@ -1,11 +1,11 @@
 """Adding, merging and selecting LoRA adapters on any eqxllm model.
 
 A *module path* names a linear layer by the attributes leading to it from the model, dotted:
-``blocks.blocks.attn.q_proj`` (GPT-2, Gemma), ``encoder.blocks.blocks.self_attn.q_proj`` (T5). A
-stacked layer has one path for all its layers (it is one module with a leading ``layers`` axis), so a
-target selects a projection in every layer. ``targets`` is a regular expression searched
+``blocks.blocks.attn.q_proj`` (GPT-2, Gemma, the llama-like family), ``encoder.layers.blocks.self_attn.q_proj``
+(T5). A stacked layer has one path for all its layers (it is one module with a leading ``layers`` axis),
+so a target selects a projection in every layer. ``targets`` is a regular expression searched
 (``re.search``) in each path: ``attn`` adapts every attention projection, ``q_proj|v_proj`` the
-query and value projections, ``mlp`` the feed-forward ones.
+query and value projections, ``mlp`` the feed-forward ones (``ffn`` in T5).
 """
 
 import re
@@ -58,6 +58,11 @@ def linear_modules(model: PyTree) -> dict[str, Linear | LoraLinear]:
     return {_path_str(path): leaf for path, leaf in flat if _is_linear(leaf)}
 
 
+# A mixture of experts' router takes no adapter: PEFT cannot load one on it (transformers' Mixtral
+# router is not an nn.Linear), and the experts themselves are stacked arrays, not linear layers.
+_ROUTER = re.compile(r"(^|\.)router$")
+
+
 def _select(model: PyTree, kind: type, targets: str | None = None):
     flat = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_linear)[0]
     pattern = None if targets is None else re.compile(targets)
@@ -81,8 +86,9 @@ def apply_lora(
     a :class:`LoraLinear` (frozen base, ``A`` random, ``B`` zero, scale ``alpha / rank``), so the
     returned model computes exactly what ``model`` did until ``B`` is trained.
 
-    Raises ``ConfigError`` for ``rank <= 0``, ``alpha <= 0``, a dropout outside ``[0, 1)``, an invalid
-    regular expression, a ``targets`` that matches no linear layer, or a model that already has adapters.
+    A mixture of experts' router is never adapted (see ``_ROUTER``). Raises ``ConfigError`` for
+    ``rank <= 0``, ``alpha <= 0``, a dropout outside ``[0, 1)``, an invalid regular expression, a
+    ``targets`` that matches no linear layer (or only routers), or a model that already has adapters.
     """
     if not isinstance(rank, int) or rank <= 0:
         raise ConfigError(f"LoRA rank must be a positive integer, got {rank!r}")
@@ -96,7 +102,14 @@ def apply_lora(
         re.compile(targets)
     except re.error as e:
         raise ConfigError(f"LoRA targets {targets!r} is not a valid regular expression: {e}") from None
-    chosen = _select(model, Linear, targets)
+    matched = _select(model, Linear, targets)
+    chosen = [(path, lin) for path, lin in matched if not _ROUTER.search(_path_str(path))]
+    if matched and not chosen:
+        raise ConfigError(
+            f"LoRA targets {targets!r} matches only mixture-of-experts routers "
+            f"({_path_str(matched[0][0])}), which take no adapter (the experts are stacked arrays, not "
+            "linear layers); adapt the attention instead, e.g. targets='attn'"
+        )
     if not chosen:
         available = list(linear_modules(model))
         raise ConfigError(
@@ -161,6 +174,23 @@ def with_dropout_keys(model: PyTree, key: PRNGKeyArray) -> PyTree:
     ]
     getters = [_getter(path) for path, _ in chosen]
     return eqx.tree_at(lambda m: [g(m).dropout_key for g in getters], model, new, is_leaf=lambda x: x is None)
+
+
+# The adapters' dropout keys are folded off the key a loss gives an example, so that they are
+# independent of the model's own dropout, which draws from that key itself.
+_ADAPTER_DROPOUT_STREAM = 0x10A
+
+
+def with_adapter_dropout(model: PyTree, key: PRNGKeyArray | None) -> PyTree:
+    """``model`` whose adapters drop out with keys drawn from ``key`` (``None``: ``model`` unchanged).
+
+    A loss calls it on each example's key inside its ``jax.vmap``, so that every example of a batch
+    draws its own mask, as PEFT's ``nn.Dropout`` does; eqxllm's losses do. A training step also calls
+    it once on the step's key, so a loss of your own that never calls it gets one mask per step,
+    shared by the whole batch."""
+    if key is None:
+        return model
+    return with_dropout_keys(model, jax.random.fold_in(key, _ADAPTER_DROPOUT_STREAM))
 
 
 def cast_frozen(model: PyTree, dtype: Any) -> PyTree:

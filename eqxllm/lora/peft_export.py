@@ -25,6 +25,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from eqxllm.checkpoints.atomic import (
+    atomic_write_text,
+    check_destination,
+    fsync_dir,
+    temporary_folder,
+    write_directory,
+)
 from eqxllm.checkpoints.keymap import Param
 from eqxllm.checkpoints.registry import family_for_config
 from eqxllm.checkpoints.safetensors_io import write_file
@@ -142,11 +149,17 @@ def peft_adapter(model: Any, *, base_model_name_or_path: str | None = None) -> t
 
 def save_peft_adapter(model: Any, dst: str | os.PathLike, *, base_model_name_or_path: str | None = None) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (float32) for ``model``'s adapters,
-    loadable with ``peft.PeftModel.from_pretrained(transformers_model, dst)``."""
+    loadable with ``peft.PeftModel.from_pretrained(transformers_model, dst)``. Each file is replaced
+    atomically, the config last; a new ``dst`` appears whole or not at all."""
     tensors, cfg = peft_adapter(model, base_model_name_or_path=base_model_name_or_path)
     directory = Path(dst)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / ADAPTER_WEIGHTS).unlink(missing_ok=True)  # write_file refuses to overwrite
-    write_file(directory / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
-    (directory / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-    return directory
+    check_destination(directory)
+
+    def write_into(target: Path) -> None:  # the weights first, the config that describes them last
+        with temporary_folder(target) as tmp:
+            write_file(tmp / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
+            os.replace(tmp / ADAPTER_WEIGHTS, target / ADAPTER_WEIGHTS)
+        atomic_write_text(target / ADAPTER_CONFIG, json.dumps(cfg, indent=2) + "\n")
+        fsync_dir(target)
+
+    return write_directory(directory, write_into)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
+from eqxllm.lora import with_adapter_dropout
 from eqxllm.models.decoder import DecoderLM
 from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.nn.decoding import CausalLM
@@ -57,13 +58,14 @@ def _packed_loss(model, batch, target_mask, key):
     keys = None if key is None else jax.random.split(key, batch.shape[0])
     head = model.output_head() if isinstance(model, CausalLM) else None
     if head is not None:  # the head fused with the cross-entropy: no [batch, seq, vocab] logits
-        hidden, extras = _per_example(lambda ids, k: model.features(ids, key=k), inputs, keys)
+        hidden, extras = _per_example(model, lambda m, ids, k: m.features(ids, key=k), inputs, keys)
         total, count = linear_cross_entropy(hidden, head.weight, targets, target_mask, softcap=head.softcap)
     elif isinstance(model, CausalLM):
-        logits, _, extras = _per_example(lambda ids, k: model.forward(ids, key=k), inputs, keys)
+        logits, _, extras = _per_example(model, lambda m, ids, k: m.forward(ids, key=k), inputs, keys)
         total, count = cross_entropy(logits, targets, target_mask)
     else:  # any model called as model(ids, key=k) -> [seq, vocab]
-        logits, extras = _per_example(lambda ids, k: model(ids) if k is None else model(ids, key=k), inputs, keys), None
+        call = lambda m, ids, k: m(ids) if k is None else m(ids, key=k)  # noqa: E731
+        logits, extras = _per_example(model, call, inputs, keys), None
         total, count = cross_entropy(logits, targets, target_mask)
     loss = total / jnp.maximum(count, 1.0)
     if not (isinstance(model, DecoderLM) and model.config.decoder.moe):
@@ -76,8 +78,9 @@ def _packed_loss(model, batch, target_mask, key):
     return loss, {"loss": loss, "tokens": count, "aux_loss": aux}
 
 
-def _per_example(fn, inputs, keys):
-    """``fn(ids, key)`` over the batch under ``jax.vmap`` (``key`` None for every row without keys)."""
+def _per_example(model, fn, inputs, keys):
+    """``fn(model, ids, key)`` over the batch under ``jax.vmap`` (``key`` None for every row without
+    keys); with keys, the model's LoRA adapters draw each example's dropout mask from its key."""
     if keys is None:
-        return jax.vmap(lambda ids: fn(ids, None))(inputs)
-    return jax.vmap(fn)(inputs, keys)
+        return jax.vmap(lambda ids: fn(model, ids, None))(inputs)
+    return jax.vmap(lambda ids, k: fn(with_adapter_dropout(model, k), ids, k))(inputs, keys)

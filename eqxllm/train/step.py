@@ -25,11 +25,9 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from eqxllm.errors import ConfigError
-from eqxllm.lora import trainable_filter, trainable_params, with_dropout_keys
+from eqxllm.lora import trainable_filter, trainable_params, with_adapter_dropout
 from eqxllm.train.optim import current_learning_rate
 from eqxllm.train.precision import cast_floating
-
-_LORA_DROPOUT_STREAM = 0x10A
 
 LossFn = Callable[[Any, Any, Any], tuple[Array, dict[str, Array]]]
 
@@ -98,8 +96,8 @@ def make_train_step(
 
     def loss_in_compute_dtype(trainable, frozen, batch, key):
         model = eqx.combine(trainable, frozen)
-        if key is not None:  # LoRA adapters with dropout draw from their own stream (no-op without them)
-            model = with_dropout_keys(model, jax.random.fold_in(key, _LORA_DROPOUT_STREAM))
+        # LoRA adapters with dropout get keys (a no-op without them); eqxllm's losses redraw them per example
+        model = with_adapter_dropout(model, key)
         return loss_fn(cast_floating(model, compute_dtype), batch, key)
 
     # only the trainable leaves (every float array, or the LoRA adapters alone) are differentiated

@@ -18,6 +18,7 @@ from eqxllm.lora import (
     lora_filter,
     merge_lora,
     trainable_params,
+    with_adapter_dropout,
     with_dropout_keys,
 )
 from eqxllm.models.gpt2 import GPT2, GPT2Config
@@ -92,6 +93,21 @@ def test_dropout_keys_and_bf16_base(base):
     assert half.wte.weight.dtype == jnp.bfloat16
 
 
+def test_each_example_of_a_batch_draws_its_own_adapter_mask(base):
+    """The adapters' keys live in the model, which a loss's ``vmap`` closes over: keyed once per step,
+    every example would share one dropout mask. eqxllm's losses redraw them per example."""
+    from eqxllm.train.loss import _per_example
+
+    m = _with_b(apply_lora(base, rank=2, alpha=4.0, targets="attn", dropout=0.5, key=jax.random.key(1)))
+    rows = jnp.tile(IDS, (4, 1))
+    keys = jax.random.split(jax.random.key(2), 4)
+    logits = _per_example(m, lambda model, ids, k: model(ids, key=k), rows, keys)
+    assert all(np.abs(np.asarray(logits[i] - logits[0])).max() > 1e-4 for i in range(1, 4))
+    shared = with_adapter_dropout(m, jax.random.key(2))  # one mask for the batch: identical rows
+    assert np.abs(np.asarray(jax.vmap(shared)(rows) - shared(IDS))).max() == 0
+    assert with_adapter_dropout(m, None) is m
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -106,6 +122,20 @@ def test_dropout_keys_and_bf16_base(base):
 def test_errors(base, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         apply_lora(base, key=jax.random.key(0), **kwargs)
+
+
+def test_a_mixture_of_experts_adapts_attention_never_its_router():
+    from eqxllm.models import Llama, config_preset
+
+    moe = eqx.filter_eval_shape(Llama, config_preset("mixtral-tiny"), key=jax.random.key(0))
+    assert "blocks.blocks.mlp.router" in linear_modules(moe)
+    with pytest.raises(ConfigError, match=r"matches only mixture-of-experts routers \(blocks\.blocks\.mlp\.router\)"):
+        apply_lora(moe, rank=2, alpha=1.0, targets="mlp", key=jax.random.key(0))
+    adapted = apply_lora(Llama(config_preset("mixtral-tiny"), key=jax.random.key(0)), rank=2, alpha=1.0,
+                         targets="attn|mlp", key=jax.random.key(1))  # fmt: skip
+    assert [p for p, lin in linear_modules(adapted).items() if isinstance(lin, LoraLinear)] == [
+        f"blocks.blocks.attn.{n}_proj" for n in "qkvo"
+    ]
 
 
 def test_no_double_apply(base):
@@ -129,3 +159,23 @@ def test_adapters_follow_their_base_weights_partition():
     assert spec(".blocks.blocks.attn.o_proj.weight", (2, 16, 16)) == P(None, None, "tensor")
     assert spec(".blocks.blocks.attn.o_proj.lora_a", (2, 4, 16)) == P(None, None, "tensor")
     assert spec(".blocks.blocks.attn.o_proj.lora_b", (2, 16, 4)) == P(None, None, None)
+
+
+def test_a_failed_adapter_save_changes_nothing(base, tmp_path, monkeypatch):
+    import eqxllm.lora.peft_export as export
+
+    first = apply_lora(base, rank=2, alpha=4.0, targets="attn", key=jax.random.key(1))
+    export.save_peft_adapter(first, tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()}
+    assert sorted(before) == [export.ADAPTER_CONFIG, export.ADAPTER_WEIGHTS]
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(export, "write_file", full_disk)
+    other = apply_lora(base, rank=4, alpha=4.0, targets="mlp", key=jax.random.key(2))
+    for dst in (tmp_path / "adapter", tmp_path / "new" / "adapter"):
+        with pytest.raises(OSError, match="No space left"):
+            export.save_peft_adapter(other, dst)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()} == before
+    assert not (tmp_path / "new").exists()

@@ -19,6 +19,7 @@ import numpy as np
 
 from eqxllm.data import eot_id
 from eqxllm.errors import DataError
+from eqxllm.lora import with_adapter_dropout
 from eqxllm.train.loss import cross_entropy
 from eqxllm.train.prepare import stories_of
 from eqxllm.train.tokenizer_source import run_tokenizer
@@ -100,8 +101,8 @@ def seq2seq_loss(model, batch, key):
     """Mean cross entropy of the decoder's targets, teacher-forced."""
     keys = None if key is None else jax.random.split(key, batch["enc"].shape[0])
 
-    def one(enc, enc_mask, dec_in, dec_mask, k):
-        return model(enc, dec_in, mask=enc_mask, decoder_mask=dec_mask, key=k)
+    def one(enc, enc_mask, dec_in, dec_mask, k):  # adapters draw this example's dropout mask
+        return with_adapter_dropout(model, k)(enc, dec_in, mask=enc_mask, decoder_mask=dec_mask, key=k)
 
     logits = jax.vmap(one)(batch["enc"], batch["enc_mask"], batch["dec_in"], batch["dec_mask"], keys)
     total, count = cross_entropy(logits, batch["target"], batch["dec_mask"])

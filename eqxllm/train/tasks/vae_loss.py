@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from eqxllm.lora import with_adapter_dropout
 from eqxllm.nn.cross_entropy import cross_entropy
 from eqxllm.vae.interpolate import slerp
 from eqxllm.vae.metrics import annealed_weight, gaussian_kl, mmd_to_normal, shift_right, token_accuracy
@@ -48,8 +49,8 @@ def splice_loss(
             dec_in = drop_words(drop_key, dec_in, cfg.word_dropout, cfg.pad_token_id)
         keys = jax.random.split(dec_key, len(codes))
 
-    def one(z, d, m, k):
-        return model.decode_full(z, d, decoder_mask=m, key=k)
+    def one(z, d, m, k):  # adapters draw this example's dropout mask
+        return with_adapter_dropout(model, k).decode_full(z, d, decoder_mask=m, key=k)
 
     logits = jax.vmap(one, in_axes=(0, 0, 0, None if keys is None else 0))(codes, dec_in, mask, keys)
     total, count = cross_entropy(logits, ids, mask)
@@ -80,8 +81,8 @@ def vae_loss(
     if keys is not None and cfg.word_dropout > 0:
         dec_in = drop_words(keys[-1], dec_in, cfg.word_dropout, cfg.pad_token_id)
 
-    def one(i, m, d, k):
-        return model.autoencode(i, d, mask=m, decoder_mask=m, key=k)
+    def one(i, m, d, k):  # adapters draw this example's dropout mask
+        return with_adapter_dropout(model, k).autoencode(i, d, mask=m, decoder_mask=m, key=k)
 
     if keys is None:
         out = jax.vmap(lambda i, m, d: one(i, m, d, None))(ids, mask, dec_in)
