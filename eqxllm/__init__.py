@@ -7,7 +7,7 @@
 """
 
 from eqxllm import models, nn
-from eqxllm.checkpoints import from_pretrained, load_config, save_pretrained
+from eqxllm.checkpoints import from_pretrained, load_config, load_generation_config, save_pretrained
 from eqxllm.errors import (
     CheckpointError,
     ConfigError,
@@ -28,6 +28,7 @@ __all__ = [
     "from_pretrained",
     "generate",
     "load_config",
+    "load_generation_config",
     "models",
     "nn",
     "save_pretrained",

@@ -13,6 +13,7 @@ import numpy as np
 from eqxllm.checkpoints.atomic import atomic_write_text, check_destination, write_directory
 from eqxllm.checkpoints.checkpoint_dir import parse_size, read_checkpoint, write_checkpoint
 from eqxllm.checkpoints.config_json import validate_config_json
+from eqxllm.checkpoints.generation_config import read_generation_config
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import export_from, load_into
 from eqxllm.checkpoints.registry import family_for_config, family_for_model_type
@@ -75,6 +76,17 @@ def load_config(src: str | os.PathLike, *, revision: str | None = None):
     directory = resolve_pretrained(src, revision=revision)
     hf = read_config_json(directory)
     return family_for_model_type(hf.get("model_type"), str(directory / "config.json")).config_from_hf(hf)
+
+
+def load_generation_config(src: str | os.PathLike, *, revision: str | None = None) -> dict[str, Any]:
+    """What a checkpoint's ``generation_config.json`` says (``{}`` when it has none): ``eos_token_id``
+    as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p`` when set.
+
+    Chat and instruct checkpoints often stop on more ids there than ``config.json`` lists (Gemma 2's
+    ``<end_of_turn>``, Llama 3's ``<|eot_id|>``); ``eqxllm.generate`` reads only the model config,
+    so pass them: ``generate(model, ids, ..., eos_token_id=load_generation_config(src).get("eos_token_id"))``.
+    ``eqxllm generate`` on the command line does this itself."""
+    return read_generation_config(resolve_pretrained(src, revision=revision))
 
 
 def from_pretrained(src: str | os.PathLike, *, dtype: Any = jnp.float32, revision: str | None = None) -> Any:

@@ -11,7 +11,17 @@ from jaxtyping import Array, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
 from eqxllm.generation import loop
-from eqxllm.generation.prompts import Prompt, check_context, check_ids, left_pad
+from eqxllm.generation.prompts import (
+    FloatOption,
+    IntOption,
+    Prompt,
+    as_scalar,
+    check_context,
+    check_ids,
+    check_stop_ids,
+    left_pad,
+    reject_traced,
+)
 from eqxllm.generation.sampling import make_sampler
 
 
@@ -19,14 +29,14 @@ def generate(
     model: eqx.Module,
     prompt: Prompt,
     *,
-    max_new_tokens: int,
-    temperature: float | int = 1.0,
-    top_k: int | None = None,
-    top_p: float | int | None = None,
+    max_new_tokens: IntOption,
+    temperature: FloatOption = 1.0,
+    top_k: IntOption | None = None,
+    top_p: FloatOption | None = None,
     key: PRNGKeyArray | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     stop_token_ids: Sequence[int] = (),
-    pad_token_id: int | None = None,
+    pad_token_id: IntOption | None = None,
     return_lengths: bool = False,
 ) -> Int[Array, "*batch new"] | tuple[Int[Array, "*batch new"], Int[Array, "*batch"]]:
     """Continue ``prompt`` by up to ``max_new_tokens`` tokens; returns only the new tokens.
@@ -50,10 +60,11 @@ def generate(
     Raises :class:`InputError` for an empty prompt, a prompt or ``max_new_tokens`` beyond the
     context, ids outside the vocabulary, and out-of-range sampling options.
     """
+    new_tokens: int = as_scalar(max_new_tokens, "max_new_tokens")
     decoder, ids, mask, single = _prepare(
-        model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id
+        model, prompt, new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id
     )
-    tokens = loop.generate_tokens(decoder, ids, mask, key, max_new_tokens)
+    tokens = loop.generate_tokens(decoder, ids, mask, key, new_tokens)
     lengths = sequence_lengths(tokens, decoder.stop_ids)
     if single:
         tokens, lengths = tokens[0], lengths[0]
@@ -64,15 +75,15 @@ def stream(
     model: eqx.Module,
     prompt: Prompt,
     *,
-    max_new_tokens: int,
+    max_new_tokens: IntOption,
     chunk_size: int = 16,
-    temperature: float | int = 1.0,
-    top_k: int | None = None,
-    top_p: float | int | None = None,
+    temperature: FloatOption = 1.0,
+    top_k: IntOption | None = None,
+    top_p: FloatOption | None = None,
     key: PRNGKeyArray | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     stop_token_ids: Sequence[int] = (),
-    pad_token_id: int | None = None,
+    pad_token_id: IntOption | None = None,
 ) -> Iterator[Int[Array, "*batch chunk"]]:
     """The tokens of :func:`generate` (the same ones, for the same arguments), yielded as they come:
     first the first token alone (right after the prefill), then chunks of up to ``chunk_size``.
@@ -82,15 +93,16 @@ def stream(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    new_tokens: int = as_scalar(max_new_tokens, "max_new_tokens")
     decoder, ids, mask, single = _prepare(
-        model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id
+        model, prompt, new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id
     )
-    state, first = loop.start(decoder, ids, mask, key, max_new_tokens)
+    state, first = loop.start(decoder, ids, mask, key, new_tokens)
     yield first[0, None] if single else first[:, None]
     produced = 1
-    while produced < max_new_tokens and not bool(jnp.all(state.finished)):
+    while produced < new_tokens and not bool(jnp.all(state.finished)):
         state, chunk = loop.advance(decoder, state, chunk_size)
-        chunk = chunk[:, : max_new_tokens - produced]
+        chunk = chunk[:, : new_tokens - produced]
         produced += chunk.shape[1]
         yield chunk[0] if single else chunk
 
@@ -109,10 +121,13 @@ def sequence_lengths(
 def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id):
     """Check every argument and build the loop's inputs: ``(decoder, ids, mask, single)``."""
     config = model.config
+    for value, name in ((eos_token_id, "eos_token_id"), (stop_token_ids, "stop_token_ids")):
+        reject_traced(value, name)  # (a traced key is fine: jax.vmap over keys draws several samples)
     stops = _stop_ids(eos_token_id) + _stop_ids(stop_token_ids)
-    _check_stop_ids(stops, config.vocab_size)
+    check_stop_ids(stops, config.vocab_size)
     if eos_token_id is None:
         stops = _config_stop_ids(config) + stops
+    pad_token_id = as_scalar(pad_token_id, "pad_token_id")
     if pad_token_id is None:
         pad_token_id = stops[0] if stops else 0
     ids, mask, single = left_pad(prompt, pad_id=0)
@@ -129,15 +144,6 @@ def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_
         cache_dtype=_float_dtype(model),
     )
     return decoder, jnp.asarray(ids), jnp.asarray(mask), single
-
-
-def _check_stop_ids(stops: tuple[int, ...], vocab_size: int) -> None:
-    outside = [i for i in stops if not 0 <= i < vocab_size]
-    if outside:
-        raise InputError(
-            f"stop token id {outside[0]} is outside the vocabulary [0, {vocab_size}): it can never be generated; "
-            "pass ids in the vocabulary (or eos_token_id=() to stop only at max_new_tokens)"
-        )
 
 
 def _config_stop_ids(config) -> tuple[int, ...]:

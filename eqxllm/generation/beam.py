@@ -7,7 +7,10 @@ best partial sequences instead and returns the best finished one, scored by
 
 with ``length`` counting the new tokens, the stop token included. Every beam is ranked by that
 normalised score while searching, so a finished sequence competes with the unfinished ones on
-equal terms; a finished beam is carried unchanged (pad tokens after it) until the last step.
+equal terms; a finished beam is carried unchanged (pad tokens after it) until the last step. This is
+not ``transformers``' ``num_beams`` once a beam can finish early: there, finished hypotheses leave
+the beam and ``num_beams`` live ones keep searching, so the two can return different sequences (with
+``length_penalty=0``, or no early stop, they agree).
 
 :func:`beam_search_cached` is the search itself, for one sequence, over any step function
 ``step(token [1], cache) -> (logits [1, vocab], cache)`` and its one-sequence cache: a model's
@@ -27,7 +30,16 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
 from eqxllm.errors import InputError
-from eqxllm.generation.prompts import check_context, check_ids
+from eqxllm.generation.prompts import (
+    FloatOption,
+    IntOption,
+    Prompt,
+    as_scalar,
+    check_context,
+    check_ids,
+    check_stop_ids,
+    reject_traced,
+)
 
 Step = Callable[[Int[Array, " one"], PyTree], tuple[Float[Array, "one vocab"], PyTree]]
 Beams = (  # the best sequence, or every beam (``return_all``); with its scores (``return_scores``)
@@ -120,37 +132,48 @@ def _search_prompts(model, ids, num_beams: int, steps: int, stop_ids: tuple[int,
 
 def beam_search(
     model: Any,
-    prompt: Int[Array, "*batch seq"] | Int[np.ndarray, "*batch seq"],
+    prompt: Prompt,
     *,
-    max_new_tokens: int,
-    num_beams: int = 4,
-    length_penalty: float = 1.0,
+    max_new_tokens: IntOption,
+    num_beams: IntOption = 4,
+    length_penalty: FloatOption = 1.0,
     eos_token_id: int | Sequence[int] | None = None,
     return_scores: bool = False,
     return_all: bool = False,
 ) -> Beams:
-    """The best continuation of ``prompt`` (``[seq]``, or ``[batch, seq]`` prompts of one length) found
+    """The best continuation of ``prompt`` (``[seq]``, or ``[batch, seq]`` prompts of one length, as an
+    array or a list of rows) found
     by a beam search of ``num_beams`` beams (see the module docstring), as the new token ids: up to and
     including a stop token (``eos_token_id``, default the config's), then the first stop id as padding.
     For an encoder-decoder model the prompt is the encoder input. With ``return_scores`` also the
     normalised score; with ``return_all`` every final beam, best first (``[*batch, num_beams, new]``).
     ``num_beams=1`` is greedy decoding."""
     cfg = model.config
-    ids = np.asarray(prompt)
+    reject_traced(prompt, "the prompt")
+    try:
+        ids = np.asarray(prompt)
+    except ValueError:  # a list of rows of different lengths
+        raise InputError(
+            "beam search takes prompts of one length ([seq] or [batch, seq]); search prompts of different "
+            "lengths one at a time"
+        ) from None
     if ids.ndim not in (1, 2) or ids.shape[-1] == 0 or not np.issubdtype(ids.dtype, np.integer):
         raise InputError(f"a beam search prompt is [seq] or [batch, seq] integer ids, got {ids.dtype} {ids.shape}")
     single = ids.ndim == 1
     ids = ids[None] if single else ids
-    check_beam_options(num_beams, length_penalty, max_new_tokens)
-    check_context(ids.shape[1], max_new_tokens, cfg.max_positions, encoder_decoder=cfg.is_encoder_decoder)
+    steps: int = as_scalar(max_new_tokens, "max_new_tokens")
+    beams: int = as_scalar(num_beams, "num_beams")
+    alpha: float = as_scalar(length_penalty, "length_penalty")
+    check_beam_options(beams, alpha, steps)
+    check_context(ids.shape[1], steps, cfg.max_positions, encoder_decoder=cfg.is_encoder_decoder)
     check_ids(ids, np.ones(ids.shape, bool), cfg.vocab_size)
     stops = cfg.eos_token_id if eos_token_id is None else eos_token_id
     stops = (stops,) if isinstance(stops, int | np.integer) else tuple(stops or ())
     if not stops:
         raise InputError("beam search needs a stop token: pass eos_token_id (the model's config has none)")
+    check_stop_ids(tuple(int(s) for s in stops), cfg.vocab_size)
     tokens, scores = _search_prompts(
-        model, jnp.asarray(ids, jnp.int32), num_beams, max_new_tokens, tuple(int(s) for s in stops),
-        float(length_penalty),
+        model, jnp.asarray(ids, jnp.int32), beams, steps, tuple(int(s) for s in stops), float(alpha),
     )  # fmt: skip
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 

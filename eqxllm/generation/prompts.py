@@ -7,11 +7,17 @@ marks real tokens, and the model's KV cache counts positions over real tokens on
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from jaxtyping import Array, Bool, Int
+from jax.core import Tracer
+from jaxtyping import Array, Bool, Int, Shaped
 
 from eqxllm.errors import InputError
+
+# Options given as Python numbers, NumPy scalars or 0-d arrays (all read with ``as_scalar``).
+IntOption = int | np.integer | Int[Array, ""] | Int[np.ndarray, ""]
+FloatOption = float | int | np.number | Shaped[Array, ""] | Shaped[np.ndarray, ""]
 
 Prompt = (
     Int[Array, "*batch seq"]
@@ -21,11 +27,32 @@ Prompt = (
 )
 
 
+def reject_traced(value: Any, name: str) -> None:
+    """Raise :class:`InputError` when ``value`` is a JAX tracer: generation checks its arguments and
+    pads its prompts on the host, then runs its own compiled loop, so it is called outside ``jax.jit``."""
+    if isinstance(value, Tracer):
+        raise InputError(
+            f"{name} is a traced value: eqxllm's generation compiles its own decoding loop and takes concrete "
+            "arguments, so call it outside jax.jit / eqx.filter_jit / jax.vmap (a batch of prompts is a 2-D "
+            "array or a list)"
+        )
+
+
+def as_scalar(value: Any, name: str) -> Any:
+    """``value`` as a Python ``int`` or ``float`` when it is a NumPy scalar or a 0-d array (JAX or
+    NumPy), else unchanged, for the option checks that follow."""
+    reject_traced(value, name)
+    if isinstance(value, np.generic) or (_is_array(value) and value.shape == ()):
+        return np.asarray(value).item()
+    return value
+
+
 def left_pad(
     prompt: Prompt, *, pad_id: int = 0
 ) -> tuple[Int[np.ndarray, "batch seq"], Bool[np.ndarray, "batch seq"], bool]:
     """``(ids, mask, single)``: the prompts left-padded with ``pad_id``, the mask of real tokens, and
     whether one 1-D prompt was given (so the result should drop the batch axis)."""
+    reject_traced(prompt, "the prompt")
     if _is_array(prompt):
         arr = np.asarray(prompt)
         if arr.ndim not in (1, 2):
@@ -44,6 +71,7 @@ def left_pad(
         raise InputError("got a batch of 0 prompts; pass at least one")
     rows = []
     for i, row in enumerate(prompt):
+        reject_traced(row, f"prompt {i} of the batch")
         if isinstance(row, int | np.integer):
             raise InputError(
                 "a list prompt is a batch of prompts, but its items are ints: pass a 1-D array for one "
@@ -76,9 +104,21 @@ def check_ids(ids: Int[np.ndarray, "batch seq"], mask: Bool[np.ndarray, "batch s
         )
 
 
-def check_context(seq: int, max_new_tokens: int, max_positions: int | None, *, encoder_decoder: bool) -> None:
+def check_stop_ids(stops: tuple[int, ...], vocab_size: int) -> None:
+    """Raise :class:`InputError` naming the first stop id outside ``[0, vocab_size)``: it can never be
+    generated, so a run asked to stop on it would not."""
+    outside = [i for i in stops if not 0 <= i < vocab_size]
+    if outside:
+        raise InputError(
+            f"stop token id {outside[0]} is outside the vocabulary [0, {vocab_size}): it can never be generated; "
+            "pass ids in the vocabulary (or eos_token_id=() to stop only at max_new_tokens)"
+        )
+
+
+def check_context(seq: int, max_new_tokens: IntOption, max_positions: int | None, *, encoder_decoder: bool) -> None:
     """Raise :class:`InputError` when the prompt or the new tokens do not fit in the context
     (``max_positions=None``: a model without a fixed context, such as T5 with relative positions)."""
+    max_new_tokens = as_scalar(max_new_tokens, "max_new_tokens")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if max_positions is None:

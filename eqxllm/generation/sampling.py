@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
+from eqxllm.generation.prompts import FloatOption, IntOption, as_scalar
 
 
 class Sampler(eqx.Module):
@@ -71,9 +72,9 @@ def nucleus_mask(sorted_logits: Float[Array, " k"], top_p: Float[Array, ""]) -> 
 
 def make_sampler(
     *,
-    temperature: float | int = 1.0,
-    top_k: int | None = None,
-    top_p: float | int | None = None,
+    temperature: FloatOption = 1.0,
+    top_k: IntOption | None = None,
+    top_p: FloatOption | None = None,
     has_key: bool,
     vocab_size: int,
 ) -> Sampler:
@@ -83,6 +84,9 @@ def make_sampler(
     ``temperature < 0``, ``top_k < 1`` and ``top_p`` outside ``(0, 1]`` raise :class:`InputError`.
     ``top_k >= vocab_size`` and ``top_p == 1`` keep everything and are dropped.
     """
+    temperature, top_k, top_p = (
+        as_scalar(v, n) for v, n in ((temperature, "temperature"), (top_k, "top_k"), (top_p, "top_p"))
+    )
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature):
         raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if temperature < 0:

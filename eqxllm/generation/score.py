@@ -37,14 +37,16 @@ def _row_sums(lm, ids: Int[Array, "batch seq"], lengths: Int[Array, " batch"]) -
 def text_log_likelihoods(lm, tokenizer, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
     """The mean log-probability per token of each of ``texts`` under the decoder-only ``lm`` (GPT-2,
     Gemma), as float32 ``[len(texts)]``; ``tokenizer`` is the model's own (a ``tokenizers.Tokenizer``).
-    Raises :class:`InputError` for an encoder-decoder model, an empty text, or one that does not fit
-    the model's context with its start token."""
+    Raises :class:`InputError` for an encoder-decoder model, an empty text, one that does not fit
+    the model's context with its start token, or a token id (or start token) outside the vocabulary."""
     cfg = lm.config
     if cfg.is_encoder_decoder:
         raise InputError(f"scoring text needs a decoder-only language model, got {type(lm).__name__}")
     start = getattr(cfg, "bos_token_id", None)
     if start is None:
         raise InputError(f"{type(lm).__name__}'s config has no bos_token_id to start a text with")
+    if not 0 <= start < cfg.vocab_size:
+        raise InputError(f"the config's bos_token_id {start} is outside the vocabulary [0, {cfg.vocab_size})")
     rows = []
     for text in texts:
         ids = tokenizer.encode(text, add_special_tokens=False).ids
@@ -54,6 +56,11 @@ def text_log_likelihoods(lm, tokenizer, texts: Sequence[str], *, batch_size: int
             raise InputError(
                 f"the text {text[:60]!r} is {len(ids)} tokens; with its start token it must fit the "
                 f"model's {cfg.max_positions} positions"
+            )
+        if max(ids) >= cfg.vocab_size:
+            raise InputError(
+                f"the tokenizer gives token id {max(ids)} for {text[:60]!r}, outside the model's vocabulary "
+                f"[0, {cfg.vocab_size}): pass the model's own tokenizer"
             )
         rows.append([start, *ids])
     out = np.zeros((len(rows),), np.float32)

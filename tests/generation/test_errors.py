@@ -68,3 +68,36 @@ def test_a_model_without_a_fixed_context_bounds_nothing():
         check_context(5, 0, None, encoder_decoder=True)
     with pytest.raises(InputError, match="exceeds the decoder's context"):
         check_context(5, 30, 24, encoder_decoder=True)
+
+
+def test_numpy_and_jax_scalars_are_numbers(model):
+    prompt = jnp.ones((3,), jnp.int32)
+    plain = eqxllm.generate(model, prompt, max_new_tokens=3, temperature=0.5, top_k=5, top_p=0.9, key=KEY)
+    scalars = eqxllm.generate(
+        model, prompt, max_new_tokens=np.int64(3), temperature=np.float32(0.5), top_k=np.int64(5),
+        top_p=jnp.asarray(0.9), key=KEY,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(scalars), np.asarray(plain))
+
+
+def test_generation_under_jit_says_where_to_call_it(model):
+    with pytest.raises(InputError, match=r"the prompt is a traced value: .*call it outside jax.jit"):
+        jax.jit(lambda ids: eqxllm.generate(model, ids, max_new_tokens=2))(jnp.ones((3,), jnp.int32))
+    prompt = np.ones((3,), np.int32)  # concrete: made outside the trace
+    with pytest.raises(InputError, match="temperature is a traced value"):
+        jax.jit(lambda t: eqxllm.generate(model, prompt, max_new_tokens=2, temperature=t, key=KEY))(0.5)
+    # a traced key is fine: several samples of one prompt under jax.vmap
+    keys = jax.random.split(KEY, 2)
+    samples = jax.vmap(lambda k: eqxllm.generate(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, key=k))(keys)
+    assert samples.shape == (2, 2)
+
+
+def test_beam_search_checks_its_input_like_generate(model):
+    from eqxllm.generation import beam_search
+
+    with pytest.raises(InputError, match="prompts of one length"):
+        beam_search(model, [[1, 2, 3], [4, 5]], max_new_tokens=2)
+    with pytest.raises(InputError, match=r"stop token id 211 is outside the vocabulary \[0, 211\)"):
+        beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=211)
+    with pytest.raises(InputError, match="stop token id -1"):
+        beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=[3, -1])

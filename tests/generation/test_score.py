@@ -54,3 +54,10 @@ def test_scoring_rejects_what_it_cannot_score(lm):
     with pytest.raises(InputError, match="decoder-only"):
         text_log_likelihoods(FakeSeq2Seq(FakeSeq2SeqConfig(), key=jax.random.key(0)), tok, ["a"])
     assert text_log_likelihoods(lm, tok, ["x" * 63]).shape == (1,)
+
+    class WideTokenizer(CharTokenizer):  # another model's tokenizer: ids beyond this vocabulary
+        def encode(self, text, add_special_tokens=True):
+            return self._Encoding([500 + ord(c) for c in text])
+
+    with pytest.raises(InputError, match=r"token id 6\d\d for 'hi', outside the model's vocabulary \[0, 211\)"):
+        text_log_likelihoods(lm, WideTokenizer(), ["hi"])

@@ -47,3 +47,10 @@ def test_generate_stops_at_its_eos_and_is_greedy_without_do_sample(tmp_path, cap
     argv = ["generate", "--model", str(tmp_path), "--prompt", PROMPT, "--max-new-tokens", "10"]
     assert main(argv) == 0
     assert capsys.readouterr().out == PROMPT + tok.decode(greedy[:stop_at]) + "\n"
+    # the same ids from Python: load_generation_config gives them to eqxllm.generate
+    stops = eqxllm.load_generation_config(tmp_path)["eos_token_id"]
+    tokens, length = eqxllm.generate(model, ids, max_new_tokens=10, eos_token_id=stops, return_lengths=True)
+    assert np.asarray(tokens)[: int(length)].tolist() == greedy[: stop_at + 1]
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.json").write_text("{}")
+    assert eqxllm.load_generation_config(tmp_path / "bare") == {}
