@@ -1,7 +1,7 @@
 """The ``lora`` section of a training run."""
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from eqxllm.errors import ConfigError
@@ -42,6 +42,13 @@ class LoraConfig:
             re.compile(self.targets)
         except re.error as e:
             raise ConfigError(f"lora.targets {self.targets!r} is not a valid regular expression: {e}") from None
+        if self.rank == 0:  # LoRA is off: an adapter option given alone would be dropped without a word
+            given = [f.name for f in fields(self) if f.name != "rank" and getattr(self, f.name) != f.default]
+            if given:
+                raise ConfigError(
+                    f"lora.{given[0]} is set but lora.rank is 0, which turns LoRA off (the whole model trains); "
+                    "set lora.rank to train adapters"
+                )
 
     @property
     def enabled(self) -> bool:

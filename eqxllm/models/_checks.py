@@ -36,12 +36,14 @@ def _or_none(name: str, optional: tuple[str, ...]) -> str:
     return " (or None)" if name in optional else ""
 
 
-def check_nonnegative(cfg: object, names: tuple[str, ...]) -> None:
-    """Fields in ``names`` must be numbers ``>= 0`` (loss weights, noise scales)."""
+def check_nonnegative(cfg: object, names: tuple[str, ...], *, owner: str | None = None) -> None:
+    """Fields in ``names`` must be numbers ``>= 0`` (loss weights, noise scales); messages name
+    ``owner.field`` as :func:`check_positive`'s do."""
+    owner = owner or type(cfg).__name__
     for name in names:
         value = getattr(cfg, name)
         if not value >= 0:
-            raise ConfigError(f"{type(cfg).__name__}.{name} must be >= 0, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be >= 0, got {value!r}")
 
 
 def check_probability(cfg: object, names: tuple[str, ...]) -> None:

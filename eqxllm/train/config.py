@@ -15,7 +15,7 @@ from typing import Any, Literal
 from eqxllm.checkpoints.registry import family_for_model_type
 from eqxllm.errors import ConfigError
 from eqxllm.lora.config import LoraConfig
-from eqxllm.models._checks import check_positive
+from eqxllm.models._checks import check_nonnegative, check_positive
 from eqxllm.models.gemma_config import GemmaConfig
 from eqxllm.models.gpt2 import GPT2Config
 from eqxllm.models.llama_config import LlamaConfig
@@ -110,8 +110,15 @@ class TrainConfig:
         t = self.train
         # named as the flags are (--train.seq-len), not as the class is
         check_positive(
-            t, ("seq_len", "batch_size", "accum_steps", "max_steps", "eval_every", "log_every"), owner="train"
+            t,
+            ("seq_len", "batch_size", "accum_steps", "max_steps", "eval_every", "log_every", "checkpoint_every")
+            + ("keep_checkpoints", "sample_tokens"),
+            ("max_minutes",),
+            owner="train",
         )
+        check_nonnegative(t, ("eval_batches", "num_samples"), owner="train")
+        if t.num_samples and not t.sample_prompt:
+            raise ConfigError("train.sample_prompt is empty; give the text samples start from (or train.num_samples=0)")
         if t.batch_size % t.accum_steps:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by accum_steps={t.accum_steps}")
         if self.model.max_positions is not None and t.seq_len > self.model.max_positions:

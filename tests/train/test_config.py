@@ -6,9 +6,14 @@ import dataclasses
 import pytest
 
 from eqxllm.errors import ConfigError
+from eqxllm.lora.config import LoraConfig
 from eqxllm.models import GPT2Config, T5Config, T5VAEConfig
 from eqxllm.train import TrainConfig
 from eqxllm.train.config import TRAIN_PRESETS, train_preset
+
+
+def _loop(**changes) -> TrainConfig:
+    return TrainConfig().replace(train=dataclasses.replace(TrainConfig().train, **changes))
 
 
 @pytest.mark.parametrize("name", sorted(TRAIN_PRESETS))
@@ -47,6 +52,16 @@ def test_for_run_sets_only_what_is_given():
             lambda: TrainConfig().replace(train=dataclasses.replace(TrainConfig().train, seq_len=0)),
             "train.seq_len must be a positive integer, got 0",
         ),
+        # each of these used to pass and fail mid-run (a division by zero, no checkpoint left to resume,
+        # or an error at the first evaluation, after the training it cost)
+        (lambda: _loop(checkpoint_every=0), "train.checkpoint_every must be a positive integer, got 0"),
+        (lambda: _loop(checkpoint_every=-1), "train.checkpoint_every must be a positive integer, got -1"),
+        (lambda: _loop(keep_checkpoints=0), "train.keep_checkpoints must be a positive integer, got 0"),
+        (lambda: _loop(max_minutes=0.0), r"train.max_minutes must be positive \(or None\), got 0.0"),
+        (lambda: _loop(sample_tokens=0), "train.sample_tokens must be a positive integer, got 0"),
+        (lambda: _loop(num_samples=-1), "train.num_samples must be >= 0, got -1"),
+        (lambda: _loop(sample_prompt=""), "train.sample_prompt is empty"),
+        (lambda: LoraConfig(targets="mlp"), "lora.targets is set but lora.rank is 0, which turns LoRA off"),
     ],
 )
 def test_bad_fields_name_the_config_the_field_and_the_value(make, message):
