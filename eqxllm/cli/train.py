@@ -134,5 +134,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = parse(args.rest + (["--help"] if args.help else []))
     export = train(cfg)
+    if export.name != "model":  # a signal stopped it between steps: a checkpoint, nothing exported
+        print(
+            f"stopped early; checkpoint saved in {export}, no model exported: continue with the same flags and --resume"
+        )
+        return 0
     print(f"model exported to {export}")
     return 0

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from eqxllm.checkpoints.api import load_config
+from eqxllm.checkpoints.api import check_finite, load_config
 from eqxllm.checkpoints.checkpoint_dir import read_checkpoint
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import load_into
@@ -112,7 +112,9 @@ def load_weights(model_cfg: Any, src: str) -> Any:
     """The checkpoint's weights in a model built from ``model_cfg`` (so changeable fields apply)."""
     directory = resolve_pretrained(src)
     family = family_for_config(model_cfg)
-    tensors = family.normalize_keys(read_checkpoint(directory), model_cfg)
+    tensors = read_checkpoint(directory)
+    check_finite(tensors, directory)  # NaN weights would show up only as a NaN loss, blamed on the learning rate
+    tensors = family.normalize_keys(tensors, model_cfg)
     skeleton = eqx.filter_eval_shape(family.model_cls, model_cfg, key=jax.random.key(0))
     return load_into(skeleton, family.key_map(model_cfg), tensors, jnp.float32)
 

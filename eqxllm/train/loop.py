@@ -20,6 +20,7 @@ import jax
 from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray, PyTree
 
+from eqxllm.checkpoints.atomic import remove_created
 from eqxllm.errors import MissingExtraError, NonFiniteError
 from eqxllm.train.checkpoint import TrainCheckpointer
 from eqxllm.train.config import TrainConfig
@@ -31,7 +32,7 @@ from eqxllm.train.metrics import RunLogger
 from eqxllm.train.optim import init_opt_state, make_optimizer
 from eqxllm.train.plot import plot_run
 from eqxllm.train.precision import resolve_dtype
-from eqxllm.train.run_dir import best_val_loss, start_run
+from eqxllm.train.run_dir import best_val_loss, clear_run_files, start_run
 from eqxllm.train.sharding import (
     batch_sharding,
     check_batch_size,
@@ -107,8 +108,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     keep_freed_host_memory()  # after the distributed start: it asks JAX for the backend
     out = Path(cfg.out)
     lead = jax.process_index() == 0
+    created = [d for d in (out, *out.parents) if not d.exists()]
     task = start_run(cfg, out, lead=lead, progress=progress)
-    run = _build_run(cfg, task, out, lead=lead, progress=progress)
+    try:
+        run = _build_run(cfg, task, out, lead=lead, progress=progress)
+    except BaseException:  # bad input found while building (mesh, adapters, weights, data): leave nothing
+        if lead and not cfg.resume:
+            clear_run_files(out)
+            remove_created(created)
+        raise
     try:
         if not _run_steps(run, stop_after_step):
             return out / "checkpoints"
@@ -125,6 +133,7 @@ def _build_run(cfg: TrainConfig, task: Task, out: Path, *, lead: bool, progress:
     model_cfg = cfg.model if cfg.init_from else task.model_config(cfg.model)  # a checkpoint's stays as is
     mesh = make_mesh(f"data={jax.device_count()}" if cfg.mesh == "auto" else cfg.mesh)
     check_batch_size(t.batch_size, mesh)
+    task.batch(0, process_index=jax.process_index(), process_count=jax.process_count())  # too little data: now
     init_key, train_key, sample_key = jax.random.split(jax.random.key(t.seed), 3)
     model = initial_model(cfg, model_cfg, init_key)
     optimizer = make_optimizer(cfg.resolved_optim(), model)

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 from eqxllm.checkpoints.atomic import atomic_write_text, remove_created
 from eqxllm.errors import CheckpointError, ConfigError
@@ -72,8 +73,21 @@ def _check_same_run(cfg: TrainConfig, saved: Path, out: Path) -> None:
         raise ConfigError(f"{saved} is not valid JSON ({e}); it cannot be resumed") from e
     new = json.loads(cfg.to_json())
     for part in ("model", "data", "task", "lora", "init_from"):  # lora/init_from: absent from older runs' files
-        if old.get(part, new.get(part)) != new.get(part):
-            raise ConfigError(f"--resume: the {part} config differs from the run in {out}; resume with the same one")
+        was, now = old.get(part, new.get(part)), new.get(part)
+        if was != now:
+            raise ConfigError(
+                f"--resume: {_first_difference(part, was, now)} differs from the run in {out}; resume with the "
+                f"same flags, or with --config-file {saved} --resume"
+            )
+
+
+def _first_difference(name: str, was: Any, now: Any) -> str:
+    """``name.field (was X, now Y)`` for the first field that differs between two JSON values."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        for key in sorted(was.keys() | now.keys()):
+            if was.get(key) != now.get(key):
+                return _first_difference(f"{name}.{key}", was.get(key), now.get(key))
+    return f"{name} (was {was!r}, now {now!r})"
 
 
 def start_run(cfg: TrainConfig, out: Path, *, lead: bool, progress: bool) -> Task:

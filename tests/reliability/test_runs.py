@@ -113,3 +113,29 @@ def test_a_failed_start_removes_the_folders_it_made(tmp_path):
     with pytest.raises(DataError):
         train(_cfg(tmp_path, tmp_path / "runs" / "deep" / "run", data=tmp_path / "missing.txt"), progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "facts"),
+    [
+        (dict(mesh="data=8"), ConfigError, "has 8 devices but 1 are available"),
+        (
+            dict(lora=dataclasses.replace(train_preset("gpt2-tinystories-test").lora, rank=2, targets="nomatch")),
+            ConfigError,
+            "matches no linear layer",
+        ),  # fmt: skip
+        ("tiny data", DataError, "fewer than one window"),
+    ],
+)
+def test_a_start_refused_while_building_leaves_nothing(tmp_path, change, error, facts):
+    """Found after run_config.json and the tokenizer were written: they and the folders made go again."""
+    out = tmp_path / "runs" / "run"
+    if change == "tiny data":
+        tiny = tmp_path / "tiny.txt"
+        tiny.write_text("Hi.<|endoftext|>Yo.<|endoftext|>Ok.<|endoftext|>Bye.<|endoftext|>")
+        cfg = _cfg(tmp_path, out, data=tiny)
+    else:
+        cfg = _cfg(tmp_path, out).replace(**change)
+    with pytest.raises(error, match=facts):
+        train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists()

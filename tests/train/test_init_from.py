@@ -108,7 +108,8 @@ def test_lora_run_first_step_exports_and_bit_identical_resume(base, tmp_path):
 
     b = _cfg(base, tmp_path / "b", lora=LORA)
     train(b, progress=False, stop_after_step=2)
-    with pytest.raises(ConfigError, match="the lora config differs"):
+    # the message names the field, both values, and the run's own config as a way to resume
+    with pytest.raises(ConfigError, match=r"lora\.rank \(was 2, now 4\) differs .*--config-file .*run_config\.json"):
         train(b.replace(resume=True, lora=dataclasses.replace(LORA, rank=4)), progress=False)
     resumed = eqxllm.from_pretrained(train(b.replace(resume=True), progress=False))
     for x, y in zip(
@@ -147,6 +148,23 @@ def test_checkpoint_without_tokenizer(base, tmp_path):
     cfg = _cfg(base, tmp_path / "run").replace(init_from=str(bare))
     with pytest.raises(DataError, match="holds no tokenizer"):
         train(cfg, progress=False)
+
+
+def test_checkpoint_with_nan_weights_is_named_before_training(base, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from eqxllm.errors import NonFiniteError
+    from eqxllm.train.init_from import load_weights
+
+    bad = tmp_path / "nan"
+    bad.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (bad / name).write_bytes((base / "ckpt" / name).read_bytes())
+    tensors = load_file(base / "ckpt" / "model.safetensors")
+    tensors["transformer.ln_f.bias"][1] = np.nan
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NonFiniteError, match=r"tensor 'transformer.ln_f.bias' holds 1 non-finite"):
+        load_weights(checkpoint_config(str(bad)), str(bad))
 
 
 def test_prompt_completion_lora_run(base, tmp_path):
