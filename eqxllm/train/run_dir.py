@@ -100,6 +100,8 @@ def start_run(cfg: TrainConfig, out: Path, *, lead: bool, progress: bool) -> Tas
         if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "run_config.json", cfg.to_json())
+        elif lead:  # a resume may change what does not touch the weights (the schedule, max_steps): record it,
+            atomic_write_text(out / "run_config.json", cfg.to_json())  # so --config-file replays this run
         return make_task(cfg, out, progress=progress and lead)
     except BaseException:
         if lead and not cfg.resume:
