@@ -54,7 +54,8 @@ TRANSFORMER_MODEL_TYPE = "eqxllm_transformer"
 
 
 def config_from_hf(hf: dict[str, Any]) -> T5Config:
-    """Translate a transformers T5 ``config.json`` (v4 or v5) or an eqxllm Transformer one."""
+    """Translate a transformers T5 ``config.json`` (v4 or v5), an mT5 one (Xue et al., 2021: T5 v1.1's
+    architecture with a multilingual vocabulary, which saves back as ``t5``), or an eqxllm Transformer one."""
     kwargs = {k: hf[k] for k in _HF_FIELDS if hf.get(k) is not None}
     if isinstance(kwargs.get("eos_token_id"), list):  # v5 allows several; keep the first (the sampler's stop id)
         eos = kwargs.pop("eos_token_id")
@@ -63,14 +64,15 @@ def config_from_hf(hf: dict[str, Any]) -> T5Config:
     if hf.get("num_decoder_layers") not in (None, hf.get("num_layers", T5Config.num_layers)):
         kwargs["num_decoder_layers"] = hf["num_decoder_layers"]
     tie = bool(hf.get("tie_word_embeddings", True))
-    scale = bool(hf.get("scale_decoder_outputs", tie))
+    # mT5 never scales its decoder outputs (transformers' MT5 has no such step, whatever the tying)
+    scale = bool(hf.get("scale_decoder_outputs", tie and hf.get("model_type") != "mt5"))
     # v4: one flag for both; v5: tie is always true and scale_decoder_outputs=false marks v1.1/Flan,
     # whose head is untied (a head missing from the weights is then filled from `shared`)
     kwargs["tie_word_embeddings"] = tie and scale
     kwargs.update({k: v for k, v in hf.get("eqxllm", {}).items() if k in _EQXLLM_FIELDS})
     if kwargs.get("scale_decoder_outputs", scale) != kwargs["tie_word_embeddings"]:  # None: T5's rule
         kwargs["scale_decoder_outputs"] = kwargs.get("scale_decoder_outputs", scale)
-    if hf.get("model_type") == "t5" and not T5Config(**kwargs).hf_expressible:
+    if hf.get("model_type") in ("t5", "mt5") and not T5Config(**kwargs).hf_expressible:
         raise ConfigError("config.json says model_type 't5' but its 'eqxllm' options describe another architecture")
     return T5Config(**kwargs)
 
@@ -183,7 +185,7 @@ def _family():
     from eqxllm.models.t5 import T5
 
     return Family(
-        model_types=("t5", TRANSFORMER_MODEL_TYPE),
+        model_types=("t5", "mt5", TRANSFORMER_MODEL_TYPE),  # mT5: T5 v1.1's architecture, saved back as "t5"
         config_cls=T5Config,
         model_cls=T5,
         config_from_hf=config_from_hf,

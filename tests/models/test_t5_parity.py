@@ -211,3 +211,26 @@ def test_round_trip_is_bit_identical(tmp_path):
         assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
     out = json.loads((dst / "config.json").read_text())
     assert out["model_type"] == "t5" and out["num_decoder_layers"] == 3 and out["feed_forward_proj"] == "gated-gelu"
+
+
+def test_mt5_loads_as_t5_and_saves_back_as_t5(tmp_path):
+    """mT5 is T5 v1.1's architecture (gated GELU, untied head) with a multilingual vocabulary; umT5's
+    per-layer position tables are another architecture and stay refused."""
+    kwargs = CONFIGS["v1_1-untied-gated-gelu-deeper-decoder"]
+    torch.manual_seed(3)
+    hf = transformers.MT5ForConditionalGeneration(transformers.MT5Config(**kwargs, dropout_rate=0.0)).eval()
+    with torch.no_grad():  # a head of its own, as the released mT5 checkpoints have
+        hf.lm_head.weight = torch.nn.Parameter(torch.randn_like(hf.shared.weight) * 0.3)
+    hf.save_pretrained(tmp_path / "mt5")
+    assert json.loads((tmp_path / "mt5" / "config.json").read_text())["model_type"] == "mt5"
+    model = eqxllm.from_pretrained(tmp_path / "mt5")
+    ids, dec_ids, mask = _inputs(kwargs["vocab_size"], seed=4)
+    ref = _hf_logits(hf, ids, dec_ids, mask)
+    assert np.abs(_ours(model, ids, dec_ids, mask) - ref).max() <= TOL
+    eqxllm.save_pretrained(model, tmp_path / "back")
+    back = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
+    assert np.abs(_hf_logits(back, ids, dec_ids, mask) - ref).max() <= TOL
+    cfg = json.loads((tmp_path / "mt5" / "config.json").read_text())
+    (tmp_path / "mt5" / "config.json").write_text(json.dumps({**cfg, "model_type": "umt5"}))
+    with pytest.raises(CheckpointError, match="umt5"):
+        eqxllm.from_pretrained(tmp_path / "mt5")
