@@ -204,11 +204,18 @@ class DatasetSource:
         self._check_count(count)
 
     def _check_count(self, count: int) -> None:
+        if count == 0 and self.holdout and self.split == "validation":
+            raise DataError(
+                f"the hold-out of {self.spec.val_fraction:g} of dataset {self.spec.source!r} took none of its "
+                "records for validation; raise --data.val-fraction, or pass a folder that also holds a validation "
+                "file (a name with 'valid', 'dev' or 'test')"
+            )
         if count == 0:
             raise DataError(
                 f"the {self.split} split of dataset {self.spec.source!r} is empty"
-                + (" (every record was held out or the hold-out took none)" if self.holdout else "")
+                + (" (every record was held out for validation)" if self.holdout else "")
                 + "; give a dataset with records"
+                + (" or a smaller --data.val-fraction" if self.holdout else "")
             )
 
     def stories(self) -> list[str]:

@@ -99,8 +99,10 @@ def test_empty_csv_and_held_out_everything(tmp_path):
     with pytest.raises(DataError, match="is empty"):
         dataset_sources(DatasetSpec(source=str(tmp_path / "h.csv")))["train"].stories()
     path = _write(tmp_path / "one.jsonl", [{"text": "only"}])
-    with pytest.raises(DataError, match="validation split of dataset .* is empty"):
+    with pytest.raises(DataError, match=r"the hold-out of 0 of dataset .* took none .*raise --data.val-fraction"):
         dataset_sources(DatasetSpec(source=str(path), val_fraction=0.0))["validation"].stories()
+    with pytest.raises(DataError, match=r"every record was held out .*smaller --data.val-fraction"):
+        dataset_sources(DatasetSpec(source=str(path), val_fraction=1.0))["train"].stories()
 
 
 def test_hub_dataset_not_cached_while_offline(monkeypatch, tmp_path):
