@@ -3,7 +3,6 @@ cannot write is one line and exit 2 before any work, missing parent folders are 
 printed is the file written."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ def test_train_out_below_a_file_or_where_the_system_refuses(capsys, tmp_path, af
     before = snapshot(tmp_path)
     assert_user_error(capsys, [*TRAIN, "--out", afile / "sub"], "--out", "its parent", "afile is a file")
     assert snapshot(tmp_path) == before
-    if sys.platform == "linux" and Path("/proc/self").is_dir():  # a folder no one can create things in
+    if Path("/proc/self").is_dir():  # Linux's /proc: a folder no one can create things in
         assert_user_error(capsys, [*TRAIN, "--out", "/proc/eqxllm-run"], "cannot create the folder /proc/eqxllm-run")
         assert not Path("/proc/eqxllm-run").exists()
 
@@ -83,6 +82,13 @@ def encoder_decoders(tmp_path_factory) -> tuple[Path, Path]:
         eqxllm.save_pretrained(T5(t5, key=jax.random.key(0)), root / "t5", tokenizer=tok),
         eqxllm.save_pretrained(vae, root / "vae", tokenizer=tok),
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
+def test_convert_where_the_system_refuses_is_one_line(capsys, encoder_decoders):
+    t5, _ = encoder_decoders
+    assert_user_error(capsys, ["convert", t5, "/proc/eqxllm-model"], "cannot write in /proc", "the system says")
+    assert not Path("/proc/eqxllm-model").exists()
 
 
 def test_vae_outputs_are_checked_before_the_model_loads(capsys, encoder_decoders, tmp_path, afile):
