@@ -58,22 +58,46 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     return removed
 
 
-def check_destination(directory: Path) -> None:
-    """Raise :class:`CheckpointError` unless ``directory`` is a folder or absent, below no file."""
-    for d in (directory, *directory.parents):
+def _obstacle(path: Path) -> str | None:
+    """Why nothing can be created at ``path``: a file at it or among its parents, or a nearest
+    existing folder that is not writable; None when nothing stands in the way."""
+    for d in (path, *path.parents):
         if d.exists() and not d.is_dir():
-            where = "" if d == directory else f" (its parent {d} is a file)"
-            raise CheckpointError(f"cannot save into {directory}{where}: {d} is a file; pass a directory path")
+            return f"{d} is a file" if d == path else f"its parent {d} is a file"
         if d.exists():
-            break
+            return None if os.access(d, os.W_OK | os.X_OK) else f"{d} is not writable"
+    return None
+
+
+def check_destination(directory: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``directory`` is a folder or absent, below no file, and
+    the nearest existing folder on its path is writable."""
+    reason = _obstacle(directory)
+    if reason:
+        raise CheckpointError(f"cannot save into {directory}: {reason}; pass a directory path you can write")
+
+
+def create_folders(directory: Path) -> list[Path]:
+    """Check ``directory`` (:func:`check_destination`) and create it with its missing parents; returns
+    the folders created, deepest first. A refusal by the system (a read-only or virtual file system
+    such as ``/proc``) is a :class:`CheckpointError` and leaves nothing created."""
+    check_destination(directory)
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        remove_created(created)
+        raise CheckpointError(
+            f"cannot create the folder {directory} (the system says: {e.strerror or e}); "
+            "pass a folder in a place you can write"
+        ) from None
+    return created
 
 
 def prepare_destination(directory: Path) -> list[Path]:
     """Check that ``directory`` can be saved into (a folder, or absent) and create it; returns the folders
     created (deepest first) so that a failed save can remove them again."""
-    check_destination(directory)
-    created = [d for d in (directory, *directory.parents) if not d.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
+    created = create_folders(directory)
     remove_stale_temporaries(directory)
     return created
 
@@ -91,7 +115,12 @@ def remove_created(created: list[Path]) -> None:
 @contextmanager
 def temporary_folder(directory: Path) -> Iterator[Path]:
     """A hidden folder inside ``directory``, removed when the block ends (whatever it left there)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"{SAVE_PREFIX}p{os.getpid()}-", dir=directory))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{SAVE_PREFIX}p{os.getpid()}-", dir=directory))
+    except OSError as e:  # writable by its mode bits yet refused (a virtual file system such as /proc)
+        raise CheckpointError(
+            f"cannot write in {directory} (the system says: {e.strerror or e}); pass a folder you can write"
+        ) from None
     try:
         yield tmp
     finally:
@@ -109,16 +138,50 @@ def fsync_dir(directory: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all (a temporary beside it, fsynced, then ``os.replace``)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary beside it, fsynced, then ``os.replace``)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.p{os.getpid()}.", suffix=".eqxllm.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_file_destination(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` can become a file: not a folder, below no file,
+    in a place that can be written."""
+    if path.is_dir():
+        reason = f"{path} is a folder"
+    else:  # an existing file is replaced: only its folder must be writable
+        reason = _obstacle(path.parent if path.exists() else path)
+    if reason:
+        raise CheckpointError(f"cannot write {path}: {reason}; pass a file path you can write")
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    """Write ``data`` to the file ``path`` atomically, creating its missing parent folders (removed
+    again if the write fails); returns ``path``."""
+    check_file_destination(path)
+    created = create_folders(path.parent)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        remove_created(created)
+        raise CheckpointError(
+            f"cannot write {path} (the system says: {e.strerror or e}); pass a path you can write"
+        ) from None
+    except BaseException:
+        remove_created(created)
+        raise
+    return path
 
 
 def write_directory(directory: Path, write_into: Callable[[Path], None]) -> Path:

@@ -9,6 +9,7 @@ import json
 import math
 
 from eqxllm.cli._numbers import positive_int
+from eqxllm.errors import InputError
 
 
 def add_parser(sub) -> None:
@@ -30,11 +31,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eqxllm.checkpoints import from_pretrained
+    from eqxllm.checkpoints import from_pretrained, load_config
     from eqxllm.checkpoints.hub import resolve_pretrained
     from eqxllm.train.text_eval import evaluate_text_file
 
     directory = resolve_pretrained(args.model)
+    _check_evaluable(args.model, load_config(directory))
     model = from_pretrained(directory)
     if model.config.model_type == "t5_vae":  # an autoencoder: reconstruction metrics, not perplexity
         from eqxllm.vae.evaluate import evaluate_text_file as evaluate_vae
@@ -53,3 +55,14 @@ def run(args: argparse.Namespace) -> int:
         for k, v in result.items():
             print(f"{k:>14}: {v:.6g}" if isinstance(v, float) else f"{k:>14}: {v}")
     return 0
+
+
+def _check_evaluable(src: str, config) -> None:
+    """Refuse an encoder-decoder other than a T5-VAE: a text file has no next-token loss under it."""
+    if config.is_encoder_decoder and config.model_type != "t5_vae":
+        raise InputError(
+            f"--model {src} is an encoder-decoder ({config.model_type}): eqxllm eval scores decoder-only "
+            "language models on a text file (and a T5-VAE on its reconstructions), not a model that maps inputs "
+            f"to targets: `eqxllm train --init-from {src} --task seq2seq` logs its validation loss on "
+            "text-to-text pairs (metrics.jsonl), and `eqxllm generate` samples it"
+        )

@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eqxllm.checkpoints import from_pretrained
+    from eqxllm.checkpoints import from_pretrained, load_config
     from eqxllm.checkpoints.generation_config import read_generation_config
     from eqxllm.checkpoints.hub import resolve_pretrained
     from eqxllm.data.tokenizer import load_tokenizer
@@ -65,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
             )
     temperature = 1.0 if args.temperature is None else args.temperature
     directory = resolve_pretrained(args.model, revision=args.revision)
+    if load_config(directory).model_type == "t5_vae":
+        raise InputError(
+            f"--model {args.model} is a T5-VAE, which writes a sentence from a latent code rather than continuing "
+            "a prompt: use `eqxllm vae` (encode and decode to reconstruct sentences, interpolate, sample)"
+        )
     model = from_pretrained(directory)
     tokenizer = load_tokenizer(directory)
     # generation_config.json fills what the flags leave unset; an explicit sampling flag means sampling
@@ -83,19 +88,20 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"the prompt {args.prompt!r} encodes to no tokens; give some text")
     options = {} if args.greedy else dict(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
     for i in range(args.num_samples):
-        if args.num_samples > 1:
-            out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n")
+        header = f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n" if args.num_samples > 1 else ""
         key = None if args.greedy else jax.random.fold_in(jax.random.key(args.seed), i)
-        print_stream(model, tokenizer, prompt, args, key, options, out, stops=stops)
+        print_stream(model, tokenizer, prompt, args, key, options, out, stops=stops, header=header)
         out.write("\n")
     return 0
 
 
-def print_stream(model, tokenizer, prompt, args, key, options, out, stops: set[int] | None = None) -> None:
+def print_stream(
+    model, tokenizer, prompt, args, key, options, out, stops: set[int] | None = None, header: str = ""
+) -> None:
     """Generate with :func:`eqxllm.generation.stream` and print the decoded text as it grows.
 
-    The prompt is echoed once the first chunk has come, so an error in the arguments (found when
-    generation starts) is not printed after it. The whole continuation is decoded again after every chunk and only the new suffix printed: a
+    ``header`` and the prompt are printed once the first chunk has come, so an error in the arguments
+    (found when generation starts) is not printed after them. The whole continuation is decoded again after every chunk and only the new suffix printed: a
     byte-level token may hold half a character, which shows as U+FFFD until its other half comes.
     """
     from eqxllm.generation import stream
@@ -109,7 +115,7 @@ def print_stream(model, tokenizer, prompt, args, key, options, out, stops: set[i
         stream(model, prompt, max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, key=key, **options)
     ):
         if i == 0:
-            out.write(args.prompt)
+            out.write(header + args.prompt)
         new = np.asarray(chunk).tolist()
         done = next((j for j, t in enumerate(new) if t in stops), None)
         ids.extend(new if done is None else new[:done])  # the stop token and padding are not text

@@ -4,7 +4,9 @@
 def add_parser(sub) -> None:
     p = sub.add_parser("plot", help="draw the loss curve of a training run", description=__doc__)
     p.add_argument("run_dir", help="a directory written by eqxllm train")
-    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
+    p.add_argument(
+        "--out", default=None, help="image file: .png, .pdf, .svg, ... (default RUN_DIR/loss.png; folders are created)"
+    )
     p.set_defaults(func=lambda args: print(_plot(args)) or 0)
 
 

@@ -17,7 +17,9 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import json
 import re
+from pathlib import Path
 
 SHORT_FLAGS = {
     "--data": "--data.source",
@@ -61,14 +63,14 @@ def parse(argv: list[str]):
 
     from eqxllm.cli import _Parser
     from eqxllm.errors import ConfigError
-    from eqxllm.train.config import TRAIN_PRESETS, TrainConfig, load_config_file, train_preset
+    from eqxllm.train.config import TRAIN_PRESETS, TrainConfig, train_preset
 
     pre = _Parser(prog="eqxllm train", add_help=False)
     pre.add_argument("--config", default="gpt2-tinystories", choices=sorted(TRAIN_PRESETS))
     pre.add_argument("--config-file", default=None)
     pre.add_argument("--init-from", default=None)
     known, rest = pre.parse_known_args(argv)
-    default = load_config_file(known.config_file) if known.config_file else train_preset(known.config)
+    default = _config_file(known.config_file) if known.config_file else train_preset(known.config)
     if known.init_from:
         from eqxllm.train.init_from import checkpoint_config, refuse_fixed
 
@@ -102,9 +104,34 @@ def parse(argv: list[str]):
     return cfg.replace(model=dataclasses.replace(cfg.model, **tuples)) if tuples else cfg
 
 
+def _config_file(path: str):
+    """The :class:`TrainConfig` saved in ``path`` (a run's ``run_config.json``), or a ConfigError that
+    says why not: a folder, a missing file, text that is not JSON, JSON that is not a config."""
+    from eqxllm.errors import ConfigError
+    from eqxllm.train.config import load_config_file
+
+    p = Path(path)
+    expected = "pass the run_config.json that eqxllm train writes"
+    if p.is_dir():
+        raise ConfigError(f"--config-file {p} is a directory; {expected} (such as {p / 'run_config.json'})")
+    if not p.is_file():
+        raise ConfigError(f"--config-file {p} does not exist; {expected}, or a preset with --config")
+    try:
+        json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--config-file {p} is not valid JSON ({e}); {expected}") from None
+    try:
+        return load_config_file(p)
+    except ConfigError as e:
+        raise ConfigError(f"--config-file {p}: {e}; {expected}") from None
+
+
 def _one_line(boxed: str) -> str:
-    """tyro's framed error report as one line: the frame, rules and the help pointer dropped."""
-    text = re.sub(r"[│╭╮╰╯─┃━┏┓┗┛]+", " ", boxed)
+    """tyro's error report as one line: its frame (box characters on a terminal, dashes elsewhere), its
+    title (the kind of error, which the text says again), its rules and its help pointer dropped."""
+    lines = [re.sub(r"[│╭╮╰╯─┃━┏┓┗┛]+", " ", line).strip() for line in boxed.splitlines()]
+    lines = [line for line in lines if line and not re.fullmatch(r"-+", line)]
+    text = " ".join(lines[1:] if len(lines) > 1 else lines)
     text = re.sub(r"For full helptext, (see|run) .*", "", text)
     return " ".join(text.split()) + " (see eqxllm train --help)"
 

@@ -23,6 +23,7 @@ decode to empty sentences). The tokenizer is the one saved beside the model.
 """
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -111,12 +112,32 @@ def _load(model_src: str):
     return model, tokenizer
 
 
-def _write_lines(lines: list[str], output: str | None) -> None:
+def _output(args: argparse.Namespace) -> Path | None:
+    """The file ``--output`` names (``encode``: ``.npy`` added when it has no suffix, as numpy would),
+    checked before the model loads: not a folder, below no file."""
+    from eqxllm.checkpoints.atomic import check_file_destination
+
+    if getattr(args, "output", None) is None:
+        return None
+    path = Path(args.output)
+    if args.action == "encode":
+        if not path.suffix:
+            path = path.with_name(f"{path.name}.npy")
+        if path.suffix != ".npy":
+            raise InputError(f"--output {path}: latents are written as a NumPy array; name a .npy file")
+    check_file_destination(path)
+    return path
+
+
+def _write_lines(lines: list[str], output: Path | None) -> None:
+    from eqxllm.checkpoints.atomic import write_file
+
     text = "".join(f"{line}\n" for line in lines)
     if output is None:
         sys.stdout.write(text)
     else:
-        Path(output).write_text(text, encoding="utf-8")
+        write_file(output, text.encode("utf-8"))
+        print(f"wrote {len(lines)} sentences to {output}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     from eqxllm.vae.text import build_bank, decode_latents, encode_texts, interpolate_texts
 
+    output = _output(args)
     model, tokenizer = _load(args.model)
     if args.action == "interpolate":
         if (args.method == "geodesic") != (args.bank is not None):
@@ -140,11 +162,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"{i / (len(path) - 1):.2f}  {text}")
     elif args.action == "encode":
         lines = _read_lines(args.input)
-        np.save(args.output, encode_texts(model, tokenizer, lines, refine_steps=args.refine_steps))
-        print(f"wrote {len(lines)} latents to {args.output}", file=sys.stderr)
+        from eqxllm.checkpoints.atomic import write_file
+
+        assert output is not None  # --output is required for encode
+        array = io.BytesIO()
+        np.save(array, encode_texts(model, tokenizer, lines, refine_steps=args.refine_steps))
+        print(f"wrote {len(lines)} latents to {write_file(output, array.getvalue())}", file=sys.stderr)
     elif args.action == "decode":
         latents = _read_latents(args.input)
-        _write_lines(decode_latents(model, tokenizer, latents, num_beams=args.num_beams), args.output)
+        _write_lines(decode_latents(model, tokenizer, latents, num_beams=args.num_beams), output)
     else:
         if args.num < 1:
             raise InputError(f"--num must be >= 1, got {args.num}")

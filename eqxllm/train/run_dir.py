@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from eqxllm.checkpoints.atomic import atomic_write_text, remove_created
+from eqxllm.checkpoints.atomic import atomic_write_text, check_destination, create_folders, remove_created
 from eqxllm.errors import CheckpointError, ConfigError
 from eqxllm.train.config import TrainConfig
 from eqxllm.train.metrics import read_metrics
@@ -42,6 +42,10 @@ def check_out_dir(cfg: TrainConfig, out: Path, *, lead: bool = True) -> None:
     started afresh."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a directory (empty, or a run to --resume)")
+    try:  # below a file, or in a folder that cannot be written: refused before any work
+        check_destination(out)
+    except CheckpointError as e:
+        raise ConfigError(f"--out: {e}") from None
     if not out.is_dir() or not any(out.iterdir()):
         if cfg.resume:
             raise CheckpointError(f"--resume: {out} holds no checkpoint to resume from (no run); drop --resume")
@@ -98,7 +102,7 @@ def start_run(cfg: TrainConfig, out: Path, *, lead: bool, progress: bool) -> Tas
     created = [d for d in (out, *out.parents) if not d.exists()]
     try:
         if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
-            out.mkdir(parents=True, exist_ok=True)
+            create_folders(out)  # a place the system refuses (/proc) is one line, not an OSError
             atomic_write_text(out / "run_config.json", cfg.to_json())
         elif lead:  # a resume may change what does not touch the weights (the schedule, max_steps): record it,
             atomic_write_text(out / "run_config.json", cfg.to_json())  # so --config-file replays this run
