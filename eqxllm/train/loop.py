@@ -32,7 +32,7 @@ from eqxllm.train.metrics import RunLogger
 from eqxllm.train.optim import init_opt_state, make_optimizer
 from eqxllm.train.plot import plot_run
 from eqxllm.train.precision import resolve_dtype
-from eqxllm.train.run_dir import best_val_loss, clear_run_files, start_run
+from eqxllm.train.run_dir import best_val_loss, clear_run_files, record_resumed_config, start_run
 from eqxllm.train.sharding import (
     batch_sharding,
     check_batch_size,
@@ -117,6 +117,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
             clear_run_files(out)
             remove_created(created)
         raise
+    if lead and cfg.resume:  # restored: the settings it continues under are now the run's
+        record_resumed_config(cfg, out)
     try:
         if not _run_steps(run, stop_after_step):
             return out / "checkpoints"

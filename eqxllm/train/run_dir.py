@@ -104,14 +104,22 @@ def start_run(cfg: TrainConfig, out: Path, *, lead: bool, progress: bool) -> Tas
         if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
             create_folders(out)  # a place the system refuses (/proc) is one line, not an OSError
             atomic_write_text(out / "run_config.json", cfg.to_json())
-        elif lead:  # a resume may change what does not touch the weights (the schedule, max_steps): record it,
-            atomic_write_text(out / "run_config.json", cfg.to_json())  # so --config-file replays this run
         return make_task(cfg, out, progress=progress and lead)
     except BaseException:
         if lead and not cfg.resume:
             clear_run_files(out)
             remove_created(created)
         raise
+
+
+def record_resumed_config(cfg: TrainConfig, out: Path) -> None:
+    """A resume may change what does not touch the weights (the schedule, ``max_steps``): once its
+    checkpoint has restored, ``run_config.json`` says so, so that ``--config-file`` replays the run.
+    An unchanged config leaves the file untouched."""
+    path = out / "run_config.json"
+    text = cfg.to_json()
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
 
 
 def best_val_loss(out: Path, upto: int) -> float:
