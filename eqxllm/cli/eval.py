@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True, help="UTF-8 text file")
     p.add_argument(
         "--seq-len", type=positive_int, default=None,
-        help="window length (default: the context the model was trained on, its max positions)",
+        help="window length, at most the model's context (default: the context, its max positions)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per batch (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

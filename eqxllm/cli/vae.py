@@ -209,4 +209,7 @@ def _read_latents(path: str) -> np.ndarray:
         raise DataError(
             f"{p} holds a {latents.dtype} array of shape {latents.shape}; expected float [n, tokens, latent]"
         )
+    if not np.isfinite(latents).all():  # they would decode to nothing, and exit 0
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(latents))[0])
+        raise DataError(f"{p} holds non-finite values (NaN or inf), the first at index {first}; encode the texts again")
     return latents

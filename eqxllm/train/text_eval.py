@@ -48,6 +48,8 @@ def evaluate_text_file(
     if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
         raise InputError(f"seq_len must be an integer >= 1, got {seq_len!r}")
     context = model.config.max_positions
-    seq = min(seq_len or context, context) if context is not None else seq_len or 1024
+    if seq_len is not None and context is not None and seq_len > context:
+        raise InputError(f"seq_len={seq_len} exceeds the model's context ({context} positions); pass at most {context}")
+    seq = (seq_len or context) if context is not None else seq_len or 1024
     res = evaluate_tokens(model, tokens, num_bytes=len(text.encode("utf-8")), seq_len=seq, batch_size=batch_size)
     return res.as_dict()

@@ -35,6 +35,14 @@ def test_eval_json_reports_loss_perplexity_and_bits_per_byte(model_dir, tmp_path
     assert abs(out["loss"] - math.log(GPT2Config.tiny().vocab_size)) < 1.5
 
 
+def test_eval_refuses_a_window_beyond_the_context(model_dir, tmp_path, capsys):
+    data = tmp_path / "valid.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    context = GPT2Config.tiny().n_positions  # used to be capped without a word
+    assert main(["eval", "--model", str(model_dir), "--data", str(data), "--seq-len", str(context + 1)]) == 2
+    assert f"seq_len={context + 1} exceeds the model's context ({context} positions)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content, message", [(b"", "empty"), (b"caf\xe9", "not UTF-8: byte 3")])
 def test_eval_bad_files(model_dir, tmp_path, capsys, content, message):
     data = tmp_path / "bad.txt"

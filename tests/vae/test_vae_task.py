@@ -142,6 +142,9 @@ def test_cli_eval_and_vae_commands(trained, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 3), np.float32))
     assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "bad.npy")]) == 2
     assert "latents must be [4, 8]" in capsys.readouterr().err
+    np.save(tmp_path / "nan.npy", np.where(np.arange(z.size).reshape(z.shape) == 5, np.nan, z))
+    assert main(["vae", "decode", "--model", str(export), "--input", str(tmp_path / "nan.npy")]) == 2
+    assert "non-finite values (NaN or inf), the first at index" in capsys.readouterr().err
     (tmp_path / "long.txt").write_text("Tom " * 40 + "ran.\n")
     assert main(["vae", "encode", "--model", str(export), "--input", str(tmp_path / "long.txt"),
                  "--output", str(tmp_path / "l.npy")]) == 2  # fmt: skip
