@@ -77,12 +77,18 @@ def check_destination(directory: Path) -> None:
         raise CheckpointError(f"cannot save into {directory}: {reason}; pass a directory path you can write")
 
 
+def missing_folders(directory: Path) -> list[Path]:
+    """``directory`` and those of its parents that do not exist yet, deepest first: what creating it
+    makes, and what :func:`remove_created` takes away again."""
+    return [d for d in (directory, *directory.parents) if not d.exists()]
+
+
 def create_folders(directory: Path) -> list[Path]:
     """Check ``directory`` (:func:`check_destination`) and create it with its missing parents; returns
     the folders created, deepest first. A refusal by the system (a read-only or virtual file system
     such as ``/proc``) is a :class:`CheckpointError` and leaves nothing created."""
     check_destination(directory)
-    created = [d for d in (directory, *directory.parents) if not d.exists()]
+    created = missing_folders(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:

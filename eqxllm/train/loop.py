@@ -20,7 +20,7 @@ import jax
 from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray, PyTree
 
-from eqxllm.checkpoints.atomic import remove_created
+from eqxllm.checkpoints.atomic import missing_folders, remove_created
 from eqxllm.errors import MissingExtraError, NonFiniteError
 from eqxllm.train.checkpoint import TrainCheckpointer
 from eqxllm.train.config import TrainConfig
@@ -108,7 +108,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     keep_freed_host_memory()  # after the distributed start: it asks JAX for the backend
     out = Path(cfg.out)
     lead = jax.process_index() == 0
-    created = [d for d in (out, *out.parents) if not d.exists()]
+    created = missing_folders(out)
     task = start_run(cfg, out, lead=lead, progress=progress)
     try:
         run = _build_run(cfg, task, out, lead=lead, progress=progress)

@@ -13,7 +13,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from eqxllm.checkpoints.atomic import atomic_write_text, check_destination, create_folders, remove_created
+from eqxllm.checkpoints.atomic import (
+    atomic_write_text,
+    check_destination,
+    create_folders,
+    missing_folders,
+    remove_created,
+)
 from eqxllm.errors import CheckpointError, ConfigError
 from eqxllm.train.config import TrainConfig
 from eqxllm.train.metrics import read_metrics
@@ -99,7 +105,7 @@ def start_run(cfg: TrainConfig, out: Path, *, lead: bool, progress: bool) -> Tas
     data and tokenizer. A start that fails (bad data, no network) removes what it wrote, and the
     folders it created."""
     check_out_dir(cfg, out, lead=lead)
-    created = [d for d in (out, *out.parents) if not d.exists()]
+    created = missing_folders(out)
     try:
         if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
             create_folders(out)  # a place the system refuses (/proc) is one line, not an OSError
