@@ -36,7 +36,9 @@ class Sampler(eqx.Module):
             return first_argmax(logits)
         if key is None:
             raise ValueError("a sampling Sampler needs a key")
-        logits = logits / self.temperature
+        # the largest logit becomes 0 first, so a tiny temperature sends the others to -inf, never
+        # to inf - inf = NaN: the draw tends to the argmax, as the temperature tends to 0
+        logits = (logits - jnp.max(logits)) / self.temperature
         if self.top_k is None and self.top_p is None:
             return jax.random.categorical(key, logits).astype(jnp.int32)
         # lax.top_k sorts: with top_k unset this is a full sort, which top-p needs anyway
@@ -80,8 +82,9 @@ def make_sampler(
 ) -> Sampler:
     """Check the sampling options and build the :class:`Sampler`.
 
-    Greedy (argmax) when there is no key, or ``temperature == 0``. Sampling options without a key,
-    ``temperature < 0``, ``top_k < 1`` and ``top_p`` outside ``(0, 1]`` raise :class:`InputError`.
+    Greedy (argmax) when there is no key, or ``temperature == 0`` (or below float32's smallest normal
+    number, about 1.2e-38, its limit). Sampling options without a key, ``temperature < 0``,
+    ``top_k < 1`` and ``top_p`` outside ``(0, 1]`` raise :class:`InputError`.
     ``top_k >= vocab_size`` and ``top_p == 1`` keep everything and are dropped.
     """
     temperature, top_k, top_p = (
@@ -105,7 +108,9 @@ def make_sampler(
             f"sampling options {sampling_options} need a random key (key=jax.random.key(seed)); "
             "without one, generation is greedy"
         )
-    greedy = not has_key or temperature == 0
+    # below float32's smallest normal number a temperature is subnormal, which XLA flushes to 0 and would
+    # divide by: greedy is its limit
+    greedy = not has_key or temperature < float(jnp.finfo(jnp.float32).tiny)
     if top_k is not None and top_k >= vocab_size:
         top_k = None
     if top_p is not None and top_p == 1.0:

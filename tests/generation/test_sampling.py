@@ -79,6 +79,15 @@ def test_temperature_draws_follow_softmax_of_scaled_logits(logits, temperature):
     assert np.abs(counts - expected).max() < 0.035
 
 
+@pytest.mark.parametrize("temperature", [1e-35, 1e-45, 1e-60])
+@pytest.mark.parametrize("options", [{}, {"top_k": 5}, {"top_p": 0.9}])
+def test_a_vanishing_temperature_draws_the_argmax_not_nan(logits, temperature, options):
+    # logits of ~1e3 / 1e-35 overflow to +-inf, and inf - inf gave NaN odds; 1e-45 is subnormal in
+    # float32 (flushed to 0 by XLA) and 1e-60 is 0
+    seen = set(_draws(logits * 1000, temperature=temperature, **options).tolist())
+    assert seen == {int(np.argmax(np.asarray(logits)))}
+
+
 def test_nucleus_mask_by_hand():
     sorted_logits = jnp.log(jnp.asarray([0.5, 0.25, 0.125, 0.125]))
     keep = lambda p: np.asarray(nucleus_mask(sorted_logits, jnp.asarray(p))).tolist()
