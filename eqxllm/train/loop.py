@@ -28,7 +28,7 @@ from eqxllm.train.distributed import initialize_distributed
 from eqxllm.train.export import export_run
 from eqxllm.train.host_memory import keep_freed_host_memory
 from eqxllm.train.init_from import initial_model
-from eqxllm.train.metrics import RunLogger
+from eqxllm.train.metrics import RunLogger, forget_replayed_rows
 from eqxllm.train.optim import init_opt_state, make_optimizer
 from eqxllm.train.plot import plot_run
 from eqxllm.train.precision import resolve_dtype
@@ -157,6 +157,8 @@ def _build_run(cfg: TrainConfig, task: Task, out: Path, *, lead: bool, progress:
     if cfg.resume:
         start = ckpt.latest_step() or 0
         model, opt_state, train_key, _ = ckpt.restore(start, model, opt_state, shardings)
+    if lead and cfg.resume:
+        forget_replayed_rows(out, start, finished=start >= t.max_steps)
     log = RunLogger(out, enabled=lead, progress=progress, total_steps=t.max_steps, initial_step=start)
     best = best_val_loss(out, start) if cfg.resume else math.inf
     return _Run(

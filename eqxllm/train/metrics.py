@@ -10,6 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from eqxllm.checkpoints.atomic import atomic_write_text
 from eqxllm.errors import DataError
 
 
@@ -85,6 +86,33 @@ def drop_torn_line(path: Path) -> None:
         data = f.read()
         if data and not data.endswith(b"\n"):
             f.truncate(data.rfind(b"\n") + 1)
+
+
+def forget_replayed_rows(run_dir: Path, step: int, *, finished: bool) -> None:
+    """Before a run resumes from its checkpoint at ``step``, drop the rows it is about to log again: those
+    of later steps (logged before a kill, then lost with their checkpoint), and, when ``step`` is the
+    last (``finished``: the final evaluation runs again), every row at ``step`` but its training metrics.
+    The log then holds each step once, and a resumed ``export_best`` compares against evaluations of
+    kept steps only. Rewritten atomically; TensorBoard's event files are append-only and keep both."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    drop_torn_line(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+
+    def kept(line: str) -> bool:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return True  # not ours to judge: read_metrics reports it
+        at = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(at, int):
+            return True
+        return at < step or (at == step and not (finished and row.get("kind") != "train"))
+
+    keep = [line for line in lines if kept(line)]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import eqxllm
 from eqxllm.errors import CheckpointError, ConfigError, DataError
 from eqxllm.train.config import train_preset
 from eqxllm.train.loop import TrainingDiverged, train
+from eqxllm.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +40,7 @@ def _corpus(path: Path, n: int = 240, seed: int = 0) -> Path:
 def _cfg(tmp_path: Path, **loop):
     cfg = train_preset("gpt2-tinystories-test")
     data = dataclasses.replace(cfg.data, source=str(_corpus(tmp_path / "stories.txt")), cache_dir=str(tmp_path / "c"))
-    train_cfg = dataclasses.replace(cfg.train, num_samples=0, **loop)
+    train_cfg = dataclasses.replace(cfg.train, **({"num_samples": 0} | loop))
     optim = dataclasses.replace(cfg.optim, total_steps=train_cfg.max_steps)
     return cfg.replace(data=data, train=train_cfg, optim=optim, out=str(tmp_path / "run"))
 
@@ -84,6 +86,20 @@ def test_resume_is_bit_identical(tmp_path):
     model_b = eqxllm.from_pretrained(train(b.replace(resume=True), progress=False))
     for x, y in zip(_arrays(model_a), _arrays(model_b)):
         np.testing.assert_array_equal(x, y)
+    # resumed again, the finished run evaluates (and samples) its last step again: the log keeps one of each
+    logged = lambda: [
+        {k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in read_metrics(Path(b.out))
+    ]
+    finished = logged()
+    assert len({(r["kind"], r["step"]) for r in finished if r["kind"] != "sample"}) == len(
+        [r for r in finished if r["kind"] != "sample"]
+    )
+    train(b.replace(resume=True), progress=False)
+    assert logged() == finished
+    # killed after logging steps 5 to 8 but before step 8's checkpoint: replayed exactly from step 4, once
+    shutil.rmtree(Path(b.out) / "checkpoints" / "8")
+    train(b.replace(resume=True), progress=False)
+    assert logged() == finished
 
 
 def test_train_keeps_freed_host_memory_before_its_first_step(tmp_path, monkeypatch):
