@@ -52,7 +52,8 @@ def default_layer_types(cfg: "LlamaConfig") -> tuple[str, ...]:
     n = cfg.num_hidden_layers
     if cfg.model_type in _QWEN:
         first = n if cfg.max_window_layers is None else cfg.max_window_layers
-        return tuple(SLIDING if cfg.sliding_window is not None and i >= first else FULL for i in range(n))
+        slides = cfg.use_sliding_window and cfg.sliding_window is not None
+        return tuple(SLIDING if slides and i >= first else FULL for i in range(n))
     return ((SLIDING if cfg.sliding_window is not None else FULL),) * n
 
 
@@ -147,6 +148,21 @@ class LlamaConfig:
     def _validate_layers(self) -> None:
         assert self.layer_types is not None
         check_layer_types(self, tuple(self.layer_types), self.num_hidden_layers, self.sliding_window)
+        kind = self.model_type
+        if kind in _QWEN:  # transformers' Qwen configs drop the window unless use_sliding_window is set
+            if SLIDING in self.layer_types and not self.use_sliding_window:
+                raise ConfigError(
+                    f"LlamaConfig.layer_types has sliding_attention layers but use_sliding_window=False; {kind} "
+                    "slides only with use_sliding_window=True (transformers drops its window otherwise)"
+                )
+        elif tuple(self.layer_types) != default_layer_types(self):
+            # config.json has no per-layer kinds for these types: transformers and a reload would not see them
+            raise ConfigError(
+                f"LlamaConfig.layer_types={list(self.layer_types)} differs from {kind}'s own pattern "
+                f"{list(default_layer_types(self))} (every layer slides when sliding_window is set, none "
+                "otherwise), which its config.json cannot express; a per-layer mix of windows needs "
+                "model_type 'qwen2'/'qwen3' (max_window_layers) or Gemma"
+            )
 
     # derived values ------------------------------------------------------------------------------
     is_encoder_decoder = False

@@ -86,6 +86,29 @@ def test_qwen_layer_types_follow_transformers():
         assert ours.sliding_window == hf.sliding_window
 
 
+def test_qwen_window_needs_use_sliding_window_and_round_trips():
+    base = dict(model_type="qwen2", num_hidden_layers=3, sliding_window=4, max_window_layers=1)
+    off = LlamaConfig(**base)  # a window without the flag: transformers drops it, and so do we
+    assert off.layer_types == ("full_attention",) * 3
+    assert config_from_hf(json.loads(json.dumps(config_to_hf(off)))).layer_types == off.layer_types
+    on = off.replace(use_sliding_window=True)
+    assert on.layer_types == ("full_attention", "sliding_attention", "sliding_attention")
+    back = config_from_hf(json.loads(json.dumps(config_to_hf(on))))
+    assert (back.layer_types, back.sliding_window) == (on.layer_types, 4)
+    with pytest.raises(ConfigError, match="sliding_attention layers but use_sliding_window=False"):
+        LlamaConfig(**base, layer_types=("full_attention", "sliding_attention", "sliding_attention"))
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "mixtral"])
+def test_mistral_layer_types_its_config_json_cannot_hold_are_refused(model_type):
+    experts = {"num_local_experts": 2} if model_type == "mixtral" else {}
+    kinds = ("full_attention", "sliding_attention")
+    with pytest.raises(ConfigError, match=r"differs from .*own pattern.*cannot express"):
+        LlamaConfig(model_type=model_type, num_hidden_layers=2, sliding_window=4, layer_types=kinds, **experts)
+    every = LlamaConfig(model_type=model_type, num_hidden_layers=2, sliding_window=4, **experts)
+    assert every.replace(layer_types=("sliding_attention",) * 2) == every
+
+
 @pytest.mark.parametrize(
     "params",
     [
