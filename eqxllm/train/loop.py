@@ -134,7 +134,7 @@ def _build_run(cfg: TrainConfig, task: Task, out: Path, *, lead: bool, progress:
     t = cfg.train
     model_cfg = cfg.model if cfg.init_from else task.model_config(cfg.model)  # a checkpoint's stays as is
     mesh = make_mesh(f"data={jax.device_count()}" if cfg.mesh == "auto" else cfg.mesh)
-    check_batch_size(t.batch_size, mesh)
+    check_batch_size(t.batch_size, mesh, t.accum_steps)  # before anything is written
     task.batch(0, process_index=jax.process_index(), process_count=jax.process_count())  # too little data: now
     init_key, train_key, sample_key = jax.random.split(jax.random.key(t.seed), 3)
     model = initial_model(cfg, model_cfg, init_key)

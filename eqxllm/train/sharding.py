@@ -32,7 +32,7 @@ import equinox as eqx
 import jax
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import PyTree
 
@@ -192,7 +192,7 @@ def opt_state_shardings(
     return tree_shardings(abstract, mesh, rules)
 
 
-def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+def batch_axes(mesh: Mesh | AbstractMesh) -> tuple[str, ...]:
     """The mesh axes that split the batch: ``("data", "fsdp")``, and ``"expert"`` when the mesh has it."""
     return (*BATCH_AXES, EXPERT_AXIS) if EXPERT_AXIS in mesh.axis_names else BATCH_AXES
 
@@ -202,16 +202,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """Raise ``ConfigError`` unless ``batch_size`` splits evenly over the mesh's batch shards."""
+def check_batch_size(batch_size: int, mesh: Mesh | AbstractMesh, accum_steps: int = 1) -> None:
+    """Raise ``ConfigError`` unless ``batch_size`` splits evenly into ``accum_steps`` micro-batches,
+    each spread evenly over the mesh's batch shards."""
     axes = batch_axes(mesh)
     shards = math.prod(mesh.shape[a] for a in axes)
-    if batch_size % shards:
+    if batch_size % (shards * accum_steps):
         names = " x ".join(axes)
         sizes = " x ".join(str(mesh.shape[a]) for a in axes)
+        split = f"{names} = {sizes} = {shards}"
+        if accum_steps > 1:
+            split = f"accum_steps={accum_steps} x {shards} batch shards ({split}) = {shards * accum_steps}"
         raise ConfigError(
-            f"global batch size {batch_size} is not divisible by {names} = {sizes} = {shards}; "
-            f"choose a multiple of {shards}"
+            f"global batch size {batch_size} is not divisible by {split}; choose a multiple of {shards * accum_steps}"
         )
 
 

@@ -6,10 +6,11 @@ subprocess with 8 virtual CPU devices (``_sharded_run.py``) that reports back as
 import json
 
 import pytest
+from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
 from eqxllm.errors import ConfigError
-from eqxllm.train import DEFAULT_RULES, make_mesh, parse_mesh_spec, partition_spec
+from eqxllm.train import DEFAULT_RULES, check_batch_size, make_mesh, parse_mesh_spec, partition_spec
 
 from ._common import REPO_ROOT, run_script
 
@@ -119,3 +120,12 @@ def test_parameters_are_really_split(sharded_report):
 def test_indivisible_batch_is_refused(sharded_report):
     assert sharded_report["indivisible_error"] is not None
     assert "global batch size 6 is not divisible by data x fsdp = 4 x 2 = 8" in sharded_report["indivisible_error"]
+
+
+def test_batch_must_split_into_micro_batches_over_the_batch_shards():
+    # checked when a run starts (train() calls it before writing), not at the first step
+    mesh = AbstractMesh((2, 2, 2), ("data", "fsdp", "tensor"))
+    check_batch_size(16, mesh, accum_steps=4)
+    check_batch_size(8, mesh)
+    with pytest.raises(ConfigError, match=r"8 is not divisible by accum_steps=4 x 4 batch shards .* = 16"):
+        check_batch_size(8, mesh, accum_steps=4)
