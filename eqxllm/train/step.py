@@ -80,7 +80,10 @@ def make_train_step(
     - ``loss_fn(model, batch, key) -> (loss, aux)``: e.g. :func:`eqxllm.train.loss.next_token_loss`.
     - ``accum_steps``: split the batch's leading axis into this many micro-batches, scanned one after
       another; gradients are averaged with weights ``aux["tokens"]`` (1 when absent), so the update
-      equals the one-big-batch update up to float rounding while only one micro-batch is live.
+      equals the one-big-batch update up to float rounding while only one micro-batch is live (for
+      losses that are sums over tokens; a mixture of experts' load-balancing loss pools its router
+      statistics per micro-batch, as ``transformers`` does per forward pass, so it differs slightly).
+      A batch with no scored token is a zero update, with or without accumulation.
     - ``compute_dtype``: e.g. ``jnp.bfloat16``; the float32 model is cast inside the differentiated
       loss, so parameters, gradients and optimizer state stay float32.
     - ``model_sharding`` / ``opt_state_sharding`` / ``batch_sharding``: see the module docstring.
@@ -134,6 +137,9 @@ def make_train_step(
         zeros = jax.tree.map(jnp.zeros_like, trainable_params(model))
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
         (grad_sum, loss_sum, weight_sum), (auxs, weights) = jax.lax.scan(body, init, (micro, keys))
+        # a batch with no scored token (all prompt, say) weighs 0 everywhere: its sums are 0, and so is
+        # the update, as without accumulation (dividing by 0 would make the weights NaN)
+        weight_sum = jnp.where(weight_sum > 0, weight_sum, 1.0)
         grads = jax.tree.map(lambda g: g / weight_sum, grad_sum)
         aux = {
             name: jnp.sum(v, axis=0) if name == "tokens" else jnp.tensordot(weights, v, axes=1) / weight_sum

@@ -19,6 +19,7 @@ from eqxllm.train import (
     make_train_step,
     next_token_loss,
 )
+from eqxllm.train.loss import completion_loss
 
 from ._common import OPTIM, copy_tree, fixed_batch, params_numpy, tiny_model
 
@@ -84,6 +85,18 @@ def test_accumulation_equals_one_big_batch():
     assert moved > 1e-3
     for a, b in zip(p1, p2, strict=True):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+
+
+def test_a_batch_with_no_scored_token_is_a_zero_update_with_or_without_accumulation():
+    tokens = jnp.asarray(fixed_batch(batch=4))
+    batch = {"tokens": tokens, "loss_mask": jnp.zeros(tokens.shape, jnp.int32)}  # all prompt
+    model, optimizer = tiny_model(), optax.sgd(1.0)
+    for accum in (1, 2):
+        step = make_train_step(completion_loss, optimizer, accum_steps=accum)
+        new, _, metrics = step(copy_tree(model), init_opt_state(optimizer, model), batch, None)
+        assert (float(metrics["loss"]), float(metrics["grad_norm"]), float(metrics["tokens"])) == (0.0, 0.0, 0.0)
+        for a, b in zip(params_numpy(new), params_numpy(model), strict=True):
+            np.testing.assert_array_equal(a, b)  # not NaN: accumulation divided by a zero weight
 
 
 def test_batch_must_split_into_micro_batches():
