@@ -26,6 +26,7 @@ from jaxtyping import PyTree
 from eqxllm.errors import ConfigError
 from eqxllm.lora import LoraLinear, trainable_params
 from eqxllm.nn import Linear
+from eqxllm.nn.moe import MoE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,12 +101,18 @@ def decay_mask(model: PyTree) -> PyTree[bool]:
     """True for the leaves that get weight decay, False for the others, None where
     :func:`eqxllm.lora.trainable_params` has None: the same structure as the optimized params.
 
-    Only ``Linear.weight`` leaves with ``ndim >= 2`` decay (a stacked Linear's weight is
-    ``[layers, out, in]``); biases, norms, embeddings and position tables do not.
+    Only matrices decay: ``Linear.weight`` leaves with ``ndim >= 2`` (a stacked Linear's weight is
+    ``[layers, out, in]``) and a mixture of experts' stacked expert matrices; biases, norms,
+    embeddings and position tables do not.
     """
     params = trainable_params(model)
+    is_node = lambda x: isinstance(x, Linear | LoraLinear | MoE)  # noqa: E731
 
     def mark(node):
+        if isinstance(node, MoE):  # its router is a Linear; its experts are plain stacked arrays
+            flags = eqx.tree_at(lambda m: m.router, jax.tree.map(lambda _: False, node), mark(node.router))
+            experts = [name for name in ("gate", "up", "down") if getattr(node, name) is not None]
+            return eqx.tree_at(lambda m: [getattr(m, name) for name in experts], flags, [True] * len(experts))
         if isinstance(node, LoraLinear):  # with adapters only they train, and their matrices decay
             flags = jax.tree.map(lambda _: False, node)
             return eqx.tree_at(lambda lin: (lin.lora_a, lin.lora_b), flags, (True, True))
@@ -116,7 +123,7 @@ def decay_mask(model: PyTree) -> PyTree[bool]:
             return eqx.tree_at(lambda lin: lin.weight, flags, node.weight.ndim >= 2)
         return jax.tree.map(lambda _: False, node)
 
-    return jax.tree.map(mark, params, is_leaf=lambda x: isinstance(x, Linear | LoraLinear))
+    return jax.tree.map(mark, params, is_leaf=is_node)
 
 
 def make_optimizer(cfg: OptimConfig, model: PyTree) -> optax.GradientTransformation:

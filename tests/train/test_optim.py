@@ -49,6 +49,16 @@ def test_untied_head_and_swiglu_gate_decay():
     assert ".wte.weight" not in decayed
 
 
+def test_mixture_of_experts_matrices_decay():
+    from eqxllm.models import Llama, config_preset
+
+    mixtral = Llama(config_preset("mixtral-tiny"), key=jax.random.key(0))
+    flags = _decaying(mixtral)
+    for name in ("gate", "up", "down", "router.weight"):
+        assert flags[f".blocks.blocks.mlp.{name}"] is True, name
+    assert not any(flag for path, flag in flags.items() if "norm" in path or "embed" in path)
+
+
 def test_weight_decay_reaches_only_masked_leaves():
     # zero gradients: Adam's step is zero, so any change is weight decay alone
     cfg = OptimConfig(learning_rate=0.1, warmup_steps=0, total_steps=10, weight_decay=0.5, grad_clip_norm=None)
