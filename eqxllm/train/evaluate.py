@@ -77,7 +77,8 @@ def evaluate_tokens(
 ) -> EvalResult:
     """Loss over ``tokens`` (every token predicted once, or the first ``max_batches`` batches of
     windows), with BPB scaled to the ``num_bytes`` of text those tokens encode. ``loss_mask`` (same
-    length as ``tokens``, 0 on prompt tokens) restricts the loss to the targets where it is 1.
+    length as ``tokens``, 0 on prompt tokens) restricts the loss to the targets where it is 1; when
+    the evaluated windows score no target at all, loss, perplexity and bits per byte are NaN.
 
     Raises :class:`InputError` for a ``seq_len`` or ``batch_size`` below 1, and
     :class:`NonFiniteError` when the loss is NaN or infinite (non-finite weights, or logits that
@@ -107,10 +108,11 @@ def evaluate_tokens(
             )
         total += float(nll)
         count += float(n)
-    loss = total / max(count, 1.0)
+    # no scored token (every target a prompt token): the loss is undefined, not a perfect 0
+    loss = total / count if count else math.nan
     # scale the bits of the evaluated tokens to the bytes they stand for
     evaluated_bytes = num_bytes * count / max(len(tokens) - 1, 1)
-    bpb = total / math.log(2) / max(evaluated_bytes, 1.0)
+    bpb = total / math.log(2) / max(evaluated_bytes, 1.0) if count else math.nan
     return EvalResult(
         loss=loss,
         perplexity=math.exp(min(loss, 700.0)),

@@ -1,6 +1,7 @@
 """Hostile token inputs and weights given to models in memory, the presets' claimed context, and
 the Hub without a network: each is refused at once with a message saying what to do."""
 
+import math
 import time
 
 import equinox as eqx
@@ -56,6 +57,14 @@ def test_evaluation_of_non_finite_weights_names_the_batch(model):
     tokens = np.arange(40, dtype=np.int32) % 50
     with pytest.raises(NonFiniteError, match=r"evaluation loss is nan on batch 0 \(windows 0 to"):
         evaluate_tokens(bad, tokens, num_bytes=100, seq_len=8, batch_size=2)
+
+
+def test_an_evaluation_that_scores_no_token_is_nan_not_perfect(model):
+    tokens = np.arange(40, dtype=np.int32) % 50
+    result = evaluate_tokens(model, tokens, num_bytes=100, seq_len=8, batch_size=2, loss_mask=np.zeros(40, np.int32))
+    assert result.tokens == 0 and all(math.isnan(v) for v in (result.loss, result.perplexity, result.bits_per_byte))
+    scored = evaluate_tokens(model, tokens, num_bytes=100, seq_len=8, batch_size=2, loss_mask=np.ones(40, np.int32))
+    assert scored.tokens == 39 and math.isfinite(scored.loss) and scored.loss > 0
 
 
 @pytest.mark.parametrize(("seq_len", "batch_size"), [(0, 2), (8, 0), (-5, 2), (8, -1)])

@@ -9,6 +9,7 @@ own pad, end and decoder-start ids do. Batches are a fixed permutation of the ex
 function of ``(seed, step)`` only.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,11 +170,11 @@ class Seq2SeqTask:
             rows = self.val.rows(np.arange(start, min(start + t.batch_size, n)))
             s, c, k = _eval_batch(model, {k: jnp.asarray(v) for k, v in rows.items()})
             total, count, correct = total + float(s), count + float(c), correct + float(k)
-        loss = total / max(count, 1.0)
+        loss = total / count if count else math.nan  # no scored target: undefined, not a perfect 0
         return {
             "val_loss": loss,
-            "val_perplexity": float(np.exp(min(loss, 700.0))),
-            "val_token_accuracy": correct / max(count, 1.0),
+            "val_perplexity": math.exp(min(loss, 700.0)),
+            "val_token_accuracy": correct / count if count else math.nan,
         }
 
     def samples(self, model, key) -> list[str]:
