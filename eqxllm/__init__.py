@@ -16,6 +16,7 @@ from eqxllm.errors import (
     InputError,
 )
 from eqxllm.generation import generate
+from eqxllm.models.runtime_options import reconfigure
 
 __version__ = "0.1.0"
 
@@ -31,5 +32,6 @@ __all__ = [
     "load_generation_config",
     "models",
     "nn",
+    "reconfigure",
     "save_pretrained",
 ]

@@ -58,7 +58,7 @@ class DecoderBlock(eqx.Module):
             self.mlp = MoE(
                 spec.hidden_size, spec.intermediate_size, num_experts=spec.num_experts,
                 top_k=spec.num_experts_per_tok, activation=spec.activation, normalize_top_k=True,
-                init_std=spec.initializer_range, key=mlp_key,
+                dispatch=spec.moe_dispatch, init_std=spec.initializer_range, key=mlp_key,
             )  # fmt: skip
         else:
             self.mlp = MLP(

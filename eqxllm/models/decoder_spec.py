@@ -8,6 +8,7 @@ its ``decoder`` property translates them into this one small record, which is al
 from dataclasses import dataclass
 
 from eqxllm.nn.attention_kernel import AttentionImpl
+from eqxllm.nn.moe import Dispatch
 from eqxllm.nn.positions import Rope
 
 
@@ -62,6 +63,7 @@ class DecoderSpec:
     initializer_range: float = 0.02
     attention_impl: AttentionImpl = "xla"
     remat: str = "none"
+    moe_dispatch: Dispatch = "grouped"
 
     @property
     def untied(self) -> bool:

@@ -16,6 +16,7 @@ from eqxllm.models._checks import FULL, SLIDING, check_attention, check_choice, 
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
+from eqxllm.nn.moe import DISPATCHES, Dispatch
 from eqxllm.nn.positions import ROPE_TYPES, Rope, RopeScaling, check_scaling_numbers
 from eqxllm.nn.stack import REMAT_POLICIES
 
@@ -100,6 +101,7 @@ class LlamaConfig:
     # eqxllm options (no Hugging Face counterpart)
     attention_impl: AttentionImpl = "xla"
     remat: Literal["none", "dots", "full"] = "none"
+    moe_dispatch: Dispatch = "grouped"  # Mixtral's experts: eqxllm.nn.MoE's dispatch
 
     def __post_init__(self):
         # the config is a static, hashed part of the model: lists and dicts (from JSON) become tuples and records
@@ -123,6 +125,7 @@ class LlamaConfig:
         check_attention(self, self.num_attention_heads, self.kv_heads, self.head_size)
         check_choice(self, "hidden_act", ACTIVATIONS)
         check_choice(self, "remat", REMAT_POLICIES)
+        check_choice(self, "moe_dispatch", DISPATCHES)
         self._validate_family()
         self._validate_layers()
 
@@ -204,6 +207,7 @@ class LlamaConfig:
             num_experts_per_tok=self.num_experts_per_tok if self.num_local_experts else 0,
             router_aux_loss_coef=self.router_aux_loss_coef if self.num_local_experts else 0.0,
             initializer_range=self.initializer_range, attention_impl=self.attention_impl, remat=self.remat,
+            moe_dispatch=self.moe_dispatch,
         )  # fmt: skip
 
     def replace(self, **changes) -> "LlamaConfig":

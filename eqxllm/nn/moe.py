@@ -15,7 +15,7 @@ from eqxllm.nn.activations import activation as get_activation
 from eqxllm.nn.linear import Linear
 
 Dispatch = Literal["grouped", "dense"]
-_DISPATCHES = ("grouped", "dense")
+DISPATCHES = ("grouped", "dense")
 
 
 class MoE(eqx.Module):
@@ -43,7 +43,14 @@ class MoE(eqx.Module):
     every row, as dense dispatch does.) Under ``jax.vmap`` (forward and backward) the grouped
     dispatch folds the batch into the tokens, so a batch is dispatched at once and each expert's
     weights are read once per call rather than once per example. Its gradient is a custom VJP
-    (reverse mode only: use ``"dense"`` for ``jax.jvp`` or higher derivatives).
+    (reverse mode only: use ``"dense"`` for ``jax.jvp`` or higher derivatives) whose batched form
+    adds the expert weights' gradients over the mapped axis: right for the gradient of a batch's loss
+    (``grad`` of a function that ``vmap``s the model, as training does), but wrong for per-example
+    gradients of the expert weights (``vmap`` of ``grad``, ``jax.jacrev``), where each example would
+    get the batch's sum. JAX gives a batching rule no way to tell the two apart, and keeping
+    per-example weight gradients in training would cost ``batch`` copies of the experts; so use
+    ``"dense"`` for per-example expert gradients (``eqxllm.reconfigure(model, moe_dispatch="dense")``
+    on a Mixtral). Gradients of the inputs and of the router are exact either way.
 
     Shapes: ``x [seq, embed] -> ([seq, embed], router logits [seq, experts] in float32)``; the logits
     feed :func:`load_balancing_loss`.
@@ -79,8 +86,8 @@ class MoE(eqx.Module):
                 f"top_k must be between 1 and num_experts={num_experts}, got {top_k}; "
                 "each token is routed to top_k distinct experts"
             )
-        if dispatch not in _DISPATCHES:
-            raise ConfigError(f"unknown dispatch {dispatch!r}; expected one of {list(_DISPATCHES)}")
+        if dispatch not in DISPATCHES:
+            raise ConfigError(f"unknown dispatch {dispatch!r}; expected one of {list(DISPATCHES)}")
         get_activation(activation)  # validate the name now, not at the first call
         router_key, gate_key, up_key, down_key = jax.random.split(key, 4)
         self.router = Linear(dim, num_experts, use_bias=False, init_std=init_std, key=router_key)

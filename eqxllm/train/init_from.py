@@ -2,15 +2,13 @@
 
 The checkpoint fixes the architecture: its ``config.json`` becomes the run's model config, its weights
 the first step's weights, and its tokenizer the run's (:mod:`eqxllm.train.tokenizer_source`). Only
-fields that change how the same weights are *trained*, not what they compute, may be set: dropout
-rates, rematerialisation, the attention implementation and a T5-VAE's regulariser schedule, code
-noise and interpolation-loss weight (:data:`CHANGEABLE`). Nested configs (a T5-VAE's ``t5``) are
-compared field by field under dotted names (``t5.dropout_rate``). A family added later needs no entry
-here as long as its field names follow that pattern.
+fields that change how the same weights are *trained*, not what they compute, may be set: the
+run-time options of :mod:`eqxllm.models.runtime_options` (dropout rates, rematerialisation, the
+attention implementation, the experts' dispatch, a T5-VAE's loss-only fields). Nested configs (a
+T5-VAE's ``t5``) are compared field by field under dotted names (``t5.dropout_rate``). A family added
+later needs no entry here as long as its field names follow that pattern.
 """
 
-import dataclasses
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,23 +24,10 @@ from eqxllm.checkpoints.keymap import load_into
 from eqxllm.checkpoints.registry import family_for_config
 from eqxllm.errors import ConfigError
 from eqxllm.lora import apply_lora, cast_frozen
-
-# model config fields that an --init-from run may set: dropout rates, remat, the attention kernel, and the
-# T5-VAE's loss-only fields (its regulariser's weight and schedule, the code's noise, the splice loss)
-CHANGEABLE = re.compile(
-    r"(pdrop|dropout|(^|\.)remat$|(^|\.)attention_impl$|^(reg_weight|reg_k|reg_b|mmd_scale|latent_noise|splice_weight)$)"
-)
-_MAY_CHANGE = (
-    "only dropout rates, remat, attention_impl and a T5-VAE's reg_weight, reg_k, reg_b, mmd_scale, "
-    "latent_noise and splice_weight may change"
-)
+from eqxllm.models.runtime_options import RUNTIME_OPTIONS_TEXT, config_fields, is_runtime_option, with_field
 
 # the stream key that draws the adapters' A matrices (independent of the model init key's other uses)
 _LORA_STREAM = 7
-
-
-def changeable(name: str) -> bool:
-    return bool(CHANGEABLE.search(name))
 
 
 def _flag(name: str) -> str:
@@ -51,30 +36,12 @@ def _flag(name: str) -> str:
 
 def refuse_fixed(names: Iterable[str], src: str) -> None:
     """Raise ``ConfigError`` naming the flags among model field ``names`` that a checkpoint fixes."""
-    fixed = sorted(k for k in names if not changeable(k))
+    fixed = sorted(k for k in names if not is_runtime_option(k))
     if fixed:
         raise ConfigError(
             f"{', '.join(_flag(k) for k in fixed)} cannot be set with --init-from: the checkpoint {src} fixes "
-            f"the architecture; {_MAY_CHANGE}"
+            f"the architecture; {RUNTIME_OPTIONS_TEXT}"
         )
-
-
-def _leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """Every field of ``cfg`` by dotted name, nested config dataclasses (a T5-VAE's ``t5``) opened."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            out |= _leaves(value, f"{prefix}{f.name}.")
-        else:
-            out[prefix + f.name] = value
-    return out
-
-
-def _with(cfg: Any, name: str, value: Any) -> Any:
-    """``cfg`` with the field of dotted ``name`` set to ``value``."""
-    head, _, rest = name.partition(".")
-    return dataclasses.replace(cfg, **{head: _with(getattr(cfg, head), rest, value) if rest else value})
 
 
 def checkpoint_config(src: str, changes: dict[str, Any] | None = None) -> Any:
@@ -83,11 +50,11 @@ def checkpoint_config(src: str, changes: dict[str, Any] | None = None) -> Any:
     cfg = load_config(src)
     changes = changes or {}
     refuse_fixed(changes, src)
-    unknown = sorted(set(changes) - set(_leaves(cfg)))
+    unknown = sorted(set(changes) - set(config_fields(cfg)))
     if unknown:
         raise ConfigError(f"{type(cfg).__name__} has no field(s) {unknown}")
     for name, value in changes.items():
-        cfg = _with(cfg, name, value)
+        cfg = with_field(cfg, name, value)
     return cfg
 
 
@@ -99,12 +66,13 @@ def check_model_matches(model_cfg: Any, src: str) -> None:
             f"--init-from {src} holds a {ckpt.model_type!r} model but the run's model config is "
             f"{type(model_cfg).__name__}; leave the model to the checkpoint"
         )
-    want, got = _leaves(ckpt), _leaves(model_cfg)
-    differ = [k for k in want if not changeable(k) and want[k] != got[k]]
+    want, got = config_fields(ckpt), config_fields(model_cfg)
+    differ = [k for k in want if not is_runtime_option(k) and want[k] != got[k]]
     if differ:
         shown = ", ".join(f"{_flag(k)}={got[k]!r} (checkpoint: {want[k]!r})" for k in differ[:4])
         raise ConfigError(
-            f"{shown} cannot be set with --init-from: the checkpoint {src} fixes the architecture; " + _MAY_CHANGE
+            f"{shown} cannot be set with --init-from: the checkpoint {src} fixes the architecture; "
+            + RUNTIME_OPTIONS_TEXT
         )
 
 
