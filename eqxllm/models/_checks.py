@@ -3,6 +3,7 @@
 from collections.abc import Collection
 
 from eqxllm.errors import ConfigError
+from eqxllm.nn.attention_kernel import ATTENTION_IMPLS
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -55,7 +56,9 @@ def check_probability(cfg: object, names: tuple[str, ...]) -> None:
 
 
 def check_attention(cfg: object, heads: int, kv_heads: int, head_dim: int) -> None:
-    """Grouped-query heads divide evenly, and rotary positions need an even head width."""
+    """Grouped-query heads divide evenly, rotary positions need an even head width, and the config's
+    ``attention_impl`` names a kernel (:func:`check_attention_impl`)."""
+    check_attention_impl(cfg)
     owner = type(cfg).__name__
     if heads % kv_heads:
         raise ConfigError(
@@ -64,6 +67,12 @@ def check_attention(cfg: object, heads: int, kv_heads: int, head_dim: int) -> No
         )
     if head_dim % 2:
         raise ConfigError(f"{owner}.head_dim must be even for rotary positions, got {head_dim}")
+
+
+def check_attention_impl(cfg: object) -> None:
+    """``cfg.attention_impl`` is one of :data:`~eqxllm.nn.attention_kernel.ATTENTION_IMPLS`, checked when
+    the config is made (the kernel would take any other string as a request for cuDNN)."""
+    check_choice(cfg, "attention_impl", ATTENTION_IMPLS)
 
 
 def check_choice(cfg: object, name: str, known: Collection[str]) -> None:

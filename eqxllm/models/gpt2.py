@@ -18,7 +18,7 @@ import jax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import ConfigError
-from eqxllm.models._checks import check_choice, check_positive, check_probability
+from eqxllm.models._checks import check_attention_impl, check_choice, check_positive, check_probability
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, LayerNorm, Linear, Stack, dropout
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
@@ -68,6 +68,7 @@ class GPT2Config:
         check_choice(self, "activation_function", ACTIVATIONS)
         check_choice(self, "mlp", ("gelu", "swiglu"))
         check_choice(self, "remat", REMAT_POLICIES)
+        check_attention_impl(self)
         check_probability(self, ("resid_pdrop", "embd_pdrop", "attn_pdrop"))
 
     @property
@@ -204,7 +205,7 @@ class GPT2(CausalLM):
     @property
     def dims(self) -> Dims:
         cfg = self.config
-        return Dims(cfg.vocab_size, cfg.n_positions, "n_positions", cfg.n_layer, cfg.n_head, cfg.head_dim)
+        return Dims(cfg.vocab_size, cfg.n_positions, "n_positions", cfg.n_layer, cfg.n_head, cfg.head_dim, True)
 
     def _features(
         self, input_ids: Int[Array, " seq"], slots: TokenSlots, cache: KVCache | None, key: PRNGKeyArray | None

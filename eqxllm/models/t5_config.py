@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from eqxllm.errors import ConfigError
-from eqxllm.models._checks import check_choice, check_positive, check_probability
+from eqxllm.models._checks import check_attention_impl, check_choice, check_positive, check_probability
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
 from eqxllm.nn.stack import REMAT_POLICIES
@@ -88,6 +88,7 @@ class T5Config:
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         check_choice(self, "remat", REMAT_POLICIES)
+        check_attention_impl(self)
         for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ConfigError(f"T5Config.{name}={getattr(self, name)} is outside [0, vocab_size={self.vocab_size})")

@@ -7,8 +7,8 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from eqxllm.nn.attention_kernel import AttentionImpl, dot_product_attention
-from eqxllm.nn.kv_cache import write_slots
+from eqxllm.nn.attention_kernel import AttentionImpl, check_impl, dot_product_attention
+from eqxllm.nn.kv_cache import checked_index, write_slots
 from eqxllm.nn.linear import Linear
 from eqxllm.nn.masks import Mask
 from eqxllm.nn.materialize import materialize
@@ -90,6 +90,7 @@ class Attention(eqx.Module):
         self.head_dim = head_dim
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
         self.softcap = softcap
+        check_impl(impl)
         self.impl = impl
         if not 0.0 <= dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
@@ -123,10 +124,12 @@ class Attention(eqx.Module):
 
         With ``cache`` (``[max_len, kv_heads, head_dim]`` keys and values) the new keys and values are
         written at ``cache_index`` and the queries attend over every slot; ``mask`` is then
-        ``[seq, max_len]``. With ``layer`` as well, ``cache`` holds every layer's keys and values
+        ``[seq, max_len]``; new slots past the last one raise (:func:`~eqxllm.nn.kv_cache.checked_index`)
+        instead of overwriting earlier ones. With ``layer`` as well, ``cache`` holds every layer's keys and values
         (``[layers, max_len, kv_heads, head_dim]``) and only this layer's new slots are written: carried
         through the layer scan, the whole cache is then updated in place instead of being sliced out and
-        stacked back (a full copy per token). ``key`` turns on dropout of the attention probabilities
+        stacked back (a full copy per token); its room is checked once per pass by
+        :meth:`~eqxllm.nn.KVCache.prepare`, not per layer. ``key`` turns on dropout of the attention probabilities
         (``dropout_rate``). Returns the output and the updated cache (None without one).
         """
         seq = x.shape[0]
@@ -143,6 +146,8 @@ class Attention(eqx.Module):
         if cache is not None:
             if cache_index is None:
                 raise ValueError("a KV cache needs cache_index, the slot of the first new token")
+            if layer is None:  # a caller's own cache; a stacked one is checked once per pass, by KVCache.prepare
+                cache_index = checked_index(cache_index, k.shape[0], cache[0].shape[0])
             new_cache = (write_slots(cache[0], k, cache_index, layer), write_slots(cache[1], v, cache_index, layer))
             k, v = (c if layer is None else c[layer] for c in new_cache)
             k, v = k.astype(q.dtype), v.astype(q.dtype)

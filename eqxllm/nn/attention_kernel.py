@@ -7,7 +7,7 @@ GPU with ``"cudnn"``). Both give the same results up to float rounding; the test
 ``local_window_size``), not as an array, so cuDNN runs its causal kernel instead of adding a dense bias.
 """
 
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,14 @@ from eqxllm.nn.dropout import dropout
 from eqxllm.nn.masks import CausalMask, Mask
 
 AttentionImpl = Literal["xla", "jax", "cudnn"]
+ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
+
+
+def check_impl(impl: str) -> None:
+    """Raise ``ValueError`` for an ``impl`` that is not an :data:`AttentionImpl` (any other string would
+    otherwise reach ``jax.nn.dot_product_attention`` as a request for cuDNN)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention impl {impl!r} is unknown; expected one of {list(ATTENTION_IMPLS)}")
 
 
 def dot_product_attention(
@@ -44,6 +52,7 @@ def dot_product_attention(
     and T5's ``dropout_rate`` do in training; that always takes the ``"xla"`` path, since
     ``jax.nn.dot_product_attention`` has no dropout.
     """
+    check_impl(impl)
     heads, kv_heads = q.shape[1], k.shape[1]
     if heads % kv_heads:
         raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")

@@ -36,7 +36,9 @@ class OutputHead(NamedTuple):
 
 class Dims(NamedTuple):
     """What the shared glue reads of a model: its vocabulary, its context (``None``: no fixed limit)
-    with the config field that sets it (named in errors), and the layout of its self-attention cache."""
+    with the config field that sets it (named in errors), the layout of its self-attention cache, and
+    whether positions index a learned table of ``max_positions`` rows (GPT-2's ``wpe``), so that
+    given ``positions`` must lie in ``[0, max_positions)`` (rotary and relative positions have no table)."""
 
     vocab_size: int
     max_positions: int | None
@@ -44,6 +46,7 @@ class Dims(NamedTuple):
     num_layers: int
     num_kv_heads: int
     head_dim: int
+    position_table: bool = False
 
 
 class TokenSlots(NamedTuple):
@@ -89,17 +92,23 @@ def check_tokens(input_ids: Shaped[Array, "..."], vocab_size: int, max_len: int 
             f"sequence of {seq} tokens is longer than {limit_name}={max_len}; truncate it or use a model "
             "with a longer context"
         )
-    bad = (input_ids < 0) | (input_ids >= vocab_size)
-    try:  # eager (concrete ids): a plain InputError, not a runtime callback error
+    return check_range(input_ids, vocab_size, "token ids", "the vocabulary size")
+
+
+def check_range(values: Int[Array, " seq"], upper: int, what: str, bound: str) -> Int[Array, " seq"]:
+    """``values``, checked to lie in ``[0, upper)``: called eagerly (concrete values), an
+    :class:`InputError` naming the first value outside; traced (``jit``, ``vmap``), an
+    ``EquinoxRuntimeError`` at run time (set ``EQX_ON_ERROR=nan`` to turn it off). ``what`` names the
+    values in the message and ``bound`` says what ``upper`` is."""
+    bad = (values < 0) | (values >= upper)
+    message = f"{what} must be in [0, {upper}) ({bound}); got"
+    try:  # eager (concrete values): a plain InputError, not a runtime callback error
         eager_bad = bool(jnp.any(bad))
     except jax.errors.ConcretizationTypeError:  # traced (jit, vmap): checked at run time below
         eager_bad = False
     if eager_bad:
-        first = int(jnp.asarray(input_ids)[jnp.argmax(bad)])
-        raise InputError(f"token ids must be in [0, {vocab_size}) (the vocabulary size); got {first}")
-    return eqx.error_if(
-        input_ids, jnp.any(bad), f"token ids must be in [0, {vocab_size}) (the vocabulary size); got one outside"
-    )
+        raise InputError(f"{message} {int(jnp.asarray(values)[jnp.argmax(bad)])}")
+    return eqx.error_if(values, jnp.any(bad), f"{message} one outside")
 
 
 def positions_from_mask(mask: Bool[Array, " seq"]) -> Int[Array, " seq"]:
@@ -124,15 +133,27 @@ def token_slots(
 def begin_pass(
     dims: Dims,
     input_ids: Shaped[Array, "..."],
-    mask: Bool[Array, " seq"] | None,
-    positions: Int[Array, " seq"] | None,
+    mask: Shaped[Array, "..."] | None,
+    positions: Shaped[Array, "..."] | None,
     cache: KVCache | None,
 ) -> tuple[Int[Array, " seq"], TokenSlots]:
     """The checked ids of a pass (at most the model's context, or the cache's slots) and their
-    :class:`TokenSlots`; no ``mask`` means every token is real. ``input_ids`` is typed ``...`` so that
-    wrong shapes and dtypes reach :func:`check_tokens`'s message."""
+    :class:`TokenSlots`; no ``mask`` means every token is real. ``mask`` and ``positions`` need one
+    entry per token (:class:`InputError` otherwise), and given positions into a learned table
+    (``dims.position_table``) must lie inside it (:func:`check_range`). The arguments are typed ``...``
+    so that wrong shapes and dtypes reach these messages rather than a broadcasting error."""
     limit = (dims.max_positions, dims.limit_name) if cache is None else (cache.max_len, "the cache length")
     input_ids = check_tokens(input_ids, dims.vocab_size, *limit)
+    for name, value in (("mask", mask), ("positions", positions)):
+        if value is not None and value.shape != input_ids.shape:
+            raise InputError(
+                f"{name} has shape {tuple(value.shape)} but input_ids has shape {tuple(input_ids.shape)}; "
+                f"give {name} one entry per token"
+            )
+    if positions is not None and dims.position_table and dims.max_positions is not None:
+        positions = check_range(
+            positions, dims.max_positions, "positions", f"{dims.limit_name}, the rows of the learned position table"
+        )
     whole = mask is None and cache is None
     mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
     return input_ids, token_slots(mask, positions, cache, whole=whole)

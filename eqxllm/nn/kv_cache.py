@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from eqxllm.errors import InputError
+
 
 class KVCache(eqx.Module):
     """Keys and values of every (stacked) layer for one sequence, written in place as decoding goes.
@@ -41,24 +43,37 @@ class KVCache(eqx.Module):
         validity of every slot once they are written. Positions count only real tokens, so a
         left-padded prompt starts at position 0.
 
-        Tokens that do not fit in the remaining slots raise an ``EquinoxRuntimeError`` (also under
-        ``jit``): ``dynamic_update_slice`` would otherwise clamp the write and silently overwrite
-        earlier slots."""
+        Tokens that do not fit in the remaining slots are refused (:func:`checked_index`):
+        ``dynamic_update_slice`` would otherwise clamp the write and silently overwrite earlier slots."""
         seq = mask.shape[0]
-        slots = self.index + jnp.arange(seq, dtype=jnp.int32)
+        index = checked_index(self.index, seq, self.max_len)
+        slots = index + jnp.arange(seq, dtype=jnp.int32)
         prior = jnp.sum(self.valid.astype(jnp.int32))
         positions = jnp.maximum(prior + jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
-        valid = jax.lax.dynamic_update_slice(self.valid, mask, (self.index,))
-        return eqx.error_if(
-            (positions, slots, valid),
-            self.index + seq > self.max_len,
-            f"KV cache overflow: {seq} new token(s) do not fit in the slots left of a {self.max_len}-slot "
-            "cache; make a longer cache or stop decoding earlier",
-        )
+        valid = jax.lax.dynamic_update_slice(self.valid, mask, (index,))
+        return positions, slots, valid
 
     def advanced(self, k, v, valid: Bool[Array, " max_len"], seq: int) -> "KVCache":
         """The cache after writing ``seq`` tokens: new layer keys/values, validity and index."""
         return KVCache(k=k, v=v, valid=valid, index=self.index + seq)
+
+
+def checked_index(index: Int[Array, ""], seq: int, max_len: int) -> Int[Array, ""]:
+    """``index``, the first of ``seq`` new slots of a ``max_len``-slot cache, once they are known to fit.
+
+    More tokens than the whole cache raises :class:`~eqxllm.errors.InputError` at once (the shapes say
+    so); tokens past the last slot from ``index`` raise an ``EquinoxRuntimeError`` (also under ``jit``).
+    ``dynamic_update_slice`` would otherwise clamp the write back onto earlier slots and overwrite them."""
+    advice = "make a longer cache or stop decoding earlier"
+    if seq > max_len:
+        raise InputError(
+            f"KV cache overflow: {seq} new token(s) are more than the {max_len} slots of the cache; {advice}"
+        )
+    return eqx.error_if(
+        index,
+        index + seq > max_len,
+        f"KV cache overflow: {seq} new token(s) do not fit in the slots left of a {max_len}-slot cache; {advice}",
+    )
 
 
 def write_slots(

@@ -111,8 +111,11 @@ def rotary_angles(
 
     ``base`` and ``scale`` (linear position interpolation, Chen et al., 2023) may be traced scalars,
     so scanned layers can use different bases (Gemma 3: local 10k, global 1M). ``scaling`` rescales
-    the frequencies (:class:`RopeScaling`). Computed in float32.
+    the frequencies (:class:`RopeScaling`). Computed in float32. ``head_dim`` must be even: the
+    rotation turns pairs of features.
     """
+    if head_dim % 2:
+        raise ValueError(f"rotary positions need an even head_dim (they rotate pairs of features), got {head_dim}")
     inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     if scaling is not None:
         inv_freq = scaling.scale(inv_freq)

@@ -7,9 +7,11 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 
+from eqxllm.errors import InputError
 from eqxllm.nn import Attention, KVCache, attention_mask
 from eqxllm.nn.positions import rotary_angles
 
@@ -173,9 +175,36 @@ def test_cache_needs_an_index():
         att(_x(2), mask=jnp.ones((2, 8), bool), cache=(cache.k[0], cache.v[0]))
 
 
+def test_a_raw_cache_refuses_writes_past_its_last_slot():
+    """A ``(k, v)`` cache given directly: ``dynamic_update_slice`` would clamp 6 tokens at slot 8 of 10
+    onto slots 4..9, overwriting 4..7. The index is checked at run time (also under jit), a chunk
+    longer than the cache at once."""
+    att = _make(4, num_kv_heads=2)
+    cache = KVCache.empty(num_layers=1, max_len=10, num_kv_heads=2, head_dim=att.head_dim)
+    slots = (cache.k[0], cache.v[0])
+
+    def call(att, x, index):
+        return att(x, mask=jnp.ones((x.shape[0], 10), bool), cache=slots, cache_index=index)[1]
+
+    call(att, _x(6), jnp.array(4))  # exactly fills the cache: fine
+    with pytest.raises(RuntimeError, match="KV cache overflow: 6 new token"):
+        call(att, _x(6), jnp.array(8))
+    with pytest.raises(RuntimeError, match="KV cache overflow: 6 new token"):
+        jax.block_until_ready(eqx.filter_jit(call)(att, _x(6), jnp.array(8)))
+    with pytest.raises(InputError, match="KV cache overflow: 11 new token.* more than the 10 slots"):
+        call(att, _x(11), jnp.array(0))
+
+
 def test_constructor_checks():
     with pytest.raises(ValueError, match="num_heads=6 is not a multiple of num_kv_heads=4"):
         Attention(DIM, 6, num_kv_heads=4, head_dim=8, key=jax.random.key(0))
     with pytest.raises(ValueError, match="width 32 is not divisible by num_heads=5"):
         Attention(DIM, 5, key=jax.random.key(0))
     assert Attention(DIM, 5, head_dim=8, key=jax.random.key(0)).q_proj.weight.shape == (40, DIM)
+
+
+def test_an_unknown_impl_is_refused_when_built(monkeypatch):
+    # as users call it: without the suite's jaxtyping hook, whose Literal check would answer first
+    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)
+    with pytest.raises(ValueError, match="attention impl 'Flash' is unknown"):
+        Attention(DIM, 4, impl="Flash", key=jax.random.key(0))  # type: ignore[arg-type]

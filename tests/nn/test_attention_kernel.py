@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 
@@ -231,3 +232,15 @@ def test_a_scanned_flag_picks_the_window(impl):
     for flag, window in ((True, 2), (False, None)):
         ref = attention(np64(q), np64(k), np64(v), mask=_causal(SEQ, window), scale=0.4)
         np.testing.assert_allclose(np64(attend(jnp.asarray(flag))), ref, atol=1e-5)
+
+
+def test_an_unknown_impl_is_refused(monkeypatch):
+    """Any string but "xla" used to reach jax.nn.dot_product_attention as a request for cuDNN. Called
+    as users call it: without the suite's jaxtyping hook, whose Literal check would answer first."""
+    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)
+    q = jnp.zeros((SEQ, 4, HEAD_DIM))
+    k = v = jnp.zeros((KV_SEQ, 2, HEAD_DIM))
+    with pytest.raises(
+        ValueError, match=r"attention impl 'flash' is unknown; expected one of \['xla', 'jax', 'cudnn'\]"
+    ):
+        dot_product_attention(q, k, v, impl="flash")  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eqxllm.errors import InputError
 from eqxllm.nn import KVCache
 
 T, F = True, False
@@ -88,3 +89,10 @@ def test_overflow_raises_instead_of_overwriting():
         cache.prepare(jnp.array([T, T]))
     with pytest.raises(RuntimeError, match="KV cache overflow"):
         jax.block_until_ready(eqx.filter_jit(KVCache.prepare)(cache, jnp.array([T, T])))
+
+
+def test_a_chunk_longer_than_the_cache_is_refused_at_once():
+    """Its shape says it cannot fit: an InputError when traced, not dynamic_update_slice's TypeError."""
+    for prepare in (KVCache.prepare, eqx.filter_jit(KVCache.prepare)):
+        with pytest.raises(InputError, match="KV cache overflow: 5 new token.* more than the 4 slots"):
+            prepare(_empty(4), jnp.ones(5, bool))

@@ -81,3 +81,9 @@ def test_rotated_dot_product_depends_only_on_offset():
         dots = [_rotated_dot(q, k, m, m + offset) for m in (0, 7, 19, 40)]
         np.testing.assert_allclose(dots, dots[0], rtol=1e-4, atol=1e-4)
     assert abs(_rotated_dot(q, k, 0, 3) - _rotated_dot(q, k, 0, 4)) > 1e-3
+
+
+def test_odd_head_dim_is_refused():
+    """Pairs of features rotate; an odd width used to give tables one column too wide."""
+    with pytest.raises(ValueError, match="even head_dim .* got 7"):
+        rotary_angles(jnp.arange(4), 7)
