@@ -242,7 +242,7 @@ class DatasetSource:
             raise DataError(
                 f"the hold-out of {self.spec.val_fraction:g} of dataset {self.spec.source!r} took none of its "
                 "records for validation; raise --data.val-fraction, or pass a folder that also holds a validation "
-                "file (a name with 'valid', 'dev' or 'test')"
+                "file (named 'valid', 'dev' or 'test' as a word)"
             )
         if count == 0:
             raise DataError(

@@ -187,11 +187,18 @@ def test_save_to_disk_folders(tmp_path):
     assert sources["train"].fingerprint() != sources["validation"].fingerprint()
 
 
-def test_hub_snapshot_layout(tmp_path):
-    (tmp_path / "data").mkdir()
+@pytest.mark.parametrize(
+    ("train", "validation"),
+    [
+        ("data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet"),
+        ("train/0.parquet", "dev/0.parquet"),
+    ],
+)
+def test_hub_snapshot_layouts(tmp_path, train, validation):
     (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n")
-    _write(tmp_path / "data" / "train-00000-of-00001.parquet", [{"text": t} for t in TEXTS[:8]])
-    _write(tmp_path / "data" / "validation-00000-of-00001.parquet", [{"text": t} for t in TEXTS[8:]])
+    for name, texts in ((train, TEXTS[:8]), (validation, TEXTS[8:])):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        _write(tmp_path / name, [{"text": t} for t in texts])
     assert uses_datasets(DataConfig(source=str(tmp_path)))
     sources = dataset_sources(DatasetSpec(source=str(tmp_path)))
     assert sources["train"].stories() == TEXTS[:8] and sources["validation"].stories() == TEXTS[8:]
