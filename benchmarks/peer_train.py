@@ -117,7 +117,7 @@ def main() -> None:
     export = Path(cfg.out) / "model" if args.skip_eqxllm else train(cfg, progress=False)
     eqx_wall = time.time() - t0
     load["after_eqxllm"] = os.getloadavg()
-    data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False)
+    data = prepare_data(cfg.data, Path(cfg.out), progress=False)
     model = eqxllm.from_pretrained(export)
     ours = evaluate_tokens(
         model,

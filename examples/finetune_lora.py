@@ -48,7 +48,7 @@ def write_pairs(stories_file: Path, dst: Path, limit: int) -> int:
 
 def completion_loss(model, cfg) -> float:
     """The held-out completion-only loss (every validation window, prompts masked)."""
-    data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False, init_from=cfg.init_from)
+    data = prepare_data(cfg.data, Path(cfg.out), progress=False, init_from=cfg.init_from)
     t = cfg.train
     res = evaluate_tokens(
         model,

@@ -1,16 +1,19 @@
 """Training text through Hugging Face ``datasets`` (Lhoest et al., 2021): local JSON Lines, JSON, Parquet,
-CSV or text files, or a Hub dataset id (through the ``datasets`` cache; offline with ``HF_HUB_OFFLINE=1``).
+CSV or text files (a file, a folder, a Hub snapshot's folder), a ``save_to_disk`` folder, or a Hub dataset
+id (through the ``datasets`` cache; offline with ``HF_HUB_OFFLINE=1``).
 
 A :class:`DatasetSource` is one split, read as records in a fixed order, and plays the part of a
 :class:`eqxllm.data.sources.StorySource` for the token cache: its :meth:`~DatasetSource.iter_stories`
 yields each record's ``text_field`` (or prompt + completion), and its fingerprint names the files
 (path, size, modification time) or the Hub id with its cache fingerprint, the fields and the hold-out.
 With ``prompt_field`` and ``completion_field`` each record is a pair, and :meth:`iter_examples`
-yields them for a loss on the completion only.
+yields them for a loss on the completion only. A field must hold strings: a chat ``messages`` list or a
+number is refused, not trained on as its Python ``repr``.
 
-The validation split is the dataset's own (``validation``, ``valid``, ``dev`` or ``test``), or a
-deterministic ``val_fraction`` of the training records: record ``i`` is held out when a hash of
-``(seed, i)`` falls below the fraction, decided in one pass, so streaming needs no count up front.
+The validation split is the dataset's own (a folder's files named for it, by the rule of
+:mod:`eqxllm.data.layouts`; a saved or Hub dataset's ``validation``, ``valid``, ``dev`` or ``test``
+split), or a deterministic ``val_fraction`` of the training records: record ``i`` is held out when a hash
+of ``(seed, i)`` falls below the fraction, decided in one pass, so streaming needs no count up front.
 ``streaming=True`` reads records lazily (``load_dataset(..., streaming=True)``): a set larger than memory
 is tokenized once into the cache without ever being held whole.
 """
@@ -24,6 +27,7 @@ from typing import Any
 
 from eqxllm.checkpoints.hub import looks_like_repo_id
 from eqxllm.checkpoints.hub import offline_requested as offline
+from eqxllm.data.layouts import data_files, saved_dataset_splits, split_files
 from eqxllm.data.sources import file_identity
 from eqxllm.data.tinystories import Split
 from eqxllm.errors import DataError
@@ -31,7 +35,6 @@ from eqxllm.errors import DataError
 # file suffix -> the ``datasets`` builder that reads it
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 VALIDATION_SPLITS = ("validation", "valid", "dev", "test")
-_VALIDATION_NAME = ("valid", "val.", "val_", "val-", "dev.", "dev_", "dev-", "test")
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,28 @@ def is_dataset_file(path: Path) -> bool:
     return path.suffix.lower() in BUILDERS and path.suffix.lower() != ".txt"
 
 
-def _local_files(path: Path) -> dict[str, list[Path]]:
-    """Training and validation files of a local file or folder (validation: names with valid/val/dev/test)."""
+def is_dataset_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder of ``datasets`` files (in one of the layouts of :mod:`eqxllm.data.layouts`)."""
+    if saved_dataset_splits(path) is not None:
+        return True
+    return path.is_dir() and any(is_dataset_file(p) for p in data_files(path, tuple(BUILDERS)))
+
+
+def _local_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """``(train, validation)`` files of a local file or folder (split by :func:`~eqxllm.data.layouts.split_files`)."""
     if path.is_file():
-        return {"train": [path], "validation": []}
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in BUILDERS)
+        return [path], []
+    files = data_files(path, tuple(BUILDERS))
     kinds = {p.suffix.lower() for p in files}
     if not files:
-        raise DataError(f"data folder {path} holds no {sorted(BUILDERS)} files")
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise DataError(
+            f"data folder {path} holds no {sorted(BUILDERS)} files, at its top or in a Hub layout's data/ or "
+            f"split folders (found: {found or 'nothing'}); pass the folder that holds them"
+        )
     if len({BUILDERS[k] for k in kinds}) > 1:
         raise DataError(f"data folder {path} mixes file kinds {sorted(kinds)}; keep one kind per folder")
-    val = [p for p in files if any(tag in p.name.lower() for tag in _VALIDATION_NAME)]
-    return {"train": [p for p in files if p not in val], "validation": val}
+    return split_files(path, files)
 
 
 @contextmanager
@@ -90,7 +103,7 @@ def _offline_if_asked():
         datasets_config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
 
 
-def _load(spec: DatasetSpec, split: str, files: list[Path] | None) -> Any:
+def _load(spec: DatasetSpec, split: str, files: list[Path] | None, saved: Path | None = None) -> Any:
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - an optional dependency
@@ -100,6 +113,10 @@ def _load(spec: DatasetSpec, split: str, files: list[Path] | None) -> Any:
         raise DataError(f"dataset {spec.source!r} is empty ({[str(p) for p in files]} hold no bytes); give records")
     try:
         with _offline_if_asked():
+            if saved is not None:
+                data = datasets.load_from_disk(str(saved))
+                data = data[split] if isinstance(data, datasets.DatasetDict) else data
+                return data.to_iterable_dataset() if spec.streaming else data
             if files is not None:
                 builder = BUILDERS[files[0].suffix.lower()]
                 return datasets.load_dataset(
@@ -152,9 +169,14 @@ class DatasetSource:
     dataset_split: str = "train"
     holdout: bool = False
     """True: this split is carved from ``dataset_split`` by the hash hold-out."""
+    saved: Path | None = None
+    """A ``save_to_disk`` folder, read with ``datasets.load_from_disk``."""
+
+    def _open(self) -> Any:
+        return _load(self.spec, self.dataset_split, list(self.files) if self.files else None, self.saved)
 
     def _records(self) -> Iterator[dict[str, Any]]:
-        data = _load(self.spec, self.dataset_split, list(self.files) or None)
+        data = self._open()
         self._check_fields(data)
         for i, record in enumerate(data):
             if self.holdout and _held_out(self.spec.seed, i, self.spec.val_fraction) != (self.split == "validation"):
@@ -182,11 +204,11 @@ class DatasetSource:
         """``(prompt, completion)`` of every record (paired sources only)."""
         count = 0
         for record in self._records():
-            prompt, completion = (record[f] for f in self._fields())
+            prompt, completion = (self._text(record, f) for f in self._fields())
             if prompt is None or completion is None:
                 continue
             count += 1
-            yield str(prompt), str(completion)
+            yield prompt, completion
         self._check_count(count)
 
     def iter_stories(self) -> Iterator[str]:
@@ -196,19 +218,31 @@ class DatasetSource:
             return
         count = 0
         for record in self._records():
-            text = record[self.spec.text_field]
+            text = self._text(record, self.spec.text_field)
             if text is None or text == "":
                 continue
             count += 1
-            yield str(text)
+            yield text
         self._check_count(count)
+
+    def _text(self, record: dict[str, Any], field: str) -> str | None:
+        """``record[field]``: a string, or None; anything else (a chat ``messages`` list, a number) is refused
+        rather than trained on as its Python ``repr``."""
+        value = record[field]
+        if value is None or isinstance(value, str):
+            return value
+        raise DataError(
+            f"dataset {self.spec.source!r}: field {field!r} holds {type(value).__name__} values, not text "
+            f"(such as {repr(value)[:80]}); name a field of strings, or write the records as text first "
+            "(chat messages through the tokenizer's chat template)"
+        )
 
     def _check_count(self, count: int) -> None:
         if count == 0 and self.holdout and self.split == "validation":
             raise DataError(
                 f"the hold-out of {self.spec.val_fraction:g} of dataset {self.spec.source!r} took none of its "
                 "records for validation; raise --data.val-fraction, or pass a folder that also holds a validation "
-                "file (a name with 'valid', 'dev' or 'test')"
+                "file (named 'valid', 'dev' or 'test' as a word)"
             )
         if count == 0:
             raise DataError(
@@ -231,7 +265,11 @@ class DatasetSource:
             "paired": s.paired,
             "holdout": [s.val_fraction, s.seed] if self.holdout else None,
         }
-        if self.files:
+        if self.saved is not None:  # a DatasetDict keeps each split in a folder of its own
+            root = self.saved / self.dataset_split
+            root = root if root.is_dir() else self.saved
+            out["files"] = file_identity(sorted(p for p in root.rglob("*") if p.is_file()))
+        elif self.files:
             out["files"] = file_identity(self.files)
         else:  # a Hub dataset: its id, and the cache's content fingerprint when it is materialised
             out["hub"] = s.source
@@ -243,30 +281,34 @@ class DatasetSource:
 def dataset_sources(spec: DatasetSpec) -> dict[Split, DatasetSource]:
     """The training and validation sources of ``spec`` (see the module docstring)."""
     path = Path(spec.source).expanduser()
+    saved = saved_dataset_splits(path)
+    if saved is not None:
+        return _named_splits(spec, saved, path)
     if path.exists():
-        files = _local_files(path)
-        if files["validation"]:
+        train, validation = _local_files(path)
+        if validation:
             return {
-                "train": DatasetSource(spec, "train", tuple(files["train"])),
-                "validation": DatasetSource(spec, "validation", tuple(files["validation"]), "validation"),
+                "train": DatasetSource(spec, "train", tuple(train)),
+                "validation": DatasetSource(spec, "validation", tuple(validation), "validation"),
             }
-        train = tuple(files["train"])
+        train = tuple(train)
         return {
             "train": DatasetSource(spec, "train", train, holdout=True),
             "validation": DatasetSource(spec, "validation", train, holdout=True),
         }
     if not looks_like_repo_id(spec.source):
         raise DataError(f"data {spec.source!r} is neither an existing file or folder nor a Hub dataset id")
-    splits = _hub_splits(spec)
+    return _named_splits(spec, _hub_splits(spec))
+
+
+def _named_splits(spec: DatasetSpec, splits: list[str], saved: Path | None = None) -> dict[Split, DatasetSource]:
+    """A Hub or ``save_to_disk`` dataset's ``train`` split, and its validation split, else a hold-out."""
     if "train" not in splits:
         raise DataError(f"dataset {spec.source!r} has no 'train' split (it has {splits})")
     val = next((s for s in VALIDATION_SPLITS if s in splits), None)
-    if val is not None:
-        return {
-            "train": DatasetSource(spec, "train"),
-            "validation": DatasetSource(spec, "validation", dataset_split=val),
-        }
+    if val is None:
+        return {s: DatasetSource(spec, s, holdout=True, saved=saved) for s in ("train", "validation")}
     return {
-        "train": DatasetSource(spec, "train", holdout=True),
-        "validation": DatasetSource(spec, "validation", holdout=True),
+        "train": DatasetSource(spec, "train", saved=saved),
+        "validation": DatasetSource(spec, "validation", dataset_split=val, saved=saved),
     }

@@ -11,7 +11,6 @@ GPT-3.5 and GPT-4; V2 (``TinyStoriesV2-GPT4-*``) by GPT-4 only.
 """
 
 import codecs
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from eqxllm.checkpoints.hub import download, looks_like_repo_id
+from eqxllm.data.layouts import split_files
 from eqxllm.errors import ConfigError, DataError
 
 EOT = "<|endoftext|>"
@@ -48,8 +48,6 @@ TINYSTORIES = TextPreset(HUB_DATASET, HUB_FILES)
 # ``--data NAME``: named sources; any other Hub dataset id is read as laid out like TinyStories
 TEXT_PRESETS: dict[str, TextPreset] = {"hub": TINYSTORIES, "tinystories": TINYSTORIES}
 
-# A file in a data folder is validation data when its name says so: "valid", or "val"/"dev" as a word.
-_VALIDATION_NAME = re.compile(r"valid|(^|[-_.])(val|dev)([-_.]|$)", re.IGNORECASE)
 _BLOCK = 1 << 24  # bytes read at a time: stories stream, so a 2 GB file never sits in memory twice
 
 
@@ -66,8 +64,9 @@ def resolve_text_files(
     (``"hub"``, ``"tinystories"``: the Hub dataset ``roneneldan/TinyStories``) or another Hub dataset
     id laid out the same way. Hub files are fetched
     with ``hf_hub_download`` into the Hub cache (``HF_HOME`` / ``HF_HUB_CACHE``; offline with
-    ``HF_HUB_OFFLINE=1``). In a folder, files whose names contain ``valid`` (or ``val`` / ``dev`` as a
-    word) are the validation split and the rest are the training split.
+    ``HF_HUB_OFFLINE=1``). In a folder, files named ``valid``, ``validation``, ``val`` or ``dev`` as a word
+    (else ``test``) are the validation split and the rest are the training split
+    (:func:`eqxllm.data.layouts.split_files`, the rule of every data folder).
 
     Returns an empty list when a local source has no separate validation text: carve one from the
     training stories with :func:`train_val_split`.
@@ -99,11 +98,8 @@ def _folder_files(folder: Path, split: Split) -> list[Path]:
     if not texts:
         found = sorted(p.name for p in folder.iterdir())[:10]
         raise DataError(f"folder {folder} holds no .txt files (found: {found or 'nothing'})")
-    is_val = [bool(_VALIDATION_NAME.search(p.stem)) for p in texts]
-    chosen = [p for p, v in zip(texts, is_val, strict=True) if v == (split == "validation")]
-    if split == "train" and not chosen:
-        raise DataError(f"folder {folder} holds only validation files ({[p.name for p in texts]}); add a training file")
-    return chosen
+    train, validation = split_files(folder, texts)
+    return validation if split == "validation" else train
 
 
 def iter_stories(path: str | Path) -> Iterator[str]:

@@ -36,7 +36,8 @@ class DataConfig:
     version: Literal["v1", "v2"] = "v1"
     """TinyStories files on the Hub: v1 (TinyStories-train.txt) or v2 (the GPT-4-only TinyStoriesV2 files)."""
     val_fraction: float = 0.01
-    """Fraction of stories held out for validation when the source has no validation file."""
+    """Fraction of stories held out for validation when the source has no validation file (the same ones on
+    every run, whatever ``train.seed``)."""
     tokenizer: str = "train"
     """``train`` (byte-level BPE trained on the training stories), ``gpt2`` or a directory / Hub id."""
     vocab_size: int = 4096
@@ -69,6 +70,7 @@ class LoopConfig:
     """Stop (and save) after this much training time even if ``max_steps`` is not reached."""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     seed: int = 0
+    """The batch order and random keys (not the validation hold-out); a ``--resume`` keeps it."""
     eval_every: int = 100
     eval_batches: int = 16
     """Validation batches per evaluation (0 = the whole validation split)."""

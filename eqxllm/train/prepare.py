@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from eqxllm.data import cached_tokens, eot_id, story_sources
 from eqxllm.data.example_cache import cached_examples
-from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources, is_dataset_file
+from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources, is_dataset_file, is_dataset_folder
 from eqxllm.data.sources import TextSource
 from eqxllm.data.tinystories import Split
 from eqxllm.errors import ConfigError, DataError
@@ -39,14 +39,21 @@ def uses_datasets(cfg: DataConfig) -> bool:
     path = Path(cfg.source).expanduser()
     if path.is_file():
         return is_dataset_file(path)
-    return path.is_dir() and any(is_dataset_file(p) for p in path.iterdir())
+    return is_dataset_folder(path)
 
 
-def data_sources(cfg: DataConfig, seed: int) -> tuple[Mapping[Split, TextSource], bool]:
+# The seed of the validation hold-out (a data source without validation text of its own): fixed, so that
+# every run of a source, whatever its train.seed, holds out the same texts (0: the hold-out of the runs
+# and figures documented before it was fixed, and of their token caches).
+HOLDOUT_SEED = 0
+
+
+def data_sources(cfg: DataConfig) -> tuple[Mapping[Split, TextSource], bool]:
     """The training and validation sources of ``cfg`` and whether they are prompt/completion pairs: the one
     path of every task. Separated text (TinyStories and its presets, ``.txt`` files) is read without
     ``datasets``; JSON/Parquet/CSV and Hub datasets through it. Either way the sources give their texts
-    in a fixed order and a fingerprint for the token cache, and batches are a function of ``(seed, step)``."""
+    in a fixed order and a fingerprint for the token cache, the hold-out is the same on every run
+    (:data:`HOLDOUT_SEED`), and batches are a function of ``(train.seed, step)``."""
     if uses_datasets(cfg):
         spec = DatasetSpec(
             source=cfg.source,
@@ -55,15 +62,16 @@ def data_sources(cfg: DataConfig, seed: int) -> tuple[Mapping[Split, TextSource]
             completion_field=cfg.completion_field,
             streaming=cfg.streaming,
             val_fraction=cfg.val_fraction,
-            seed=seed,
+            seed=HOLDOUT_SEED,
         )
         return dataset_sources(spec), spec.paired
-    return story_sources(cfg.source, version=cfg.version, val_fraction=cfg.val_fraction, seed=seed), False
+    sources = story_sources(cfg.source, version=cfg.version, val_fraction=cfg.val_fraction, seed=HOLDOUT_SEED)
+    return sources, False
 
 
-def stories_of(cfg: DataConfig, seed: int, *, task: str) -> Mapping[Split, TextSource]:
+def stories_of(cfg: DataConfig, *, task: str) -> Mapping[Split, TextSource]:
     """The sources of a task that reads plain texts (``seq2seq``, ``vae``): :func:`data_sources` without pairs."""
-    sources, paired = data_sources(cfg, seed)
+    sources, paired = data_sources(cfg)
     if paired:
         raise ConfigError(
             f"task {task!r} reads plain texts; --data.prompt-field/--data.completion-field pairs are for the 'lm' task"
@@ -75,7 +83,6 @@ def prepare_data(
     cfg: DataConfig,
     run_dir: Path,
     *,
-    seed: int,
     progress: bool = True,
     tokenizer: Tokenizer | None = None,
     eot: int | None = None,
@@ -84,7 +91,7 @@ def prepare_data(
     """Resolve the text, get the tokenizer (``tokenizer`` when given, with the id ``eot`` that ends each
     example, else by :func:`~eqxllm.train.tokenizer_source.run_tokenizer`: the ``init_from`` checkpoint's,
     the run's own on resume, trained or loaded) and tokenize both splits once into the token cache."""
-    sources, paired = data_sources(cfg, seed)
+    sources, paired = data_sources(cfg)
     if tokenizer is None:
         chosen = run_tokenizer(cfg, run_dir, sources["train"].stories, init_from=init_from, progress=progress)
         tok, eot = chosen.tokenizer, chosen.eot

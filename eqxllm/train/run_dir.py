@@ -3,7 +3,7 @@ leaves nothing behind when it fails.
 
 A run writes ``run_config.json`` first, then whatever its task prepares (``tokenizer.json``), then
 metrics and checkpoints. A folder of other files is never merged into; a run with checkpoints is
-continued only with ``--resume`` and the same model, data and task; a run that never saved a step
+continued only with ``--resume`` and the same model, data, task and ``train.seed``; a run that never saved a step
 is cleared and started afresh.
 """
 
@@ -44,7 +44,7 @@ def clear_run_files(out: Path) -> None:
 def check_out_dir(cfg: TrainConfig, out: Path, *, lead: bool = True) -> None:
     """``out`` must be absent or empty, or hold a run: never merge into a folder of other files (its
     metrics.jsonl appended to). A run with checkpoints continues only with ``--resume`` and the same
-    model, data and task; a run that never saved a step is cleared (by the ``lead`` process) and
+    model, data, task and ``train.seed``; a run that never saved a step is cleared (by the ``lead`` process) and
     started afresh."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a directory (empty, or a run to --resume)")
@@ -76,14 +76,20 @@ def check_out_dir(cfg: TrainConfig, out: Path, *, lead: bool = True) -> None:
     _check_same_run(cfg, saved, out)
 
 
+# what a resume may not change (lora/init_from: absent from older runs' files, read as unchanged)
+_SAME_ON_RESUME = ("model", "data", "task", "lora", "init_from")
+
+
 def _check_same_run(cfg: TrainConfig, saved: Path, out: Path) -> None:
     try:
         old = json.loads(saved.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ConfigError(f"{saved} is not valid JSON ({e}); it cannot be resumed") from e
     new = json.loads(cfg.to_json())
-    for part in ("model", "data", "task", "lora", "init_from"):  # lora/init_from: absent from older runs' files
-        was, now = old.get(part, new.get(part)), new.get(part)
+    parts = [(part, old.get(part, new.get(part)), new.get(part)) for part in _SAME_ON_RESUME]
+    # the batches are a function of (train.seed, step): another seed would go on over other batches
+    parts.append(("train.seed", old.get("train", {}).get("seed"), new["train"]["seed"]))
+    for part, was, now in parts:
         if was != now:
             raise ConfigError(
                 f"--resume: {_first_difference(part, was, now)} differs from the run in {out}; resume with the "

@@ -71,9 +71,9 @@ def test_folder_with_its_own_validation_file(tmp_path):
 def test_tokenized_once_into_the_cache(tmp_path):
     path = _write(tmp_path / "data.parquet", [{"text": t} for t in TEXTS * 3])
     cfg = DataConfig(source=str(path), cache_dir=str(tmp_path / "cache"), vocab_size=300, val_fraction=0.2)
-    first = prepare_data(cfg, tmp_path / "run", seed=0, progress=False)
+    first = prepare_data(cfg, tmp_path / "run", progress=False)
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    second = prepare_data(cfg, tmp_path / "run", seed=0, progress=False)
+    second = prepare_data(cfg, tmp_path / "run", progress=False)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == files and len(files) == 2
     np.testing.assert_array_equal(np.asarray(first.train), np.asarray(second.train))
     assert first.train_mask is None
@@ -117,7 +117,7 @@ def test_prompt_tokens_carry_no_loss(tmp_path):
     path = _write(tmp_path / "pairs.jsonl", rows)
     cfg = DataConfig(source=str(path), cache_dir=str(tmp_path / "c"), vocab_size=300, val_fraction=0.2,
                      prompt_field="prompt", completion_field="completion")  # fmt: skip
-    data = prepare_data(cfg, tmp_path / "run", seed=0, progress=False)
+    data = prepare_data(cfg, tmp_path / "run", progress=False)
     tok, eot = data.tokenizer, data.eot
     first = dataset_sources(DatasetSpec(source=str(path), prompt_field="prompt", completion_field="completion",
                                         val_fraction=0.2))["train"]  # fmt: skip
@@ -142,3 +142,76 @@ def test_prompt_tokens_carry_no_loss(tmp_path):
     np.testing.assert_allclose(float(loss), float(np.asarray(nll)[keep].mean()), rtol=1e-5)
     total, _ = cross_entropy(logits, tokens[:, 1:], jnp.asarray(~keep))
     assert float(total) > 0  # the prompt targets would have carried loss without the mask
+
+
+def _folder(root: Path, names: list[str]) -> Path:
+    for name in names:
+        _write(root / name, [{"text": f"{name} {t}"} for t in TEXTS])
+    return root
+
+
+@pytest.mark.parametrize(
+    ("names", "train", "validation"),
+    [  # a split's name is a whole word (bounded by - _ . a digit or the ends), as on the Hub
+        (["interval.jsonl", "latest.jsonl", "invalid_removed.jsonl", "contest_2023.jsonl", "contest_valid.jsonl"],
+         ["contest_2023.jsonl", "interval.jsonl", "invalid_removed.jsonl", "latest.jsonl"], ["contest_valid.jsonl"]),
+        (["notes-train.jsonl", "notes-dev.jsonl", "notes-test.jsonl"], ["notes-train.jsonl"], ["notes-dev.jsonl"]),
+        (["a.jsonl", "test.jsonl"], ["a.jsonl"], ["test.jsonl"]),
+    ],
+)  # fmt: skip
+def test_folder_names_split_by_whole_words(tmp_path, names, train, validation):
+    sources = dataset_sources(DatasetSpec(source=str(_folder(tmp_path, names))))
+    assert [p.name for p in sources["train"].files] == train
+    assert [p.name for p in sources["validation"].files] == validation
+    assert not set(sources["train"].stories()) & set(sources["validation"].stories())
+
+
+def test_a_folder_of_validation_files_is_never_trained_on(tmp_path):
+    folder = _folder(tmp_path, ["news_dev.jsonl", "news_test.jsonl"])
+    with pytest.raises(DataError, match=r"holds only validation files .*add a training file"):
+        dataset_sources(DatasetSpec(source=str(folder)))
+
+
+def test_save_to_disk_folders(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    one = datasets.Dataset.from_dict({"text": TEXTS})
+    one.save_to_disk(str(tmp_path / "one"))
+    assert uses_datasets(DataConfig(source=str(tmp_path / "one")))
+    sources = dataset_sources(DatasetSpec(source=str(tmp_path / "one"), val_fraction=0.3))
+    train, val = sources["train"].stories(), sources["validation"].stories()
+    assert sorted(train + val) == sorted(TEXTS) and train and val
+    both = datasets.DatasetDict({"train": one.select(range(8)), "validation": one.select(range(8, 12))})
+    both.save_to_disk(str(tmp_path / "both"))
+    sources = dataset_sources(DatasetSpec(source=str(tmp_path / "both")))
+    assert sources["train"].stories() == TEXTS[:8] and sources["validation"].stories() == TEXTS[8:]
+    assert sources["train"].fingerprint() != sources["validation"].fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("train", "validation"),
+    [
+        ("data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet"),
+        ("train/0.parquet", "dev/0.parquet"),
+    ],
+)
+def test_hub_snapshot_layouts(tmp_path, train, validation):
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n")
+    for name, texts in ((train, TEXTS[:8]), (validation, TEXTS[8:])):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        _write(tmp_path / name, [{"text": t} for t in texts])
+    assert uses_datasets(DataConfig(source=str(tmp_path)))
+    sources = dataset_sources(DatasetSpec(source=str(tmp_path)))
+    assert sources["train"].stories() == TEXTS[:8] and sources["validation"].stories() == TEXTS[8:]
+
+
+@pytest.mark.parametrize(
+    ("row", "spec", "match"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}]}, dict(text_field="messages"), "'messages' holds list"),
+        ({"q": "2 + 2 =", "a": 4}, dict(prompt_field="q", completion_field="a"), "'a' holds int values"),
+    ],
+)
+def test_a_field_that_is_not_text_is_refused(tmp_path, row, spec, match):
+    path = _write(tmp_path / "chat.jsonl", [row] * 4)
+    with pytest.raises(DataError, match=match):
+        dataset_sources(DatasetSpec(source=str(path), val_fraction=0.5, **spec))["train"].stories()

@@ -71,7 +71,7 @@ def _checkpoint_loss(cfg) -> float:
     model = eqxllm.from_pretrained(cfg.init_from)
     eot = model.config.eos_token_id
     tok = load_tokenizer(cfg.init_from)
-    data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False, tokenizer=tok, eot=eot)
+    data = prepare_data(cfg.data, Path(cfg.out), progress=False, tokenizer=tok, eot=eot)
     t = cfg.train
     batch = batch_at(data.train, 0, batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed)
     loss, _ = next_token_loss(model, jnp.asarray(batch), None)
@@ -183,7 +183,7 @@ def test_prompt_completion_lora_run(base, tmp_path):
     assert (export / "model.safetensors").is_file() and (Path(cfg.out) / "adapter" / "adapter_config.json").is_file()
     tok = load_tokenizer(cfg.init_from)
     eot = eqxllm.load_config(cfg.init_from).eos_token_id
-    data = prepare_data(cfg.data, Path(cfg.out), seed=cfg.train.seed, progress=False, tokenizer=tok, eot=eot)
+    data = prepare_data(cfg.data, Path(cfg.out), progress=False, tokenizer=tok, eot=eot)
     t = cfg.train
     where = dict(batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed)
     batch = {"tokens": batch_at(data.train, 0, **where), "loss_mask": batch_at(data.train_mask, 0, **where)}

@@ -43,11 +43,11 @@ def test_plain_text_tasks_read_every_format_through_one_path(tmp_path):
     pytest.importorskip("datasets")
     path = tmp_path / "s.jsonl"
     path.write_text("".join(json.dumps({"text": s, "q": "a"}) + "\n" for s in STORIES[:10]), encoding="utf-8")
-    sources = stories_of(DataConfig(source=str(path), val_fraction=0.3), 0, task="seq2seq")
+    sources = stories_of(DataConfig(source=str(path), val_fraction=0.3), task="seq2seq")
     assert sorted(sources["train"].stories() + sources["validation"].stories()) == sorted(STORIES[:10])
     paired = DataConfig(source=str(path), prompt_field="q", completion_field="text")
     with pytest.raises(ConfigError, match="task 'vae' reads plain texts"):
-        stories_of(paired, 0, task="vae")
+        stories_of(paired, task="vae")
 
 
 def test_seq2seq_training_runs_and_exports_a_t5(tmp_path):

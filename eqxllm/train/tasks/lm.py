@@ -25,7 +25,7 @@ class LMTask:
         self.cfg = cfg
         # the tokenizer by the one rule of every task (eqxllm.train.tokenizer_source): the checkpoint's with
         # --init-from, whose end-of-sequence id then separates the examples
-        self.data = prepare_data(cfg.data, run_dir, seed=cfg.train.seed, progress=progress, init_from=cfg.init_from)
+        self.data = prepare_data(cfg.data, run_dir, progress=progress, init_from=cfg.init_from)
         self.tokenizer = self.data.tokenizer
 
     def model_config(self, model_cfg):

@@ -127,7 +127,7 @@ class Seq2SeqTask:
     def __init__(self, cfg, run_dir: Path, *, progress: bool = True):
         self.cfg = cfg
         d, t = cfg.data, cfg.train
-        sources = stories_of(cfg.data, t.seed, task=cfg.task)
+        sources = stories_of(cfg.data, task=cfg.task)
         train_stories = sources["train"].stories()
         chosen = run_tokenizer(d, run_dir, lambda: train_stories, init_from=cfg.init_from, progress=progress)
         self.tokenizer, self.eot = chosen.tokenizer, chosen.eot

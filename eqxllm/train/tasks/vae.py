@@ -36,7 +36,7 @@ class VAETask:
             raise ConfigError(f"task 'vae' trains a T5-VAE (T5VAEConfig), got {type(cfg.model).__name__}")
         self.cfg = cfg
         d, seq_len = cfg.data, cfg.train.seq_len
-        sources = stories_of(cfg.data, cfg.train.seed, task=cfg.task)
+        sources = stories_of(cfg.data, task=cfg.task)
         train_stories = sources["train"].stories()
         chosen = run_tokenizer(d, run_dir, lambda: train_stories, init_from=cfg.init_from, progress=progress)
         self.tokenizer, self.eot = chosen.tokenizer, chosen.eot

@@ -1,0 +1,43 @@
+"""What a run's data and run directory keep across runs of one source: the validation hold-out does not
+follow ``train.seed``, and a resume may not change ``train.seed`` (the batches are a function of it)."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eqxllm.errors import ConfigError
+from eqxllm.train.config import train_preset
+from eqxllm.train.run_dir import check_out_dir
+from eqxllm.train.tasks import make_task
+
+STORIES = ["The cat sat on the mat.", "Ben ran to the park.", "A fish swam in the sea.", "Lily built a tower."]
+
+
+def _cfg(tmp_path: Path, seed: int):
+    cfg = train_preset("gpt2-tinystories-test")
+    # 60 stories and 10% held out: 6 validation stories, which another hold-out would mostly change
+    path = tmp_path / "stories.txt"
+    path.write_text("".join(f"{s} ({i})\n<|endoftext|>\n" for i, s in enumerate(STORIES * 15)), encoding="utf-8")
+    data = dataclasses.replace(cfg.data, source=str(path), cache_dir=str(tmp_path / "cache"), val_fraction=0.1)
+    return cfg.replace(data=data, train=dataclasses.replace(cfg.train, seed=seed), out=str(tmp_path / "run"))
+
+
+def test_the_validation_holdout_is_the_same_for_every_train_seed(tmp_path):
+    first = make_task(_cfg(tmp_path, 0), tmp_path / "run0", progress=False)
+    second = make_task(_cfg(tmp_path, 1), tmp_path / "run1", progress=False)
+    np.testing.assert_array_equal(np.asarray(first.data.validation), np.asarray(second.data.validation))
+    np.testing.assert_array_equal(np.asarray(first.data.train), np.asarray(second.data.train))
+
+
+def test_resume_refuses_another_train_seed(tmp_path):
+    cfg = _cfg(tmp_path, 0)
+    out = Path(cfg.out)
+    (out / "checkpoints" / "4").mkdir(parents=True)
+    (out / "run_config.json").write_text(cfg.to_json())
+    longer = dataclasses.replace(cfg.train, max_steps=cfg.train.max_steps + 4)
+    check_out_dir(cfg.replace(resume=True, train=longer), out)  # a longer schedule resumes
+    reseeded = cfg.replace(resume=True, train=dataclasses.replace(cfg.train, seed=1))
+    with pytest.raises(ConfigError, match=r"--resume: train\.seed \(was 0, now 1\) differs from the run in"):
+        check_out_dir(reseeded, out)
