@@ -31,6 +31,9 @@ _HF_FIELDS = (
     "eos_token_id",
 )
 _EQXLLM_FIELDS = ("use_bias", "mlp", "pad_vocab_multiple")
+# a gated MLP (mlp="swiglu") has no transformers counterpart: saved under this model_type, which
+# transformers refuses to load, rather than as "gpt2", which it would load with the gate dropped
+GATED_MODEL_TYPE = "eqxllm_gpt2"
 
 
 def config_from_hf(hf: dict[str, Any]) -> GPT2Config:
@@ -46,7 +49,12 @@ def config_from_hf(hf: dict[str, Any]) -> GPT2Config:
 
 
 def config_to_hf(cfg: GPT2Config) -> dict[str, Any]:
-    out: dict[str, Any] = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
+    if (
+        cfg.mlp != GPT2Config().mlp
+    ):  # never "gpt2": transformers would load it, drop the gate, and compute another model
+        out: dict[str, Any] = {"model_type": GATED_MODEL_TYPE}
+    else:
+        out = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
     out.update({k: getattr(cfg, k) for k in _HF_FIELDS})
     out["n_ctx"] = cfg.n_positions
     extras = {k: getattr(cfg, k) for k in _EQXLLM_FIELDS if getattr(cfg, k) != getattr(GPT2Config(), k)}
@@ -174,7 +182,7 @@ def _family():
     from eqxllm.models.gpt2 import GPT2
 
     return Family(
-        model_types=("gpt2",),
+        model_types=("gpt2", GATED_MODEL_TYPE),
         config_cls=GPT2Config,
         model_cls=GPT2,
         config_from_hf=config_from_hf,

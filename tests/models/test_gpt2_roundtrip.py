@@ -60,3 +60,19 @@ def test_sharded_save_round_trip(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path)  # transformers reads our shards
     assert hf.config.n_layer == 2
+
+
+def test_a_gated_mlp_is_saved_as_a_type_transformers_refuses(tmp_path):
+    from eqxllm.models import GPT2, GPT2Config
+
+    model = GPT2(GPT2Config.tiny().replace(mlp="swiglu", use_bias=False), key=jax.random.key(0))
+    eqxllm.save_pretrained(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "eqxllm_gpt2" and "architectures" not in config
+    back = eqxllm.from_pretrained(tmp_path)
+    assert back.config == model.config
+    ids = jax.numpy.arange(10) % model.config.vocab_size
+    np.testing.assert_array_equal(np.asarray(back(ids)), np.asarray(model(ids)))
+    # as "gpt2", transformers loaded it without the gate and computed another model
+    with pytest.raises((ValueError, KeyError), match="eqxllm_gpt2"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
