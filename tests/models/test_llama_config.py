@@ -109,6 +109,7 @@ def test_mistral_layer_types_its_config_json_cannot_hold_are_refused(model_type)
     assert every.replace(layer_types=("sliding_attention",) * 2) == every
 
 
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "mixtral"])
 @pytest.mark.parametrize(
     "params",
     [
@@ -117,25 +118,30 @@ def test_mistral_layer_types_its_config_json_cannot_hold_are_refused(model_type)
          "original_max_position_embeddings": 64},
     ],
 )  # fmt: skip
-def test_rotary_scaling_equals_transformers(params):
+def test_rotary_scaling_equals_transformers(params, model_type):
+    """Each model type's config.json carries the scaling, and its transformers model applies it."""
+    import importlib
+
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    hf_cfg = transformers.LlamaConfig(
-        hidden_size=256, num_attention_heads=4, max_position_embeddings=512,
+    name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "mixtral": "Mixtral"}[
+        model_type
+    ]
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    hf_cfg = getattr(transformers, f"{name}Config")(
+        hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
         rope_parameters={**params, "rope_theta": 10000.0},
     )  # fmt: skip
-    rope = LlamaRotaryEmbedding(hf_cfg)
+    rope = getattr(modeling, f"{name}RotaryEmbedding")(hf_cfg)
     positions = np.arange(0, 400, 7)
     x = torch.zeros(1, len(positions), 64)
     cos, sin = rope(x, torch.tensor(positions)[None])
-    ours = rotary_angles(
-        jnp.asarray(positions), 64, base=10000.0, scaling=config_from_hf(hf_cfg.to_dict()).rope_scaling
-    )
+    ours = config_from_hf(hf_cfg.to_dict())
+    assert ours.head_size == 64
+    angles = rotary_angles(jnp.asarray(positions), 64, base=ours.rope_theta, scaling=ours.rope_scaling)
     # angles up to ~400 radians: a float32 ulp of an inverse frequency moves them by ~1e-5
-    np.testing.assert_allclose(np.asarray(ours[0]), cos[0].numpy(), atol=5e-5)
-    np.testing.assert_allclose(np.asarray(ours[1]), sin[0].numpy(), atol=5e-5)
+    np.testing.assert_allclose(np.asarray(angles[0]), cos[0].numpy(), atol=5e-5)
+    np.testing.assert_allclose(np.asarray(angles[1]), sin[0].numpy(), atol=5e-5)
     plain = rotary_angles(jnp.asarray(positions), 64, base=10000.0)
     assert np.abs(np.asarray(plain[0]) - cos[0].numpy()).max() > 1e-2  # the scaling did something
 
