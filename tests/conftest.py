@@ -115,3 +115,15 @@ def attention_calls(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
     return recorded
+
+
+@pytest.fixture
+def unchecked_annotations():
+    """Calls made as a user makes them: the suite's jaxtyping hook would reject a wrong shape or dtype
+    at a public signature before the library's own check could name it."""
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", before)

@@ -43,15 +43,19 @@ def weight_dtype(dtype: Any, what: str) -> Any:
     return found
 
 
-def _tokenizer_json(tokenizer: Any) -> str | None:
-    """The ``tokenizer.json`` text of a ``tokenizers.Tokenizer`` (``None`` for no tokenizer); anything
-    else is refused before a save writes a file."""
+def _tokenizer_files(tokenizer: Any) -> dict[str, str] | None:
+    """The files of a ``tokenizers.Tokenizer`` by name (``tokenizer.json`` and the
+    ``tokenizer_config.json`` that ``transformers.AutoTokenizer`` needs to read it:
+    :func:`~eqxllm.data.tokenizer.tokenizer_files`), ``None`` for no tokenizer; anything else is
+    refused before a save writes a file."""
     if tokenizer is None:
         return None
     from tokenizers import Tokenizer
 
+    from eqxllm.data.tokenizer import tokenizer_files  # eqxllm.data imports the checkpoints' Hub access
+
     if isinstance(tokenizer, Tokenizer):
-        return tokenizer.to_str()
+        return tokenizer_files(tokenizer)
     hint = ""
     if hasattr(tokenizer, "backend_tokenizer"):  # a transformers "fast" tokenizer wraps one
         hint = "; for a transformers tokenizer pass tok.backend_tokenizer, or call tok.save_pretrained(dst) afterwards"
@@ -136,7 +140,8 @@ def save_pretrained(
     tokenizer: Any = None,
 ) -> Path:
     """Write ``config.json`` and safetensors weights (sharded above ``max_shard_size``) that
-    ``transformers`` loads as they are; optionally ``tokenizer.json`` from a ``tokenizers.Tokenizer``.
+    ``transformers`` loads as they are; optionally ``tokenizer.json`` and ``tokenizer_config.json``
+    from a ``tokenizers.Tokenizer`` (``transformers.AutoTokenizer`` reads them, whatever the family).
 
     Weights are written first and atomically, ``config.json`` last (atomically too), so a failed
     save never leaves a directory whose config describes weights that are not there; a directory
@@ -153,15 +158,16 @@ def save_pretrained(
     if max_shard_size is not None:
         parse_size(max_shard_size)
     dtype = weight_dtype(dtype, "dtype")
-    tokenizer_json = _tokenizer_json(tokenizer)
+    tokenizer_texts = _tokenizer_files(tokenizer)
     tensors = export_from(model, family.key_map(config), dtype=dtype)
     hf_config = json.dumps(family.config_to_hf(config), indent=2) + "\n"
 
     def write_into(target: Path) -> None:
         resaving = (target / "config.json").is_file()
         write_checkpoint(tensors, target, max_shard_size=max_shard_size, metadata={"format": "pt"})
-        if tokenizer_json is not None:
-            atomic_write_text(target / "tokenizer.json", tokenizer_json)
+        if tokenizer_texts is not None:
+            for name, text in tokenizer_texts.items():
+                atomic_write_text(target / name, text)
         elif resaving:  # the tokenizer of the model saved here before is not this model's
             for name in _TOKENIZER_FILES:
                 (target / name).unlink(missing_ok=True)

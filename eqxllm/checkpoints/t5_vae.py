@@ -99,9 +99,11 @@ def normalize_keys(tensors: dict[str, np.ndarray], cfg: T5VAEConfig) -> dict[str
 
 def extract_t5(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Write the T5 inside the T5-VAE directory ``src`` as a plain T5 directory ``dst`` (config.json
-    and model.safetensors, plus tokenizer.json when ``src`` has one) that transformers loads."""
+    and model.safetensors, plus tokenizer.json and tokenizer_config.json when ``src`` has a tokenizer)
+    that transformers loads."""
     from eqxllm.checkpoints.api import read_config_json
     from eqxllm.checkpoints.atomic import atomic_write_text
+    from eqxllm.data.tokenizer import TOKENIZER_FILE, load_tokenizer, tokenizer_files
 
     src, dst = Path(src), Path(dst)
     hf = read_config_json(src)
@@ -111,8 +113,9 @@ def extract_t5(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     tensors = {k: v for k, v in read_checkpoint(src).items() if not k.startswith(PREFIX)}
     dst.mkdir(parents=True, exist_ok=True)
     write_checkpoint(tensors, dst, metadata={"format": "pt"})
-    if (src / "tokenizer.json").is_file():
-        atomic_write_text(dst / "tokenizer.json", (src / "tokenizer.json").read_text(encoding="utf-8"))
+    if (src / TOKENIZER_FILE).is_file():  # as they are, with the config transformers needs if src lacks it
+        for name, made in tokenizer_files(load_tokenizer(src)).items():
+            atomic_write_text(dst / name, (src / name).read_text(encoding="utf-8") if (src / name).is_file() else made)
     atomic_write_text(dst / "config.json", json.dumps(t5_checkpoints.config_to_hf(cfg.t5), indent=2) + "\n")
     return dst
 

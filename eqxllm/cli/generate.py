@@ -3,9 +3,10 @@
 The model loads with ``eqxllm.from_pretrained`` and the tokenizer from the same directory (or Hub
 repository). Sampling is the default (temperature 1, seed 0); ``--greedy`` (or ``--temperature 0``)
 picks the most likely token. A ``generation_config.json`` beside the model supplies the stop ids and
-the defaults of ``--temperature``, ``--top-k``, ``--top-p`` (and greedy for ``do_sample: false``). Each of ``--num-samples`` samples starts with the prompt and uses its
-own key, ``fold_in(key(seed), i)``, so a run is reproducible and sample ``i`` does not depend on how
-many were asked for.
+the defaults of ``--temperature``, ``--top-k``, ``--top-p`` (and greedy for ``do_sample: false``).
+Each of ``--num-samples`` samples starts with the prompt (then `` => `` for an encoder-decoder, whose
+text is not a continuation) and uses its own key, ``fold_in(key(seed), i)``, so a run is reproducible
+and sample ``i`` does not depend on how many were asked for.
 """
 
 import argparse
@@ -114,8 +115,8 @@ def print_stream(
     for i, chunk in enumerate(
         stream(model, prompt, max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, key=key, **options)
     ):
-        if i == 0:
-            out.write(header + args.prompt)
+        if i == 0:  # an encoder-decoder writes a new text, not the prompt's continuation
+            out.write(header + args.prompt + (" => " if model.config.is_encoder_decoder else ""))
         new = np.asarray(chunk).tolist()
         done = next((j for j, t in enumerate(new) if t in stops), None)
         ids.extend(new if done is None else new[:done])  # the stop token and padding are not text

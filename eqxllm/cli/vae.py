@@ -8,7 +8,8 @@
     eqxllm vae decode --model DIR --input latents.npy [--output sentences.txt]
     eqxllm vae sample --model DIR --num 5 [--seed 0] [--fit sentences.txt]
 
-``encode`` reads one sentence per line and writes ``[n, latent_tokens, latent]`` float32 latents (the
+``encode`` reads one sentence per line (row ``i`` of the output is line ``i``: a blank line before
+the last sentence is refused) and writes ``[n, latent_tokens, latent]`` float32 latents (the
 posterior means) with ``numpy.save``; ``--num-beams`` decodes by beam search instead of greedily;
 ``interpolate --method geodesic`` walks from one sentence to the other
 through the codes of the sentences of ``--bank`` (one per line, such as the training sentences), so
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         for i, text in enumerate(path):
             print(f"{i / (len(path) - 1):.2f}  {text}")
     elif args.action == "encode":
-        lines = _read_lines(args.input)
+        lines = _read_lines(args.input, aligned=True)
         from eqxllm.checkpoints.atomic import write_file
 
         assert output is not None  # --output is required for encode
@@ -188,11 +189,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_lines(path: str) -> list[str]:
-    """The non-empty lines of a UTF-8 text file, stripped."""
+def _read_lines(path: str, *, aligned: bool = False) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped. With ``aligned`` (row ``i`` of the output is
+    line ``i``) a blank line before the last sentence raises :class:`DataError` naming it; blank lines
+    at the end are dropped."""
     from eqxllm.train.text_eval import read_utf8
 
-    return [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
+    lines = [line.strip() for line in read_utf8(path).splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = next((i for i, line in enumerate(lines) if not line), None)
+    if aligned and blank is not None:
+        raise DataError(
+            f"line {blank + 1} of {path} is blank; row i of the latents is the sentence of line i: remove the line "
+            "or put a sentence on it"
+        )
+    return [line for line in lines if line]
 
 
 def _read_latents(path: str) -> np.ndarray:

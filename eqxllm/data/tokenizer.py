@@ -19,6 +19,7 @@ from eqxllm.data.tinystories import EOT
 from eqxllm.errors import ConfigError, DataError
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 
@@ -136,19 +137,27 @@ def train_bpe_tokenizer(
     return tok
 
 
+def tokenizer_files(tok: Tokenizer) -> dict[str, str]:
+    """The files that save ``tok`` for eqxllm and ``transformers``, by name: ``tokenizer.json`` and a
+    ``tokenizer_config.json`` naming ``PreTrainedTokenizerFast`` (without one, ``AutoTokenizer`` picks
+    the model type's own class, for a T5 the SentencePiece one, which cannot read a BPE
+    ``tokenizer.json``), with ``<|endoftext|>`` as its special tokens when the vocabulary has it."""
+    config: dict[str, object] = {"tokenizer_class": "PreTrainedTokenizerFast", "add_prefix_space": False}
+    if tok.token_to_id(EOT) is not None:
+        config.update(bos_token=EOT, eos_token=EOT, unk_token=EOT)
+    return {TOKENIZER_FILE: tok.to_str(), TOKENIZER_CONFIG_FILE: json.dumps(config, indent=2)}
+
+
 def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
-    """Write ``tokenizer.json`` (and a ``tokenizer_config.json`` for ``transformers``) into ``directory``.
+    """Write :func:`tokenizer_files` (``tokenizer.json`` and ``tokenizer_config.json``) into ``directory``.
 
     Files are written atomically. Returns the path of ``tokenizer.json``; ``load_tokenizer(directory)``
     and ``transformers.AutoTokenizer.from_pretrained(directory)`` read it back.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config: dict[str, object] = {"tokenizer_class": "PreTrainedTokenizerFast", "add_prefix_space": False}
-    if tok.token_to_id(EOT) is not None:
-        config.update(bos_token=EOT, eos_token=EOT, unk_token=EOT)
-    _write_atomic(directory / TOKENIZER_FILE, tok.to_str())
-    _write_atomic(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+    for name, text in tokenizer_files(tok).items():
+        _write_atomic(directory / name, text)
     return directory / TOKENIZER_FILE
 
 

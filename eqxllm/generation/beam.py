@@ -144,7 +144,8 @@ def beam_search(
     """The best continuation of ``prompt`` (``[seq]``, or ``[batch, seq]`` prompts of one length, as an
     array or a list of rows) found
     by a beam search of ``num_beams`` beams (see the module docstring), as the new token ids: up to and
-    including a stop token (``eos_token_id``, default the config's), then the first stop id as padding.
+    including a stop token (``eos_token_id``, default the config's; unlike :func:`eqxllm.generate`, ``()``
+    is refused: a search needs a stop id), then the first stop id as padding.
     For an encoder-decoder model the prompt is the encoder input. With ``return_scores`` also the
     normalised score; with ``return_all`` every final beam, best first (``[*batch, num_beams, new]``).
     ``num_beams=1`` is greedy decoding."""
@@ -169,8 +170,13 @@ def beam_search(
     check_ids(ids, np.ones(ids.shape, bool), cfg.vocab_size)
     stops = cfg.eos_token_id if eos_token_id is None else eos_token_id
     stops = (stops,) if isinstance(stops, int | np.integer) else tuple(stops or ())
-    if not stops:
-        raise InputError("beam search needs a stop token: pass eos_token_id (the model's config has none)")
+    if not stops:  # finished beams are padded with the first stop id, so "never stop" has no beam search
+        why = "the model's config has none" if eos_token_id is None else f"eos_token_id={eos_token_id!r} gives none"
+        known = eos_token_id is not None and cfg.eos_token_id is not None
+        default = f" (or None for the config's {cfg.eos_token_id})" if known else ""
+        raise InputError(
+            f"beam search needs a stop token, which also pads finished beams: {why}; pass eos_token_id=ID{default}"
+        )
     check_stop_ids(tuple(int(s) for s in stops), cfg.vocab_size)
     tokens, scores = _search_prompts(
         model, jnp.asarray(ids, jnp.int32), beams, steps, tuple(int(s) for s in stops), float(alpha),

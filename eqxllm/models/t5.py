@@ -23,7 +23,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Shaped
 
 from eqxllm.errors import InputError
 from eqxllm.models.t5_config import T5_PRESETS, T5Config
@@ -33,6 +33,7 @@ from eqxllm.nn.decoding import (
     Dims,
     begin_pass,
     causal_mask,
+    check_mask,
     empty_cache,
     positions_from_mask,
     scan_layers,
@@ -252,7 +253,7 @@ class T5(eqx.Module):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "seq vocab"]:
         """Decoder logits for a whole target sequence attending to ``encoder_out`` (no cache)."""
-        encoder_mask = jnp.ones((encoder_out.shape[0],), bool) if encoder_mask is None else encoder_mask
+        encoder_mask = self._encoder_mask(encoder_out, encoder_mask)
         logits, _ = self._decoder_forward(decoder_input_ids, encoder_out, encoder_mask, decoder_mask, None, key)
         return logits
 
@@ -271,8 +272,8 @@ class T5(eqx.Module):
         def body(layer, carry, _):
             return carry, layer.cross_attn.project_kv(encoder_out)
 
+        encoder_mask = self._encoder_mask(encoder_out, encoder_mask)
         _, (k, v) = self.decoder.layers(body, None)
-        encoder_mask = jnp.ones((encoder_out.shape[0],), bool) if encoder_mask is None else encoder_mask
         return T5DecoderCache(
             self_kv=self_kv, cross_k=k.astype(dtype), cross_v=v.astype(dtype), encoder_mask=encoder_mask
         )
@@ -327,6 +328,13 @@ class T5(eqx.Module):
         """The decoder's cache layout; relative positions (and sinusoids) set no length limit."""
         cfg = self.config
         return Dims(cfg.vocab_size, cfg.max_positions, "max_positions", cfg.decoder_layers, cfg.num_heads, cfg.d_kv)
+
+    def _encoder_mask(
+        self, encoder_out: Float[Array, "enc_seq embed"], mask: Shaped[Array, "..."] | None
+    ) -> Bool[Array, " enc_seq"]:
+        """``encoder_mask`` checked against ``encoder_out`` (:func:`check_mask`); all real when None."""
+        mask = check_mask(mask, encoder_out.shape[0], "encoder_mask", "encoder_out")
+        return jnp.ones((encoder_out.shape[0],), bool) if mask is None else mask
 
     @property
     def _decoder_table(self) -> Embedding:

@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from eqxllm.errors import ConfigError
+from eqxllm.errors import ConfigError, InputError
 from eqxllm.models.t5 import T5, T5DecoderCache
 from eqxllm.models.t5_vae_config import T5VAE_PRESETS, T5VAEConfig
 from eqxllm.nn import Attention, LayerNorm, Linear, sinusoidal_positions
+from eqxllm.nn.decoding import check_mask, check_tokens
 
 __all__ = ["T5VAE", "T5VAEConfig", "T5VAE_PRESETS", "VAEOutput"]
 
@@ -47,6 +48,20 @@ def left_align(ids: Int[Array, " seq"], mask: Bool[Array, " seq"]) -> tuple[Int[
     exactly like right-padded input: ``first`` pooling keeps the first *real* positions."""
     order = jnp.argsort(~mask, stable=True)
     return ids[order], mask[order]
+
+
+def as_trained(
+    ids: Int[Array, " seq"], mask: Bool[Array, " seq"], pad_id: int, min_len: int
+) -> tuple[Int[Array, " _seq"], Bool[Array, " _seq"]]:
+    """The encoder input as training builds it (:func:`eqxllm.data.sentences.encode_sentences`): the
+    real tokens first, ``pad_id`` at every other position, and at least ``min_len`` positions (masked
+    ``pad_id`` appended). ``first`` pooling reads the states of the positions after a short sentence,
+    which depend on the ids there: whatever padding a caller used (the sampler's is id 0), and whether
+    it padded at all, the latent is the one training computed."""
+    ids, mask = left_align(ids, mask)
+    ids = jnp.where(mask, ids, pad_id)
+    short = max(min_len - ids.shape[0], 0)
+    return jnp.pad(ids, (0, short), constant_values=pad_id), jnp.pad(mask, (0, short))
 
 
 class T5VAE(eqx.Module):
@@ -108,10 +123,10 @@ class T5VAE(eqx.Module):
         """Encoder states (real tokens first) -> one state per latent token."""
         cfg = self.config
         if cfg.pooling == "first":
-            if states.shape[0] < cfg.n_latent_tokens:
-                raise ConfigError(
-                    f"pooling='first' needs at least n_latent_tokens={cfg.n_latent_tokens} input positions, got "
-                    f"{states.shape[0]}; pad the input to max_length={cfg.max_length}"
+            if states.shape[0] < cfg.n_latent_tokens:  # encode pads its input that far (as_trained)
+                raise InputError(
+                    f"pooling='first' reads n_latent_tokens={cfg.n_latent_tokens} encoder states, got "
+                    f"{states.shape[0]}; encode the sentence with encode() or posterior(), which pad it"
                 )
             return states[: cfg.n_latent_tokens]
         if cfg.pooling == "mean":
@@ -126,11 +141,14 @@ class T5VAE(eqx.Module):
         self, input_ids: Int[Array, " seq"], *, mask: Bool[Array, " seq"] | None = None, key: PRNGKeyArray | None = None
     ) -> tuple[Float[Array, "latent_tokens latent"], Float[Array, "latent_tokens latent"] | None]:
         """The code's mean and (KL regulariser only) log-variance. ``mask`` marks real tokens; padding
-        may be on either side. ``key`` enables the T5's dropout."""
-        if mask is None:
-            mask = jnp.ones(input_ids.shape, bool)
-        else:
-            input_ids, mask = left_align(input_ids, mask)
+        may be on either side, and the ids at masked positions do not matter (they are read as the pad
+        id, as in training; :func:`as_trained`). ``key`` enables the T5's dropout."""
+        cfg = self.config
+        input_ids = check_tokens(input_ids, cfg.vocab_size, None, "max_length")
+        mask = check_mask(mask, input_ids.shape[0])
+        mask = jnp.ones(input_ids.shape, bool) if mask is None else mask
+        min_len = cfg.n_latent_tokens if cfg.pooling == "first" else 1
+        input_ids, mask = as_trained(input_ids, mask, cfg.pad_token_id, min_len)
         pooled = self.pool(self.t5.encode(input_ids, mask=mask, key=key), mask)
         mean = self.to_latent(pooled)
         if self.config.latent_activation == "tanh":
@@ -163,9 +181,12 @@ class T5VAE(eqx.Module):
     # decoder side --------------------------------------------------------------------------------
     def memory(self, latent: Float[Array, "latent_tokens latent"]) -> Float[Array, "latent_tokens embed"]:
         """The VAE decoder: codes -> the states the T5 decoder cross-attends to."""
-        n = self.config.n_latent_tokens
-        if latent.shape[0] != n:
-            raise ConfigError(f"a latent of this model has {n} tokens, got {latent.shape[0]}")
+        shape = (self.config.n_latent_tokens, self.config.latent_size)
+        if latent.shape != shape:
+            raise InputError(
+                f"a latent of this model is [n_latent_tokens, latent_size] = {list(shape)}, got shape "
+                f"{list(latent.shape)}; for a batch, wrap the call in jax.vmap"
+            )
         x = self.from_latent(latent) + self.memory_positions.astype(latent.dtype)
         return self.memory_norm(x)
 

@@ -111,6 +111,27 @@ def check_range(values: Int[Array, " seq"], upper: int, what: str, bound: str) -
     return eqx.error_if(values, jnp.any(bad), f"{message} one outside")
 
 
+def check_mask(
+    mask: Shaped[Array, "..."] | None, seq: int, name: str = "mask", of: str = "input_ids"
+) -> Bool[Array, " seq"] | None:
+    """``mask`` (None, or one flag per token, ``True``/1 for a real token) as booleans; :class:`InputError`
+    for a length other than ``seq``, the tokens of ``of``, or a float dtype (typed ``...`` so that they
+    reach this message)."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.shape != (seq,):
+        raise InputError(
+            f"{name} has shape {tuple(mask.shape)} but {of} has {seq} positions; give {name} one entry per token"
+        )
+    if not (jnp.issubdtype(mask.dtype, jnp.bool_) or jnp.issubdtype(mask.dtype, jnp.integer)):
+        raise InputError(
+            f"{name} must be booleans (or 0/1 integers) marking the real tokens, got dtype {mask.dtype}; "
+            f"convert it with {name}.astype(bool)"
+        )
+    return mask.astype(bool)
+
+
 def positions_from_mask(mask: Bool[Array, " seq"]) -> Int[Array, " seq"]:
     """Positions that count real tokens only, so a left-padded sequence starts at position 0."""
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32)) - 1, 0)
@@ -139,9 +160,10 @@ def begin_pass(
 ) -> tuple[Int[Array, " seq"], TokenSlots]:
     """The checked ids of a pass (at most the model's context, or the cache's slots) and their
     :class:`TokenSlots`; no ``mask`` means every token is real. ``mask`` and ``positions`` need one
-    entry per token (:class:`InputError` otherwise), and given positions into a learned table
-    (``dims.position_table``) must lie inside it (:func:`check_range`). The arguments are typed ``...``
-    so that wrong shapes and dtypes reach these messages rather than a broadcasting error."""
+    entry per token, ``mask`` holds booleans or 0/1 integers (:func:`check_mask`; :class:`InputError`
+    otherwise), and given positions into a learned table (``dims.position_table``) must lie inside it
+    (:func:`check_range`). The arguments are typed ``...`` so that wrong shapes and dtypes reach these
+    messages rather than a broadcasting error."""
     limit = (dims.max_positions, dims.limit_name) if cache is None else (cache.max_len, "the cache length")
     input_ids = check_tokens(input_ids, dims.vocab_size, *limit)
     for name, value in (("mask", mask), ("positions", positions)):
@@ -150,6 +172,7 @@ def begin_pass(
                 f"{name} has shape {tuple(value.shape)} but input_ids has shape {tuple(input_ids.shape)}; "
                 f"give {name} one entry per token"
             )
+    mask = check_mask(mask, input_ids.shape[0])
     if positions is not None and dims.position_table and dims.max_positions is not None:
         positions = check_range(
             positions, dims.max_positions, "positions", f"{dims.limit_name}, the rows of the learned position table"

@@ -10,6 +10,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from eqxllm.data.sentences import SentenceSet, encode_sentences, whole_sentence
 from eqxllm.errors import InputError
+from eqxllm.generation.sampling import make_sampler
 from eqxllm.vae.batches import fixed_batches
 from eqxllm.vae.decoding import beam_search_from_latent, generate_from_latent, strip_after_end
 from eqxllm.vae.geodesic import CodeBank, bank_from_codes
@@ -19,7 +20,10 @@ from eqxllm.vae.refine import reconstructs, refine_latents
 
 def tokenize(model, tokenizer, texts: Sequence[str], *, strict: bool = True) -> SentenceSet:
     """``texts`` as the model's input rows (tokens, end token, padding to ``max_length``). With
-    ``strict``, a text too long for the model (or empty) raises :class:`InputError` naming it."""
+    ``strict``, a text too long for the model (or empty) raises :class:`InputError` naming it. A bare
+    ``str`` is refused (it would be read as one sentence per character): pass ``[text]``."""
+    if isinstance(texts, str):
+        raise InputError(f"texts must be a list of sentences, got one string {texts[:80]!r}; pass [text]")
     cfg = model.config
     data = encode_sentences(
         tokenizer, list(texts), max_length=cfg.max_length, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id
@@ -43,7 +47,8 @@ def _encode_batch(
 
 
 def encode_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, refine_steps: int = 0) -> np.ndarray:
-    """The latents ``[n, latent_tokens, latent]`` (posterior means) of ``texts``; with ``refine_steps``,
+    """The latents ``[n, latent_tokens, latent]`` (posterior means) of ``texts``, a list of sentences (a
+    bare ``str`` is refused: pass ``[text]`` for one); with ``refine_steps``,
     each refined by at most that many gradient steps until it reconstructs its text
     (:func:`~eqxllm.vae.refine.refine_latents`; a text it cannot reach keeps its last refined code)."""
     data = tokenize(model, tokenizer, texts)
@@ -75,20 +80,21 @@ def decode_latents(
 ) -> list[str]:
     """The sentences written from ``latents [n, latent_tokens, latent]``: greedy by default, sampled
     with ``temperature > 0`` and a ``key``, or the best of a beam search with ``num_beams > 1``
-    (:func:`~eqxllm.vae.decoding.beam_search_from_latent`)."""
+    (:func:`~eqxllm.vae.decoding.beam_search_from_latent`). The options are checked as
+    :func:`eqxllm.generate` checks them: a ``temperature`` above 0 without a key, or below 0, raises
+    :class:`InputError`."""
+    sampler = make_sampler(temperature=temperature, has_key=key is not None, vocab_size=model.config.vocab_size)
+    if num_beams != 1 and not sampler.greedy:
+        raise InputError("choose beam search (num_beams > 1) or sampling (temperature > 0 with a key), not both")
     latents = jnp.asarray(latents, jnp.float32)
     if latents.ndim == 2:
         latents = latents[None]
     if latents.shape[0] == 0:
         return []
-    sampling = key is not None and temperature > 0
-    if num_beams != 1 and sampling:
-        raise InputError("choose beam search (num_beams > 1) or sampling (temperature > 0 with a key), not both")
     if num_beams != 1:  # beam search checks num_beams >= 1
         tokens = np.asarray(beam_search_from_latent(model, latents, num_beams=num_beams))
     else:
-        options = {"temperature": temperature, "key": key} if sampling else {}
-        tokens = np.asarray(generate_from_latent(model, latents, **options))
+        tokens = np.asarray(generate_from_latent(model, latents, temperature=temperature, key=key))
     eos = model.config.eos_token_id
     return [tokenizer.decode(strip_after_end(row, eos)) for row in tokens]
 

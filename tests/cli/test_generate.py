@@ -98,6 +98,23 @@ def test_bad_flags_print_one_error_line(saved, capsys, flags, message):
     assert len(err.strip().splitlines()) == 1 and out == ""  # one line, and the prompt is not echoed
 
 
+def test_an_encoder_decoder_prints_its_text_apart_from_the_prompt():
+    import argparse
+
+    from eqxllm.cli.generate import print_stream
+    from tests.generation._helpers import FakeSeq2Seq, FakeSeq2SeqConfig
+
+    class Digits:  # id i is the character str(i % 10)
+        def decode(self, ids):
+            return "".join(str(i % 10) for i in ids)
+
+    model = FakeSeq2Seq(FakeSeq2SeqConfig(), key=jax.random.key(0))
+    out, args = io.StringIO(), argparse.Namespace(prompt="Lily saw a cat.", max_new_tokens=4, chunk_size=2)
+    print_stream(model, Digits(), jnp.array([5, 6, 7]), args, None, {}, out, stops=set())
+    new = eqxllm.generate(model, jnp.array([5, 6, 7]), max_new_tokens=4, eos_token_id=())
+    assert out.getvalue() == "Lily saw a cat. => " + Digits().decode(np.asarray(new).tolist())
+
+
 def test_help(capsys):
     assert main(["generate", "--help"]) == 0
     out = capsys.readouterr().out

@@ -101,3 +101,8 @@ def test_beam_search_checks_its_input_like_generate(model):
         beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=211)
     with pytest.raises(InputError, match="stop token id -1"):
         beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=[3, -1])
+    # generate reads () as "never stop"; a beam search needs a stop id, and the config has one
+    with pytest.raises(
+        InputError, match=r"eos_token_id=\(\) gives none; pass eos_token_id=ID \(or None for the config's 50256\)"
+    ):
+        beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=())

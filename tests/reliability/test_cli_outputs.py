@@ -105,9 +105,18 @@ def test_vae_outputs_are_checked_before_the_model_loads(capsys, encoder_decoders
     assert snapshot(tmp_path) == before
 
 
+def test_vae_encode_refuses_a_blank_line_that_would_shift_the_rows(capsys, encoder_decoders, tmp_path):
+    _, vae = encoder_decoders
+    (tmp_path / "in.txt").write_text("Tom saw a cat.\n\nThe sun was warm.\n")
+    before = snapshot(tmp_path)
+    encode = ["vae", "encode", "--model", vae, "--input", tmp_path / "in.txt", "--output", tmp_path / "z.npy"]
+    assert_user_error(capsys, encode, "line 2 of", "is blank", "row i of the latents is the sentence of line i")
+    assert snapshot(tmp_path) == before
+
+
 def test_vae_outputs_create_missing_folders_and_name_the_file_written(capsys, encoder_decoders, tmp_path):
     _, vae = encoder_decoders
-    (tmp_path / "in.txt").write_text("Tom saw a cat.\nThe sun was warm.\n")
+    (tmp_path / "in.txt").write_text("Tom saw a cat.\nThe sun was warm.\n\n")  # blank lines at the end are dropped
     (tmp_path / "adir").mkdir()
     code, _, err = cli(
         capsys, "vae", "encode", "--model", vae, "--input", tmp_path / "in.txt", "--output", tmp_path / "adir"

@@ -11,6 +11,7 @@ import pytest
 
 import eqxllm
 from eqxllm.errors import ConfigError, InputError
+from eqxllm.generation import beam_search
 from eqxllm.models import T5, T5VAE, T5VAEConfig
 from eqxllm.train.tasks.vae_loss import vae_loss
 from eqxllm.vae import generate_from_latent
@@ -145,6 +146,44 @@ def test_config_errors_name_the_field():
         T5VAEConfig.tiny(regulariser="wae")
     with pytest.raises(ConfigError, match="n_latent_tokens=20.*max_length=16"):
         T5VAEConfig.tiny(n_latent_tokens=20)
-    model = T5VAE(_config(), key=jax.random.key(0))
-    with pytest.raises(ConfigError, match="at least n_latent_tokens=3"):
-        model.encode(jnp.asarray([1, 2]))
+
+
+def test_the_latent_is_the_trained_one_whatever_the_padding():
+    # pad id 7, not 0: training pads with it; the sampler pads a batch with 0 and takes no mask. With
+    # pooling="first", slot 4 of a 3-token sentence reads the state of a padding position
+    model = T5VAE(_config(n_latent_tokens=4).with_vocabulary(512, pad=7, eos=7, start=7), key=jax.random.key(0))
+    short = jnp.array([17, 40, 7])
+
+    @eqx.filter_jit
+    def latents(model):
+        trained = jnp.full(16, 7).at[:3].set(short)  # as encode_sentences pads it
+        real = jnp.arange(16) < 3
+        padded = [trained.at[3:].set(0), trained.at[3:].set(123), jnp.roll(trained.at[3:].set(0), 13)]
+        masks = [real, real, jnp.roll(real, 13)]  # the last one left-padded with 0, as the sampler does
+        others = [model.encode(i, mask=m) for i, m in zip(padded, masks)]
+        return model.encode(trained, mask=real), [*others, model.encode(short)]  # unpadded, shorter than 4
+
+    z, others = latents(model)
+    for other in others:
+        np.testing.assert_allclose(other, z, atol=1e-6)
+    batch = eqxllm.generate(model, [short.tolist(), [5, 6, 9, 11, 13, 21, 7]], max_new_tokens=4)
+    np.testing.assert_array_equal(batch[0], generate_from_latent(model, z, max_new_tokens=4))
+    np.testing.assert_array_equal(beam_search(model, short, max_new_tokens=4, num_beams=1), batch[0])
+
+
+@pytest.mark.usefixtures("unchecked_annotations")
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda m: m.encode(jnp.arange(1, 6), mask=jnp.ones(4, bool)),
+            r"mask has shape \(4,\) but input_ids has 5 positions",
+        ),
+        (lambda m: m.encode(jnp.arange(1, 6), mask=jnp.ones(5)), "must be booleans .* got dtype float32"),
+        (lambda m: m.decode_full(jnp.zeros((3, 7)), jnp.array([0, 5])), r"\[3, 8\], got shape \[3, 7\]"),
+        (lambda m: m.decode_full(jnp.zeros((3, 8)), jnp.array([0, 5]), decoder_mask=jnp.ones(2)), "got dtype float32"),
+    ],
+)
+def test_bad_inputs_are_input_errors(call, match):
+    with pytest.raises(InputError, match=match):
+        call(T5VAE(_config(), key=jax.random.key(0)))
