@@ -92,7 +92,13 @@ def test_lora_run_first_step_exports_and_bit_identical_resume(base, tmp_path):
     export = train(a, progress=False)
     assert _first_loss(a) == pytest.approx(_checkpoint_loss(a), abs=1e-6)  # B = 0: exactly the checkpoint
     names = sorted(p.name for p in export.iterdir())
-    assert names == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    assert names == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert (export / "tokenizer.json").read_bytes() == (base / "ckpt" / "tokenizer.json").read_bytes()
     gen = json.loads((export / "generation_config.json").read_text())
     assert gen["eos_token_id"] == eqxllm.load_config(a.init_from).eos_token_id

@@ -59,7 +59,13 @@ def test_train_exports_a_model_transformers_loads(tmp_path):
     cfg = _cfg(tmp_path)
     export = train(cfg, progress=False)
     names = sorted(p.name for p in export.iterdir())
-    assert names == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    assert names == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]

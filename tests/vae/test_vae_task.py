@@ -82,7 +82,13 @@ def trained(tmp_path_factory):
 def test_trainer_exports_a_t5_vae(trained):
     tmp, export = trained
     names = sorted(p.name for p in export.iterdir())
-    assert names == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    assert names == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     model = eqxllm.from_pretrained(export)
     assert isinstance(model, T5VAE)
     rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
