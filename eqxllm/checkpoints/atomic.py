@@ -147,9 +147,32 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def new_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: ``0o666`` less the process's umask."""
+    try:  # Linux reports the umask without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, and set it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temporary_beside(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """``(fd, name)`` of a new temporary file in ``path``'s folder that will be renamed to ``path``,
+    with the mode a plain ``open`` would give it (``mkstemp`` makes it ``0600``, which the rename keeps:
+    a saved model others on the machine could not read)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, new_file_mode())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all (a temporary beside it, fsynced, then ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.p{os.getpid()}.", suffix=".eqxllm.tmp")
+    fd, tmp = temporary_beside(path, f".{path.name}.p{os.getpid()}.", ".eqxllm.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

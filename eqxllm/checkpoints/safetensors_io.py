@@ -25,6 +25,7 @@ from jaxtyping import Shaped
 from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
+from eqxllm.checkpoints.atomic import new_file_mode
 from eqxllm.errors import SafetensorsFormatError
 
 Tensor = Shaped[np.ndarray, "..."]
@@ -201,4 +202,6 @@ def write_file(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str])
         path.unlink(missing_ok=True)
         raise _error(path, f"cannot be written ({type(e).__name__}: {e})") from e
     with open(path, "rb+") as f:
+        if hasattr(os, "fchmod"):  # safetensors creates it 0600, whatever the umask
+            os.fchmod(f.fileno(), new_file_mode())
         os.fsync(f.fileno())

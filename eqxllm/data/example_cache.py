@@ -10,13 +10,13 @@ deterministic order and exact resume are those of plain text.
 
 import itertools
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from eqxllm.checkpoints.atomic import temporary_beside
 from eqxllm.data.token_cache import token_cache_path, token_dtype
 from eqxllm.errors import DataError
 
@@ -46,8 +46,8 @@ def cached_examples(
     dtype = token_dtype(tok)
     if not (path.exists() and mpath.exists()):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_tokens = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        tmp_mask = tempfile.mkstemp(dir=path.parent, prefix=f".{mpath.name}.", suffix=".tmp")
+        tmp_tokens = temporary_beside(path, f".{path.name}.", ".tmp")
+        tmp_mask = temporary_beside(mpath, f".{mpath.name}.", ".tmp")
         try:
             with os.fdopen(tmp_tokens[0], "wb") as out, os.fdopen(tmp_mask[0], "wb") as mout:
                 count = 0

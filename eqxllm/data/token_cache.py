@@ -10,7 +10,6 @@ and a run that changes none reuses the old one. Ids are stored as ``uint16`` whe
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +19,7 @@ from jaxtyping import UInt
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from eqxllm.checkpoints.atomic import temporary_beside
 from eqxllm.data.sources import TextSource
 from eqxllm.data.tokenizer import eot_id
 from eqxllm.errors import DataError
@@ -77,7 +77,7 @@ def cached_tokens(
     dtype = token_dtype(tok)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temporary_beside(path, f".{path.name}.", ".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
                 count = write_tokens(

@@ -7,13 +7,12 @@ no prefix space, a byte-level decoder, ``<|endoftext|>`` a special token (id 502
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from eqxllm.checkpoints.atomic import atomic_write_text
 from eqxllm.checkpoints.hub import HubFileMissing, download, looks_like_repo_id
 from eqxllm.data.tinystories import EOT
 from eqxllm.errors import ConfigError, DataError
@@ -157,19 +156,8 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in tokenizer_files(tok).items():
-        _write_atomic(directory / name, text)
+        atomic_write_text(directory / name, text)
     return directory / TOKENIZER_FILE
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def eot_id(tok: Tokenizer, special: str = EOT) -> int:

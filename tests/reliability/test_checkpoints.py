@@ -227,3 +227,24 @@ def test_a_tokenizer_of_another_kind_is_refused_before_the_save_writes(model_dir
     assert snapshot(dst) == before
     eqxllm.save_pretrained(model, dst, tokenizer=wrapped.backend_tokenizer)  # the hint works
     assert Tokenizer.from_file(str(dst / "tokenizer.json")).to_str() == wrapped.backend_tokenizer.to_str()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_take_the_mode_the_umask_gives(model_dir, tmp_path, umask):
+    from tokenizers import Tokenizer
+
+    from eqxllm.data.tokenizer import save_tokenizer
+
+    previous = os.umask(umask)
+    try:  # atomic writes go through mkstemp, whose 0600 the rename kept: others could not read a saved model
+        model = eqxllm.from_pretrained(model_dir)
+        eqxllm.save_pretrained(
+            model, tmp_path / "new", tokenizer=Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        )
+        save_tokenizer(Tokenizer.from_file(str(model_dir / "tokenizer.json")), tmp_path / "tok")
+    finally:
+        os.umask(previous)
+    written = [p for p in (*(tmp_path / "new").iterdir(), *(tmp_path / "tok").iterdir()) if p.is_file()]
+    assert {p.name for p in written} >= {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(0o666 & ~umask) for p in written}
