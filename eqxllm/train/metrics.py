@@ -34,13 +34,14 @@ class RunLogger:
             drop_torn_line(run_dir / "metrics.jsonl")
         self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if enabled else None  # noqa: SIM115
         self._tb = None
+        tensorboard_missing = False
         if enabled:
             try:  # TensorBoard is optional (pip install 'eqxllm[tensorboard]'); the JSONL log is enough
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                self._tb = None
+                tensorboard_missing = True
         self.bar = tqdm(
             total=total_steps,
             initial=initial_step,
@@ -48,6 +49,12 @@ class RunLogger:
             unit="step",
             dynamic_ncols=True,
         )
+        if tensorboard_missing:
+            self.text(
+                "tensorboard",
+                initial_step,
+                "no TensorBoard log (pip install 'eqxllm[tensorboard]'); metrics.jsonl has every row",
+            )
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:

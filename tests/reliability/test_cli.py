@@ -199,3 +199,15 @@ def test_scripts_get_the_same_one_line_errors(capsys):
     assert guarded("train.py", script) == 2
     assert capsys.readouterr().err == "train.py: error: no stories in x.txt\n"
     assert guarded("train.py", lambda: None) == 0
+
+
+def test_python_m_eqxllm_is_the_command_and_subpackages_are_attributes():
+    import subprocess
+    import sys
+
+    code = "import eqxllm; eqxllm.lora.apply_lora; eqxllm.train.make_train_step; eqxllm.data; eqxllm.vae"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "eqxllm", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: eqxllm")
+    with pytest.raises(AttributeError, match="no attribute 'lorra'"):
+        eqxllm.lorra  # noqa: B018

@@ -143,3 +143,17 @@ def test_a_start_refused_while_building_leaves_nothing(tmp_path, change, error, 
     with pytest.raises(error, match=facts):
         train(cfg, progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_without_tensorboardx_says_how_to_get_its_log(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from eqxllm.train.metrics import RunLogger
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed: the import raises
+    log = RunLogger(tmp_path, progress=True, total_steps=1)
+    log.log("train", 1, loss=1.0)
+    log.close()
+    printed = capsys.readouterr()
+    assert "pip install 'eqxllm[tensorboard]'" in printed.out + printed.err
+    assert not (tmp_path / "tensorboard").exists() and read_metrics(tmp_path)[0]["loss"] == 1.0
