@@ -2,9 +2,16 @@
 
 Each process has 2 virtual CPU devices; together they form a ``data=2,fsdp=2`` mesh of 4 devices
 connected by gloo collectives. Each feeds its own half of the batch through ``place_batch``, trains
-the tiny GPT-2 for two steps, and process 0 writes the losses and the gathered parameters to OUT."""
+the tiny GPT-2 for two steps, and process 0 writes the losses and the gathered parameters to OUT.
 
+Then both run ``train()`` twice on the stories in ``OUT``'s folder: with ``fsdp=4`` (parameters and
+Adam moments split across the processes; the run exports the model) and with ``tensor=4`` (the batch
+whole on every device, so both processes load the same rows). Process 0 adds each run's losses to OUT."""
+
+import dataclasses
+import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -18,6 +25,7 @@ import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
+import eqxllm.train.run_dir  # noqa: E402
 from eqxllm.train import (  # noqa: E402
     batch_sharding,
     init_opt_state,
@@ -30,9 +38,48 @@ from eqxllm.train import (  # noqa: E402
     opt_state_shardings,
     place,
     place_batch,
+    train_preset,
 )
+from eqxllm.train.loop import train  # noqa: E402
+from eqxllm.train.metrics import read_metrics  # noqa: E402
 
 STEPS = 2
+
+
+def _slow_run_config(process_id: int) -> None:
+    """Hold process 0's ``run_config.json`` write half-done for a second, and start process 1 half a
+    second late: it would find the run directory holding only the temporary (a start that raced)."""
+    if process_id == 1:
+        time.sleep(0.5)
+        return
+    write = eqxllm.train.run_dir.atomic_write_text
+
+    def slow_write(path: Path, text: str) -> None:
+        temp = path.with_name(f".{path.name}.p{os.getpid()}.slow.eqxllm.tmp")
+        temp.write_text(text)
+        time.sleep(1.0)
+        temp.unlink()
+        write(path, text)
+        eqxllm.train.run_dir.atomic_write_text = write
+
+    eqxllm.train.run_dir.atomic_write_text = slow_write
+
+
+def train_runs(process_id: int, folder: Path) -> dict[str, np.ndarray]:
+    """``train()`` with parameters split across the processes, then with a tensor axis spanning them;
+    each run's logged training losses (two steps)."""
+    base = train_preset("gpt2-tinystories-test")
+    data = dataclasses.replace(base.data, source=str(folder / "stories.txt"), cache_dir=str(folder / "tokens"))
+    loop = dataclasses.replace(base.train, max_steps=2, log_every=1, eval_every=100, num_samples=0)
+    losses = {}
+    _slow_run_config(process_id)
+    for mesh, whole in (("fsdp=4", True), ("tensor=4", False)):  # the second stops before its evaluation
+        out = folder / mesh.replace("=", "")
+        cfg = base.replace(data=data, train=loop, out=str(out), mesh=mesh)
+        train(cfg, progress=False, stop_after_step=None if whole else loop.max_steps)
+        if process_id == 0:
+            losses[f"loss_{mesh}"] = np.array([r["loss"] for r in read_metrics(out) if r["kind"] == "train"])
+    return losses
 
 
 def main(address: str, process_id: int, out: Path) -> None:
@@ -64,8 +111,9 @@ def main(address: str, process_id: int, out: Path) -> None:
         for x in jax.tree.leaves(eqx.filter(model_g, eqx.is_inexact_array))
     ]
     split = sum(x.addressable_shards[0].data.shape != x.shape for x in jax.tree.leaves(model_g))
+    runs = train_runs(process_id, out.parent)
     if process_id == 0:
-        np.savez(out, *params, losses=np.array(losses), split=np.array(split))
+        np.savez(out, *params, losses=np.array(losses), split=np.array(split), **runs)
     multihost_utils.sync_global_devices("done")
 
 

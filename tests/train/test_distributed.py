@@ -1,10 +1,12 @@
 """Multi-process training: two processes on this machine, connected by ``jax.distributed`` and gloo
-CPU collectives, must train exactly like one process with the whole batch."""
+CPU collectives, must train exactly like one process with the whole batch, and ``train()`` must run
+end to end (export included) with parameters or a tensor axis split across them."""
 
 import jax
 import numpy as np
 import pytest
 
+import eqxllm
 from eqxllm.train import (
     init_opt_state,
     initialize_distributed,
@@ -14,7 +16,17 @@ from eqxllm.train import (
 )
 from eqxllm.train.distributed import _CLUSTER_ENV_VARS
 
-from ._common import OPTIM, REPO_ROOT, copy_tree, fixed_batch, free_port, params_numpy, run_script, tiny_model
+from ._common import (
+    OPTIM,
+    REPO_ROOT,
+    copy_tree,
+    fixed_batch,
+    free_port,
+    params_numpy,
+    run_script,
+    story_corpus,
+    tiny_model,
+)
 
 TIMEOUT_S = 120
 
@@ -40,6 +52,7 @@ def test_single_process_initialization_is_a_no_op(monkeypatch):
 def test_two_processes_match_one(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     out = tmp_path / "result.npz"
+    story_corpus(tmp_path / "stories.txt")
     script = str(REPO_ROOT / "tests/train/_two_process_worker.py")
     procs = [run_script([script, address, str(i), str(out)], devices=2) for i in range(2)]
     try:
@@ -70,7 +83,14 @@ def test_two_processes_match_one(tmp_path):
     assert int(result["split"]) > 0  # fsdp really split parameters across the two processes' devices
     np.testing.assert_allclose(result["losses"], losses, atol=1e-5)
     expected = params_numpy(trained)
-    assert len(result.files) == len(expected) + 2
+    assert len(result.files) == len(expected) + 4
     for i, want in enumerate(expected):
         # Adam amplifies rounding in near-zero gradients; updates are ~1e-3 (see test_sharding.py)
         np.testing.assert_allclose(result[f"arr_{i}"], want, atol=5e-5, rtol=0)
+
+    # train() with fsdp=4 exported whole weights; with tensor=4 each process fed the whole batch, so
+    # both runs saw the same batches from the same initial model and logged the same losses
+    exported = eqxllm.from_pretrained(tmp_path / "fsdp4" / "model")
+    assert np.isfinite(np.asarray(exported.wte.weight)).all()
+    np.testing.assert_allclose(result["loss_tensor=4"], result["loss_fsdp=4"], atol=1e-5)
+    assert len(result["loss_fsdp=4"]) == 2
