@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,4 +119,9 @@ def main(address: str, process_id: int, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
+    try:
+        main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
+    except BaseException:  # exit now: a normal exit would wait for the other process at jax.distributed's shutdown
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)

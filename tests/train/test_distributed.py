@@ -2,6 +2,10 @@
 CPU collectives, must train exactly like one process with the whole batch, and ``train()`` must run
 end to end (export included) with parameters or a tensor axis split across them."""
 
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import jax
 import numpy as np
 import pytest
@@ -47,6 +51,21 @@ def test_single_process_initialization_is_a_no_op(monkeypatch):
     assert not jax.distributed.is_initialized()
 
 
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """Each process's ``(stdout, stderr)``. When one fails (or time runs out) the others are killed:
+    they would wait for it at their next collective until the timeout."""
+    deadline = time.monotonic() + timeout
+    with ThreadPoolExecutor(len(procs)) as pool:
+        outputs = [pool.submit(p.communicate) for p in procs]
+        while not all(f.done() for f in outputs):
+            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                for p in procs:  # only our own children, by handle
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.1)
+        return [f.result() for f in outputs]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no gloo CPU collectives")
 def test_two_processes_match_one(tmp_path):
@@ -55,15 +74,9 @@ def test_two_processes_match_one(tmp_path):
     story_corpus(tmp_path / "stories.txt")
     script = str(REPO_ROOT / "tests/train/_two_process_worker.py")
     procs = [run_script([script, address, str(i), str(out)], devices=2) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
-    finally:
-        for p in procs:  # only our own children, by handle
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-4000:]
+    outputs = _wait_all(procs, TIMEOUT_S)
+    for p, (_, err) in sorted(zip(procs, outputs, strict=True), key=lambda item: item[0].returncode == -9):
+        assert p.returncode == 0, err[-4000:]  # a failed process's error first, not the one stopped for it
 
     # the same two steps in this process, on one device with the whole batch
     model = tiny_model()
