@@ -4,9 +4,10 @@ Each process has 2 virtual CPU devices; together they form a ``data=2,fsdp=2`` m
 connected by gloo collectives. Each feeds its own half of the batch through ``place_batch``, trains
 the tiny GPT-2 for two steps, and process 0 writes the losses and the gathered parameters to OUT.
 
-Then both run ``train()`` twice on the stories in ``OUT``'s folder: with ``fsdp=4`` (parameters and
-Adam moments split across the processes; the run exports the model) and with ``tensor=4`` (the batch
-whole on every device, so both processes load the same rows). Process 0 adds each run's losses to OUT."""
+Then they check that the rows each loads assemble the whole batch on other meshes, and run
+``train()`` twice on the stories in ``OUT``'s folder: with ``fsdp=4`` (parameters and Adam moments
+split across the processes; the run exports the model) and with ``tensor=4`` (the batch whole on
+every device, so both processes load the same rows). Process 0 adds each run's losses to OUT."""
 
 import dataclasses
 import os
@@ -31,6 +32,7 @@ from eqxllm.train import (  # noqa: E402
     batch_sharding,
     init_opt_state,
     initialize_distributed,
+    load_process_batch,
     make_mesh,
     make_optimizer,
     make_train_step,
@@ -39,6 +41,7 @@ from eqxllm.train import (  # noqa: E402
     opt_state_shardings,
     place,
     place_batch,
+    process_batch_blocks,
     train_preset,
 )
 from eqxllm.train.loop import train  # noqa: E402
@@ -64,6 +67,18 @@ def _slow_run_config(process_id: int) -> None:
         eqxllm.train.run_dir.atomic_write_text = write
 
     eqxllm.train.run_dir.atomic_write_text = slow_write
+
+
+def check_batch_layouts(full: np.ndarray) -> None:
+    """Whatever the mesh, the rows each process loads assemble the whole batch: with a tensor axis
+    spanning the processes (both load every row), fsdp across them (a contiguous half each), and a data
+    axis whose devices alternate between them (process 0 holds rows 0-1 and 4-5: two blocks)."""
+    by_process = [[d for d in jax.devices() if d.process_index == p] for p in range(2)]
+    alternating = make_mesh("data=4", [d for pair in zip(*by_process, strict=True) for d in pair])
+    assert process_batch_blocks(alternating) == [(jax.process_index(), 4), (jax.process_index() + 2, 4)]
+    for mesh in (make_mesh("tensor=4"), make_mesh("fsdp=4"), alternating):
+        rows = load_process_batch(lambda index, count: np.split(full, count)[index], mesh)
+        np.testing.assert_array_equal(multihost_utils.process_allgather(place_batch(rows, mesh), tiled=True), full)
 
 
 def train_runs(process_id: int, folder: Path) -> dict[str, np.ndarray]:
@@ -112,6 +127,7 @@ def main(address: str, process_id: int, out: Path) -> None:
         for x in jax.tree.leaves(eqx.filter(model_g, eqx.is_inexact_array))
     ]
     split = sum(x.addressable_shards[0].data.shape != x.shape for x in jax.tree.leaves(model_g))
+    check_batch_layouts(full)
     runs = train_runs(process_id, out.parent)
     if process_id == 0:
         np.savez(out, *params, losses=np.array(losses), split=np.array(split), **runs)
