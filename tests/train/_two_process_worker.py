@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 import eqxllm.train.run_dir  # noqa: E402
+from eqxllm.errors import ConfigError  # noqa: E402
 from eqxllm.train import (  # noqa: E402
     batch_sharding,
     init_opt_state,
@@ -83,7 +84,8 @@ def check_batch_layouts(full: np.ndarray) -> None:
 
 def train_runs(process_id: int, folder: Path) -> dict[str, np.ndarray]:
     """``train()`` with parameters split across the processes, then with a tensor axis spanning them;
-    each run's logged training losses (two steps)."""
+    each run's logged training losses (two steps). A third start, into the second's folder, is refused
+    on both processes."""
     base = train_preset("gpt2-tinystories-test")
     data = dataclasses.replace(base.data, source=str(folder / "stories.txt"), cache_dir=str(folder / "tokens"))
     loop = dataclasses.replace(base.train, max_steps=2, log_every=1, eval_every=100, num_samples=0)
@@ -95,6 +97,12 @@ def train_runs(process_id: int, folder: Path) -> dict[str, np.ndarray]:
         train(cfg, progress=False, stop_after_step=None if whole else loop.max_steps)
         if process_id == 0:
             losses[f"loss_{mesh}"] = np.array([r["loss"] for r in read_metrics(out) if r["kind"] == "train"])
+    try:  # process 0 refuses a finished run's folder; process 1 stops with its message
+        train(cfg, progress=False)
+    except ConfigError as e:
+        assert "already holds a training run" in str(e), e
+    else:
+        raise AssertionError(f"a fresh start into {cfg.out}, which holds a run, was not refused")
     return losses
 
 
