@@ -14,6 +14,7 @@ Sharded (any mesh of ``data`` x ``fsdp`` x ``tensor`` devices, one or many proce
     model = place(model, model_sh); opt_state = place(init_opt_state(optimizer, model), opt_sh)
     step = make_train_step(next_token_loss, optimizer, model_sharding=model_sh,
                            opt_state_sharding=opt_sh, batch_sharding=batch_sharding(mesh))
+    local_rows = load_process_batch(lambda index, count: batch_at(..., process_index=index, process_count=count), mesh)
     model, opt_state, metrics = step(model, opt_state, place_batch(local_rows, mesh), key)
 """
 
@@ -34,6 +35,8 @@ from eqxllm.train.sharding import (
     DEFAULT_RULES,
     batch_sharding,
     check_batch_size,
+    gather,
+    load_process_batch,
     make_mesh,
     model_shardings,
     opt_state_shardings,
@@ -41,6 +44,7 @@ from eqxllm.train.sharding import (
     partition_spec,
     place,
     place_batch,
+    process_batch_blocks,
     tree_shardings,
 )
 from eqxllm.train.step import make_eval_step, make_train_step
@@ -58,10 +62,12 @@ __all__ = [
     "cross_entropy",
     "current_learning_rate",
     "decay_mask",
+    "gather",
     "init_opt_state",
     "initialize_distributed",
     "keep_freed_host_memory",
     "learning_rate_schedule",
+    "load_process_batch",
     "make_eval_step",
     "make_mesh",
     "make_optimizer",
@@ -73,6 +79,7 @@ __all__ = [
     "partition_spec",
     "place",
     "place_batch",
+    "process_batch_blocks",
     "resolve_dtype",
     "tree_shardings",
 ]

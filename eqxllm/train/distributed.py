@@ -1,4 +1,5 @@
-"""Multi-process (multi-host) start-up: one call before any other JAX work.
+"""Multi-process (multi-host) start-up: one call before any other JAX work, and the others' wait for
+what process 0 alone prepares.
 
 JAX runs one process per host (or per GPU), all executing the same program; ``jax.distributed``
 connects them through a coordinator so that ``jax.devices()`` lists every device of every process and
@@ -10,6 +11,10 @@ a mesh can span them. Each process then feeds its own rows of the batch
 import os
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from eqxllm.errors import CheckpointError, ConfigError
 
 # environment variables by which JAX's own cluster detection recognises a multi-process launch
 _CLUSTER_ENV_VARS = (
@@ -73,3 +78,26 @@ def initialize_distributed(
         initialization_timeout=initialization_timeout,
     )
     return True
+
+
+# how much of process 0's error message the others receive
+_MESSAGE_BYTES = 2048
+
+
+def share_lead_outcome(failure: BaseException | None) -> None:
+    """Let every process know whether process 0 succeeded at what it alone did (e.g. check and prepare
+    the run directory, which the others must not inspect while it writes): process 0 passes its error
+    (or None) and re-raises it; the others raise a ``ConfigError`` (``CheckpointError`` for one) with
+    its message. A collective (a broadcast over every device): every process must call it. With one
+    process it only re-raises."""
+    if jax.process_count() > 1:
+        text = b"" if failure is None else f"{type(failure).__name__}: {failure}".encode()[:_MESSAGE_BYTES]
+        kind = 0 if failure is None else 2 if isinstance(failure, CheckpointError) else 1
+        sent = np.frombuffer(bytes([kind]) + text.ljust(_MESSAGE_BYTES, b"\0"), np.uint8)
+        received = np.asarray(multihost_utils.broadcast_one_to_all(sent))
+        if failure is None and received[0]:
+            message = bytes(received[1:]).rstrip(b"\0").decode(errors="replace")
+            error = CheckpointError if received[0] == 2 else ConfigError
+            raise error(f"process 0 could not start the run: {message}")
+    if failure is not None:
+        raise failure

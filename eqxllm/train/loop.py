@@ -36,6 +36,8 @@ from eqxllm.train.run_dir import best_val_loss, clear_run_files, record_resumed_
 from eqxllm.train.sharding import (
     batch_sharding,
     check_batch_size,
+    gather,
+    load_process_batch,
     make_mesh,
     model_shardings,
     opt_state_shardings,
@@ -135,12 +137,13 @@ def _build_run(cfg: TrainConfig, task: Task, out: Path, *, lead: bool, progress:
     model_cfg = cfg.model if cfg.init_from else task.model_config(cfg.model)  # a checkpoint's stays as is
     mesh = make_mesh(f"data={jax.device_count()}" if cfg.mesh == "auto" else cfg.mesh)
     check_batch_size(t.batch_size, mesh, t.accum_steps)  # before anything is written
-    task.batch(0, process_index=jax.process_index(), process_count=jax.process_count())  # too little data: now
+    _local_batch(task, 0, mesh)  # too little data: now
     init_key, train_key, sample_key = jax.random.split(jax.random.key(t.seed), 3)
     model = initial_model(cfg, model_cfg, init_key)
     optimizer = make_optimizer(cfg.resolved_optim(), model)
     shardings = (model_shardings(model, mesh), opt_state_shardings(optimizer, model, mesh))
     model = place(model, shardings[0])
+    # from the placed model, so that the moments are born sharded (place reshards what spans processes)
     opt_state = place(init_opt_state(optimizer, model), shardings[1])
     step_fn = make_train_step(
         task.loss_fn,
@@ -175,8 +178,7 @@ def _run_steps(run: _Run, stop_after_step: int | None) -> bool:
     t0 = time.time()
     with _StopFlag() as stop:
         while run.step < t.max_steps:
-            local = run.task.batch(run.step, process_index=jax.process_index(), process_count=jax.process_count())
-            batch = place_batch(local, run.mesh)
+            batch = place_batch(_local_batch(run.task, run.step, run.mesh), run.mesh)
             step_key = jax.random.fold_in(run.train_key, run.step)
             run.model, run.opt_state, metrics = run.step_fn(run.model, run.opt_state, batch, step_key)
             run.step += 1
@@ -207,9 +209,9 @@ def _evaluate_and_export(run: _Run) -> Path:
     if run.step not in run.ckpt.all_steps():
         _save(run)
     _evaluate_and_sample(run)
+    if not (run.cfg.train.export_best and math.isfinite(run.best)):  # no finite val_loss: the last weights
+        _export(run)
     if run.lead:
-        if not (run.cfg.train.export_best and math.isfinite(run.best)):  # no finite val_loss: the last weights
-            _export(run)
         try:
             plot_run(run.out)
         except MissingExtraError as e:  # the curve is optional; the run is not
@@ -221,8 +223,17 @@ def _save(run: _Run) -> None:
     run.ckpt.save(run.step, run.model, run.opt_state, run.train_key, {"data_step": run.step})
 
 
+def _local_batch(task: Task, step: int, mesh: Mesh) -> Any:
+    """This process's rows of step ``step``'s batch: those its devices hold in the batch sharding."""
+    return load_process_batch(lambda index, count: task.batch(step, process_index=index, process_count=count), mesh)
+
+
 def _export(run: _Run) -> None:
-    export_run(run.model, run.export, tokenizer=run.task.tokenizer, init_from=run.cfg.init_from)
+    """Called by every process: weights that span processes are gathered together, then process 0
+    writes them."""
+    model = gather(run.model)
+    if run.lead:
+        export_run(model, run.export, tokenizer=run.task.tokenizer, init_from=run.cfg.init_from)
 
 
 def _evaluate_and_sample(run: _Run) -> None:
@@ -233,9 +244,8 @@ def _evaluate_and_sample(run: _Run) -> None:
     log.log("eval", step, **metrics)
     log.text("eval", step, f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if run.cfg.train.export_best and float(metrics["val_loss"]) < run.best:
-        run.best = float(metrics["val_loss"])
-        if run.lead:
-            _export(run)
+        run.best = float(metrics["val_loss"])  # the same on every process: all export together
+        _export(run)
         log.log("best", step, val_loss=run.best)
         log.text("best", step, f"step {step}: lowest val_loss so far ({run.best:.4f}), exported to {run.export}")
     for i, text in enumerate(run.task.samples(run.model, jax.random.fold_in(run.sample_key, step))):

@@ -22,6 +22,7 @@ from eqxllm.checkpoints.atomic import (
 )
 from eqxllm.errors import CheckpointError, ConfigError
 from eqxllm.train.config import TrainConfig
+from eqxllm.train.distributed import share_lead_outcome
 from eqxllm.train.metrics import read_metrics
 from eqxllm.train.tasks import Task, make_task
 
@@ -41,11 +42,11 @@ def clear_run_files(out: Path) -> None:
         out.rmdir()
 
 
-def check_out_dir(cfg: TrainConfig, out: Path, *, lead: bool = True) -> None:
+def check_out_dir(cfg: TrainConfig, out: Path) -> None:
     """``out`` must be absent or empty, or hold a run: never merge into a folder of other files (its
     metrics.jsonl appended to). A run with checkpoints continues only with ``--resume`` and the same
-    model, data, task and ``train.seed``; a run that never saved a step is cleared (by the ``lead`` process) and
-    started afresh."""
+    model, data, task and ``train.seed``; a run that never saved a step is cleared and started afresh.
+    Only process 0 calls it (it owns the files)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a directory (empty, or a run to --resume)")
     try:  # below a file, or in a folder that cannot be written: refused before any work
@@ -68,8 +69,7 @@ def check_out_dir(cfg: TrainConfig, out: Path, *, lead: bool = True) -> None:
     if not has_ckpt:
         if cfg.resume:
             raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
-        if lead:  # an earlier start that saved nothing: start afresh (process 0 owns the files)
-            clear_run_files(out)
+        clear_run_files(out)  # an earlier start that saved nothing: start afresh
         return
     if not cfg.resume:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
@@ -107,20 +107,37 @@ def _first_difference(name: str, was: Any, now: Any) -> str:
 
 
 def start_run(cfg: TrainConfig, out: Path, *, lead: bool, progress: bool) -> Task:
-    """Check ``out``, write ``run_config.json`` (a fresh run, ``lead`` process) and prepare the task's
-    data and tokenizer. A start that fails (bad data, no network) removes what it wrote, and the
-    folders it created."""
-    check_out_dir(cfg, out, lead=lead)
-    created = missing_folders(out)
+    """Check ``out`` and write ``run_config.json`` (a fresh run), both by the ``lead`` process alone
+    while the others wait for its verdict (a folder it is writing would look like no run to them), then
+    prepare the task's data and tokenizer on every process. A start that fails (bad data, no network)
+    removes what it wrote, and the folders it created."""
+    created: list[Path] = []
+    failure = None
+    if lead:
+        try:
+            check_out_dir(cfg, out)
+            created = missing_folders(out)
+            if not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
+                _write_run_config(cfg, out, created)
+        except BaseException as e:  # the others learn of it below, and stop too
+            failure = e
+    share_lead_outcome(failure)
     try:
-        if lead and not cfg.resume:  # first, so that whatever the task writes (tokenizer.json) is this run's
-            create_folders(out)  # a place the system refuses (/proc) is one line, not an OSError
-            atomic_write_text(out / "run_config.json", cfg.to_json())
         return make_task(cfg, out, progress=progress and lead)
     except BaseException:
         if lead and not cfg.resume:
             clear_run_files(out)
             remove_created(created)
+        raise
+
+
+def _write_run_config(cfg: TrainConfig, out: Path, created: list[Path]) -> None:
+    try:
+        create_folders(out)  # a place the system refuses (/proc) is one line, not an OSError
+        atomic_write_text(out / "run_config.json", cfg.to_json())
+    except BaseException:
+        clear_run_files(out)
+        remove_created(created)
         raise
 
 

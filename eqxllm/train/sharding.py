@@ -25,13 +25,15 @@ Any dimension that an axis does not divide stays replicated.
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import PyTree
@@ -218,34 +220,88 @@ def check_batch_size(batch_size: int, mesh: Mesh | AbstractMesh, accum_steps: in
         )
 
 
+def process_batch_blocks(mesh: Mesh) -> list[tuple[int, int]]:
+    """The rows of the global batch that this process loads, as ``(index, count)`` pairs: block ``index``
+    of the batch cut into ``count`` equal contiguous blocks (what a data loader's ``process_index`` and
+    ``process_count`` select), in row order.
+
+    They are the rows its devices hold under :func:`batch_sharding`, so processes whose devices hold
+    the same batch shards (a ``tensor`` axis spanning processes) load the same rows, and a process
+    whose devices hold several shards loads them all. One process: ``[(0, 1)]``.
+    """
+    shards = math.prod(mesh.shape[a] for a in batch_axes(mesh))
+    # a batch of one row per shard: the row a device holds is the index of its shard
+    indices = batch_sharding(mesh).addressable_devices_indices_map((shards,)).values()
+    held = sorted({index[0].start or 0 for index in indices if index is not None})
+    n = len(held)
+    if held == list(range(held[0], held[0] + n)) and held[0] % n == 0 and shards % n == 0:
+        return [(held[0] // n, shards // n)]  # one aligned run of shards (the usual device order): one block
+    return [(k, shards) for k in held]
+
+
+def load_process_batch(load: Callable[[int, int], PyTree], mesh: Mesh) -> PyTree:
+    """This process's rows of a global batch: ``load(process_index, process_count)`` (a loader of
+    contiguous blocks, e.g. ``eqxllm.data.batch_at``) for each block of :func:`process_batch_blocks`,
+    concatenated; what :func:`place_batch` expects."""
+    parts = [load(index, count) for index, count in process_batch_blocks(mesh)]
+    if len(parts) == 1:
+        return parts[0]
+    return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
+
+
 def place_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
     """Assemble a global batch from each process's rows (``jax.make_array_from_process_local_data``).
 
-    Every process passes its own ``[local_batch, ...]`` arrays, the same size everywhere; the global
-    batch is their concatenation in process order, split over ``("data", "fsdp")``. With one process
-    this is a plain sharded ``device_put``.
+    Every process passes the rows of :func:`process_batch_blocks` (see :func:`load_process_batch`),
+    the same number everywhere; processes that share a batch shard pass the same rows. The batch's
+    leading axis is split over :func:`batch_axes`. With one process this is a plain sharded ``device_put``.
     """
     sharding = batch_sharding(mesh)
+    blocks = process_batch_blocks(mesh)
+    count = blocks[0][1]
 
     def place(x):
         x = np.asarray(x)
-        check_batch_size(x.shape[0] * jax.process_count(), mesh)
-        return jax.make_array_from_process_local_data(sharding, x)
+        if x.shape[0] % len(blocks):
+            raise ConfigError(
+                f"this process holds {len(blocks)} equal blocks of the batch but was given {x.shape[0]} rows; "
+                "pass the rows of process_batch_blocks(mesh), e.g. from load_process_batch"
+            )
+        rows = x.shape[0] // len(blocks) * count
+        check_batch_size(rows, mesh)
+        return jax.make_array_from_process_local_data(sharding, x, (rows, *x.shape[1:]))
 
     return jax.tree.map(place, local_batch)
 
 
 def place(tree: PyTree, shardings: PyTree) -> PyTree:
-    """Put a pytree that every process holds identically (e.g. a model built from the same key) onto
-    the devices with ``shardings`` (a pytree matching ``eqx.filter(tree, eqx.is_array)``). Each device
-    receives only its own slices, which also works when the sharding spans several processes."""
+    """Put a pytree onto the devices with ``shardings`` (a pytree matching ``eqx.filter(tree,
+    eqx.is_array)``). Arrays of this process (e.g. a model every process built from the same key) must
+    be the same on every process: each device receives only its own slices, which also works when the
+    sharding spans several processes. Arrays that already span several processes (e.g. Adam moments
+    initialized from a placed model) are resharded on the devices, by every process together."""
     arrays, static = eqx.partition(tree, eqx.is_array)
 
     def put(x, sharding):
         if x is None:
             return None
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:  # no process can read it whole
+            return jax.device_put(x, sharding)
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     placed = jax.tree.map(put, arrays, shardings, is_leaf=lambda x: x is None)
     return eqx.combine(placed, static)
+
+
+def gather(tree: PyTree) -> PyTree:
+    """``tree`` with every array that spans several processes replaced by its whole value on this
+    process's default device, so that it can be read to the host (e.g. to export weights). A
+    collective: every process must call it, with the same tree; arrays of one process stay as they are."""
+
+    def whole(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return x
+
+    return jax.tree.map(whole, tree)

@@ -44,6 +44,21 @@ def fixed_batch(batch: int = BATCH, seq: int = SEQ, seed: int = 1) -> np.ndarray
     return np.random.default_rng(seed).integers(0, VOCAB, size=(batch, seq + 1), dtype=np.int32)
 
 
+def story_corpus(path: Path, n: int = 240, seed: int = 0) -> Path:
+    """A text file of ``n`` tiny stories separated by ``<|endoftext|>``: training data for ``train()``."""
+    rng = np.random.default_rng(seed)
+    names, things = ["Lily", "Tom", "Mia", "Ben", "Sue"], ["ball", "cat", "tree", "cake", "boat", "kite"]
+    stories = []
+    for _ in range(n):
+        a, b = rng.choice(names), rng.choice(things)
+        stories.append(
+            f"Once upon a time, {a} had a {b}. {a} loved the {b} very much. One day the {b} was lost. "
+            f"{a} looked and looked. At last {a} found the {b} and was happy."
+        )
+    path.write_text("\n<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n", encoding="utf-8")
+    return path
+
+
 def params_numpy(model) -> list[np.ndarray]:
     """Every floating array leaf of ``model`` on the host, gathered whole (in leaf order)."""
     return [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))]

@@ -20,21 +20,9 @@ from eqxllm.train.config import train_preset
 from eqxllm.train.loop import TrainingDiverged, train
 from eqxllm.train.metrics import read_metrics
 
+from ._common import story_corpus as _corpus
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _corpus(path: Path, n: int = 240, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    names, things = ["Lily", "Tom", "Mia", "Ben", "Sue"], ["ball", "cat", "tree", "cake", "boat", "kite"]
-    stories = []
-    for _ in range(n):
-        a, b = rng.choice(names), rng.choice(things)
-        stories.append(
-            f"Once upon a time, {a} had a {b}. {a} loved the {b} very much. One day the {b} was lost. "
-            f"{a} looked and looked. At last {a} found the {b} and was happy."
-        )
-    path.write_text("\n<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n", encoding="utf-8")
-    return path
 
 
 def _cfg(tmp_path: Path, **loop):
