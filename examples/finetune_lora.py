@@ -17,6 +17,7 @@ completion --lora.rank 8``.
 import argparse
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from _common import run_script
@@ -27,19 +28,21 @@ from eqxllm.data.tinystories import iter_stories
 from eqxllm.errors import ConfigError
 from eqxllm.lora.config import LoraConfig
 from eqxllm.train import train_preset
+from eqxllm.train.config import TrainConfig
 from eqxllm.train.evaluate import evaluate_tokens
 from eqxllm.train.init_from import checkpoint_config
 from eqxllm.train.loop import train
 from eqxllm.train.prepare import PreparedData, prepare_data
+from eqxllm.train.run_dir import check_out_dir
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/tinystories/TinyStories-train-prefix-2MiB.txt"
 
 
-def write_pairs(stories_file: Path, dst: Path, limit: int) -> int:
+def write_pairs(stories: Iterable[str], dst: Path, limit: int) -> int:
     """``{"prompt": first sentence, "completion": " " + the rest}`` per story; returns the count."""
     n = 0
     with dst.open("w", encoding="utf-8") as f:
-        for story in iter_stories(stories_file):
+        for story in stories:
             sentences = split_sentences(story)
             if len(sentences) < 2:
                 continue
@@ -89,7 +92,7 @@ def base_config(base: str):
     return model_cfg
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default="runs/gpt2-tinystories/model", help="Hugging Face directory or Hub id")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="TinyStories text (<|endoftext|>-separated)")
@@ -104,13 +107,12 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT/run")
     args = p.parse_args()
     check_args(args)
-    model_cfg = base_config(args.base)  # before writing anything
+    return args
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pairs = out / "pairs.jsonl"
-    print(f"{write_pairs(Path(args.data), pairs, args.stories)} prompt/completion pairs -> {pairs}")
 
+def run_config(args: argparse.Namespace, model_cfg, pairs: Path) -> TrainConfig:
+    """The ``gpt2-tinystories`` preset's loop on ``pairs``, from ``--base``, training LoRA adapters,
+    in ``OUT/run``."""
     preset = train_preset("gpt2-tinystories")
     data = dataclasses.replace(
         preset.data, source=str(pairs), prompt_field="prompt", completion_field="completion", val_fraction=0.05
@@ -129,20 +131,33 @@ def main() -> None:
     optim = dataclasses.replace(
         preset.optim, learning_rate=args.lr, warmup_steps=None, warmup_fraction=0.05, total_steps=None
     )
-    cfg = preset.replace(
+    return preset.replace(
         model=model_cfg,
         init_from=args.base,
         lora=LoraConfig(rank=args.rank, alpha=2.0 * args.rank, targets=args.targets),
         data=data,
         train=loop,
         optim=optim,
-        out=str(out / "run"),
+        out=str(pairs.parent / "run"),
         resume=args.resume,
     )
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    pairs = out / "pairs.jsonl"
+    cfg = run_config(args, base_config(args.base), pairs)
+    check_out_dir(cfg, Path(cfg.out), lead=False)  # an old run without --resume: refused before any work
+    stories = iter_stories(args.data)  # a missing file is refused now, before OUT is created
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{write_pairs(stories, pairs, args.stories)} prompt/completion pairs -> {pairs}")
+
     # the pairs are tokenized (with the base's tokenizer) into a folder of their own: the run's folder
     # must be empty or a run when train() starts
     held_out = prepare_data(cfg.data, out / "eval", progress=False, init_from=cfg.init_from)
-    measure = lambda model: completion_loss(model, held_out, loop.seq_len, loop.batch_size)  # noqa: E731
+    t = cfg.train
+    measure = lambda model: completion_loss(model, held_out, t.seq_len, t.batch_size)  # noqa: E731
     before = measure(eqxllm.from_pretrained(args.base))
     export = train(cfg)
     after = measure(eqxllm.from_pretrained(export))

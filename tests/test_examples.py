@@ -148,6 +148,13 @@ def test_finetune_lora_starts_a_fresh_out_with_an_empty_run_folder(gpt2_base, st
     printed = capsys.readouterr().out
     assert "held-out completion loss: before" in printed
     assert f"merged model: {out / 'run' / 'model'}; PEFT adapter: {out / 'run' / 'adapter'}" in printed
+    # run again without --resume: refused in one line before the pairs are rewritten
+    (out / "run" / "run_config.json").write_text(seen[0].to_json(), encoding="utf-8")
+    (out / "run" / "checkpoints" / "3").mkdir(parents=True)
+    (out / "pairs.jsonl").unlink()
+    assert _run(monkeypatch, "finetune_lora.py", *args) == 2
+    assert "already holds a training run; pass --resume" in capsys.readouterr().err
+    assert not (out / "pairs.jsonl").exists()
     doc = runpy.run_path(str(EXAMPLES / "finetune_lora.py"))["__doc__"]
     assert "OUT/run/model" in " ".join(doc.split()) and "OUT/run/adapter" in doc
 
@@ -165,12 +172,16 @@ def _t5_base(tmp_path: Path) -> Path:
     [
         (["--steps", "0"], "--steps must be >= 1"),
         (["--base", "T5"], "this example fine-tunes decoder-only models"),
+        (["--base", "GPT2", "--data", "absent.txt"], "absent.txt does not exist"),
     ],
 )
-def test_finetune_lora_refuses_in_one_line_before_writing(args, message, stories, tmp_path, monkeypatch, capsys):
-    args = [str(_t5_base(tmp_path)) if a == "T5" else a for a in args]
+def test_finetune_lora_refuses_in_one_line_before_writing(
+    args, message, gpt2_base, stories, tmp_path, monkeypatch, capsys
+):
+    bases = {"T5": lambda: str(_t5_base(tmp_path)), "GPT2": lambda: str(gpt2_base)}
+    args = ["--data", str(stories), *[bases[a]() if a in bases else a for a in args]]
     out = tmp_path / "ft"
-    rc = _run(monkeypatch, "finetune_lora.py", "--data", str(stories), "--out", str(out), *args)
+    rc = _run(monkeypatch, "finetune_lora.py", "--out", str(out), *args)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "\n" not in err, err
     assert not out.exists()
