@@ -7,42 +7,27 @@ continue a few prompts with it.
 The `llama-tinystories` / `mixtral-tinystories` presets: grouped-query attention, SwiGLU (or a top-2
 mixture of 8 SwiGLU experts, whose load-balancing loss is added to the training loss), about ten
 minutes on a 2-core CPU. The exported model is a Hugging Face `llama` (or `mixtral`) checkpoint:
-`transformers.AutoModelForCausalLM.from_pretrained(OUT/model)` loads it.
+`transformers.AutoModelForCausalLM.from_pretrained(OUT/model)` loads it. An interrupted run
+continues with --resume.
 """
 
-import argparse
+from _common import preset_run, run_parser, run_script, tell_stories
 
-import jax
-
-import eqxllm
-from eqxllm.data import load_tokenizer
 from eqxllm.models.decoder import parameter_count
-from eqxllm.train import train_preset
 from eqxllm.train.loop import train
 
 PROMPTS = ["Once upon a time", "Tom and Lily went to the park", "The little dog was sad because"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="hub", help="'hub' (default), a text file or a folder of them")
+    parser = run_parser(__doc__, out=None)
     parser.add_argument("--moe", action="store_true", help="the mixtral-tinystories preset")
-    parser.add_argument("--out", default=None, help="run directory (default: the preset's)")
-    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     args = parser.parse_args()
 
-    preset = train_preset("mixtral-tinystories" if args.moe else "llama-tinystories")
-    cfg = preset.for_run(data=args.data, out=args.out, max_minutes=args.minutes)
-    model_dir = train(cfg)
-
-    model = eqxllm.from_pretrained(model_dir)
-    print(f"{model.config.model_type}: {parameter_count(type(model), model.config):,} parameters")
-    tokenizer = load_tokenizer(model_dir)
-    prompts = [tokenizer.encode(p).ids for p in PROMPTS]  # left-padded together by generate
-    new = eqxllm.generate(model, prompts, max_new_tokens=80, temperature=0.8, top_k=50, key=jax.random.key(0))
-    for prompt, tokens in zip(PROMPTS, new.tolist(), strict=True):
-        print(f"\n{prompt}{tokenizer.decode(tokens)}")
+    model_dir = train(preset_run("mixtral-tinystories" if args.moe else "llama-tinystories", args))
+    model = tell_stories(model_dir, PROMPTS, max_new_tokens=80)
+    print(f"\n{model.config.model_type}: {parameter_count(type(model), model.config):,} parameters")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a bad flag, file or network: one line, exit 2 (eqxllm.cli.guarded)
+    run_script("train_llama_tinystories.py", main)

@@ -4,37 +4,22 @@
 
 T5 v1.1 style (gated GELU, relative positions, untied head) at TinyStories scale: the
 `t5-tinystories` preset, about ten minutes on a 2-core CPU. The exported model is a Hugging Face
-T5 checkpoint: `transformers.T5ForConditionalGeneration.from_pretrained(OUT/model)`.
+T5 checkpoint: `transformers.T5ForConditionalGeneration.from_pretrained(OUT/model)`. An interrupted
+run continues with --resume.
 """
 
-import argparse
+from _common import preset_run, run_parser, run_script, tell_stories
 
-import jax.numpy as jnp
-
-import eqxllm
-from eqxllm.data import load_tokenizer
-from eqxllm.train import train_preset
 from eqxllm.train.loop import train
+
+FIRST_HALF = "Once upon a time, there was a little dog named Max. Max loved to play with his red ball."
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="hub", help="'hub' (default), a text file or a folder of them")
-    parser.add_argument("--out", default="runs/t5-tinystories", help="run directory")
-    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
-    args = parser.parse_args()
-
-    cfg = train_preset("t5-tinystories").for_run(data=args.data, out=args.out, max_minutes=args.minutes)
-    model_dir = train(cfg)
-
-    model = eqxllm.from_pretrained(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    first_half = "Once upon a time, there was a little dog named Max. Max loved to play with his red ball."
-    new = eqxllm.generate(model, jnp.asarray(tokenizer.encode(first_half).ids), max_new_tokens=80)
-    print(f"\n{first_half} => {tokenizer.decode(new.tolist())}")
+    args = run_parser(__doc__, out="runs/t5-tinystories").parse_args()
+    model_dir = train(preset_run("t5-tinystories", args))
+    tell_stories(model_dir, [FIRST_HALF], max_new_tokens=80, sample=False, joiner=" => ")
 
 
 if __name__ == "__main__":  # a bad flag, file or network: one line, exit 2 (eqxllm.cli.guarded)
-    from eqxllm.cli import guarded
-
-    raise SystemExit(guarded("train_t5_tinystories.py", main))
+    run_script("train_t5_tinystories.py", main)

@@ -4,15 +4,22 @@
     python examples/train_t5_vae_tinystories.py --data ... --skip-training     # only the figures, from --out
     python examples/train_t5_vae_tinystories.py --data ... --skip-training --method geodesic --refine-steps 300
 
-Training is the `t5-vae-tinystories` preset (`eqxllm train --config t5-vae-tinystories` does the same).
-Afterwards the script evaluates the held-out sentences (the validation stories' sentences never seen in
-training; also written to OUT/heldout.txt, so that `eqxllm eval --model OUT/model --data
-OUT/heldout.txt --json` gives the same figures), draws a PCA projection of their latents coloured by
-sentence length and by first word (t5_vae_latents.png, into --figures, default OUT) and writes
-interpolations between held-out sentences (OUT/t5_vae_interpolations.md, a markdown table). The training sentences go to OUT/bank.txt, one per line: with ``--method geodesic`` the paths walk
-through their codes (eqxllm.vae.geodesic), as ``eqxllm vae interpolate --method geodesic --bank
-OUT/bank.txt`` does; ``--refine-steps 300`` refines the codes of each path's two sentences until the
-decoder writes them back (eqxllm.vae.refine).
+Training is the `t5-vae-tinystories` preset (`eqxllm train --config t5-vae-tinystories` does the same);
+an interrupted run continues with --resume. Flags are checked before training starts (--paths against
+the number of held-out sentences only once they are known).
+
+Afterwards the script evaluates the held-out sentences (the validation stories' sentences never seen
+in training) in batches of 64. They are also written to OUT/heldout.txt, so that `eqxllm eval --model
+OUT/model --data OUT/heldout.txt --batch-size 64 --json` gives the same figures (the MMD term compares
+the codes of one batch with the prior, so `eqxllm eval`'s default batch of 8 gives another `mmd`).
+It draws a PCA projection of their latents coloured by sentence length and by first word
+(t5_vae_latents.png, into --figures, default OUT; it needs matplotlib, `pip install 'eqxllm[plot]'`,
+and is skipped with that hint without it) and writes interpolations between held-out sentences
+(OUT/t5_vae_interpolations.md, a markdown table; --paths 0: none). The training sentences go to
+OUT/bank.txt, one per line: with ``--method geodesic`` the paths walk through their codes
+(eqxllm.vae.geodesic), as ``eqxllm vae interpolate --method geodesic --bank OUT/bank.txt`` does;
+``--refine-steps 300`` refines the codes of each path's two sentences until the decoder writes them
+back (eqxllm.vae.refine).
 """
 
 import argparse
@@ -21,9 +28,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from _common import preset_run, run_parser, run_script
 
 import eqxllm
-from eqxllm.train import train_preset
+from eqxllm.errors import ConfigError, InputError, MissingExtraError, require
 from eqxllm.train.loop import train
 from eqxllm.train.tasks.vae import VAETask
 from eqxllm.vae import evaluate_sentences
@@ -33,8 +41,7 @@ from eqxllm.vae.text import build_bank, encode_rows, interpolate_texts
 def pca_figure(latents: np.ndarray, texts: list[str], lengths: np.ndarray, path: Path) -> None:
     """Two panels: the first two principal components of the flattened latents, coloured by length
     in tokens and by first word (the six most common; the rest grey)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plot", "the latent figure")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -78,15 +85,12 @@ def interpolation_table(pairs: list[tuple[str, str]], paths: list[list[str]]) ->
     return "\n".join(rows) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="hub", help="'hub' (default), a text file or a folder of them")
-    parser.add_argument("--out", default="runs/t5-vae-tinystories", help="run directory")
-    parser.add_argument("--minutes", type=float, default=None, help="training time budget (default: the preset's)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+def parse_args() -> argparse.Namespace:
+    """The flags, every one checked before any work (a bad value fails now, not after training)."""
+    parser = run_parser(__doc__, out="runs/t5-vae-tinystories", minutes=None)
     parser.add_argument("--skip-training", action="store_true", help="use the model already in OUT/model")
     parser.add_argument("--figures", default=None, help="folder for the PNG (default: --out)")
-    parser.add_argument("--paths", type=int, default=3, help="interpolations to write (default 3)")
+    parser.add_argument("--paths", type=int, default=3, help="interpolations to write (default 3; 0: none)")
     parser.add_argument("--steps", type=int, default=7, help="points per interpolation (default 7)")
     parser.add_argument("--num-beams", type=int, default=4, help="beam search for the paths (default 4; 1: greedy)")
     parser.add_argument(
@@ -98,41 +102,68 @@ def main() -> None:
         help="refine the codes of each path's two sentences until they are written back (eqxllm.vae.refine)",
     )  # fmt: skip
     args = parser.parse_args()
+    for flag, value, least, why in [
+        ("--paths", args.paths, 0, ""),
+        ("--steps", args.steps, 2, " (a path's two ends)"),
+        ("--num-beams", args.num_beams, 1, ""),
+        ("--refine-steps", args.refine_steps, 0, ""),
+    ]:
+        if value < least:
+            raise ConfigError(f"{flag} must be >= {least}{why}, got {value}")
+    if args.skip_training and args.resume:
+        raise ConfigError("--skip-training and --resume contradict each other; pass one of them")
+    model_dir = Path(args.out) / "model"
+    if args.skip_training and not (model_dir / "config.json").is_file():
+        raise ConfigError(f"--skip-training: {model_dir} holds no model; train first (drop --skip-training)")
+    return args
 
-    cfg = train_preset("t5-vae-tinystories").for_run(
-        data=args.data, out=args.out, max_minutes=args.minutes, resume=args.resume
-    )
+
+def main() -> None:
+    args = parse_args()
+    try:  # said now, not after an hour of training
+        require("matplotlib", "plot", "the latent figure")
+        draw = True
+    except MissingExtraError as e:  # the figure is optional; the rest of the script is not
+        print(f"t5_vae_latents.png will not be drawn: {e}")
+        draw = False
+    cfg = preset_run("t5-vae-tinystories", args)
     out = Path(args.out)
     model_dir = out / "model" if args.skip_training else train(cfg)
 
     model = eqxllm.from_pretrained(model_dir)
     task = VAETask(cfg, out, progress=False)  # the run's tokenizer and the same held-out sentences
     heldout = task.validation
+    if 2 * args.paths > len(heldout):
+        raise InputError(f"--paths {args.paths} needs {2 * args.paths} held-out sentences, found {len(heldout)}")
     (out / "heldout.txt").write_text("".join(f"{t}\n" for t in heldout.texts), encoding="utf-8")
     (out / "bank.txt").write_text("".join(f"{t}\n" for t in task.train.texts), encoding="utf-8")
-    metrics = evaluate_sentences(model, heldout)
+    metrics = evaluate_sentences(model, heldout)  # batch_size=64: `eqxllm eval --batch-size 64` agrees
     print(json.dumps(metrics, indent=2))
 
-    figures = Path(args.figures) if args.figures else out
-    figures.mkdir(parents=True, exist_ok=True)
-    latents = encode_rows(model, heldout)
-    pca_figure(latents, list(heldout.texts), heldout.lengths - 1, figures / "t5_vae_latents.png")
+    picture = (Path(args.figures) if args.figures else out) / "t5_vae_latents.png"
+    if draw:
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        pca_figure(encode_rows(model, heldout), list(heldout.texts), heldout.lengths - 1, picture)
+        print(f"picture: {picture}")
+    if args.paths == 0:
+        return
 
     rng = np.random.default_rng(0)
     picks = rng.choice(len(heldout), size=(args.paths, 2), replace=False)
     pairs = [(heldout.texts[a], heldout.texts[b]) for a, b in picks]
-    decoding = {"num_beams": args.num_beams, "method": args.method}
-    decoding["refine_steps"] = args.refine_steps
-    if args.method == "geodesic":
-        decoding["bank"] = build_bank(model, task.tokenizer, task.train.texts)
-    paths = [interpolate_texts(model, task.tokenizer, a, b, args.steps, **decoding) for a, b in pairs]
+    bank = build_bank(model, task.tokenizer, task.train.texts) if args.method == "geodesic" else None
+    paths = [
+        interpolate_texts(
+            model, task.tokenizer, a, b, args.steps,
+            method=args.method, bank=bank, num_beams=args.num_beams, refine_steps=args.refine_steps,
+        )
+        for a, b in pairs
+    ]  # fmt: skip
     table = interpolation_table(pairs, paths)
     (out / "t5_vae_interpolations.md").write_text(table, encoding="utf-8")
     print(table)
-    print(f"picture: {figures / 't5_vae_latents.png'}, table: {out / 't5_vae_interpolations.md'}")
+    print(f"table: {out / 't5_vae_interpolations.md'}")
 
 
 if __name__ == "__main__":  # a bad flag, file or network: one line, exit 2 (eqxllm.cli.guarded)
-    from eqxllm.cli import guarded
-
-    raise SystemExit(guarded("train_t5_vae_tinystories.py", main))
+    run_script("train_t5_vae_tinystories.py", main)
