@@ -14,6 +14,7 @@ import pytest
 
 import eqxllm
 from eqxllm.data import batch_at, load_tokenizer, train_bpe_tokenizer
+from eqxllm.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from eqxllm.errors import ConfigError, DataError
 from eqxllm.lora.config import LoraConfig
 from eqxllm.models.gpt2 import GPT2, GPT2Config
@@ -92,13 +93,9 @@ def test_lora_run_first_step_exports_and_bit_identical_resume(base, tmp_path):
     export = train(a, progress=False)
     assert _first_loss(a) == pytest.approx(_checkpoint_loss(a), abs=1e-6)  # B = 0: exactly the checkpoint
     names = sorted(p.name for p in export.iterdir())
-    assert names == [
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ]
+    assert names == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", TOKENIZER_FILE, TOKENIZER_CONFIG_FILE]
+    )
     assert (export / "tokenizer.json").read_bytes() == (base / "ckpt" / "tokenizer.json").read_bytes()
     gen = json.loads((export / "generation_config.json").read_text())
     assert gen["eos_token_id"] == eqxllm.load_config(a.init_from).eos_token_id

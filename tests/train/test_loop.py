@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import eqxllm
+from eqxllm.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from eqxllm.errors import CheckpointError, ConfigError, DataError
 from eqxllm.train.config import train_preset
 from eqxllm.train.loop import TrainingDiverged, train
@@ -47,13 +48,9 @@ def test_train_exports_a_model_transformers_loads(tmp_path):
     cfg = _cfg(tmp_path)
     export = train(cfg, progress=False)
     names = sorted(p.name for p in export.iterdir())
-    assert names == [
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ]
+    assert names == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", TOKENIZER_FILE, TOKENIZER_CONFIG_FILE]
+    )
     rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]

@@ -12,6 +12,7 @@ import pytest
 
 import eqxllm
 from eqxllm.cli import main
+from eqxllm.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from eqxllm.errors import ConfigError
 from eqxllm.models import T5VAE
 from eqxllm.train.config import train_preset
@@ -82,13 +83,9 @@ def trained(tmp_path_factory):
 def test_trainer_exports_a_t5_vae(trained):
     tmp, export = trained
     names = sorted(p.name for p in export.iterdir())
-    assert names == [
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ]
+    assert names == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", TOKENIZER_FILE, TOKENIZER_CONFIG_FILE]
+    )
     model = eqxllm.from_pretrained(export)
     assert isinstance(model, T5VAE)
     rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
