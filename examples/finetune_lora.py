@@ -148,7 +148,7 @@ def main() -> None:
     out = Path(args.out)
     pairs = out / "pairs.jsonl"
     cfg = run_config(args, base_config(args.base), pairs)
-    check_out_dir(cfg, Path(cfg.out), lead=False)  # an old run without --resume: refused before any work
+    check_out_dir(cfg, Path(cfg.out))  # an old run without --resume: refused before any work
     stories = iter_stories(args.data)  # a missing file is refused now, before OUT is created
     out.mkdir(parents=True, exist_ok=True)
     print(f"{write_pairs(stories, pairs, args.stories)} prompt/completion pairs -> {pairs}")

@@ -136,7 +136,7 @@ def test_finetune_lora_starts_a_fresh_out_with_an_empty_run_folder(gpt2_base, st
 
     def then(cfg):
         run = Path(cfg.out)
-        check_out_dir(cfg, run, lead=False)  # what train() checks first: raises if OUT/run holds files
+        check_out_dir(cfg, run)  # what train() checks first: raises if OUT/run holds files
         cfg.optim.resolved(cfg.train.max_steps)  # the schedule train() builds
         return eqxllm.save_pretrained(eqxllm.from_pretrained(gpt2_base), run / "model")
 
