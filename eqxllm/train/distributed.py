@@ -101,3 +101,12 @@ def share_lead_outcome(failure: BaseException | None) -> None:
             raise error(f"process 0 could not start the run: {message}")
     if failure is not None:
         raise failure
+
+
+def lead_number(value: float) -> float:
+    """Process 0's ``value`` on every process (a broadcast; every process must call it), for a number
+    that only process 0 can read, such as a resumed run's best ``val_loss`` from its ``metrics.jsonl``,
+    when every process must take the same decisions from it. With one process, ``value`` itself."""
+    if jax.process_count() == 1:
+        return value
+    return float(np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value, np.float32))))

@@ -24,7 +24,7 @@ from eqxllm.checkpoints.atomic import missing_folders, remove_created
 from eqxllm.errors import MissingExtraError, NonFiniteError
 from eqxllm.train.checkpoint import TrainCheckpointer
 from eqxllm.train.config import TrainConfig
-from eqxllm.train.distributed import initialize_distributed
+from eqxllm.train.distributed import initialize_distributed, lead_number
 from eqxllm.train.export import export_run
 from eqxllm.train.host_memory import keep_freed_host_memory
 from eqxllm.train.init_from import initial_model
@@ -163,7 +163,8 @@ def _build_run(cfg: TrainConfig, task: Task, out: Path, *, lead: bool, progress:
     if lead and cfg.resume:
         forget_replayed_rows(out, start, finished=start >= t.max_steps)
     log = RunLogger(out, enabled=lead, progress=progress, total_steps=t.max_steps, initial_step=start)
-    best = best_val_loss(out, start) if cfg.resume else math.inf
+    # only process 0 holds metrics.jsonl, and every process must agree on which evaluation is exported
+    best = lead_number(best_val_loss(out, start) if cfg.resume and lead else math.inf)
     return _Run(
         cfg=cfg, out=out, lead=lead, task=task, mesh=mesh, step_fn=step_fn, ckpt=ckpt, log=log, train_key=train_key,
         sample_key=sample_key, model=model, opt_state=opt_state, step=start, best=best,

@@ -45,6 +45,7 @@ from eqxllm.train import (  # noqa: E402
     process_batch_blocks,
     train_preset,
 )
+from eqxllm.train.distributed import lead_number  # noqa: E402
 from eqxllm.train.loop import train  # noqa: E402
 from eqxllm.train.metrics import read_metrics  # noqa: E402
 
@@ -136,6 +137,8 @@ def main(address: str, process_id: int, out: Path) -> None:
     ]
     split = sum(x.addressable_shards[0].data.shape != x.shape for x in jax.tree.leaves(model_g))
     check_batch_layouts(full)
+    # a resumed run's best val_loss is read by process 0 only; every process takes its value
+    assert lead_number(0.25 if process_id == 0 else float("inf")) == 0.25
     runs = train_runs(process_id, out.parent)
     if process_id == 0:
         np.savez(out, *params, losses=np.array(losses), split=np.array(split), **runs)
