@@ -111,6 +111,14 @@ def check_range(values: Int[Array, " seq"], upper: int, what: str, bound: str) -
     return eqx.error_if(values, jnp.any(bad), f"{message} one outside")
 
 
+def check_length(value: Shaped[Array, "..."], seq: int, name: str, of: str = "input_ids") -> None:
+    """:class:`InputError` unless ``value`` has one entry per token of ``of`` (``seq`` of them)."""
+    if value.shape != (seq,):
+        raise InputError(
+            f"{name} has shape {tuple(value.shape)} but {of} has {seq} positions; give {name} one entry per token"
+        )
+
+
 def check_mask(
     mask: Shaped[Array, "..."] | None, seq: int, name: str = "mask", of: str = "input_ids"
 ) -> Bool[Array, " seq"] | None:
@@ -120,10 +128,7 @@ def check_mask(
     if mask is None:
         return None
     mask = jnp.asarray(mask)
-    if mask.shape != (seq,):
-        raise InputError(
-            f"{name} has shape {tuple(mask.shape)} but {of} has {seq} positions; give {name} one entry per token"
-        )
+    check_length(mask, seq, name, of)
     if not (jnp.issubdtype(mask.dtype, jnp.bool_) or jnp.issubdtype(mask.dtype, jnp.integer)):
         raise InputError(
             f"{name} must be booleans (or 0/1 integers) marking the real tokens, got dtype {mask.dtype}; "
@@ -166,13 +171,9 @@ def begin_pass(
     messages rather than a broadcasting error."""
     limit = (dims.max_positions, dims.limit_name) if cache is None else (cache.max_len, "the cache length")
     input_ids = check_tokens(input_ids, dims.vocab_size, *limit)
-    for name, value in (("mask", mask), ("positions", positions)):
-        if value is not None and value.shape != input_ids.shape:
-            raise InputError(
-                f"{name} has shape {tuple(value.shape)} but input_ids has shape {tuple(input_ids.shape)}; "
-                f"give {name} one entry per token"
-            )
     mask = check_mask(mask, input_ids.shape[0])
+    if positions is not None:
+        check_length(positions, input_ids.shape[0], "positions")
     if positions is not None and dims.position_table and dims.max_positions is not None:
         positions = check_range(
             positions, dims.max_positions, "positions", f"{dims.limit_name}, the rows of the learned position table"

@@ -139,7 +139,7 @@ def test_token_ids_outside_the_vocabulary_are_refused():
 def test_masks_of_another_length_or_a_float_dtype_are_refused():
     model = T5(T5Config.tiny(), key=jax.random.key(0))
     ids, dec, memory = jnp.array([5, 6, 7, 1]), jnp.array([0, 9]), jnp.zeros((4, model.config.d_model))
-    with pytest.raises(InputError, match=r"mask has shape \(3,\) but input_ids has shape \(4,\)"):
+    with pytest.raises(InputError, match=r"mask has shape \(3,\) but input_ids has 4 positions"):
         model(ids, dec, mask=jnp.ones(3, bool))
     with pytest.raises(InputError, match=r"encoder_mask has shape \(3,\) but encoder_out has 4 positions"):
         model.decode_full(memory, dec, encoder_mask=jnp.ones(3, bool))
