@@ -17,9 +17,9 @@ from eqxllm.checkpoints.generation_config import read_generation_config
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import export_from, load_into
 from eqxllm.checkpoints.registry import family_for_config, family_for_model_type
+from eqxllm.checkpoints.side_files import TOKENIZER_FILES
 from eqxllm.errors import CheckpointError, InputError, NonFiniteError
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # The floating dtypes a Hugging Face checkpoint holds weights in, and that a model computes in.
 _WEIGHT_DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
 
@@ -169,7 +169,7 @@ def save_pretrained(
             for name, text in tokenizer_texts.items():
                 atomic_write_text(target / name, text)
         elif resaving:  # the tokenizer of the model saved here before is not this model's
-            for name in _TOKENIZER_FILES:
+            for name in TOKENIZER_FILES:  # all of them: vocab.json + merges.txt alone load as a tokenizer
                 (target / name).unlink(missing_ok=True)
         atomic_write_text(target / "config.json", hf_config)
 

@@ -171,8 +171,12 @@ def test_a_killed_saves_temporaries_are_removed_by_the_next_save(model_dir, tmp_
 def test_resaving_without_a_tokenizer_drops_the_stale_one(model_dir, tmp_path):
     dst = copy_dir(model_dir, tmp_path / "dst")
     assert (dst / "tokenizer.json").is_file()
+    for name in ("vocab.json", "merges.txt"):  # as convert copies them: alone they load as a tokenizer
+        (dst / name).write_text("{}")
     eqxllm.save_pretrained(eqxllm.from_pretrained(model_dir), dst)
-    assert not (dst / "tokenizer.json").exists()
+    assert not any(
+        (dst / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+    )
     fresh = tmp_path / "fresh"  # a tokenizer saved first into a new folder is not touched
     fresh.mkdir()
     (fresh / "tokenizer.json").write_text((model_dir / "tokenizer.json").read_text())
