@@ -18,14 +18,31 @@ _CACHE_MAX_BYTES = 8 << 30
 # folder on every write, and the many quick ones (an eager op at one shape) cost more to share than
 # to compile again
 _CACHE_MIN_COMPILE_S = 0.1
+# XLA:CPU compiles the suite's tiny programs faster than it runs them: compilation, not execution, is
+# most of a test's time. Without LLVM's optimisations and with the older loop emitters for fusions,
+# each program compiles in less than half the time; the arithmetic is the same IEEE float32 (XLA:CPU
+# does not use fast-math), only the machine code is slower. A flag the caller set in XLA_FLAGS wins.
+FAST_COMPILE_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
+
+
+def fast_compile_xla_flags(flags: str) -> str:
+    """``flags`` (an ``XLA_FLAGS`` value) with each of ``FAST_COMPILE_FLAGS`` that it does not set."""
+    given = {flag.split("=", 1)[0] for flag in flags.split()}
+    extra = [f"{name}={value}" for name, value in FAST_COMPILE_FLAGS.items() if name not in given]
+    return " ".join([*flags.split(), *extra])
 
 
 def pytest_configure(config):
-    """The first process of a run (the xdist controller, or the only process) makes one JAX
-    persistent compilation cache in a fresh temporary folder, shared by every process the run starts
-    (workers, notebook kernels, subprocesses inherit the environment), and removes it at the end.
-    A cache folder set by the caller is left alone."""
-    if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    """The first process of a run (the xdist controller, or the only process) sets the fast-compile
+    XLA flags and makes one JAX persistent compilation cache in a fresh temporary folder, shared by
+    every process the run starts (workers, notebook kernels, subprocesses inherit the environment),
+    and removes it at the end. A cache folder set by the caller is left alone.
+
+    JAX reads ``XLA_FLAGS`` when it first creates a backend, which nothing has done yet here."""
+    if hasattr(config, "workerinput"):
+        return
+    os.environ["XLA_FLAGS"] = fast_compile_xla_flags(os.environ.get("XLA_FLAGS", ""))
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
     path = tempfile.mkdtemp(prefix="eqxllm-tests-jax-cache-")
     setattr(config, _CACHE_ATTR, path)

@@ -6,13 +6,33 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import memory_map_count, memory_map_limit, release_compiled_programs
+from conftest import (
+    FAST_COMPILE_FLAGS,
+    fast_compile_xla_flags,
+    memory_map_count,
+    memory_map_limit,
+    release_compiled_programs,
+)
 
 import eqxllm.train.loop as loop
 
 
 def test_train_leaves_malloc_as_it_is_in_test_processes():
     assert loop.keep_freed_host_memory() is False
+
+
+def test_test_processes_compile_with_the_fast_compile_flags():
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    for name in FAST_COMPILE_FLAGS:
+        assert [f for f in flags if f.split("=", 1)[0] == name], f"{name} is not in XLA_FLAGS: {flags}"
+    # added once, after the caller's flags; a flag the caller set keeps the caller's value
+    assert fast_compile_xla_flags("--xla_force_host_platform_device_count=8") == (
+        "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+        "--xla_cpu_use_fusion_emitters=false"
+    )
+    mine = "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false"
+    assert fast_compile_xla_flags(mine) == mine
+    assert fast_compile_xla_flags(fast_compile_xla_flags("")) == fast_compile_xla_flags("")
 
 
 def test_the_run_shares_one_compilation_cache():
