@@ -4,6 +4,8 @@ cache per run (docs/installation.md, "Running the tests")."""
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,11 +27,19 @@ _CACHE_MIN_COMPILE_S = 0.1
 FAST_COMPILE_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
 
 
-def fast_compile_xla_flags(flags: str) -> str:
-    """``flags`` (an ``XLA_FLAGS`` value) with each of ``FAST_COMPILE_FLAGS`` that it does not set."""
+def fast_compile_xla_flags(flags: str, known=lambda name: True) -> str:
+    """``flags`` (an ``XLA_FLAGS`` value) with each of ``FAST_COMPILE_FLAGS`` that it does not set
+    and that this jaxlib ``known``s (XLA aborts the process on a flag it does not know)."""
     given = {flag.split("=", 1)[0] for flag in flags.split()}
-    extra = [f"{name}={value}" for name, value in FAST_COMPILE_FLAGS.items() if name not in given]
+    extra = [f"{n}={v}" for n, v in FAST_COMPILE_FLAGS.items() if n not in given and known(f"{n}={v}")]
     return " ".join([*flags.split(), *extra])
+
+
+def xla_knows(flag: str) -> bool:
+    """Whether a fresh process starts JAX's CPU backend with ``flag`` in ``XLA_FLAGS`` (a second)."""
+    env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True)
+    return probe.returncode == 0
 
 
 def pytest_configure(config):
@@ -41,7 +51,7 @@ def pytest_configure(config):
     JAX reads ``XLA_FLAGS`` when it first creates a backend, which nothing has done yet here."""
     if hasattr(config, "workerinput"):
         return
-    os.environ["XLA_FLAGS"] = fast_compile_xla_flags(os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = fast_compile_xla_flags(os.environ.get("XLA_FLAGS", ""), known=xla_knows)
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
     path = tempfile.mkdtemp(prefix="eqxllm-tests-jax-cache-")

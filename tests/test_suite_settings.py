@@ -12,6 +12,7 @@ from conftest import (
     memory_map_count,
     memory_map_limit,
     release_compiled_programs,
+    xla_knows,
 )
 
 import eqxllm.train.loop as loop
@@ -33,6 +34,13 @@ def test_test_processes_compile_with_the_fast_compile_flags():
     mine = "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false"
     assert fast_compile_xla_flags(mine) == mine
     assert fast_compile_xla_flags(fast_compile_xla_flags("")) == fast_compile_xla_flags("")
+    # a flag this jaxlib does not know is left out: XLA would abort every test process on it
+    assert fast_compile_xla_flags("", known=lambda f: "emitters" not in f) == "--xla_backend_optimization_level=0"
+
+
+def test_a_flag_xla_does_not_know_is_found_before_it_can_abort_a_test_process():
+    assert xla_knows("--xla_backend_optimization_level=0")
+    assert not xla_knows("--xla_no_such_flag_in_any_jaxlib=1")
 
 
 def test_the_run_shares_one_compilation_cache():
