@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from eqxllm.errors import ConfigError
+from eqxllm.errors import ConfigError, InputError
 
 # the rotary scalings implemented; transformers also knows "dynamic", "yarn", "longrope", "proportional"
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -130,8 +130,18 @@ def apply_rotary(
     sin: Float[Array, "seq head_dim"],
 ) -> Float[Array, "seq heads head_dim"]:
     """Rotate pairs ``(x[i], x[i + d/2])`` by the position's angle (the ``rotate_half`` convention of
-    GPT-NeoX, Llama and Gemma, not the interleaved pairs of the RoFormer paper)."""
-    half = x.shape[-1] // 2
+    GPT-NeoX, Llama and Gemma, not the interleaved pairs of the RoFormer paper).
+
+    :class:`~eqxllm.errors.InputError` unless ``cos`` and ``sin`` hold one row of ``head_dim``
+    angles per position of ``x`` (a table made for another ``head_dim`` or length)."""
+    seq, _, head_dim = x.shape
+    for name, table in (("cos", cos), ("sin", sin)):
+        if table.shape != (seq, head_dim):
+            raise InputError(
+                f"rotary {name} has shape {tuple(table.shape)} but the heads have {seq} positions of head_dim "
+                f"{head_dim}; make the table with rotary_angles(positions, {head_dim}) for these positions"
+            )
+    half = head_dim // 2
     x32 = x.astype(jnp.float32)
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     out = x32 * cos[:, None, :] + rotated * sin[:, None, :]

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eqxllm.errors import InputError
 from eqxllm.nn import apply_rotary
 from eqxllm.nn.positions import rotary_angles
 
@@ -87,3 +88,18 @@ def test_odd_head_dim_is_refused():
     """Pairs of features rotate; an odd width used to give tables one column too wide."""
     with pytest.raises(ValueError, match="even head_dim .* got 7"):
         rotary_angles(jnp.arange(4), 7)
+
+
+@pytest.mark.usefixtures("unchecked_annotations")
+def test_a_table_for_another_head_dim_or_length_is_refused_by_name():
+    x = jnp.ones((6, 2, HEAD_DIM))
+    cos, sin = rotary_angles(jnp.arange(6), HEAD_DIM)
+    assert apply_rotary(x, cos, sin).shape == x.shape
+    with pytest.raises(
+        InputError, match=r"rotary cos has shape \(6, 8\) but the heads have 6 positions of head_dim 16"
+    ):
+        apply_rotary(x, *rotary_angles(jnp.arange(6), 8))
+    with pytest.raises(InputError, match=r"rotary cos has shape \(5, 16\) but the heads have 6 positions"):
+        apply_rotary(x, *rotary_angles(jnp.arange(5), HEAD_DIM))
+    with pytest.raises(InputError, match=r"rotary sin has shape \(6, 8\)"):
+        apply_rotary(x, cos, sin[:, :8])
