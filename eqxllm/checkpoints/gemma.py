@@ -68,9 +68,11 @@ def config_from_hf(hf: dict[str, Any]) -> GemmaConfig:
     if hf.get("model_type") == "gemma3":
         text = dict(hf.get("text_config") or {})
         text.setdefault("tie_word_embeddings", hf.get("tie_word_embeddings", True))
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the -it models' [1, 106] lives on top
-            if name in hf:
-                text.setdefault(name, hf[name])
+        # the token ids on top win: the -it models' eos [1, 106] lives there, and transformers 5 also
+        # writes its default (eos 1) into text_config, which would drop the end-of-turn stop id
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if hf.get(name) is not None:
+                text[name] = hf[name]
         hf = {**text, "model_type": "gemma3_text"}
     model_type = hf.get("model_type")
     if model_type not in _GENERATION:

@@ -182,12 +182,17 @@ def test_multimodal_in_memory_layout_and_legacy_config(tmp_path):
 # config.json dialects and defaults -----------------------------------------------------------------------
 def test_multimodal_special_ids_on_top_reach_the_text_config():
     """gemma-3-*-it keeps ``eos_token_id: [1, 106]`` beside ``text_config``, not in it: without it,
-    generation would not stop at ``<end_of_turn>`` (106). An id the text config spells out wins."""
+    generation would not stop at ``<end_of_turn>`` (106). transformers 5 also writes its default
+    ``eos_token_id: 1`` into ``text_config`` when it saves such a model: the ids on top still win, as
+    they do for transformers' own generation; the text config's are used where the top has none."""
     text = {**TEXT, "model_type": "gemma3_text"}
     top = {"model_type": "gemma3", "text_config": text, "eos_token_id": [1, 106], "bos_token_id": 2}
     cfg = config_from_hf(top)
     assert (cfg.eos_token_id, cfg.bos_token_id) == ((1, 106), 2)
-    assert config_from_hf({**top, "text_config": {**text, "eos_token_id": 7}}).eos_token_id == 7
+    resaved = config_from_hf({**top, "text_config": {**text, "eos_token_id": 1, "bos_token_id": 2}})
+    assert (resaved.eos_token_id, resaved.bos_token_id) == ((1, 106), 2)
+    only_text = {"model_type": "gemma3", "text_config": {**text, "eos_token_id": 7}, "eos_token_id": None}
+    assert config_from_hf(only_text).eos_token_id == 7
 
 
 @pytest.mark.parametrize("kind", ["GemmaConfig", "Gemma2Config", "Gemma3TextConfig"])
