@@ -10,9 +10,11 @@ since), whose vision weights are skipped; such a model saves back as ``gemma3_te
 ``config.json`` comes in two dialects: transformers 5 writes ``rope_parameters`` (nested per layer
 type in Gemma 3), earlier versions ``rope_theta``/``rope_scaling``/``rope_local_base_freq`` and
 Gemma 3's ``sliding_window_pattern``. Both are read; both are written, so that either version loads
-what eqxllm saves. Missing keys take transformers' defaults for the model type, not eqxllm's.
+what eqxllm saves (layer types that no pattern gives load as saved in transformers 5 only; saving
+them warns). Missing keys take transformers' defaults for the model type, not eqxllm's.
 """
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -179,7 +181,7 @@ def config_to_hf(cfg: GemmaConfig) -> dict[str, Any]:
         local = {"rope_type": "default", "rope_theta": cfg.local_rope_theta}
         out["rope_parameters"] = {FULL: full, SLIDING: local}
         out["rope_local_base_freq"] = cfg.local_rope_theta
-        out["sliding_window_pattern"] = cfg.sliding_window_pattern  # what transformers before 5 reads
+        out["sliding_window_pattern"] = legacy_pattern(cfg) or cfg.sliding_window_pattern
     out["rope_theta"] = cfg.rope_theta  # for transformers before 5
     if scaling is not None:
         out["rope_scaling"] = scaling
@@ -190,9 +192,30 @@ def config_to_hf(cfg: GemmaConfig) -> dict[str, Any]:
         )
         out["sliding_window"] = _number(cfg.sliding_window)
         out["layer_types"] = list(cfg.layer_types)  # type: ignore[arg-type]
+        if legacy_pattern(cfg) is None:
+            warnings.warn(
+                f"layer_types {list(cfg.layer_types or ())} follow no sliding_window_pattern: transformers 5 "  # type: ignore[arg-type]
+                "loads this config.json as saved, but older releases that ignore layer_types (4.51 does) "
+                f"make {'every other layer' if gen == 2 else 'every sliding_window_pattern-th layer'} global",
+                stacklevel=2,
+            )
         out["final_logit_softcapping"] = cfg.final_logit_softcapping
         out["attn_logit_softcapping"] = cfg.attn_logit_softcapping
     return out
+
+
+def legacy_pattern(cfg: GemmaConfig) -> int | None:
+    """The pattern that gives ``cfg.layer_types`` in transformers before 5, which ignores
+    ``layer_types`` (Gemma 2 alternates, Gemma 3 reads ``sliding_window_pattern``); None if none does.
+    The config's own pattern is preferred where several give the same layers."""
+    n, gen = cfg.num_hidden_layers, cfg.generation
+    if gen == 2:
+        return 2 if cfg.layer_types == default_layer_types(2, n) else None
+    # pattern 1 makes every layer global; any pattern above the depth makes every layer sliding
+    for pattern in (cfg.sliding_window_pattern, *range(1, n + 2)):
+        if default_layer_types(3, n, sliding_window_pattern=pattern) == cfg.layer_types:
+            return pattern
+    return None
 
 
 # weights ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 both config.json dialects, presets, and every refusal with its message."""
 
 import json
+import warnings
 
 import equinox as eqx
 import jax
@@ -12,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import eqxllm
-from eqxllm.checkpoints.gemma import config_from_hf, config_to_hf
+from eqxllm.checkpoints.gemma import config_from_hf, config_to_hf, legacy_pattern
 from eqxllm.errors import CheckpointError, ConfigError
 from eqxllm.models import PRESETS, Gemma, GemmaConfig, config_preset
 
@@ -236,6 +237,36 @@ def test_legacy_config_keys():
     }
     mixed = dict(old3, rope_parameters=nested, rope_scaling={"type": "linear", "factor": 8.0})
     assert (config_from_hf(mixed).rope_scaling, config_from_hf(mixed).rope_theta) == (8.0, 1e6)
+
+
+S, F = "sliding_attention", "full_attention"
+
+
+@pytest.mark.parametrize(
+    ("gen", "layer_types", "pattern"),
+    [
+        (3, (S, S, F, S, S, F), 3),  # given as layer types, with the tiny config's pattern (2) left as it is
+        (3, (S, F, S, F), 2),  # the config's own pattern
+        (3, (S,) * 6, 7),  # every pattern above the depth gives these
+        (3, (F,) * 6, 1),
+        (3, (F, S, F, S, S, S), None),
+        (2, (S, F, S, F), 2),
+        (2, (S, S, S, F), None),
+    ],
+)
+def test_saved_layer_types_read_the_same_without_layer_types(gen, layer_types, pattern):
+    """transformers before 5 ignores ``layer_types`` (Gemma 2 alternates, Gemma 3 reads
+    ``sliding_window_pattern``): the pattern written gives the same layers, or saving warns."""
+    cfg = GemmaConfig.tiny(generation=gen).replace(num_hidden_layers=len(layer_types), layer_types=layer_types)
+    assert legacy_pattern(cfg) == pattern
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hf = config_to_hf(cfg)
+    warned = [str(w.message) for w in caught if "follow no sliding_window_pattern" in str(w.message)]
+    assert len(warned) == (pattern is None)
+    without = {k: v for k, v in hf.items() if k != "layer_types"}  # as transformers 4.51 reads the file
+    assert (config_from_hf(without).layer_types == layer_types) == (pattern is not None)
+    assert config_from_hf(hf).layer_types == layer_types  # transformers 5 reads layer_types
 
 
 @pytest.mark.parametrize("name", sorted(n for n in PRESETS if n.startswith("gemma")))
