@@ -18,7 +18,8 @@ from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import export_from, load_into
 from eqxllm.checkpoints.registry import family_for_config, family_for_model_type
 from eqxllm.checkpoints.side_files import TOKENIZER_FILES
-from eqxllm.errors import CheckpointError, InputError, NonFiniteError
+from eqxllm.errors import CheckpointError, ConfigError, InputError, NonFiniteError
+from eqxllm.lora.apply import has_lora
 
 # The floating dtypes a Hugging Face checkpoint holds weights in, and that a model computes in.
 _WEIGHT_DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
@@ -153,6 +154,12 @@ def save_pretrained(
     """
     config = model.config  # type: ignore[attr-defined]
     family = family_for_config(config)
+    if has_lora(model):  # the key map reads each LoraLinear's base weight: the adapters would be lost
+        raise ConfigError(
+            "the model has LoRA adapters, which a Hugging Face checkpoint cannot hold: save "
+            "eqxllm.lora.merge_lora(model) for the adapted weights, or eqxllm.lora.save_peft_adapter(model, ...) "
+            "for the adapters alone"
+        )
     directory = Path(dst)
     check_destination(directory)  # a bad path, size, dtype or tokenizer is refused before anything is created
     if max_shard_size is not None:

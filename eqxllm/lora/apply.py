@@ -8,6 +8,8 @@ so a target selects a projection in every layer. ``targets`` is a regular expres
 query and value projections, ``mlp`` the feed-forward ones (``ffn`` in T5).
 """
 
+import math
+import operator
 import re
 from typing import Any
 
@@ -87,13 +89,22 @@ def apply_lora(
     returned model computes exactly what ``model`` did until ``B`` is trained.
 
     A mixture of experts' router is never adapted (see ``_ROUTER``). Raises ``ConfigError`` for
-    ``rank <= 0``, ``alpha <= 0``, a dropout outside ``[0, 1)``, an invalid regular expression, a
+    ``rank <= 0`` (or not an integer), ``alpha <= 0`` or infinite, a dropout outside ``[0, 1)``, an invalid regular expression, a
     ``targets`` that matches no linear layer (or only routers), or a model that already has adapters.
     """
-    if not isinstance(rank, int) or rank <= 0:
+    integer = not isinstance(rank, bool) and hasattr(type(rank), "__index__")  # numpy's integers too
+    if not integer or operator.index(rank) <= 0:
         raise ConfigError(f"LoRA rank must be a positive integer, got {rank!r}")
-    if not alpha > 0:
-        raise ConfigError(f"LoRA alpha must be > 0, got {alpha!r} (the update is scaled by alpha / rank)")
+    rank = operator.index(rank)
+    try:  # a Python float: a JAX array would become a static field of every adapted layer
+        number = float(alpha) if not isinstance(alpha, str | bytes) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None:
+        raise ConfigError(f"LoRA alpha must be a number, got {alpha!r}")
+    alpha = number
+    if not 0 < alpha < math.inf:
+        raise ConfigError(f"LoRA alpha must be finite and > 0, got {alpha!r} (the update is scaled by alpha / rank)")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
     if _select(model, LoraLinear):

@@ -1,5 +1,6 @@
 """The ``lora`` section of a training run."""
 
+import math
 import re
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -32,8 +33,8 @@ class LoraConfig:
     def __post_init__(self):
         if not isinstance(self.rank, int) or self.rank < 0:
             raise ConfigError(f"lora.rank must be an integer >= 0 (0 turns LoRA off), got {self.rank!r}")
-        if not self.alpha > 0:
-            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha!r}")
+        if not 0 < self.alpha < math.inf:
+            raise ConfigError(f"lora.alpha must be finite and > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
         if self.base_dtype not in ("float32", "bfloat16"):

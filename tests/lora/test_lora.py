@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import eqxllm
 from eqxllm.errors import ConfigError
 from eqxllm.lora import (
     LoraLinear,
@@ -113,7 +114,8 @@ def test_each_example_of_a_batch_draws_its_own_adapter_mask(base):
     [
         (dict(rank=0, alpha=1.0, targets="attn"), "rank must be a positive integer"),
         (dict(rank=-2, alpha=1.0, targets="attn"), "rank must be a positive integer"),
-        (dict(rank=2, alpha=0.0, targets="attn"), "alpha must be > 0"),
+        (dict(rank=2, alpha=0.0, targets="attn"), "alpha must be finite and > 0"),
+        (dict(rank=2, alpha=float("inf"), targets="attn"), "alpha must be finite and > 0, got inf"),
         (dict(rank=2, alpha=1.0, targets="attn", dropout=1.0), "dropout must be in"),
         (dict(rank=2, alpha=1.0, targets="nothing_here"), r"matches no linear layer.*blocks\.blocks\.attn\.q_proj"),
         (dict(rank=2, alpha=1.0, targets="(unclosed"), "not a valid regular expression"),
@@ -179,3 +181,37 @@ def test_a_failed_adapter_save_changes_nothing(base, tmp_path, monkeypatch):
             export.save_peft_adapter(other, dst)
     assert {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()} == before
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.usefixtures("unchecked_annotations")  # called as a user calls it, without the type hook
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(rank=2, alpha="8"), "alpha must be a number, got '8'"),
+        (dict(rank=2, alpha=None), "alpha must be a number, got None"),
+        (dict(rank=2.0, alpha=1.0), "rank must be a positive integer, got 2.0"),
+        (dict(rank=True, alpha=1.0), "rank must be a positive integer, got True"),
+    ],
+)
+def test_numbers_of_the_wrong_type_are_refused(base, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_lora(base, targets="attn", key=jax.random.key(0), **kwargs)
+
+
+@pytest.mark.usefixtures("unchecked_annotations")  # typed int and float; users pass numpy and JAX scalars
+def test_numpy_and_jax_numbers_are_plain_numbers_in_the_adapters(base):
+    lora = apply_lora(base, rank=np.int64(2), alpha=jnp.float32(8.0), targets="attn", key=jax.random.key(0))
+    layer = linear_modules(lora)["blocks.blocks.attn.q_proj"]
+    assert isinstance(layer, LoraLinear) and type(layer.scale) is float and layer.scale == 4.0
+    assert layer.lora_a.shape[-2] == 2
+
+
+def test_saving_an_unmerged_lora_model_is_refused(base, tmp_path):
+    """The checkpoint layout holds each LoraLinear's base weight only: the adapters would vanish."""
+    lora = _with_b(apply_lora(base, rank=2, alpha=4.0, targets="attn", key=jax.random.key(0)))
+    with pytest.raises(ConfigError, match=r"has LoRA adapters.*merge_lora\(model\).*save_peft_adapter"):
+        eqxllm.save_pretrained(lora, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    eqxllm.save_pretrained(merge_lora(lora), tmp_path / "out")
+    again = eqxllm.from_pretrained(tmp_path / "out")
+    assert np.abs(np.asarray(again(IDS) - lora(IDS))).max() < 1e-5
