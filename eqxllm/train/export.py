@@ -25,5 +25,14 @@ def export_run(model: Any, dst: Path, *, tokenizer: Any, init_from: str | None =
     if GENERATION_CONFIG not in copied:
         atomic_write_text(dst / GENERATION_CONFIG, json.dumps(generation_config(model.config), indent=2) + "\n")
     if has_lora(model):
-        save_peft_adapter(model, dst.parent / "adapter", base_model_name_or_path=init_from)
+        save_peft_adapter(model, dst.parent / "adapter", base_model_name_or_path=adapter_base(init_from, source))
     return dst
+
+
+def adapter_base(init_from: str | None, source: Path | None) -> str | None:
+    """What a run's adapter names as its base model: a Hub id as given; a local checkpoint as the
+    absolute path of its model directory (a run directory's ``model/``), which peft's
+    ``AutoPeftModel`` loads from any working directory."""
+    if init_from is None or source is None or not Path(init_from).exists():
+        return init_from
+    return str(source.resolve())

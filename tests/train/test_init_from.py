@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 import eqxllm
+from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.data import batch_at, load_tokenizer, train_bpe_tokenizer
 from eqxllm.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from eqxllm.errors import ConfigError, DataError
 from eqxllm.lora.config import LoraConfig
 from eqxllm.models.gpt2 import GPT2, GPT2Config
 from eqxllm.train.config import train_preset
+from eqxllm.train.export import adapter_base
 from eqxllm.train.init_from import checkpoint_config
 from eqxllm.train.loop import train
 from eqxllm.train.loss import next_token_loss
@@ -100,7 +102,7 @@ def test_lora_run_first_step_exports_and_bit_identical_resume(base, tmp_path):
     gen = json.loads((export / "generation_config.json").read_text())
     assert gen["eos_token_id"] == eqxllm.load_config(a.init_from).eos_token_id
     adapter = json.loads((Path(a.out) / "adapter" / "adapter_config.json").read_text())
-    assert adapter["r"] == 2 and adapter["base_model_name_or_path"] == a.init_from
+    assert adapter["r"] == 2 and adapter["base_model_name_or_path"] == str(Path(a.init_from).resolve())
 
     merged, start = eqxllm.from_pretrained(export), eqxllm.from_pretrained(a.init_from)
     # only the attention projections moved (by the merged low-rank update); everything else is frozen
@@ -220,3 +222,17 @@ def test_gemma_lora_run_first_step_sees_the_checkpoint(base, tmp_path):
     cfg = cfg.replace(model=checkpoint_config(str(ckpt)), init_from=str(ckpt))
     train(cfg, progress=False, stop_after_step=1)
     assert _first_loss(cfg) == pytest.approx(_checkpoint_loss(cfg), abs=1e-6)
+
+
+def test_the_adapter_names_its_base_from_anywhere(tmp_path, monkeypatch):
+    """A relative --init-from, or a run directory (which --init-from accepts), is written as the
+    absolute model directory; a Hub id as given."""
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "run_config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert adapter_base("run", Path(resolve_pretrained("run"))) == str((run / "model").resolve())
+    assert adapter_base("run/model", Path("run/model")) == str((run / "model").resolve())
+    assert adapter_base("google/gemma-3-1b-pt", tmp_path / "cache-snapshot") == "google/gemma-3-1b-pt"
+    assert adapter_base(None, None) is None
