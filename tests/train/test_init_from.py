@@ -17,10 +17,11 @@ from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.data import batch_at, load_tokenizer, train_bpe_tokenizer
 from eqxllm.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from eqxllm.errors import ConfigError, DataError
+from eqxllm.lora import apply_lora, merge_lora
 from eqxllm.lora.config import LoraConfig
 from eqxllm.models.gpt2 import GPT2, GPT2Config
 from eqxllm.train.config import train_preset
-from eqxllm.train.export import adapter_base
+from eqxllm.train.export import adapter_base, export_run
 from eqxllm.train.init_from import checkpoint_config
 from eqxllm.train.loop import train
 from eqxllm.train.loss import next_token_loss
@@ -236,3 +237,14 @@ def test_the_adapter_names_its_base_from_anywhere(tmp_path, monkeypatch):
     assert adapter_base("run/model", Path("run/model")) == str((run / "model").resolve())
     assert adapter_base("google/gemma-3-1b-pt", tmp_path / "cache-snapshot") == "google/gemma-3-1b-pt"
     assert adapter_base(None, None) is None
+
+
+def test_a_lora_model_from_scratch_exports_the_merged_model_only(tmp_path):
+    """No file holds a randomly initialised base, so an adapter on it could never be loaded."""
+    tiny = GPT2Config.tiny()
+    model = apply_lora(GPT2(tiny, key=jax.random.key(0)), rank=2, alpha=4.0, targets="attn", key=jax.random.key(1))
+    (tmp_path / "run").mkdir()
+    dst = export_run(model, tmp_path / "run" / "model", tokenizer=None)
+    assert (dst / "config.json").is_file() and not (tmp_path / "run" / "adapter").exists()
+    ids = jnp.arange(5)
+    assert np.abs(np.asarray(eqxllm.from_pretrained(dst)(ids) - merge_lora(model)(ids))).max() < 1e-5
