@@ -41,6 +41,28 @@ from eqxllm.lora.linear import LoraLinear
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Bases whose config.json wraps the text model that eqxllm loads: transformers (5) names its modules
+# under another prefix there. gemma-3-4b and larger are Gemma3ForConditionalGeneration, whose text
+# layers are model.language_model.layers.N (the text-only Gemma3ForCausalLM: model.layers.N).
+_WRAPPED_TEXT_PREFIXES = {"gemma3": ("model.", "model.language_model.")}
+
+
+def base_module_prefix(base_config: dict[str, Any] | None) -> tuple[str, str] | None:
+    """``(text model's prefix, the base's prefix)`` for a base whose ``config.json`` (``base_config``)
+    wraps the text model, else None."""
+    model_type = None if base_config is None else base_config.get("model_type")
+    return _WRAPPED_TEXT_PREFIXES.get(model_type) if isinstance(model_type, str) else None
+
+
+def _local_config(base_model_name_or_path: str | None) -> dict[str, Any] | None:
+    path = None if base_model_name_or_path is None else Path(base_model_name_or_path) / "config.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _leaf_paths(model: Any) -> Any:
@@ -88,9 +110,18 @@ def _fused_factors(p: Param, loras: list[LoraLinear | None], out_sizes: list[int
     return a, bs, scales.pop()
 
 
-def peft_adapter(model: Any, *, base_model_name_or_path: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """The tensors (PEFT key names) and ``adapter_config.json`` contents of ``model``'s adapters."""
+def peft_adapter(
+    model: Any, *, base_model_name_or_path: str | None = None, base_config: dict[str, Any] | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The tensors (PEFT key names) and ``adapter_config.json`` contents of ``model``'s adapters.
+
+    Module names are those of the base model: ``base_config`` (its ``config.json``; read from
+    ``base_model_name_or_path`` when that is a local directory) says whether the base wraps the text
+    model under another prefix (a multimodal Gemma 3)."""
     config = model.config
+    if base_config is None:
+        base_config = _local_config(base_model_name_or_path)
+    prefix = base_module_prefix(base_config)
     family = family_for_config(config)
     modules = linear_modules(model)
     paths = _leaf_paths(model)
@@ -110,6 +141,8 @@ def peft_adapter(model: Any, *, base_model_name_or_path: str | None = None) -> t
             raise ConfigError(f"checkpoint tensor {p.key!r} mixes adapted and non-linear leaves; no PEFT layout")
         a, b, scale = _fused_factors(p, loras, out_sizes)
         name = p.key.removesuffix(".weight")
+        if prefix is not None and name.startswith(prefix[0]):
+            name = prefix[1] + name.removeprefix(prefix[0])
         layered = [(name.format(i=i), a[i], b[i]) for i in range(p.num_layers)] if p.layered else [(name, a, b)]
         for module, ai, bi in layered:
             tensors[f"base_model.model.{module}.lora_A.weight"] = np.ascontiguousarray(ai)
@@ -147,11 +180,19 @@ def peft_adapter(model: Any, *, base_model_name_or_path: str | None = None) -> t
     return tensors, cfg
 
 
-def save_peft_adapter(model: Any, dst: str | os.PathLike, *, base_model_name_or_path: str | None = None) -> Path:
+def save_peft_adapter(
+    model: Any,
+    dst: str | os.PathLike,
+    *,
+    base_model_name_or_path: str | None = None,
+    base_config: dict[str, Any] | None = None,
+) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (float32) for ``model``'s adapters,
     loadable with ``peft.PeftModel.from_pretrained(transformers_model, dst)``. Each file is replaced
-    atomically, the config last; a new ``dst`` appears whole or not at all."""
-    tensors, cfg = peft_adapter(model, base_model_name_or_path=base_model_name_or_path)
+    atomically, the config last; a new ``dst`` appears whole or not at all. ``base_config`` (the base's
+    ``config.json``, read from a local ``base_model_name_or_path`` if not given) names the modules as
+    the base does: a multimodal Gemma 3's text layers are ``model.language_model.layers.N``."""
+    tensors, cfg = peft_adapter(model, base_model_name_or_path=base_model_name_or_path, base_config=base_config)
     directory = Path(dst)
     check_destination(directory)
 

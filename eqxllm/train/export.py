@@ -25,7 +25,9 @@ def export_run(model: Any, dst: Path, *, tokenizer: Any, init_from: str | None =
     if GENERATION_CONFIG not in copied:
         atomic_write_text(dst / GENERATION_CONFIG, json.dumps(generation_config(model.config), indent=2) + "\n")
     if has_lora(model) and init_from is not None:  # from scratch, no saved base exists for an adapter
-        save_peft_adapter(model, dst.parent / "adapter", base_model_name_or_path=adapter_base(init_from, source))
+        base_config = json.loads((source / "config.json").read_text(encoding="utf-8")) if source else None
+        base = adapter_base(init_from, source)
+        save_peft_adapter(model, dst.parent / "adapter", base_model_name_or_path=base, base_config=base_config)
     return dst
 
 

@@ -14,6 +14,7 @@ import pytest
 import eqxllm
 from eqxllm.lora import LoraLinear, apply_lora, merge_lora
 from eqxllm.lora.peft_export import save_peft_adapter
+from eqxllm.train.export import export_run
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -138,3 +139,43 @@ def test_peft_adapter_and_merged_export_match_transformers(case, tmp_path):
     np.testing.assert_allclose(merged_hf, theirs, atol=TOL, rtol=0)
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["bias"] == "none"
+
+
+def _multimodal_gemma():
+    """A Gemma3ForConditionalGeneration (gemma-3-4b and larger): its text layers are named
+    ``model.language_model.layers.N`` instead of the text-only model's ``model.layers.N``."""
+    torch.manual_seed(0)
+    text = _gemma().config.to_dict()
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
+    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                    image_token_index=99, boi_token_index=97, eoi_token_index=98)  # fmt: skip
+    cfg._attn_implementation = "eager"
+    return _randomize_norms(transformers.Gemma3ForConditionalGeneration(cfg).eval())
+
+
+@pytest.mark.parametrize("how", ["local path", "base config", "run export"])
+def test_a_multimodal_gemma3_base_takes_the_adapter_under_its_own_module_names(how, tmp_path):
+    hf = _multimodal_gemma()
+    hf.save_pretrained(tmp_path / "base")
+    model = eqxllm.from_pretrained(tmp_path / "base")
+    model = _random_b(
+        apply_lora(model, rank=2, alpha=4.0, targets=r"attn|mlp", key=jax.random.key(1)), jax.random.key(2)
+    )
+    if how == "local path":
+        save_peft_adapter(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
+    elif how == "base config":  # a Hub id, with the snapshot's config.json at hand
+        base_config = json.loads((tmp_path / "base" / "config.json").read_text())
+        save_peft_adapter(model, tmp_path / "adapter", base_model_name_or_path="org/gemma-3", base_config=base_config)
+    else:
+        export_run(model, tmp_path / "model", tokenizer=None, init_from=str(tmp_path / "base"))
+    names = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert "model\\.language_model\\.layers" in names
+    ids = np.random.default_rng(0).integers(1, 90, size=(SEQ,)).astype(np.int32)
+    with torch.no_grad():
+        plain = hf(input_ids=torch.tensor(ids[None]).long()).logits[0].numpy()
+        lora_hf = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+        theirs = lora_hf(input_ids=torch.tensor(ids[None]).long()).logits[0].numpy()
+    ours = np.asarray(model(jnp.asarray(ids)))
+    assert np.abs(ours - plain).max() > 1e-2
+    np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
