@@ -194,7 +194,7 @@ def config_to_hf(cfg: GemmaConfig) -> dict[str, Any]:
         out["layer_types"] = list(cfg.layer_types)  # type: ignore[arg-type]
         if legacy_pattern(cfg) is None:
             warnings.warn(
-                f"layer_types {list(cfg.layer_types or ())} follow no sliding_window_pattern: transformers 5 "  # type: ignore[arg-type]
+                f"layer_types {list(cfg.layer_types or ())} follow no sliding_window_pattern: transformers 5 "
                 "loads this config.json as saved, but older releases that ignore layer_types (4.51 does) "
                 f"make {'every other layer' if gen == 2 else 'every sliding_window_pattern-th layer'} global",
                 stacklevel=2,

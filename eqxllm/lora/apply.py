@@ -89,8 +89,9 @@ def apply_lora(
     returned model computes exactly what ``model`` did until ``B`` is trained.
 
     A mixture of experts' router is never adapted (see ``_ROUTER``). Raises ``ConfigError`` for
-    ``rank <= 0`` (or not an integer), ``alpha <= 0`` or infinite, a dropout outside ``[0, 1)``, an invalid regular expression, a
-    ``targets`` that matches no linear layer (or only routers), or a model that already has adapters.
+    ``rank <= 0`` (or not an integer), ``alpha <= 0`` or infinite, a dropout outside ``[0, 1)``, an
+    invalid regular expression, a ``targets`` that matches no linear layer (or only routers), or a
+    model that already has adapters.
     """
     integer = not isinstance(rank, bool) and hasattr(type(rank), "__index__")  # numpy's integers too
     if not integer or operator.index(rank) <= 0:

@@ -17,8 +17,9 @@ from eqxllm.lora.peft_export import save_peft_adapter
 
 def export_run(model: Any, dst: Path, *, tokenizer: Any, init_from: str | None = None) -> Path:
     """Write ``dst`` (merged weights, tokenizer, generation config) and, when ``model`` has adapters
-    on top of ``init_from``, ``dst.parent / "adapter"`` (PEFT). With ``init_from`` the checkpoint's tokenizer files and its
-    ``generation_config.json`` (sampling defaults included) are copied as they are."""
+    on top of ``init_from``, ``dst.parent / "adapter"`` (PEFT). With ``init_from`` the checkpoint's
+    tokenizer files and its ``generation_config.json`` (sampling defaults included) are copied as
+    they are."""
     save_pretrained(merge_lora(model), dst, tokenizer=tokenizer)
     source = None if init_from is None else Path(resolve_pretrained(init_from))
     copied = [] if source is None else copy_side_files(source, dst)
