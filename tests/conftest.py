@@ -1,6 +1,6 @@
-"""Fixtures shared across the test folders, and the settings of the test processes: the malloc
-defaults, the release of compiled programs near the memory-map limit, and one JAX compilation
-cache per run (docs/installation.md, "Running the tests")."""
+"""Fixtures shared across the test folders, and the settings of the test processes: XLA's
+fast-compile flags, the malloc defaults, the release of compiled programs near the memory-map
+limit, and one JAX compilation cache per run (docs/installation.md, "Running the tests")."""
 
 import os
 import shutil
@@ -27,9 +27,9 @@ _CACHE_MIN_COMPILE_S = 0.1
 FAST_COMPILE_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
 
 
-def fast_compile_xla_flags(flags: str, known=lambda name: True) -> str:
+def fast_compile_xla_flags(flags: str, known=lambda flag: True) -> str:
     """``flags`` (an ``XLA_FLAGS`` value) with each of ``FAST_COMPILE_FLAGS`` that it does not set
-    and that this jaxlib ``known``s (XLA aborts the process on a flag it does not know)."""
+    and that ``known(flag)`` accepts (XLA aborts a process on a flag its jaxlib does not know)."""
     given = {flag.split("=", 1)[0] for flag in flags.split()}
     extra = [f"{n}={v}" for n, v in FAST_COMPILE_FLAGS.items() if n not in given and known(f"{n}={v}")]
     return " ".join([*flags.split(), *extra])
@@ -38,7 +38,12 @@ def fast_compile_xla_flags(flags: str, known=lambda name: True) -> str:
 def xla_knows(flag: str) -> bool:
     """Whether a fresh process starts JAX's CPU backend with ``flag`` in ``XLA_FLAGS`` (a second)."""
     env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
-    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True)
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return probe.returncode == 0
 
 
