@@ -4,8 +4,9 @@ For each mode, in a fresh process (so that the peak resident memory is that mode
 trainer's compiled step (:func:`eqxllm.train.make_train_step`, AdamW, float32, random weights) at a
 small batch; reports the step time (best of ``--steps`` after a compile), XLA's own account of the
 compiled step's memory (arguments + outputs + temporaries - aliased, ``memory_analysis()``), the
-process's peak resident memory (``ru_maxrss``), the trainable parameter count and the optimizer
-state's size. Prints one JSON line per mode, then the LoRA/full ratios, with the 1-minute load
+process's peak resident memory (``ru_maxrss``), the trainable parameter count, the optimizer
+state's size, and the size of a training checkpoint as ``eqxllm train`` writes it (a LoRA run's
+leaves out the frozen base) with the time to save it. Prints one JSON line per mode, then the LoRA/full ratios, with the 1-minute load
 average (``load1``): on a shared machine step times move with the load.
 
     python benchmarks/finetune.py [--batch 2] [--seq 128] [--steps 3] [--rank 8] [--targets attn]
@@ -17,7 +18,9 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -59,6 +62,8 @@ def run_mode(mode: str, args) -> dict:
         model, opt_state, m = step(model, opt_state, batch)
         jax.block_until_ready(m["loss"])
         times.append(time.perf_counter() - t0)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the checkpoint's buffers
+    ckpt_bytes, ckpt_s = _checkpoint(model, opt_state)
     return {
         "mode": mode,
         "batch": args.batch,
@@ -68,10 +73,28 @@ def run_mode(mode: str, args) -> dict:
         "trainable_params": int(trainable),
         "opt_state_bytes": int(state_bytes),
         "xla_step_bytes": xla_bytes,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss,
+        "checkpoint_bytes": ckpt_bytes,
+        "checkpoint_save_s": ckpt_s,
         "device": jax.devices()[0].device_kind,
         "load1": os.getloadavg()[0],
     }
+
+
+def _checkpoint(model, opt_state) -> tuple[int, float]:
+    """The bytes of one training checkpoint of ``(model, opt_state)`` as the trainer writes it, and the
+    seconds its save took (the base's fingerprint, computed once per run, not included)."""
+    from eqxllm.lora import has_lora, lora_filter
+    from eqxllm.train.checkpoint import RebuiltBase, TrainCheckpointer
+
+    rebuilt = RebuiltBase.of(model, lora_filter(model), "the benchmark's base") if has_lora(model) else None
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = TrainCheckpointer(Path(tmp), rebuilt=rebuilt)
+        t0 = time.perf_counter()
+        ckpt.save(1, model, opt_state, jax.random.key(0), {})
+        seconds = time.perf_counter() - t0
+        ckpt.close()
+        return sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()), seconds
 
 
 def main() -> None:
@@ -97,6 +120,7 @@ def main() -> None:
         "opt_state_lora_over_full": lora["opt_state_bytes"] / full["opt_state_bytes"],
         "peak_rss_lora_over_full": lora["peak_rss_bytes"] / full["peak_rss_bytes"],
         "step_time_lora_over_full": lora["step_s"] / full["step_s"],
+        "checkpoint_lora_over_full": lora["checkpoint_bytes"] / full["checkpoint_bytes"],
     }
     if full["xla_step_bytes"] and lora["xla_step_bytes"]:
         ratios["xla_step_bytes_lora_over_full"] = lora["xla_step_bytes"] / full["xla_step_bytes"]

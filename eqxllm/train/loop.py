@@ -22,7 +22,8 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from eqxllm.checkpoints.atomic import missing_folders, remove_created
 from eqxllm.errors import MissingExtraError, NonFiniteError
-from eqxllm.train.checkpoint import TrainCheckpointer
+from eqxllm.lora import has_lora, lora_filter
+from eqxllm.train.checkpoint import RebuiltBase, TrainCheckpointer
 from eqxllm.train.config import TrainConfig
 from eqxllm.train.distributed import initialize_distributed, lead_number
 from eqxllm.train.export import export_run
@@ -155,7 +156,7 @@ def _build_run(cfg: TrainConfig, task: Task, out: Path, *, lead: bool, progress:
         batch_sharding=batch_sharding(mesh),
         max_traces=1,
     )
-    ckpt = TrainCheckpointer(out / "checkpoints", keep=t.keep_checkpoints)
+    ckpt = TrainCheckpointer(out / "checkpoints", keep=t.keep_checkpoints, rebuilt=_rebuilt_base(cfg, model))
     start = 0
     if cfg.resume:
         start = ckpt.latest_step() or 0
@@ -169,6 +170,19 @@ def _build_run(cfg: TrainConfig, task: Task, out: Path, *, lead: bool, progress:
         cfg=cfg, out=out, lead=lead, task=task, mesh=mesh, step_fn=step_fn, ckpt=ckpt, log=log, train_key=train_key,
         sample_key=sample_key, model=model, opt_state=opt_state, step=start, best=best,
     )  # fmt: skip
+
+
+def _rebuilt_base(cfg: TrainConfig, model: eqx.Module) -> RebuiltBase | None:
+    """A LoRA run's checkpoints hold the adapters and their optimizer state only: the frozen base is
+    what ``--init-from`` (or the seed) gives again on resume, checked by its fingerprint."""
+    if not has_lora(model):
+        return None
+    source = (
+        f"--init-from {cfg.init_from}"
+        if cfg.init_from
+        else f"the random initialisation of --train.seed {cfg.train.seed}"
+    )
+    return RebuiltBase.of(model, lora_filter(model), source)
 
 
 def _run_steps(run: _Run, stop_after_step: int | None) -> bool:

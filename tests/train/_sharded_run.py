@@ -1,7 +1,7 @@
 """Subprocess script for ``test_sharding.py``: started with 8 virtual CPU devices, it trains the tiny
 GPT-2 for two steps on one device and then under each mesh layout given on the command line, and
-prints one JSON line with, per layout, the largest differences from the single-device run and which
-parameters are really split. Run as ``python tests/train/_sharded_run.py data=8 fsdp=8 ...``."""
+prints one JSON line with, per layout, the largest differences from the single-device run, which
+parameters are really split, and the trained weights' fingerprint (which must not depend on the layout). Run as ``python tests/train/_sharded_run.py data=8 fsdp=8 ...``."""
 
 import json
 import sys
@@ -27,6 +27,7 @@ from eqxllm.train import (  # noqa: E402
     place,
     place_batch,
 )
+from eqxllm.train.fingerprint import weights_fingerprint  # noqa: E402
 
 STEPS = 2
 
@@ -52,7 +53,7 @@ def main(layouts: list[str]) -> dict:
     ref_params = _common.params_numpy(ref_model)
     update = max(float(np.max(np.abs(a - b))) for a, b in zip(ref_params, _common.params_numpy(model), strict=True))
 
-    report = {"devices": jax.device_count(), "layouts": {}}
+    report = {"devices": jax.device_count(), "layouts": {}, "fingerprint": weights_fingerprint(model)}
     for spec in layouts:
         mesh = make_mesh(spec)
         m_sh, o_sh = model_shardings(model, mesh), opt_state_shardings(optimizer, model, mesh)
@@ -65,6 +66,7 @@ def main(layouts: list[str]) -> dict:
             max_traces=1,
         )
         placed = place(model, m_sh)
+        fingerprint = weights_fingerprint(placed)  # before the step donates the placed weights
         opt_state = place(init_opt_state(optimizer, model), o_sh)
         new_model, new_opt_state, losses = train(placed, opt_state, sharded_step, place_batch(batch, mesh), key)
         params = _common.params_numpy(new_model)
@@ -79,6 +81,7 @@ def main(layouts: list[str]) -> dict:
                 jax.tree_util.keystr(p): [list(x.shape), list(x.addressable_shards[0].data.shape)] for p, x in arrays
             },
             "moments_split": sum(x.addressable_shards[0].data.shape != x.shape for x in moments),
+            "fingerprint": fingerprint,
         }
     report["ref_losses"] = ref_losses
     report["update"] = update

@@ -126,6 +126,27 @@ def test_lora_run_first_step_exports_and_bit_identical_resume(base, tmp_path):
         assert (Path(a.out) / "adapter" / name).read_bytes() == (Path(b.out) / "adapter" / name).read_bytes()
 
 
+def test_a_lora_resume_refuses_a_base_that_changed(base, tmp_path):
+    """The checkpoints hold the adapters, not the base, which the resumed run reloads from --init-from:
+    if those weights changed since (a directory written over, a Hub id's new revision), resuming over
+    them would be training another model, so it stops, naming both fingerprints, and touches nothing."""
+    import shutil
+
+    from eqxllm.errors import CheckpointError
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(base / "ckpt", ckpt)
+    cfg = _cfg(base, tmp_path / "run", lora=LORA).replace(init_from=str(ckpt))
+    train(cfg, progress=False, stop_after_step=2)
+    run = Path(cfg.out)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    other = GPT2(eqxllm.load_config(ckpt), key=jax.random.key(11))  # the same architecture, other weights
+    eqxllm.save_pretrained(other, ckpt, tokenizer=load_tokenizer(ckpt))
+    with pytest.raises(CheckpointError, match=rf"different base than --init-from {ckpt} gives now"):
+        train(cfg.replace(resume=True), progress=False)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def test_changeable_fields_apply_and_fixed_ones_are_refused(base, tmp_path):
     cfg = _cfg(base, tmp_path / "x", remat="full", resid_pdrop=0.1)
     assert cfg.model.remat == "full" and cfg.model.resid_pdrop == 0.1

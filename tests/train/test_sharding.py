@@ -117,6 +117,14 @@ def test_parameters_are_really_split(sharded_report):
 
 
 @pytest.mark.slow  # one 8-device subprocess, shared by three tests
+def test_the_weights_fingerprint_does_not_depend_on_the_layout(sharded_report):
+    """A LoRA checkpoint is resumed on whatever mesh the next run has: its base's fingerprint, an
+    integer reduction, is the same bit for bit on one device and split across eight."""
+    layouts = sharded_report["layouts"]
+    assert {layouts[spec]["fingerprint"] for spec in LAYOUTS} == {sharded_report["fingerprint"]}
+    assert any(layouts[spec]["split"] for spec in LAYOUTS)  # the arrays were really split
+
+
 def test_indivisible_batch_is_refused(sharded_report):
     assert sharded_report["indivisible_error"] is not None
     assert "global batch size 6 is not divisible by data x fsdp = 4 x 2 = 8" in sharded_report["indivisible_error"]
