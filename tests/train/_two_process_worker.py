@@ -5,9 +5,10 @@ connected by gloo collectives. Each feeds its own half of the batch through ``pl
 the tiny GPT-2 for two steps, and process 0 writes the losses and the gathered parameters to OUT.
 
 Then they check that the rows each loads assemble the whole batch on other meshes, and run
-``train()`` twice on the stories in ``OUT``'s folder: with ``fsdp=4`` (parameters and Adam moments
-split across the processes; the run exports the model) and with ``tensor=4`` (the batch whole on
-every device, so both processes load the same rows). Process 0 adds each run's losses to OUT."""
+``train()`` of LoRA adapters twice on the stories in ``OUT``'s folder: with ``fsdp=4`` (the base,
+the adapters and their Adam moments split across the processes; paused after one step and resumed;
+the run exports the merged model) and with ``tensor=4`` (the batch whole on every device, so both
+processes load the same rows). Process 0 adds each run's losses to OUT."""
 
 import dataclasses
 import os
@@ -29,6 +30,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 import eqxllm.train.run_dir  # noqa: E402
 from eqxllm.errors import ConfigError  # noqa: E402
+from eqxllm.lora.config import LoraConfig  # noqa: E402
 from eqxllm.train import (  # noqa: E402
     batch_sharding,
     init_opt_state,
@@ -84,22 +86,28 @@ def check_batch_layouts(full: np.ndarray) -> None:
 
 
 def train_runs(process_id: int, folder: Path) -> dict[str, np.ndarray]:
-    """``train()`` with parameters split across the processes, then with a tensor axis spanning them;
-    each run's logged training losses (two steps). A third start, into the second's folder, is refused
-    on both processes."""
+    """``train()`` of LoRA adapters with the base split across the processes, paused after its first
+    step and resumed, then uninterrupted with a tensor axis spanning them; each run's logged training
+    losses (two steps). The resume rebuilds the base and checks its fingerprint over arrays that no
+    process holds whole. A third start, into the second's folder, is refused on both processes."""
     base = train_preset("gpt2-tinystories-test")
     data = dataclasses.replace(base.data, source=str(folder / "stories.txt"), cache_dir=str(folder / "tokens"))
     loop = dataclasses.replace(base.train, max_steps=2, log_every=1, eval_every=100, num_samples=0)
+    optim = dataclasses.replace(base.optim, warmup_steps=0)  # the first step moves the adapters: the resume sees it
+    lora = LoraConfig(rank=2, alpha=4.0, targets="attn")
     losses = {}
     _slow_run_config(process_id)
     for mesh, whole in (("fsdp=4", True), ("tensor=4", False)):  # the second stops before its evaluation
         out = folder / mesh.replace("=", "")
-        cfg = base.replace(data=data, train=loop, out=str(out), mesh=mesh)
+        cfg = base.replace(data=data, train=loop, optim=optim, lora=lora, out=str(out), mesh=mesh)
+        if whole:
+            train(cfg, progress=False, stop_after_step=1)
+            cfg = cfg.replace(resume=True)
         train(cfg, progress=False, stop_after_step=None if whole else loop.max_steps)
         if process_id == 0:
             losses[f"loss_{mesh}"] = np.array([r["loss"] for r in read_metrics(out) if r["kind"] == "train"])
     try:  # process 0 refuses a finished run's folder; process 1 stops with its message
-        train(cfg, progress=False)
+        train(cfg.replace(resume=False), progress=False)
     except ConfigError as e:
         assert "already holds a training run" in str(e), e
     else:

@@ -101,8 +101,9 @@ def test_two_processes_match_one(tmp_path):
         # Adam amplifies rounding in near-zero gradients; updates are ~1e-3 (see test_sharding.py)
         np.testing.assert_allclose(result[f"arr_{i}"], want, atol=5e-5, rtol=0)
 
-    # train() with fsdp=4 exported whole weights; with tensor=4 each process fed the whole batch, so
-    # both runs saw the same batches from the same initial model and logged the same losses
+    # train() with fsdp=4 (paused after a step and resumed) exported whole weights; with tensor=4 each
+    # process fed the whole batch, so both runs saw the same batches from the same initial model and
+    # logged the same losses: the resume across processes continued where the pause left
     exported = eqxllm.from_pretrained(tmp_path / "fsdp4" / "model")
     assert np.isfinite(np.asarray(exported.wte.weight)).all()
     np.testing.assert_allclose(result["loss_tensor=4"], result["loss_fsdp=4"], atol=1e-5)
