@@ -80,7 +80,8 @@ def load_config(src: str | os.PathLike, *, revision: str | None = None):
     """The eqxllm config of a local or Hub checkpoint, without reading any weights."""
     directory = resolve_pretrained(src, revision=revision)
     hf = read_config_json(directory)
-    return family_for_model_type(hf.get("model_type"), str(directory / "config.json")).config_from_hf(hf)
+    where = str(directory / "config.json")
+    return family_for_model_type(hf.get("model_type"), where, hf.get("architectures", ())).config_from_hf(hf)
 
 
 def load_generation_config(src: str | os.PathLike, *, revision: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,8 @@ no scaling. The Transformer switches (``positions="sinusoidal"``, ``norm="layer_
 
 Entry points: ``model(input_ids, decoder_input_ids)`` (teacher forcing), ``encode`` and
 ``decode_full`` (the two halves, used by the T5-VAE), ``init_decoder_cache`` and ``decode``
-(cached decoding, used by the sampler). Masks mark real tokens; positions count real tokens only,
+(cached decoding, used by the sampler). :class:`~eqxllm.models.T5Encoder` (``t5_encoder.py``) is
+the encoder alone, on the same pass (:func:`encoder_states`). Masks mark real tokens; positions count real tokens only,
 so left- and right-padded inputs give their real tokens the same outputs (relative positions are
 shift-invariant anyway; sinusoids are not).
 """
