@@ -16,7 +16,7 @@ from eqxllm.checkpoints.config_json import validate_config_json
 from eqxllm.checkpoints.generation_config import read_generation_config
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import export_from, load_into
-from eqxllm.checkpoints.registry import family_for_config, family_for_model_type
+from eqxllm.checkpoints.registry import Family, family_for_model, family_for_model_type
 from eqxllm.checkpoints.side_files import TOKENIZER_FILES
 from eqxllm.errors import CheckpointError, ConfigError, InputError, NonFiniteError
 from eqxllm.lora.apply import has_lora
@@ -80,7 +80,8 @@ def load_config(src: str | os.PathLike, *, revision: str | None = None):
     """The eqxllm config of a local or Hub checkpoint, without reading any weights."""
     directory = resolve_pretrained(src, revision=revision)
     hf = read_config_json(directory)
-    return family_for_model_type(hf.get("model_type"), str(directory / "config.json")).config_from_hf(hf)
+    where = str(directory / "config.json")
+    return family_for_model_type(hf.get("model_type"), where, hf.get("architectures", ())).config_from_hf(hf)
 
 
 def load_generation_config(src: str | os.PathLike, *, revision: str | None = None) -> dict[str, Any]:
@@ -101,12 +102,22 @@ def from_pretrained(src: str | os.PathLike, *, dtype: Any = jnp.float32, revisio
     sharded ``model.safetensors.index.json`` (pickled ``.bin`` files are never read). Floating
     weights are cast to ``dtype`` (float32, float16 or bfloat16; ``None`` keeps the stored dtype). The model is built abstractly first (``eqx.filter_eval_shape``),
     so weights are allocated once. Returns the family's model (``GPT2``, ``T5``,
-    ``T5VAE``, ``Gemma`` or ``Llama``), typed ``Any`` because the family is only known from the file.
+    ``T5Encoder`` for a ``T5EncoderModel`` / ``MT5EncoderModel`` checkpoint (``config.json``'s
+    ``architectures``), ``T5VAE``, ``Gemma`` or ``Llama``), typed ``Any`` because the family is only
+    known from the file.
     """
     dtype = weight_dtype(dtype, "dtype")
     directory = resolve_pretrained(src, revision=revision)
     hf = read_config_json(directory)
-    family = family_for_model_type(hf.get("model_type"), str(directory / "config.json"))
+    where = str(directory / "config.json")
+    return load_family(
+        family_for_model_type(hf.get("model_type"), where, hf.get("architectures", ())), directory, hf, dtype
+    )
+
+
+def load_family(family: Family, directory: Path, hf: dict[str, Any], dtype: Any) -> Any:
+    """The model of ``family`` from ``directory`` (whose ``config.json`` is ``hf``), weights cast to
+    ``dtype`` (already checked by :func:`weight_dtype`)."""
     config = family.config_from_hf(hf)
     tensors = read_checkpoint(directory)
     check_finite(tensors, directory)
@@ -153,7 +164,7 @@ def save_pretrained(
     the earlier model).
     """
     config = model.config  # type: ignore[attr-defined]
-    family = family_for_config(config)
+    family = family_for_model(model)
     if has_lora(model):  # the key map reads each LoraLinear's base weight: the adapters would be lost
         raise ConfigError(
             "the model has LoRA adapters, which a Hugging Face checkpoint cannot hold: save "

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from eqxllm.checkpoints.keymap import KeyMap, Param, param
-from eqxllm.errors import CheckpointError, ConfigError
+from eqxllm.errors import CheckpointError, ConfigError, MissingKeyError
 from eqxllm.models.t5_config import T5Config
 
 _HF_FIELDS = (
@@ -102,12 +102,12 @@ def _ffn_names(cfg: T5Config) -> list[tuple[str, str]]:
     return [("wi_0", "gate"), ("wi_1", "up"), ("wo", "down")] if cfg.gated else [("wi", "up"), ("wo", "down")]
 
 
-def _entry(hf_key: str, leaf: str, num_layers: int = 0) -> Param:
+def entry(hf_key: str, leaf: str, num_layers: int = 0) -> Param:
     """``hf_key`` fills the model leaf at the dotted attribute path ``leaf``."""
     return param(hf_key, attrgetter(leaf), num_layers=num_layers)
 
 
-def _stack_params(cfg: T5Config, side: str) -> list[Param]:
+def stack_params(cfg: T5Config, side: str) -> list[Param]:
     decoder = side == "decoder"
     n = cfg.decoder_layers if decoder else cfg.num_layers
     hf, ours = f"{side}.block.{{i}}.layer", f"{side}.layers.blocks"
@@ -117,38 +117,38 @@ def _stack_params(cfg: T5Config, side: str) -> list[Param]:
         subs.append(("1", "EncDecAttention", "cross_attn", "cross_norm"))
     ffn = "2" if decoder else "1"
     p = [
-        _entry(f"{hf}.{i}.{mod}.{x}.weight", f"{ours}.{attn}.{x}_proj.weight", n)
+        entry(f"{hf}.{i}.{mod}.{x}.weight", f"{ours}.{attn}.{x}_proj.weight", n)
         for i, mod, attn, _ in subs
         for x in "qkvo"
     ]
     norm_params = ("weight", "bias") if cfg.norm == "layer_post" else ("weight",)
     for i, norm in [(i, norm) for i, _, _, norm in subs] + [(ffn, "ffn_norm")]:
-        p += [_entry(f"{hf}.{i}.layer_norm.{w}", f"{ours}.{norm}.{w}", n) for w in norm_params]
+        p += [entry(f"{hf}.{i}.layer_norm.{w}", f"{ours}.{norm}.{w}", n) for w in norm_params]
     ffn_params = ("weight", "bias") if cfg.ffn_bias else ("weight",)
     for hf_name, name in _ffn_names(cfg):
-        p += [_entry(f"{hf}.{ffn}.DenseReluDense.{hf_name}.{w}", f"{ours}.ffn.{name}.{w}", n) for w in ffn_params]
+        p += [entry(f"{hf}.{ffn}.DenseReluDense.{hf_name}.{w}", f"{ours}.ffn.{name}.{w}", n) for w in ffn_params]
     if cfg.positions == "relative":
         p.append(
-            _entry(
+            entry(
                 f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", f"{side}.relative_bias.weight"
             )
         )
     if cfg.norm == "rms_pre":
-        p.append(_entry(f"{side}.final_layer_norm.weight", f"{side}.final_norm.weight"))
+        p.append(entry(f"{side}.final_layer_norm.weight", f"{side}.final_norm.weight"))
     return p
 
 
 def key_map(cfg: T5Config) -> KeyMap:
-    p = [_entry("shared.weight", "shared.weight")]
+    p = [entry("shared.weight", "shared.weight")]
     if not cfg.share_embeddings:
-        p.append(_entry("decoder.embed_tokens.weight", "decoder_embed.weight"))
-    p += _stack_params(cfg, "encoder") + _stack_params(cfg, "decoder")
+        p.append(entry("decoder.embed_tokens.weight", "decoder_embed.weight"))
+    p += stack_params(cfg, "encoder") + stack_params(cfg, "decoder")
     if not cfg.tie_word_embeddings:
-        p.append(_entry("lm_head.weight", "lm_head.weight"))
+        p.append(entry("lm_head.weight", "lm_head.weight"))
     return KeyMap(params=p, ignore=("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",))
 
 
-def _pop_alias(out: dict[str, np.ndarray], alias: str, target: str, hint: str) -> None:
+def pop_alias(out: dict[str, np.ndarray], alias: str, target: str, hint: str) -> None:
     """Drop ``alias`` if it equals ``target`` (filling ``target`` from it when absent)."""
     if alias not in out:
         return
@@ -159,17 +159,33 @@ def _pop_alias(out: dict[str, np.ndarray], alias: str, target: str, hint: str) -
         raise CheckpointError(f"checkpoint tensor {alias!r} differs from {target!r}, which it should equal; {hint}")
 
 
+def check_has_decoder(tensors: dict[str, np.ndarray]) -> None:
+    """Raise :class:`MissingKeyError` for encoder weights without a decoder (a ``T5EncoderModel``
+    checkpoint asked to load as the encoder-decoder), saying how to load them instead."""
+    if any(k.startswith("decoder.") for k in tensors) or not any(k.startswith("encoder.") for k in tensors):
+        return
+    raise MissingKeyError(
+        "the checkpoint holds a T5 encoder alone (encoder.* tensors, no decoder.*), as transformers' "
+        "T5EncoderModel writes it, so it cannot load as the encoder-decoder eqxllm.models.T5, whose decoder it "
+        "lacks. Load it as eqxllm.models.T5Encoder: eqxllm.checkpoints.t5_encoder.encoder_from_pretrained(src), "
+        'or eqxllm.from_pretrained(src) once config.json says "architectures": ["T5EncoderModel"]'
+    )
+
+
 def normalize_keys(tensors: dict[str, np.ndarray], cfg: T5Config) -> dict[str, np.ndarray]:
     """Fold the ``embed_tokens`` aliases into ``shared.weight``, drop a stored copy of a tied head,
-    and fill an untied head missing from the file from ``shared.weight`` (transformers v5 does the same)."""
+    and fill an untied head missing from the file from ``shared.weight`` (transformers v5 does the same).
+    An encoder-only checkpoint (``T5EncoderModel``'s) is refused with :class:`MissingKeyError` naming
+    the missing decoder and the loaders that read it."""
+    check_has_decoder(tensors)
     out = dict(tensors)
     hint = "the checkpoint was not written by T5ForConditionalGeneration with this config.json"
-    _pop_alias(out, "encoder.embed_tokens.weight", "shared.weight", hint)
+    pop_alias(out, "encoder.embed_tokens.weight", "shared.weight", hint)
     if cfg.share_embeddings:
-        _pop_alias(out, "decoder.embed_tokens.weight", "shared.weight", hint)
+        pop_alias(out, "decoder.embed_tokens.weight", "shared.weight", hint)
     head_source = "shared.weight" if cfg.share_embeddings else "decoder.embed_tokens.weight"
     if cfg.tie_word_embeddings and "lm_head.weight" in out:
-        _pop_alias(
+        pop_alias(
             out, "lm_head.weight", head_source,
             "config.json says the head is tied (tie_word_embeddings true, decoder outputs scaled). If the head "
             'is really separate, set "tie_word_embeddings": false in config.json (and "scale_decoder_outputs": '

@@ -17,6 +17,7 @@ from eqxllm.generation.prompts import (
     Prompt,
     as_scalar,
     check_context,
+    check_generates,
     check_ids,
     check_stop_ids,
     left_pad,
@@ -120,6 +121,7 @@ def sequence_lengths(
 
 def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id):
     """Check every argument and build the loop's inputs: ``(decoder, ids, mask, single)``."""
+    check_generates(model)
     config = model.config
     for value, name in ((eos_token_id, "eos_token_id"), (stop_token_ids, "stop_token_ids")):
         reject_traced(value, name)  # (a traced key is fine: jax.vmap over keys draws several samples)

@@ -36,6 +36,7 @@ from eqxllm.generation.prompts import (
     Prompt,
     as_scalar,
     check_context,
+    check_generates,
     check_ids,
     check_stop_ids,
     reject_traced,
@@ -149,6 +150,7 @@ def beam_search(
     For an encoder-decoder model the prompt is the encoder input. With ``return_scores`` also the
     normalised score; with ``return_all`` every final beam, best first (``[*batch, num_beams, new]``).
     ``num_beams=1`` is greedy decoding."""
+    check_generates(model)
     cfg = model.config
     reject_traced(prompt, "the prompt")
     try:

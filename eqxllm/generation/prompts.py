@@ -115,6 +115,17 @@ def check_stop_ids(stops: tuple[int, ...], vocab_size: int) -> None:
         )
 
 
+def check_generates(model: Any) -> None:
+    """Raise :class:`InputError` for a model that gives hidden states, not tokens: T5's encoder alone."""
+    from eqxllm.models.t5_encoder import T5Encoder  # here, so that importing the sampler imports no family
+
+    if isinstance(model, T5Encoder):
+        raise InputError(
+            "a T5Encoder has no decoder to generate with: it gives hidden states (model(ids, mask=mask)). "
+            "Generate with an encoder-decoder T5 (a T5ForConditionalGeneration checkpoint)"
+        )
+
+
 def check_context(seq: int, max_new_tokens: IntOption, max_positions: int | None, *, encoder_decoder: bool) -> None:
     """Raise :class:`InputError` when the prompt or the new tokens do not fit in the context
     (``max_positions=None``: a model without a fixed context, such as T5 with relative positions)."""

@@ -33,7 +33,7 @@ from eqxllm.checkpoints.atomic import (
     write_directory,
 )
 from eqxllm.checkpoints.keymap import Param
-from eqxllm.checkpoints.registry import family_for_config
+from eqxllm.checkpoints.registry import family_for_model
 from eqxllm.checkpoints.safetensors_io import write_file
 from eqxllm.errors import ConfigError
 from eqxllm.lora.apply import _path_str, linear_modules
@@ -122,7 +122,7 @@ def peft_adapter(
     if base_config is None:
         base_config = _local_config(base_model_name_or_path)
     prefix = base_module_prefix(base_config)
-    family = family_for_config(config)
+    family = family_for_model(model)
     modules = linear_modules(model)
     paths = _leaf_paths(model)
     tensors: dict[str, np.ndarray] = {}

@@ -4,6 +4,7 @@ from eqxllm.models.gemma import GEMMA_PRESETS, Gemma, GemmaConfig
 from eqxllm.models.gpt2 import GPT2, GPT2_PRESETS, GPT2Config
 from eqxllm.models.llama import LLAMA_PRESETS, Llama, LlamaConfig
 from eqxllm.models.t5 import T5, T5_PRESETS, T5Config
+from eqxllm.models.t5_encoder import T5Encoder
 from eqxllm.models.t5_vae import T5VAE, T5VAE_PRESETS, T5VAEConfig
 
 PRESETS = {**GPT2_PRESETS, **GEMMA_PRESETS, **LLAMA_PRESETS, **T5_PRESETS, **T5VAE_PRESETS}
@@ -28,6 +29,7 @@ __all__ = [
     "PRESETS",
     "T5",
     "T5Config",
+    "T5Encoder",
     "T5_PRESETS",
     "T5VAE",
     "T5VAEConfig",

@@ -13,7 +13,8 @@ no scaling. The Transformer switches (``positions="sinusoidal"``, ``norm="layer_
 
 Entry points: ``model(input_ids, decoder_input_ids)`` (teacher forcing), ``encode`` and
 ``decode_full`` (the two halves, used by the T5-VAE), ``init_decoder_cache`` and ``decode``
-(cached decoding, used by the sampler). Masks mark real tokens; positions count real tokens only,
+(cached decoding, used by the sampler). :class:`~eqxllm.models.T5Encoder` (``t5_encoder.py``) is
+the encoder alone, on the same pass (:func:`encoder_states`). Masks mark real tokens; positions count real tokens only,
 so left- and right-padded inputs give their real tokens the same outputs (relative positions are
 shift-invariant anyway; sinusoids are not).
 """
@@ -173,6 +174,57 @@ class T5Stack(eqx.Module):
         return x if self.final_norm is None else dropout(self.final_norm(x), self.dropout_rate, key)
 
 
+def shared_embedding(cfg: T5Config, *, key: PRNGKeyArray) -> Embedding:
+    """The input table ``[vocab, embed]``, drawn as transformers draws T5's (std 1: the input is not
+    rescaled); the paper's scaled embeddings start at ``d_model**-0.5``, so that ``sqrt(d_model) * e``
+    has unit scale (tensor2tensor)."""
+    emb_std = cfg.initializer_factor * (cfg.d_model**-0.5 if cfg.scale_embeddings else 1.0)
+    return Embedding(cfg.vocab_size, cfg.d_model, init_std=emb_std, key=key)
+
+
+def encoder_states(
+    cfg: T5Config,
+    table: Embedding,
+    stack: T5Stack,
+    input_ids: Int[Array, " seq"],
+    *,
+    mask: Bool[Array, " seq"] | None,
+    key: PRNGKeyArray | None,
+) -> Float[Array, "seq embed"]:
+    """The encoder pass: ``input_ids`` embedded by ``table``, through the bidirectional ``stack`` and
+    its final norm. Shared by :meth:`T5.encode` and :class:`~eqxllm.models.T5Encoder`."""
+    input_ids, slots = begin_pass(_dims(cfg), input_ids, mask, None, None)
+    attn_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=False)
+    bias = stack.bias(slots.positions, slots.positions)
+    emb_key, layers_key, final_key = _split(key, 3)
+    x = _embed(cfg, table, input_ids, slots.positions, emb_key)
+
+    def layer(block, x, layer_key, _):
+        x, _ = block(x, mask=attn_mask, bias=bias, key=layer_key)
+        return x, None, None
+
+    x, _, _ = scan_layers(stack.layers, layer, x, _layer_keys(layers_key, stack), None, slots)
+    return stack.finish(x, final_key)
+
+
+def _dims(cfg: T5Config) -> Dims:
+    """The decoder's cache layout; relative positions (and sinusoids) set no length limit."""
+    return Dims(cfg.vocab_size, cfg.max_positions, "max_positions", cfg.decoder_layers, cfg.num_heads, cfg.d_kv)
+
+
+def _layer_keys(key: PRNGKeyArray | None, stack: T5Stack):
+    return None if key is None else jax.random.split(key, stack.layers.num_layers)
+
+
+def _embed(cfg: T5Config, table: Embedding, ids, positions, key) -> Float[Array, "seq embed"]:
+    x = table(ids)
+    if cfg.scale_embeddings:  # Vaswani et al., section 3.4
+        x = x * math.sqrt(cfg.d_model)
+    if cfg.positions == "sinusoidal":
+        x = x + sinusoidal_positions(positions, cfg.d_model).astype(x.dtype)
+    return dropout(x, cfg.dropout_rate, key)
+
+
 class T5(eqx.Module):
     """An encoder-decoder: encoder ids ``[seq]`` and decoder ids ``[dec_seq]`` -> logits ``[dec_seq, vocab]``."""
 
@@ -187,13 +239,8 @@ class T5(eqx.Module):
         emb_key, dec_emb_key, enc_key, dec_key, head_key = jax.random.split(key, 5)
         cfg, f = config, config.initializer_factor
         self.config = cfg
-        # transformers draws T5's table with std 1 (the input is not rescaled); the paper's scaled
-        # embeddings start at d_model**-0.5 so that sqrt(d_model) * e has unit scale (tensor2tensor)
-        emb_std = f * (cfg.d_model**-0.5 if cfg.scale_embeddings else 1.0)
-        self.shared = Embedding(cfg.vocab_size, cfg.d_model, init_std=emb_std, key=emb_key)
-        self.decoder_embed = (
-            None if cfg.share_embeddings else Embedding(cfg.vocab_size, cfg.d_model, init_std=emb_std, key=dec_emb_key)
-        )
+        self.shared = shared_embedding(cfg, key=emb_key)
+        self.decoder_embed = None if cfg.share_embeddings else shared_embedding(cfg, key=dec_emb_key)
         self.encoder = T5Stack(cfg, decoder=False, key=enc_key)
         self.decoder = T5Stack(cfg, decoder=True, key=dec_key)
         # an untied head starts at std d_model**-0.5 (transformers uses 1), keeping initial logits O(1)
@@ -230,18 +277,7 @@ class T5(eqx.Module):
         self, input_ids: Int[Array, " seq"], *, mask: Bool[Array, " seq"] | None = None, key: PRNGKeyArray | None = None
     ) -> Float[Array, "seq embed"]:
         """The encoder's output states (after its final norm). Padded positions hold meaningless values."""
-        input_ids, slots = begin_pass(self._dims, input_ids, mask, None, None)
-        attn_mask = attention_mask(slots.q_slots, slots.kv_valid, causal=False)
-        bias = self.encoder.bias(slots.positions, slots.positions)
-        emb_key, layers_key, final_key = _split(key, 3)
-        x = self._embed(self.shared, input_ids, slots.positions, emb_key)
-
-        def layer(block, x, layer_key, _):
-            x, _ = block(x, mask=attn_mask, bias=bias, key=layer_key)
-            return x, None, None
-
-        x, _, _ = scan_layers(self.encoder.layers, layer, x, self._layer_keys(layers_key, self.encoder), None, slots)
-        return self.encoder.finish(x, final_key)
+        return encoder_states(self.config, self.shared, self.encoder, input_ids, mask=mask, key=key)
 
     def decode_full(
         self,
@@ -267,7 +303,7 @@ class T5(eqx.Module):
         """An empty decoder cache of ``max_len`` slots (:class:`InputError` for fewer than one), with
         every layer's cross-attention keys and values of ``encoder_out`` precomputed
         (``Attention.project_kv``, stacked over layers)."""
-        self_kv = empty_cache(self._dims, max_len, dtype)
+        self_kv = empty_cache(_dims(self.config), max_len, dtype)
 
         def body(layer, carry, _):
             return carry, layer.cross_attn.project_kv(encoder_out)
@@ -301,13 +337,13 @@ class T5(eqx.Module):
         values each layer projects inside the scan (the uncached pass, so a remat policy covers them),
         or every layer's precomputed cross keys and values ``[layers, enc_seq, heads, d_kv]``, scanned
         as per-layer inputs (cached decoding)."""
-        ids, slots = begin_pass(self._dims, ids, mask, None, cache)
+        ids, slots = begin_pass(_dims(self.config), ids, mask, None, cache)
         self_mask = causal_mask(slots)
         cross_mask = jnp.broadcast_to(memory_mask[None, :], (ids.shape[0], memory_mask.shape[0]))
         # the keys' positions, counted over valid slots as the queries' are (unwritten slots are masked)
         bias = self.decoder.bias(slots.positions, positions_from_mask(slots.kv_valid))
         emb_key, layers_key, final_key = _split(key, 3)
-        x = self._embed(self._decoder_table, ids, slots.positions, emb_key)
+        x = _embed(self.config, self._decoder_table, ids, slots.positions, emb_key)
         projected = memory if isinstance(memory, tuple) else None
 
         def layer(block, x, inputs, slot):
@@ -318,17 +354,11 @@ class T5(eqx.Module):
             )
             return x, kv, None
 
-        xs = (self._layer_keys(layers_key, self.decoder), projected)
+        xs = (_layer_keys(layers_key, self.decoder), projected)
         x, cache, _ = scan_layers(self.decoder.layers, layer, x, xs, cache, slots)
         return self._logits(self.decoder.finish(x, final_key)), cache
 
     # helpers ------------------------------------------------------------------------------------
-    @property
-    def _dims(self) -> Dims:
-        """The decoder's cache layout; relative positions (and sinusoids) set no length limit."""
-        cfg = self.config
-        return Dims(cfg.vocab_size, cfg.max_positions, "max_positions", cfg.decoder_layers, cfg.num_heads, cfg.d_kv)
-
     def _encoder_mask(
         self, encoder_out: Float[Array, "enc_seq embed"], mask: Shaped[Array, "..."] | None
     ) -> Bool[Array, " enc_seq"]:
@@ -339,17 +369,6 @@ class T5(eqx.Module):
     @property
     def _decoder_table(self) -> Embedding:
         return self.shared if self.decoder_embed is None else self.decoder_embed
-
-    def _layer_keys(self, key: PRNGKeyArray | None, stack: T5Stack):
-        return None if key is None else jax.random.split(key, stack.layers.num_layers)
-
-    def _embed(self, table: Embedding, ids, positions, key) -> Float[Array, "seq embed"]:
-        x = table(ids)
-        if self.config.scale_embeddings:  # Vaswani et al., section 3.4
-            x = x * math.sqrt(self.config.d_model)
-        if self.config.positions == "sinusoidal":
-            x = x + sinusoidal_positions(positions, self.config.d_model).astype(x.dtype)
-        return dropout(x, self.config.dropout_rate, key)
 
     def _logits(self, x: Float[Array, "seq embed"]) -> Float[Array, "seq vocab"]:
         if self.config.scales_decoder_outputs:  # T5 v1.0: rescale before the tied head (Mesh TensorFlow)
