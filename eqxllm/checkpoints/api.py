@@ -76,12 +76,19 @@ def read_config_json(directory: Path) -> dict[str, Any]:
     return validate_config_json(cfg, path)
 
 
-def load_config(src: str | os.PathLike, *, revision: str | None = None):
-    """The eqxllm config of a local or Hub checkpoint, without reading any weights."""
+def checkpoint_family(src: str | os.PathLike, *, revision: str | None = None) -> tuple[Family, dict[str, Any]]:
+    """The family that loads a local or Hub checkpoint (by its ``config.json``'s ``model_type`` and
+    ``architectures``) and that ``config.json``, without reading any weights."""
     directory = resolve_pretrained(src, revision=revision)
     hf = read_config_json(directory)
     where = str(directory / "config.json")
-    return family_for_model_type(hf.get("model_type"), where, hf.get("architectures", ())).config_from_hf(hf)
+    return family_for_model_type(hf.get("model_type"), where, hf.get("architectures", ())), hf
+
+
+def load_config(src: str | os.PathLike, *, revision: str | None = None):
+    """The eqxllm config of a local or Hub checkpoint, without reading any weights."""
+    family, hf = checkpoint_family(src, revision=revision)
+    return family.config_from_hf(hf)
 
 
 def load_generation_config(src: str | os.PathLike, *, revision: str | None = None) -> dict[str, Any]:

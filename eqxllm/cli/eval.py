@@ -33,9 +33,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from eqxllm.checkpoints import from_pretrained, load_config
     from eqxllm.checkpoints.hub import resolve_pretrained
+    from eqxllm.train.init_from import refuse_encoder_alone
     from eqxllm.train.text_eval import evaluate_text_file
 
     directory = resolve_pretrained(args.model)
+    refuse_encoder_alone(args.model, "eqxllm eval has no loss to score it with")
     _check_evaluable(args.model, load_config(directory))
     model = from_pretrained(directory)
     if model.config.model_type == "t5_vae":  # an autoencoder: reconstruction metrics, not perplexity

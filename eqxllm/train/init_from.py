@@ -17,13 +17,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from eqxllm.checkpoints.api import check_finite, load_config
+from eqxllm.checkpoints.api import check_finite, checkpoint_family, load_config
 from eqxllm.checkpoints.checkpoint_dir import read_checkpoint
 from eqxllm.checkpoints.hub import resolve_pretrained
 from eqxllm.checkpoints.keymap import load_into
 from eqxllm.checkpoints.registry import family_for_config
 from eqxllm.errors import ConfigError
 from eqxllm.lora import apply_lora, cast_frozen
+from eqxllm.models import T5Encoder
 from eqxllm.models.runtime_options import RUNTIME_OPTIONS_TEXT, config_fields, is_runtime_option, with_field
 
 # the stream key that draws the adapters' A matrices (independent of the model init key's other uses)
@@ -44,9 +45,23 @@ def refuse_fixed(names: Iterable[str], src: str) -> None:
         )
 
 
+def refuse_encoder_alone(src: str, what: str) -> None:
+    """Raise ``ConfigError`` when checkpoint ``src`` is T5's encoder alone (``T5EncoderModel``): it
+    gives hidden states, with no decoder to predict tokens, so no task trains or scores it."""
+    family, _ = checkpoint_family(src)
+    if family.model_cls is T5Encoder:
+        raise ConfigError(
+            f"{src} is T5's encoder alone (T5EncoderModel): it gives hidden states and has no decoder to "
+            f"predict tokens, so {what}; load it with eqxllm.from_pretrained for its states, or start from "
+            "a whole T5 checkpoint (T5ForConditionalGeneration)"
+        )
+
+
 def checkpoint_config(src: str, changes: dict[str, Any] | None = None) -> Any:
     """The model config of checkpoint ``src`` with ``changes`` (dotted field name -> value) applied; a
-    change to a field the checkpoint fixes raises ``ConfigError`` naming its flag."""
+    change to a field the checkpoint fixes raises ``ConfigError`` naming its flag. An encoder alone
+    (:func:`refuse_encoder_alone`) is refused: no task trains it."""
+    refuse_encoder_alone(src, "no eqxllm task trains it (lm, seq2seq and vae train language models)")
     cfg = load_config(src)
     changes = changes or {}
     refuse_fixed(changes, src)

@@ -275,3 +275,25 @@ def test_encoder_from_pretrained_refuses_other_families(tmp_path):
     eqxllm.save_pretrained(GPT2(GPT2Config.tiny(), key=jax.random.key(9)), tmp_path)
     with pytest.raises(CheckpointError, match="model_type 'gpt2'"):
         encoder_from_pretrained(tmp_path)
+
+
+def test_an_encoder_alone_is_refused_by_training_and_eval_in_one_line(v1_1_dir, tmp_path, capsys):
+    """It has no decoder: the task it would be sent to (seq2seq) and eval would only fail later, and
+    with messages about a decoder-only model or a missing decoder; both say what it is at once."""
+    from eqxllm.cli import main
+    from eqxllm.errors import ConfigError
+    from eqxllm.train.init_from import checkpoint_config
+
+    _, _, path = v1_1_dir
+    with pytest.raises(ConfigError, match=r"is T5's encoder alone \(T5EncoderModel\).*no eqxllm task trains it"):
+        checkpoint_config(str(path))
+    data = tmp_path / "text.txt"
+    data.write_text("Once upon a time.\n", encoding="utf-8")
+    for argv in (
+        ["eval", "--model", str(path), "--data", str(data)],
+        ["train", "--init-from", str(path), "--data", str(data), "--out", str(tmp_path / "run")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "encoder alone (T5EncoderModel)" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
