@@ -126,6 +126,8 @@ def _scaling_to_hf(cfg: LlamaConfig) -> dict[str, Any]:
     assert isinstance(s, RopeScaling)
     # only the keys the type reads (transformers warns about the others); None means "unset"
     fields = {name: getattr(s, name) for name in SCALING_FIELDS[s.rope_type]}
+    if fields.get("attention_factor") is not None:  # transformers warns unless it is a float
+        fields["attention_factor"] = float(fields["attention_factor"])
     return {"rope_type": s.rope_type, **{k: v for k, v in fields.items() if v is not None}}
 
 

@@ -163,11 +163,11 @@ class RopeScaling:
         if not isinstance(base, int | float):
             raise ValueError(f"yarn rope scaling needs the rotary base as a Python number, got {base!r}")
         half = inv_freq.shape[0]
-        dim = 2 * half
+        dim, old = 2 * half, self.original_max_position_embeddings
 
         def dim_of(rotations: float) -> float:
             # the dimension whose frequency turns `rotations` times over the original context
-            return dim * math.log(self.original_max_position_embeddings / (rotations * 2 * math.pi)) / (2 * math.log(base))
+            return dim * math.log(old / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
         low, high = dim_of(self.beta_fast), dim_of(self.beta_slow)
         if self.truncate:
