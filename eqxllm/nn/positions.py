@@ -58,8 +58,8 @@ def check_scaling_numbers(fields: Mapping[str, Any]) -> None:
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
-    """YaRN's attention temperature ``0.1 * mscale * ln(factor) + 1`` (Peng et al., 2023, eq. 22 with
-    ``sqrt(1/t)``; 1 for ``factor <= 1``), as transformers' ``yarn_get_mscale``."""
+    """YaRN's recommended ``sqrt(1/t) = 0.1 * mscale * ln(factor) + 1`` (Peng et al., 2023; ``t`` the
+    softmax temperature), 1 for ``factor <= 1``, as transformers' ``yarn_get_mscale``."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
