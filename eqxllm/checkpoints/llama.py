@@ -16,7 +16,7 @@ from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map,
 from eqxllm.checkpoints.keymap import KeyMap
 from eqxllm.errors import ConfigError
 from eqxllm.models.llama_config import MODEL_TYPES, LlamaConfig
-from eqxllm.nn.positions import RopeScaling
+from eqxllm.nn.positions import SCALING_FIELDS, RopeScaling
 
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -91,8 +91,7 @@ def _rope_from_hf(hf: dict[str, Any], default_theta: float) -> dict[str, Any]:
     theta = float(params.pop("rope_theta", hf.get("rope_theta", default_theta)))
     if params.get("partial_rotary_factor", 1.0) != 1.0:
         raise ConfigError("config.json rotates part of each head (partial_rotary_factor); eqxllm rotates all of it")
-    if params.get("rope_type", params.get("type")) == "llama3":
-        params.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 8192))
+    # a missing original_max_position_embeddings is max_position_embeddings (LlamaConfig fills it in)
     return dict(rope_theta=theta, rope_scaling=params or None)
 
 
@@ -125,9 +124,11 @@ def _scaling_to_hf(cfg: LlamaConfig) -> dict[str, Any]:
     if s is None:
         return {}
     assert isinstance(s, RopeScaling)
-    if s.rope_type == "linear":  # transformers warns about keys a type does not use
-        return {"rope_type": "linear", "factor": s.factor}
-    return dict(vars(s))
+    # only the keys the type reads (transformers warns about the others); None means "unset"
+    fields = {name: getattr(s, name) for name in SCALING_FIELDS[s.rope_type]}
+    if fields.get("attention_factor") is not None:  # transformers warns unless it is a float
+        fields["attention_factor"] = float(fields["attention_factor"])
+    return {"rope_type": s.rope_type, **{k: v for k, v in fields.items() if v is not None}}
 
 
 # weights ---------------------------------------------------------------------------------------------

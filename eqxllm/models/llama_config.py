@@ -17,17 +17,24 @@ from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn.activations import ACTIVATIONS
 from eqxllm.nn.attention_kernel import AttentionImpl
 from eqxllm.nn.moe import DISPATCHES, Dispatch
-from eqxllm.nn.positions import ROPE_TYPES, Rope, RopeScaling, check_scaling_numbers
+from eqxllm.nn.positions import ROPE_TYPES, SCALING_FIELDS, Rope, RopeScaling, check_scaling_numbers
 from eqxllm.nn.stack import REMAT_POLICIES
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral")
 _QWEN = ("qwen2", "qwen3")
-_SCALING_FIELDS = {f.name for f in dataclasses.fields(RopeScaling)}
 
 
-def rope_scaling_from(value: RopeScaling | Mapping[str, Any] | None) -> RopeScaling | None:
+def rope_scaling_from(
+    value: RopeScaling | Mapping[str, Any] | None, max_position_embeddings: int | None = None
+) -> RopeScaling | None:
     """A :class:`RopeScaling` from Hugging Face's dict (``rope_type`` or the older ``type``); ``None``
-    and ``rope_type="default"`` mean no scaling. An unknown type raises :class:`ConfigError`."""
+    and ``rope_type="default"`` mean no scaling. An unknown type raises :class:`ConfigError`; keys the
+    type does not read are ignored, as transformers does.
+
+    As transformers' ``standardize_rope_params`` and ``_compute_yarn_parameters``: llama3 and yarn
+    without ``original_max_position_embeddings`` take ``max_position_embeddings``; a yarn ``factor`` of
+    None is ``max_position_embeddings / original_max_position_embeddings``, and a ``beta_fast`` /
+    ``beta_slow`` of None or 0 is the default 32 / 1."""
     if value is None or isinstance(value, RopeScaling):
         return value
     params = dict(value)
@@ -39,7 +46,16 @@ def rope_scaling_from(value: RopeScaling | Mapping[str, Any] | None) -> RopeScal
             f"rope scaling type {rope_type!r} is not implemented; known types: {list(ROPE_TYPES)}. "
             "Use a checkpoint without it, or remove rope_scaling to run at the pre-training context."
         )
-    kept = {k: v for k, v in params.items() if k in _SCALING_FIELDS}
+    kept = {k: v for k, v in params.items() if k in SCALING_FIELDS[rope_type]}
+    if rope_type in ("llama3", "yarn") and max_position_embeddings is not None:
+        kept.setdefault("original_max_position_embeddings", max_position_embeddings)
+    if rope_type == "yarn":
+        for name in ("beta_fast", "beta_slow"):
+            if name in kept and kept[name] in (None, 0):  # transformers: `get(name) or default`
+                del kept[name]
+        original = kept.get("original_max_position_embeddings")
+        if kept.get("factor", 0) is None and max_position_embeddings is not None and isinstance(original, int | float):
+            kept["factor"] = max_position_embeddings / original
     check_scaling_numbers(kept)
     try:
         return RopeScaling(rope_type=rope_type, **kept)
@@ -106,7 +122,7 @@ class LlamaConfig:
     def __post_init__(self):
         # the config is a static, hashed part of the model: lists and dicts (from JSON) become tuples and records
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        put("rope_scaling", rope_scaling_from(self.rope_scaling))
+        put("rope_scaling", rope_scaling_from(self.rope_scaling, self.max_position_embeddings))
         if self.eos_token_id is not None and not isinstance(self.eos_token_id, int):
             put("eos_token_id", tuple(self.eos_token_id))
         put("layer_types", default_layer_types(self) if self.layer_types is None else tuple(self.layer_types))

@@ -53,11 +53,11 @@ def test_bad_configs():
     with pytest.raises(ConfigError, match="num_attention_heads=6 is not a multiple of num_key_value_heads=4"):
         LlamaConfig(num_attention_heads=6, num_key_value_heads=4, hidden_size=96)
     with pytest.raises(
-        ConfigError, match=r"'dynamic' is not implemented; known types: \['default', 'linear', 'llama3'\]"
+        ConfigError, match=r"'dynamic' is not implemented; known types: \['default', 'linear', 'llama3', 'yarn'\]"
     ):
         LlamaConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0})
-    with pytest.raises(ConfigError, match="'yarn' is not implemented"):
-        config_from_hf({"model_type": "llama", "rope_scaling": {"type": "yarn", "factor": 4.0}})
+    with pytest.raises(ConfigError, match="'longrope' is not implemented"):
+        config_from_hf({"model_type": "llama", "rope_scaling": {"type": "longrope", "factor": 4.0}})
     with pytest.raises(ConfigError, match="Qwen2 always has q/k/v biases"):
         LlamaConfig(model_type="qwen2", attention_bias=True)
     with pytest.raises(ConfigError, match="Llama has no sliding window"):
@@ -116,10 +116,14 @@ def test_mistral_layer_types_its_config_json_cannot_hold_are_refused(model_type)
         {"rope_type": "linear", "factor": 4.0},
         {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
          "original_max_position_embeddings": 64},
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128},
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128, "beta_fast": 16.0,
+         "mscale": 1.0, "mscale_all_dim": 0.5, "truncate": False},
     ],
 )  # fmt: skip
 def test_rotary_scaling_equals_transformers(params, model_type):
-    """Each model type's config.json carries the scaling, and its transformers model applies it."""
+    """Each model type's config.json carries the scaling, and its transformers model applies it (yarn's
+    attention factor on cos and sin included)."""
     import importlib
 
     torch = pytest.importorskip("torch")

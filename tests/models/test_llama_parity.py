@@ -1,7 +1,8 @@
 """Llama, Mistral, Qwen2 and Qwen3 against transformers (PyTorch, CPU, float32, eager attention):
 random weights with randomized norm scales, both directions (a transformers ``save_pretrained``
 loads with ``eqxllm.from_pretrained``; ``eqxllm.save_pretrained`` loads in transformers), GQA,
-untied heads, rotary scaling, a sliding window shorter than the sequence, biases and q/k norms."""
+untied heads, rotary scaling (linear, llama3, and yarn over a sequence longer than its original
+context), a sliding window shorter than the sequence, biases and q/k norms."""
 
 import json
 
@@ -18,13 +19,15 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
-SEQ = 20  # longer than every window below
+SEQ = 20  # longer than every window below and than the original context of yarn (16)
 _BASE = dict(
     vocab_size=300, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
     max_position_embeddings=64, num_hidden_layers=3, tie_word_embeddings=False,
 )  # fmt: skip
 _LLAMA3 = dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
                original_max_position_embeddings=16, rope_theta=10000.0)  # fmt: skip
+# factor = max_position_embeddings / original_max_position_embeddings, as transformers expects (else it warns)
+_YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16, beta_fast=2.0, rope_theta=100.0)
 # name -> (config class, model class, changes to _BASE)
 CASES = {
     "llama-llama3-rope": ("LlamaConfig", "LlamaForCausalLM", dict(rope_parameters=_LLAMA3)),
@@ -40,6 +43,7 @@ CASES = {
         ),
     ),  # fmt: skip
     "mistral-window": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=5, head_dim=24)),
+    "qwen2-yarn-rope": ("Qwen2Config", "Qwen2ForCausalLM", dict(rope_parameters=_YARN)),
     "qwen2-bias-window": (
         "Qwen2Config",
         "Qwen2ForCausalLM",
@@ -123,6 +127,7 @@ def test_switches_matter(pair, tmp_path):
         "llama-llama3-rope": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
         "llama-linear-bias-tied": {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}},
         "mistral-window": {"sliding_window": None},
+        "qwen2-yarn-rope": {"rope_parameters": {"rope_type": "default", "rope_theta": 100.0}},
         "qwen2-bias-window": {"use_sliding_window": False, "layer_types": None},
         "qwen3-qk-norm": {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}},
         "mixtral-top2-of-4": {"num_experts_per_tok": 1},
