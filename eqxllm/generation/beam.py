@@ -1,23 +1,38 @@
-"""Beam search over a decoder cache, for every family.
+"""Beam search over a decoder cache, for every family: the algorithm of ``transformers``'
+``generate(num_beams=...)`` (its ``GenerationMixin._beam_search``; fairseq and OpenNMT search the same way).
 
-Greedy decoding commits to the likeliest token at each step; beam search keeps the ``num_beams``
-best partial sequences instead and returns the best finished one, scored by
+``num_beams`` live beams search; at each step the ``max(2, 1 + n_stop_ids) * num_beams`` best
+continuations of all live beams, by summed log-probability, are candidates. A candidate that ends
+(at a stop id, or at ``max_new_tokens``) and ranks among the first ``num_beams`` of them leaves the
+beam for a pool of ``num_beams`` finished hypotheses, each scored by
 
     sum_t log p(y_t | y_<t) / length ** length_penalty
 
-with ``length`` counting the new tokens, the stop token included. Every beam is ranked by that
-normalised score while searching, so a finished sequence competes with the unfinished ones on
-equal terms; a finished beam is carried unchanged (pad tokens after it) until the last step. This is
-not ``transformers``' ``num_beams`` once a beam can finish early: there, finished hypotheses leave
-the beam and ``num_beams`` live ones keep searching, so the two can return different sequences (with
-``length_penalty=0``, or no early stop, they agree).
+(``length`` counts the new tokens, the stop token included; for an encoder-decoder model the
+decoder's start token is not counted); the pool keeps the ``num_beams`` best. The best
+``num_beams`` candidates that do not end are the next live beams (there are always that many:
+each live beam ends in at most ``n_stop_ids`` of the candidates). The search stops at
+``max_new_tokens`` or earlier, as ``early_stopping`` says:
+
+- ``True``: as soon as the pool holds ``num_beams`` hypotheses;
+- ``False`` (the default, as in ``transformers``): once the pool is full and the best live beam,
+  scored at its current length, cannot beat the pool's worst (a heuristic: with
+  ``length_penalty > 0`` a longer continuation could still score better);
+- ``"never"``: once the pool is full and the best live beam, scored as if it reached
+  ``max_new_tokens`` with no further cost (with ``length_penalty > 0``; at its current length
+  otherwise), cannot beat the pool's worst: the canonical search, which stops only when nothing can
+  improve.
+
+The result is the pool, best first.
 
 :func:`beam_search_cached` is the search itself, for one sequence, over any step function
 ``step(token [1], cache) -> (logits [1, vocab], cache)`` and its one-sequence cache: a model's
 ``decode`` (:func:`beam_search` builds the cache from a prompt, for decoder-only and
 encoder-decoder models), a T5-VAE's decoder over a latent (:func:`eqxllm.vae.beam_search_from_latent`),
-or a step that fuses two models' scores. The beams share one cache of ``num_beams`` rows, reordered
-after every step, so a step costs one ``num_beams``-row decoder call whatever the length so far.
+or a step that fuses two models' scores. The live beams share one cache of ``num_beams`` rows,
+reordered after every step, so a step costs one ``num_beams``-row decoder call whatever the length so
+far; the search is a ``jax.lax.while_loop`` that ends when it stops (under ``jax.vmap``, when every
+sequence's search has stopped).
 """
 
 from collections.abc import Callable, Sequence
@@ -27,7 +42,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from eqxllm.errors import InputError
 from eqxllm.generation.prompts import (
@@ -43,12 +58,27 @@ from eqxllm.generation.prompts import (
 )
 
 Step = Callable[[Int[Array, " one"], PyTree], tuple[Float[Array, "one vocab"], PyTree]]
+EarlyStopping = bool | str  # True, False or "never" (check_beam_options says so, in a clear error)
+STOPPING = (False, True, "never")  # early_stopping's values; the search also takes the index of one, traced
 Beams = (  # the best sequence, or every beam (``return_all``); with its scores (``return_scores``)
     Int[Array, "*batch new"]
     | Int[Array, "*batch beams new"]
     | tuple[Int[Array, "*batch new"], Float[Array, "*batch"]]
     | tuple[Int[Array, "*batch beams new"], Float[Array, "*batch beams"]]
 )
+
+
+class _Search(eqx.Module):
+    """The state of one sequence's search after ``t`` steps."""
+
+    t: Int[Array, ""]
+    live: Int[Array, "beams steps"]  # the live beams' tokens (the first stop id after step t)
+    live_total: Float[Array, " beams"]  # their summed log-probabilities, best first; -inf: no beam
+    last: Int[Array, " beams"]  # each live beam's last token, the next step's input
+    caches: PyTree  # the live beams' caches, one row each
+    pool: Int[Array, "beams steps"]  # the finished hypotheses, padded with the first stop id
+    pool_score: Float[Array, " beams"]  # their normalised scores, best first; -inf: an empty slot
+    stopped: Bool[Array, ""]
 
 
 def beam_search_cached(
@@ -59,58 +89,82 @@ def beam_search_cached(
     num_beams: int,
     steps: int,
     stop_ids: Sequence[int],
-    length_penalty: float = 1.0,
+    length_penalty: float | Float[Array, ""] = 1.0,
+    early_stopping: EarlyStopping | Int[Array, ""] = False,
 ) -> tuple[Int[Array, "beams steps"], Float[Array, " beams"]]:
-    """The ``num_beams`` final beams of one sequence, best first, and their normalised scores: ``steps``
-    new tokens each (after its stop token, ``stop_ids[0]``). ``cache`` is the one-sequence cache that
-    ``step`` reads and ``first_token`` the first input (a decoder's start token, or a prompt's last
-    token after a prefill). A beam that was never live scores ``-inf``. Traceable: call it under jit."""
+    """The ``num_beams`` finished hypotheses of one sequence's search (module docstring), best first,
+    and their normalised scores: ``steps`` new tokens each (after its stop token, ``stop_ids[0]``).
+    ``cache`` is the one-sequence cache that ``step`` reads and ``first_token`` the first input (a
+    decoder's start token, or a prompt's last token after a prefill). A slot that no hypothesis
+    filled (only where the vocabulary is too small to give ``num_beams`` of them) scores ``-inf``. Traceable: call
+    it under jit; ``length_penalty`` may be traced, and so may ``early_stopping`` as its index in
+    :data:`STOPPING`."""
     width, alpha = num_beams, length_penalty
+    mode = early_stopping if isinstance(early_stopping, jax.Array) else STOPPING.index(early_stopping)
+    when_full = jnp.asarray(mode) == STOPPING.index(True)  # stop once the pool is full
+    optimistic = (jnp.asarray(mode) == STOPPING.index("never")) & (alpha > 0)  # a live beam may reach `steps`
     stops = jnp.asarray(stop_ids, jnp.int32)
     pad = stops[0]
-    caches = jax.tree.map(lambda x: jnp.broadcast_to(x, (width, *x.shape)), cache)
+    keep = max(2, 1 + len(stop_ids)) * width  # candidates per step, so that `width` of them go on
 
-    def body(state, t):
-        out, total, length, done, last, caches = state
-        logits, caches = jax.vmap(step)(last[:, None], caches)
+    def body(s: _Search) -> _Search:
+        logits, caches = jax.vmap(step)(s.last[:, None], s.caches)
         logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)  # [width, vocab]
         vocab = logp.shape[-1]
-        is_pad = jnp.arange(vocab) == pad
-        # a finished beam has one continuation, the pad token, at no cost and no extra length
-        cand_total = jnp.where(done[:, None], jnp.where(is_pad, total[:, None], -jnp.inf), total[:, None] + logp)
-        cand_len = length[:, None] + jnp.where(done[:, None], 0, 1)
-        ranked = cand_total / cand_len.astype(jnp.float32) ** alpha
-        _, flat = jax.lax.top_k(ranked.reshape(-1), width)
+        total, flat = jax.lax.top_k((s.live_total[:, None] + logp).reshape(-1), min(keep, width * vocab))
         parent, token = flat // vocab, flat % vocab
-        out = out[parent].at[:, t].set(token)
-        total, length = cand_total[parent, token], cand_len[parent, token]
-        done = done[parent] | jnp.any(token[:, None] == stops[None, :], axis=-1)
-        caches = jax.tree.map(lambda x: x[parent], caches)
-        return (out, total, length, done, token, caches), None
+        cands = s.live[parent].at[:, s.t].set(token)
+        ends = jnp.any(token[:, None] == stops[None, :], axis=-1) | (s.t == steps - 1)
+        # the best candidates that go on are the next live beams
+        going = jnp.where(ends, -jnp.inf, total)
+        live_total, pick = jax.lax.top_k(going, width)
+        caches = jax.tree.map(lambda x: x[parent[pick]], caches)
+        # those that end among the first `width` candidates join the pool, which keeps the best `width`
+        joins = ends & (jnp.arange(total.shape[0]) < width) & (total > -jnp.inf)
+        score = jnp.where(joins, total / (s.t + 1).astype(jnp.float32) ** alpha, -jnp.inf)
+        pool_score, best = jax.lax.top_k(jnp.concatenate([s.pool_score, score]), width)
+        pool = jnp.concatenate([s.pool, cands])[best]
+        # when to stop (transformers' `_check_early_stop_heuristic` and `_beam_search_has_unfinished_sequences`)
+        full = jnp.all(pool_score > -jnp.inf)
+        reach = jnp.where(optimistic, steps, s.t + 1).astype(jnp.float32)
+        hopeless = live_total[0] / reach**alpha <= pool_score[-1]
+        stopped = full & (hopeless | when_full)
+        return _Search(s.t + 1, cands[pick], live_total, token[pick], caches, pool, pool_score, stopped)
 
     # only beam 0 is live at first, so that the beams do not start as copies of one another
-    total = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf)
-    first = jnp.full((width,), first_token, jnp.int32)
-    zeros = jnp.zeros((width,), jnp.int32)
-    state = (jnp.full((width, steps), pad, jnp.int32), total, zeros, zeros.astype(bool), first, caches)
-    (out, total, length, _, _, _), _ = jax.lax.scan(body, state, jnp.arange(steps))
-    normalised = total / jnp.maximum(length, 1).astype(jnp.float32) ** alpha
-    order = jnp.argsort(-normalised, stable=True)  # best first; ties keep the beam order
-    return out[order], normalised[order]
+    live_total = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf)
+    empty = jnp.full((width, steps), pad, jnp.int32)
+    start = _Search(
+        t=jnp.asarray(0, jnp.int32),
+        live=empty,
+        live_total=live_total,
+        last=jnp.full((width,), first_token, jnp.int32),
+        caches=jax.tree.map(lambda x: jnp.broadcast_to(x, (width, *x.shape)), cache),
+        pool=empty,
+        pool_score=jnp.full((width,), -jnp.inf),
+        stopped=jnp.asarray(False),
+    )
+    end = jax.lax.while_loop(lambda s: (s.t < steps) & ~s.stopped, body, start)
+    return end.pool, end.pool_score
 
 
-def check_beam_options(num_beams: int, length_penalty: float, steps: int) -> None:
-    """Raise :class:`InputError` for ``num_beams < 1``, ``length_penalty < 0`` or ``steps < 1``."""
+def check_beam_options(num_beams: int, length_penalty: float, steps: int, early_stopping: Any = False) -> None:
+    """Raise :class:`InputError` for ``num_beams < 1``, ``length_penalty < 0``, ``steps < 1`` or an
+    ``early_stopping`` other than ``True``, ``False`` or ``"never"``."""
     if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
         raise InputError(f"num_beams must be an integer >= 1, got {num_beams!r}")
     if length_penalty < 0:
         raise InputError(f"length_penalty must be >= 0, got {length_penalty}")
     if steps < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {steps}")
+    if not (isinstance(early_stopping, bool) or early_stopping == "never"):
+        raise InputError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
 
 
 @eqx.filter_jit
-def _search_prompts(model, ids, num_beams: int, steps: int, stop_ids: tuple[int, ...], alpha: float):
+def _search_prompts(
+    model, ids, num_beams: int, steps: int, stop_ids: tuple[int, ...], alpha, mode
+):  # alpha and mode (early_stopping's index in STOPPING) are arrays: new values do not compile again
     cfg = model.config
 
     def one(prompt):
@@ -125,7 +179,7 @@ def _search_prompts(model, ids, num_beams: int, steps: int, stop_ids: tuple[int,
             first = prompt[-1]
         return beam_search_cached(
             lambda t, c: model.decode(t, c), cache, first, num_beams=num_beams, steps=steps, stop_ids=stop_ids,
-            length_penalty=alpha,
+            length_penalty=alpha, early_stopping=mode,
         )  # fmt: skip
 
     return jax.vmap(one)(ids)
@@ -138,18 +192,21 @@ def beam_search(
     max_new_tokens: IntOption,
     num_beams: IntOption = 4,
     length_penalty: FloatOption = 1.0,
+    early_stopping: EarlyStopping = False,
     eos_token_id: int | Sequence[int] | None = None,
     return_scores: bool = False,
     return_all: bool = False,
 ) -> Beams:
     """The best continuation of ``prompt`` (``[seq]``, or ``[batch, seq]`` prompts of one length, as an
-    array or a list of rows) found
-    by a beam search of ``num_beams`` beams (see the module docstring), as the new token ids: up to and
-    including a stop token (``eos_token_id``, default the config's; unlike :func:`eqxllm.generate`, ``()``
-    is refused: a search needs a stop id), then the first stop id as padding.
-    For an encoder-decoder model the prompt is the encoder input. With ``return_scores`` also the
-    normalised score; with ``return_all`` every final beam, best first (``[*batch, num_beams, new]``).
-    ``num_beams=1`` is greedy decoding."""
+    array or a list of rows) found by a beam search of ``num_beams`` beams, the search of
+    ``transformers``' ``generate(num_beams=..., length_penalty=..., early_stopping=...)`` (module
+    docstring), as the new token ids: up to and including a stop token (``eos_token_id``, default
+    the config's; unlike :func:`eqxllm.generate`, ``()`` is refused: a search needs a stop id), or
+    ``max_new_tokens`` of them, then the first stop id as padding. For an encoder-decoder model the
+    prompt is the encoder input. With ``return_scores`` also the normalised score
+    (``transformers``' ``sequences_scores``); with ``return_all`` the ``num_beams`` finished
+    hypotheses, best first (``[*batch, num_beams, new]``). ``num_beams=1`` is greedy decoding (but
+    with ``early_stopping="never"`` and ``length_penalty > 0``, which may search on past a stop)."""
     check_generates(model)
     cfg = model.config
     reject_traced(prompt, "the prompt")
@@ -167,7 +224,7 @@ def beam_search(
     steps: int = as_scalar(max_new_tokens, "max_new_tokens")
     beams: int = as_scalar(num_beams, "num_beams")
     alpha: float = as_scalar(length_penalty, "length_penalty")
-    check_beam_options(beams, alpha, steps)
+    check_beam_options(beams, alpha, steps, early_stopping)
     check_context(ids.shape[1], steps, cfg.max_positions, encoder_decoder=cfg.is_encoder_decoder)
     check_ids(ids, np.ones(ids.shape, bool), cfg.vocab_size)
     stops = cfg.eos_token_id if eos_token_id is None else eos_token_id
@@ -181,7 +238,8 @@ def beam_search(
         )
     check_stop_ids(tuple(int(s) for s in stops), cfg.vocab_size)
     tokens, scores = _search_prompts(
-        model, jnp.asarray(ids, jnp.int32), beams, steps, tuple(int(s) for s in stops), float(alpha),
+        model, jnp.asarray(ids, jnp.int32), beams, steps, tuple(int(s) for s in stops), jnp.asarray(alpha, jnp.float32),
+        jnp.asarray(STOPPING.index(early_stopping), jnp.int32),
     )  # fmt: skip
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 

@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
 from eqxllm.generation import beam_search_cached, generate
-from eqxllm.generation.beam import Beams, check_beam_options, select_beams
+from eqxllm.generation.beam import STOPPING, Beams, EarlyStopping, check_beam_options, select_beams
 
 
 class LatentSource(eqx.Module):
@@ -88,14 +88,14 @@ def generate_from_latent(
 
 
 @eqx.filter_jit
-def _beams(model, latents, num_beams: int, steps: int, alpha: float):
+def _beams(model, latents, num_beams: int, steps: int, alpha: Float[Array, ""], mode: Int[Array, ""]):
     cfg = model.config
 
     def one(latent):
         cache = model.init_decoder_cache(latent, None, steps, jnp.float32)
         return beam_search_cached(
             lambda t, c: model.decode(t, c), cache, cfg.decoder_start_token_id, num_beams=num_beams, steps=steps,
-            stop_ids=(cfg.eos_token_id,), length_penalty=alpha,
+            stop_ids=(cfg.eos_token_id,), length_penalty=alpha, early_stopping=mode,
         )  # fmt: skip
 
     return jax.vmap(one)(latents)
@@ -107,19 +107,24 @@ def beam_search_from_latent(
     *,
     num_beams: int = 4,
     length_penalty: float = 1.0,
+    early_stopping: EarlyStopping = False,
     max_new_tokens: int | None = None,
     return_scores: bool = False,
     return_all: bool = False,
 ) -> Beams:
     """The best sentence found for each latent (``[latent_tokens, latent]`` or a batch of them) by a
-    beam search of ``num_beams`` beams (:mod:`eqxllm.generation.beam`), as token ids: the sentence, its
-    end token, then end tokens up to ``max_new_tokens`` (default: the model's ``max_length``). With
-    ``return_scores`` also its normalised score; with ``return_all`` every final beam, best first
-    (``[*batch, num_beams, new]``). ``num_beams=1`` is greedy decoding."""
+    beam search of ``num_beams`` beams (:mod:`eqxllm.generation.beam`: ``transformers``' search, with
+    its ``length_penalty`` and ``early_stopping``), as token ids: the sentence, its end token, then end
+    tokens up to ``max_new_tokens`` (default: the model's ``max_length``); a sentence that reached
+    ``max_new_tokens`` has no end token. With ``return_scores`` also its normalised score; with
+    ``return_all`` the ``num_beams`` finished hypotheses, best first (``[*batch, num_beams, new]``).
+    ``num_beams=1`` is greedy decoding."""
     batch, single = _batch_of_latents(model, latents)
     steps = max_new_tokens or model.config.max_length
-    check_beam_options(num_beams, length_penalty, steps)
-    tokens, scores = _beams(model, batch, num_beams, steps, float(length_penalty))
+    check_beam_options(num_beams, length_penalty, steps, early_stopping)
+    alpha = jnp.asarray(length_penalty, jnp.float32)  # traced, as the mode: new values do not compile again
+    mode = jnp.asarray(STOPPING.index(early_stopping), jnp.int32)
+    tokens, scores = _beams(model, batch, num_beams, steps, alpha, mode)
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 
 

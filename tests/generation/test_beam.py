@@ -1,4 +1,5 @@
-"""Beam search over a decoder cache: greedy at one beam, exact on a vocabulary small enough to enumerate."""
+"""Beam search over a decoder cache: greedy at one beam, exact on a vocabulary small enough to enumerate
+(``test_beam_transformers_parity.py`` checks it against transformers' search)."""
 
 import itertools
 
@@ -49,12 +50,19 @@ def _every_output(vocab, steps):
                 yield list(words)
 
 
+@pytest.mark.parametrize("stop", [False, True, "never"])
 @pytest.mark.parametrize("alpha", [1.0, 0.0])
-def test_a_wide_enough_beam_finds_the_best_continuation(small, alpha):
+def test_a_wide_enough_beam_finds_the_best_continuation(small, alpha, stop):
+    """16 beams over 4 tokens and 3 steps lose no hypothesis that could be the best: each hypothesis
+    that ends at step 1 or 2 ranks among the first 16 candidates (there are at most 12), so it joins the
+    pool, and so does the likeliest 3-token one (all 3-token ones end at max_new_tokens, and the
+    likeliest ranks first); the pool of 16 is not full before the last step, so no early_stopping
+    mode stops sooner. The result must be the best of every possible output, by its normalised score."""
     steps, prompt = 3, jnp.array([2, 3, 0])
     tokens, score = beam_search(
-        small, prompt, max_new_tokens=steps, num_beams=16, length_penalty=alpha, return_scores=True
-    )
+        small, prompt, max_new_tokens=steps, num_beams=16, length_penalty=alpha, early_stopping=stop,
+        return_scores=True,
+    )  # fmt: skip
     seqs = list(_every_output(4, steps))
     ids = jnp.asarray([prompt.tolist() + q + [0] * (steps - len(q)) for q in seqs])
     logp = np.asarray(jax.nn.log_softmax(jax.vmap(small)(ids)))  # position 2 + t predicts q[t]
@@ -72,6 +80,8 @@ def test_all_beams_come_best_first_and_options_are_checked(gpt2):
         beam_search(gpt2, jnp.array([5]), max_new_tokens=4, num_beams=0)
     with pytest.raises(InputError, match="length_penalty"):
         beam_search(gpt2, jnp.array([5]), max_new_tokens=4, length_penalty=-1.0)
+    with pytest.raises(InputError, match="early_stopping"):
+        beam_search(gpt2, jnp.array([5]), max_new_tokens=4, early_stopping="always")
     with pytest.raises(InputError, match="context"):
         beam_search(gpt2, jnp.array([5]), max_new_tokens=64)
     with pytest.raises(InputError, match="vocabulary"):

@@ -52,6 +52,9 @@ def _every_output(steps):
 
 @pytest.mark.parametrize("alpha", [1.0, 0.0])
 def test_a_wide_enough_beam_finds_the_best_sentence(small, alpha):
+    """25 beams over 5 tokens and 3 steps lose no candidate best sentence: those that end at step 1 or
+    2 (at most 4 + 20 candidates) rank among the first 25 and join the pool, the likeliest 3-token one
+    ranks first at the last step, and the pool is not full before it."""
     steps = 3
     latents = jax.random.normal(jax.random.key(0), (4, 2, 4)) * 2.0
     tokens, scores = beam_search_from_latent(
@@ -82,11 +85,16 @@ def test_beam_search_checks_its_arguments(small):
         beam_search_from_latent(small, jnp.zeros((3, 4)))
     with pytest.raises(InputError, match="length_penalty"):
         beam_search_from_latent(small, latent, length_penalty=-1.0)
+    with pytest.raises(InputError, match="early_stopping"):
+        beam_search_from_latent(small, latent, early_stopping="always")
     single = beam_search_from_latent(small, latent, num_beams=3, max_new_tokens=4)
     assert single.shape == (4,)
 
 
-def test_return_all_gives_every_beam_best_first(small):
+def test_return_all_gives_the_pool_best_first(small):
+    """The num_beams finished hypotheses: distinct, sorted, each scored as its teacher-forced
+    log-probability over its length (its end token included; a hypothesis that ran out of steps has
+    none)."""
     latents = jax.random.normal(jax.random.key(2), (3, 2, 4)) * 2.0
     best, best_score = beam_search_from_latent(small, latents, num_beams=4, max_new_tokens=5, return_scores=True)
     every, scores = beam_search_from_latent(
