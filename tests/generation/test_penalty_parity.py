@@ -3,12 +3,15 @@ repetition_penalty=...)`` for 20 new tokens: GPT-2 (the prompt is penalised), a 
 and T5 (only the decoder's tokens are, from its start token); a penalty above 1 and one below 1
 (which rewards repeats), each of which changes the continuation."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import eqxllm
+from eqxllm.generation.penalty import penalize
 from eqxllm.models import T5, T5Config
 
 from ._helpers import TINY
@@ -87,3 +90,41 @@ def test_greedy_with_a_repetition_penalty_equals_transformers(models, penalty):
     plain = generate()
     assert plain == _hf_greedy(hf, prompt)
     assert ours != plain, "the penalty must change the continuation, or this test proves nothing"
+
+
+@pytest.fixture(scope="module")
+def zero_second(models, tmp_path_factory):
+    """The decoder-only model with the pad id, 0, made a close second to the first greedy token of the
+    first (padded) prompt: counting the padding as seen would then change the continuation."""
+    hf, _, prompt = models
+    if hf.config.is_encoder_decoder:
+        pytest.skip("T5's prompts go to the encoder, whose tokens are never penalised")
+    hf = copy.deepcopy(hf)
+    first = _hf_greedy(hf, prompt[:3])[0]
+    with torch.no_grad():
+        head = hf.get_output_embeddings().weight
+        head[0] = 0.9 * head[first]
+    path = tmp_path_factory.mktemp("zero-second")
+    hf.save_pretrained(path)
+    return hf, eqxllm.from_pretrained(path), prompt
+
+
+@pytest.mark.parametrize("penalty", PENALTIES)
+def test_a_left_padded_batch_equals_transformers(zero_second, penalty):
+    """transformers (v5) skips a prompt's left padding (here the pad id 0, which the model nearly
+    chooses) when penalising, as eqxllm does; the second prompt holds a real 0, which counts."""
+    hf, model, prompt = zero_second
+    prompts = [prompt[:3], [*prompt[1:], 0, 9]]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        ref = hf.generate(
+            ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW, pad_token_id=0, repetition_penalty=penalty
+        )[:, width:].numpy()
+    ours = np.asarray(eqxllm.generate(model, prompts, max_new_tokens=NEW, eos_token_id=(), repetition_penalty=penalty))
+    np.testing.assert_array_equal(ours, ref)
+    if penalty < 1:  # had the padding counted, the rewarded 0 would have come first
+        logits = model(jnp.asarray(prompts[0]))[-1]
+        with_pad = jnp.zeros(logits.shape, bool).at[jnp.asarray([0, *prompts[0]])].set(True)
+        assert int(jnp.argmax(penalize(logits, with_pad, jnp.asarray(penalty)))) == 0 != ours[0, 0]
