@@ -136,15 +136,6 @@ def test_seen_record_skips_left_padding_and_grows():
     assert np.flatnonzero(np.asarray(grown[1])).tolist() == [0, 2, 9]
 
 
-def test_a_penalised_batch_equals_each_prompt_alone():
-    model = tiny_gpt2(seed=3)
-    prompts = [[0, 9, 4, 0, 17], [8, 30], [0]]  # the pad id, 0, in prompts: the shorter ones are padded with it
-    together = np.asarray(eqxllm.generate(model, prompts, max_new_tokens=8, eos_token_id=(), repetition_penalty=1.5))
-    for row, prompt in enumerate(prompts):
-        alone = eqxllm.generate(model, jnp.asarray(prompt), max_new_tokens=8, eos_token_id=(), repetition_penalty=1.5)
-        np.testing.assert_array_equal(together[row], np.asarray(alone))
-
-
 def test_stream_applies_the_penalty_and_min_p_as_generate_does():
     model = tiny_gpt2(seed=4)
     prompt = jnp.asarray([[4, 8, 15], [16, 23, 42]])
