@@ -5,6 +5,7 @@ from; read by ``eqxllm generate``, where an explicit flag still wins over the fi
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ def generation_config(model_cfg: Any) -> dict[str, Any]:
 
 def read_generation_config(directory: str | Path) -> dict[str, Any]:
     """The known entries of ``directory/generation_config.json`` (``{}`` when there is none):
-    ``eos_token_id`` as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p`` when set."""
+    ``eos_token_id`` as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
+    ``repetition_penalty`` when set (not null). A ``repetition_penalty`` that is not a number > 0, or a
+    ``min_p`` outside ``[0, 1]``, raises :class:`CheckpointError` naming the file and the field."""
     path = Path(directory) / GENERATION_CONFIG
     if not path.is_file():
         return {}
@@ -42,4 +45,14 @@ def read_generation_config(directory: str | Path) -> dict[str, Any]:
     for name, kind in (("do_sample", bool), ("temperature", float), ("top_k", int), ("top_p", float)):
         if raw.get(name) is not None:
             out[name] = kind(raw[name])
+    for name, ok, expected in (
+        ("repetition_penalty", lambda v: v > 0, "a number > 0 (1.0 is no penalty)"),
+        ("min_p", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ):
+        value = raw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+            raise CheckpointError(f"{path}: {name} must be {expected}, found {value!r}")
+        out[name] = float(value)
     return out

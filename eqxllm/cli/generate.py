@@ -2,8 +2,9 @@
 
 The model loads with ``eqxllm.from_pretrained`` and the tokenizer from the same directory (or Hub
 repository). Sampling is the default (temperature 1, seed 0); ``--greedy`` (or ``--temperature 0``)
-picks the most likely token. A ``generation_config.json`` beside the model supplies the stop ids and
-the defaults of ``--temperature``, ``--top-k``, ``--top-p`` (and greedy for ``do_sample: false``).
+picks the most likely token. ``--repetition-penalty`` applies to both. A ``generation_config.json``
+beside the model supplies the stop ids and the defaults of ``--temperature``, ``--top-k``,
+``--top-p``, ``--min-p``, ``--repetition-penalty`` (and greedy for ``do_sample: false``).
 Each of ``--num-samples`` samples starts with the prompt (then `` => `` for an encoder-decoder, whose
 text is not a continuation) and uses its own key, ``fold_in(key(seed), i)``, so a run is reproducible
 and sample ``i`` does not depend on how many were asked for.
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eqxllm.cli._numbers import non_negative_float, positive_int, probability
+from eqxllm.cli._numbers import non_negative_float, positive_float, positive_int, probability, unit_interval
 from eqxllm.errors import InputError
 
 
@@ -37,6 +38,19 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--top-p", type=probability, default=None, help="sample from the nucleus of probability p, in (0, 1]"
     )
+    p.add_argument(
+        "--min-p",
+        type=unit_interval,
+        default=None,
+        help="sample among the tokens at least min-p times as likely as the most likely one, in [0, 1]",
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=positive_float,
+        default=None,
+        help="divide the positive logits of tokens already in the text by this (multiply the negative ones); "
+        "1 is off, above 1 discourages repeats (default 1; greedy too)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--num-samples", type=positive_int, default=1, help="how many continuations to print (default 1)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
@@ -55,16 +69,17 @@ def run(args: argparse.Namespace) -> int:
 
     out = sys.stdout
     if args.greedy:  # greedy ignores every sampling option: refuse them rather than drop them silently
-        given = [
-            f
-            for f, v in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p))
-            if v is not None
-        ]
+        sampling = (
+            ("--temperature", args.temperature),
+            ("--top-k", args.top_k),
+            ("--top-p", args.top_p),
+            ("--min-p", args.min_p),
+        )
+        given = [f for f, v in sampling if v is not None]
         if given:
             raise InputError(
                 f"--greedy always takes the most likely token; {', '.join(given)} would be ignored: drop one"
             )
-    temperature = 1.0 if args.temperature is None else args.temperature
     directory = resolve_pretrained(args.model, revision=args.revision)
     if load_config(directory).model_type == "t5_vae":
         raise InputError(
@@ -75,11 +90,14 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(directory)
     # generation_config.json fills what the flags leave unset; an explicit sampling flag means sampling
     defaults = read_generation_config(directory)
-    explicit = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
+    explicit = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.min_p))
     args.greedy = args.greedy or (defaults.get("do_sample") is False and not explicit)
     args.temperature = defaults.get("temperature", 1.0) if args.temperature is None else args.temperature
     args.top_k = defaults.get("top_k") if args.top_k is None else args.top_k
     args.top_p = defaults.get("top_p") if args.top_p is None else args.top_p
+    args.min_p = defaults.get("min_p") if args.min_p is None else args.min_p
+    if args.repetition_penalty is None:  # not a sampling option: it applies to greedy decoding too
+        args.repetition_penalty = defaults.get("repetition_penalty", 1.0)
     eos = model.config.eos_token_id
     stops = set(defaults.get("eos_token_id", [])) | (
         set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
@@ -87,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     prompt = jnp.asarray(tokenizer.encode(args.prompt).ids, jnp.int32)
     if prompt.shape[0] == 0:
         raise InputError(f"the prompt {args.prompt!r} encodes to no tokens; give some text")
-    options = {} if args.greedy else dict(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
+    options = (
+        {} if args.greedy else dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
+    )
+    options["repetition_penalty"] = args.repetition_penalty
     for i in range(args.num_samples):
         header = f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n" if args.num_samples > 1 else ""
         key = None if args.greedy else jax.random.fold_in(jax.random.key(args.seed), i)

@@ -1,4 +1,5 @@
-"""Generating text: greedy decoding and sampling (temperature, top-k, top-p) over a KV cache.
+"""Generating text: greedy decoding and sampling (temperature, top-k, top-p, min-p; a repetition
+penalty) over a KV cache.
 
 >>> tokens = eqxllm.generate(model, prompt_ids, max_new_tokens=64)                       # greedy
 >>> tokens = eqxllm.generate(model, prompt_ids, max_new_tokens=64, temperature=0.8,
@@ -7,9 +8,9 @@
 >>> tokens = eqxllm.generation.beam_search(model, prompt_ids, max_new_tokens=64, num_beams=4)
 >>> eqxllm.generation.text_log_likelihoods(model, tokenizer, ["Tom ran.", "Ran Tom."])    # fluency
 
-``sampling`` chooses one token from logits, ``prompts`` checks and left-pads the input, ``loop``
-holds the compiled prefill + ``lax.while_loop`` shared by every family; ``beam`` searches over any
-decoder cache; ``score`` rates whole texts.
+``sampling`` chooses one token from logits, ``penalty`` pushes down the tokens already seen,
+``prompts`` checks and left-pads the input, ``loop`` holds the compiled prefill + ``lax.while_loop``
+shared by every family; ``beam`` searches over any decoder cache; ``score`` rates whole texts.
 """
 
 from eqxllm.generation.api import generate, sequence_lengths, stream

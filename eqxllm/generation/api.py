@@ -11,6 +11,7 @@ from jaxtyping import Array, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
 from eqxllm.generation import loop
+from eqxllm.generation.penalty import check_repetition_penalty
 from eqxllm.generation.prompts import (
     FloatOption,
     IntOption,
@@ -34,6 +35,8 @@ def generate(
     temperature: FloatOption = 1.0,
     top_k: IntOption | None = None,
     top_p: FloatOption | None = None,
+    min_p: FloatOption | None = None,
+    repetition_penalty: FloatOption = 1.0,
     key: PRNGKeyArray | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     stop_token_ids: Sequence[int] = (),
@@ -51,6 +54,12 @@ def generate(
         temperature: divides the logits before sampling; ``temperature=0`` is greedy.
         top_k: sample only among the ``top_k`` most likely tokens (applied after the temperature).
         top_p: then only among the smallest set whose probability reaches ``top_p`` (nucleus sampling).
+        min_p: then only among the tokens whose probability is at least ``min_p`` times the most likely
+            one's (min-p sampling, Nguyen et al., 2024), in ``[0, 1]``.
+        repetition_penalty: before all of the above, and in greedy decoding too: the logits of tokens
+            already in the sequence (the prompt's and the new ones; an encoder-decoder's decoder tokens)
+            are divided by it where positive and multiplied by it where negative (Keskar et al., 2019);
+            ``1.0`` is off, above 1 discourages repeats, below 1 (and > 0) encourages them.
         key: the random key; without one decoding is greedy (and sampling options are an error).
             The same key gives the same tokens.
         eos_token_id: stop ids; ``None`` takes the model config's, ``()`` never stops early.
@@ -59,11 +68,13 @@ def generate(
         return_lengths: also return each sequence's length (up to and including its stop token).
 
     Raises :class:`InputError` for an empty prompt, a prompt or ``max_new_tokens`` beyond the
-    context, ids outside the vocabulary, and out-of-range sampling options.
+    context, ids outside the vocabulary, out-of-range sampling options, and a ``repetition_penalty``
+    that is not a finite number > 0.
     """
     new_tokens: int = as_scalar(max_new_tokens, "max_new_tokens")
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     decoder, ids, mask, single = _prepare(
-        model, prompt, new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id
+        model, prompt, new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id
     )
     tokens = loop.generate_tokens(decoder, ids, mask, key, new_tokens)
     lengths = sequence_lengths(tokens, decoder.stop_ids)
@@ -81,6 +92,8 @@ def stream(
     temperature: FloatOption = 1.0,
     top_k: IntOption | None = None,
     top_p: FloatOption | None = None,
+    min_p: FloatOption | None = None,
+    repetition_penalty: FloatOption = 1.0,
     key: PRNGKeyArray | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     stop_token_ids: Sequence[int] = (),
@@ -95,8 +108,9 @@ def stream(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     new_tokens: int = as_scalar(max_new_tokens, "max_new_tokens")
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     decoder, ids, mask, single = _prepare(
-        model, prompt, new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id
+        model, prompt, new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id
     )
     state, first = loop.start(decoder, ids, mask, key, new_tokens)
     yield first[0, None] if single else first[:, None]
@@ -119,8 +133,11 @@ def sequence_lengths(
     return jnp.where(jnp.any(is_stop, axis=-1), jnp.argmax(is_stop, axis=-1) + 1, new).astype(jnp.int32)
 
 
-def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_token_id, stop_token_ids, pad_token_id):
-    """Check every argument and build the loop's inputs: ``(decoder, ids, mask, single)``."""
+def _prepare(
+    model, prompt, max_new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id
+):
+    """Check every argument and build the loop's inputs: ``(decoder, ids, mask, single)``; ``options``
+    are :func:`make_sampler`'s."""
     check_generates(model)
     config = model.config
     for value, name in ((eos_token_id, "eos_token_id"), (stop_token_ids, "stop_token_ids")):
@@ -135,15 +152,15 @@ def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, key, eos_
     ids, mask, single = left_pad(prompt, pad_id=0)
     check_context(ids.shape[1], max_new_tokens, config.max_positions, encoder_decoder=config.is_encoder_decoder)
     check_ids(ids, mask, config.vocab_size)
-    sampler = make_sampler(
-        temperature=temperature, top_k=top_k, top_p=top_p, has_key=key is not None, vocab_size=config.vocab_size
-    )
+    sampler = make_sampler(**options, has_key=key is not None, vocab_size=config.vocab_size)
+    penalty = check_repetition_penalty(repetition_penalty)
     decoder = loop.Decoder(
         model=model,
         sampler=sampler,
         stop_ids=jnp.asarray(stops, jnp.int32).reshape(-1),
         pad_id=jnp.asarray(pad_token_id, jnp.int32),
         cache_dtype=_float_dtype(model),
+        repetition_penalty=None if penalty is None else jnp.asarray(penalty, jnp.float32),
     )
     return decoder, jnp.asarray(ids), jnp.asarray(mask), single
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from eqxllm.generation.penalty import penalize, see, seen_prompt
 from eqxllm.generation.sampling import Sampler
 
 
@@ -66,16 +67,21 @@ class DecodeState(eqx.Module):
     step: Int[Array, ""]  # tokens chosen so far
     end: Int[Array, ""]  # max_new_tokens
     key: PRNGKeyArray | None
+    seen: Bool[Array, "batch vocab"] | None = None  # the ids each sequence holds (with a repetition penalty)
 
 
 class Decoder(eqx.Module):
-    """A model with its token choice and stop rule: the static part of a generation run."""
+    """A model with its token choice and stop rule: the static part of a generation run.
+
+    With a ``repetition_penalty`` (``None``: off) the logits of the tokens each sequence holds are
+    penalised before the sampler sees them (:mod:`eqxllm.generation.penalty`)."""
 
     model: Any  # an eqx.Module following the protocol above (checked by use, not by type)
     sampler: Sampler
     stop_ids: Int[Array, " stops"]
     pad_id: Int[Array, ""]
     cache_dtype: Any = eqx.field(static=True)
+    repetition_penalty: Float[Array, ""] | None = None
 
     def prefill(
         self, ids: Int[Array, "batch seq"], mask: Bool[Array, "batch seq"], max_new_tokens: int
@@ -106,8 +112,14 @@ class Decoder(eqx.Module):
         return logits[:, 0], Caches(tree=tree, axes=cache.axes)
 
     def choose(
-        self, logits: Float[Array, "batch vocab"], key: PRNGKeyArray | None, step: Int[Array, ""]
+        self,
+        logits: Float[Array, "batch vocab"],
+        key: PRNGKeyArray | None,
+        step: Int[Array, ""],
+        seen: Bool[Array, "batch vocab"] | None = None,
     ) -> Int[Array, " batch"]:
+        if self.repetition_penalty is not None and seen is not None:
+            logits = penalize(logits, seen, self.repetition_penalty)
         if self.sampler.greedy or key is None:
             return jax.vmap(lambda x: self.sampler(x, None))(logits)
         keys = jax.random.split(jax.random.fold_in(key, step), logits.shape[0])
@@ -117,8 +129,15 @@ class Decoder(eqx.Module):
         """The state after choosing ``tokens``, and what is written out (the pad id once a sequence stopped)."""
         out = jnp.where(state.finished, self.pad_id, tokens)
         finished = state.finished | jnp.any(tokens[:, None] == self.stop_ids[None, :], axis=-1)
+        seen = None if state.seen is None else see(state.seen, tokens)
         new = DecodeState(
-            cache=cache, tokens=tokens, finished=finished, step=state.step + 1, end=state.end, key=state.key
+            cache=cache,
+            tokens=tokens,
+            finished=finished,
+            step=state.step + 1,
+            end=state.end,
+            key=state.key,
+            seen=seen,
         )
         return new, out
 
@@ -140,13 +159,24 @@ class Decoder(eqx.Module):
             step=zero,
             end=jnp.asarray(max_new_tokens, jnp.int32),
             key=key,
+            seen=None if self.repetition_penalty is None else self.seen_before(ids, mask, logits.shape[-1]),
         )
-        return self._record(empty, self.choose(logits, key, zero), cache)
+        return self._record(empty, self.choose(logits, key, zero, empty.seen), cache)
+
+    def seen_before(
+        self, ids: Int[Array, "batch seq"], mask: Bool[Array, "batch seq"], vocab_size: int
+    ) -> Bool[Array, "batch vocab"]:
+        """The tokens the repetition penalty sees before the first new one, as ``transformers``' ``input_ids``:
+        a decoder-only model's real prompt tokens; an encoder-decoder's ``decoder_start_token_id`` alone."""
+        if self.model.config.is_encoder_decoder:
+            start = jnp.full((ids.shape[0], 1), self.model.config.decoder_start_token_id, jnp.int32)
+            return seen_prompt(start, jnp.ones(start.shape, bool), vocab_size)
+        return seen_prompt(ids, mask, vocab_size)
 
     def step(self, state: DecodeState) -> tuple[DecodeState, Int[Array, " batch"]]:
         """Feed the last tokens, choose the next ones."""
         logits, cache = self.decode(state.tokens, state.cache)
-        return self._record(state, self.choose(logits, state.key, state.step), cache)
+        return self._record(state, self.choose(logits, state.key, state.step, state.seen), cache)
 
     def advance(self, state: DecodeState, num_steps: int) -> tuple[DecodeState, Int[Array, "batch {num_steps}"]]:
         """Up to ``num_steps`` more tokens per sequence, fewer when every sequence has stopped or

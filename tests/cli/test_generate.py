@@ -1,6 +1,8 @@
 """``eqxllm generate`` end to end: a tiny GPT-2 saved with a tiny trained tokenizer, text streamed to stdout."""
 
 import io
+import json
+import shutil
 import sys
 
 import jax
@@ -88,6 +90,11 @@ def test_samples_are_reproducible_with_their_own_keys(saved, capsys):
         (["--max-new-tokens", "500"], "exceeds the model's context (max_positions=64)"),
         (["--num-samples", "0"], "argument --num-samples: expected an integer >= 1, got 0"),
         (["--greedy", "--top-k", "5"], "--greedy always takes the most likely token; --top-k would be ignored"),
+        (["--greedy", "--min-p", "0.1"], "--greedy always takes the most likely token; --min-p would be ignored"),
+        (["--min-p", "1.5"], "argument --min-p: expected a number in [0, 1], got 1.5"),
+        (["--min-p", "x"], "argument --min-p: expected a number in [0, 1], got 'x'"),
+        (["--repetition-penalty", "0"], "argument --repetition-penalty: expected a finite number > 0, got 0"),
+        (["--repetition-penalty", "-1.2"], "argument --repetition-penalty: expected a finite number > 0, got -1.2"),
     ],
 )
 def test_bad_flags_print_one_error_line(saved, capsys, flags, message):
@@ -127,5 +134,60 @@ def test_help(capsys):
         "--seed",
         "--num-samples",
         "--greedy",
+        "--min-p",
+        "--repetition-penalty",
     ):
         assert flag in out
+
+
+def _with_generation_config(saved, tmp_path, config: dict):
+    path, _, _ = saved
+    shutil.copytree(path, tmp_path / "m")
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps(config))
+    return tmp_path / "m"
+
+
+def _run(capsys, path, *flags) -> str:
+    assert main(["generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens", "12", *flags]) == 0
+    return capsys.readouterr().out
+
+
+def test_the_generation_config_sets_the_repetition_penalty_of_greedy_decoding(saved, tmp_path, capsys):
+    _, model, tok = saved
+    path = _with_generation_config(saved, tmp_path, {"do_sample": False, "repetition_penalty": 1.5})
+    penalised, plain = _expected(model, tok, repetition_penalty=1.5), _expected(model, tok)
+    assert penalised != plain
+    assert _run(capsys, path) == PROMPT + penalised + "\n"
+    assert _run(capsys, path, "--repetition-penalty", "1") == PROMPT + plain + "\n"  # an explicit flag wins
+    assert _run(capsys, path, "--greedy") == PROMPT + penalised + "\n"  # --greedy keeps the penalty
+
+
+def test_the_generation_config_sets_every_sampling_default_and_flags_win(saved, tmp_path, capsys):
+    _, model, tok = saved
+    config = {"do_sample": True, "temperature": 2.0, "top_k": 40, "min_p": 0.1, "repetition_penalty": 1.3}
+    path = _with_generation_config(saved, tmp_path, config)
+    key = jax.random.fold_in(jax.random.key(0), 0)
+    options = {name: config[name] for name in ("temperature", "top_k", "min_p", "repetition_penalty")}
+    expected = _expected(model, tok, key=key, **options)
+    for name, off in (("temperature", 1.0), ("min_p", None), ("repetition_penalty", 1.0), ("top_k", None)):
+        assert _expected(model, tok, key=key, **{**options, name: off}) != expected, f"{name} changes nothing here"
+    assert _run(capsys, path) == PROMPT + expected + "\n"
+    flags = ["--temperature", "1.5", "--min-p", "0.3", "--repetition-penalty", "0.8"]
+    wins = _expected(model, tok, key=key, temperature=1.5, top_k=40, min_p=0.3, repetition_penalty=0.8)
+    assert _run(capsys, path, *flags) == PROMPT + wins + "\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"repetition_penalty": 0}, "repetition_penalty must be a number > 0 (1.0 is no penalty), found 0"),
+        ({"repetition_penalty": "high"}, "repetition_penalty must be a number > 0 (1.0 is no penalty), found 'high'"),
+        ({"min_p": 1.2}, "min_p must be a number in [0, 1], found 1.2"),
+    ],
+)
+def test_a_bad_generation_config_value_prints_one_error_line(saved, tmp_path, capsys, config, message):
+    path = _with_generation_config(saved, tmp_path, config)
+    assert main(["generate", "--model", str(path), "--prompt", PROMPT]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("eqxllm generate: error: ") and "generation_config.json: " + message in err
+    assert len(err.strip().splitlines()) == 1 and out == ""

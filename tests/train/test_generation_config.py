@@ -31,6 +31,25 @@ def test_written_and_read_back(tmp_path):
         read_generation_config(tmp_path)
 
 
+def test_the_repetition_penalty_and_min_p_are_read_and_checked(tmp_path):
+    # Qwen2.5-Instruct's generation_config.json, sampling part
+    qwen = {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    (tmp_path / "generation_config.json").write_text(json.dumps({**qwen, "min_p": 0}))
+    assert read_generation_config(tmp_path) == {**qwen, "min_p": 0.0}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"repetition_penalty": None, "min_p": None}))
+    assert read_generation_config(tmp_path) == {}
+    for bad, found in (
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be a number > 0 .*found 0.0"),
+        ({"repetition_penalty": -1}, "repetition_penalty must be a number > 0 .*found -1"),
+        ({"repetition_penalty": True}, "repetition_penalty must be a number > 0 .*found True"),
+        ({"min_p": 1.5}, r"min_p must be a number in \[0, 1\], found 1.5"),
+        ({"min_p": "0.1"}, r"min_p must be a number in \[0, 1\], found '0.1'"),
+    ):
+        (tmp_path / "generation_config.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match="generation_config.json: " + found):
+            read_generation_config(tmp_path)
+
+
 def test_generate_stops_at_its_eos_and_is_greedy_without_do_sample(tmp_path, capsys):
     tok = train_bpe_tokenizer(TEXT, vocab_size=300, min_frequency=1)
     eot = tok.token_to_id("<|endoftext|>")
