@@ -15,47 +15,35 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
+def _number(text: str, what: str, ok) -> float:
+    """``text`` as a float for which ``ok`` holds, else ``ArgumentTypeError`` saying it expected ``what``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0, as ``--temperature`` takes."""
+    return _number(text, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0, as ``--repetition-penalty`` takes."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+    return _number(text, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
 
 
 def unit_interval(text: str) -> float:
     """A number in [0, 1], as ``--min-p`` takes."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
+    return _number(text, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 def probability(text: str) -> float:
     """A probability in (0, 1], as ``--top-p`` takes."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
-    return value
+    return _number(text, "a number in (0, 1]", lambda v: 0 < v <= 1)
 
 
 def shard_size(text: str) -> str:
