@@ -27,8 +27,10 @@ def generation_config(model_cfg: Any) -> dict[str, Any]:
 def read_generation_config(directory: str | Path) -> dict[str, Any]:
     """The known entries of ``directory/generation_config.json`` (``{}`` when there is none):
     ``eos_token_id`` as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
-    ``repetition_penalty`` when set (not null). A ``repetition_penalty`` that is not a number > 0, or a
-    ``min_p`` outside ``[0, 1]``, raises :class:`CheckpointError` naming the file and the field."""
+    ``repetition_penalty``, ``num_beams``, ``length_penalty`` and ``early_stopping`` when set (not
+    null). A ``repetition_penalty`` that is not a number > 0, a ``min_p`` outside ``[0, 1]``, a
+    ``num_beams`` that is not an integer >= 1, a negative ``length_penalty`` or an ``early_stopping``
+    other than true, false or ``"never"`` raises :class:`CheckpointError` naming the file and the field."""
     path = Path(directory) / GENERATION_CONFIG
     if not path.is_file():
         return {}
@@ -48,11 +50,18 @@ def read_generation_config(directory: str | Path) -> dict[str, Any]:
     for name, ok, expected in (
         ("repetition_penalty", lambda v: v > 0, "a number > 0 (1.0 is no penalty)"),
         ("min_p", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        ("length_penalty", lambda v: v >= 0, "a number >= 0"),
+        ("num_beams", lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1"),
     ):
         value = raw.get(name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
             raise CheckpointError(f"{path}: {name} must be {expected}, found {value!r}")
-        out[name] = float(value)
+        out[name] = int(value) if name == "num_beams" else float(value)
+    stopping = raw.get("early_stopping")
+    if stopping is not None:
+        if not (isinstance(stopping, bool) or stopping == "never"):
+            raise CheckpointError(f'{path}: early_stopping must be true, false or "never", found {stopping!r}')
+        out["early_stopping"] = stopping
     return out

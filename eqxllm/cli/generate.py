@@ -5,7 +5,10 @@ repository). Sampling is the default (temperature 1, seed 0); ``--greedy`` (or `
 picks the most likely token. ``--repetition-penalty`` applies to both. A ``generation_config.json``
 beside the model supplies the stop ids and the defaults of ``--temperature``, ``--top-k``,
 ``--top-p``, ``--min-p``, ``--repetition-penalty`` (and greedy for ``do_sample: false``).
-Each of ``--num-samples`` samples starts with the prompt (then `` => `` for an encoder-decoder, whose
+``--num-beams N`` (or ``num_beams`` in ``generation_config.json``, unless it samples) runs
+``transformers``' beam search instead (:func:`eqxllm.generation.beam_search`, with
+``--length-penalty`` and ``--early-stopping``) and prints the best text, or the ``--num-samples``
+best. Each of ``--num-samples`` samples starts with the prompt (then `` => `` for an encoder-decoder, whose
 text is not a continuation) and uses its own key, ``fold_in(key(seed), i)``, so a run is reproducible
 and sample ``i`` does not depend on how many were asked for.
 """
@@ -51,6 +54,19 @@ def add_parser(sub) -> None:
         help="divide the positive logits of tokens already in the text by this (multiply the negative ones); "
         "1 is off, above 1 discourages repeats (default 1; greedy too)",
     )
+    p.add_argument(
+        "--num-beams", type=positive_int, default=None,
+        help="beam search with this many beams, as transformers' num_beams (default 1: no search)",
+    )  # fmt: skip
+    p.add_argument(
+        "--length-penalty", type=non_negative_float, default=None,
+        help="beam search: a text's score is its log-probability / length ** this (default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--early-stopping", choices=("true", "false", "never"), default=None,
+        help="beam search: stop once num-beams texts are finished (true), once no live beam can beat them "
+        "by transformers' heuristic (false, the default), or by the exact bound (never)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--num-samples", type=positive_int, default=1, help="how many continuations to print (default 1)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
@@ -91,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     # generation_config.json fills what the flags leave unset; an explicit sampling flag means sampling
     defaults = read_generation_config(directory)
     explicit = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.min_p))
+    search = beam_options(args, defaults, explicit_sampling=explicit)
+    if search is not None:
+        print_beams(model, tokenizer, args, search, _stop_ids(model, defaults), out)
+        return 0
     args.greedy = args.greedy or (defaults.get("do_sample") is False and not explicit)
     args.temperature = defaults.get("temperature", 1.0) if args.temperature is None else args.temperature
     args.top_k = defaults.get("top_k") if args.top_k is None else args.top_k
@@ -98,13 +118,8 @@ def run(args: argparse.Namespace) -> int:
     args.min_p = defaults.get("min_p") if args.min_p is None else args.min_p
     if args.repetition_penalty is None:  # not a sampling option: it applies to greedy decoding too
         args.repetition_penalty = defaults.get("repetition_penalty", 1.0)
-    eos = model.config.eos_token_id
-    stops = set(defaults.get("eos_token_id", [])) | (
-        set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
-    )
-    prompt = jnp.asarray(tokenizer.encode(args.prompt).ids, jnp.int32)
-    if prompt.shape[0] == 0:
-        raise InputError(f"the prompt {args.prompt!r} encodes to no tokens; give some text")
+    stops = _stop_ids(model, defaults)
+    prompt = _prompt_ids(tokenizer, args.prompt)
     options = (
         {} if args.greedy else dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
     )
@@ -115,6 +130,91 @@ def run(args: argparse.Namespace) -> int:
         print_stream(model, tokenizer, prompt, args, key, options, out, stops=stops, header=header)
         out.write("\n")
     return 0
+
+
+def _stop_ids(model, defaults: dict) -> set[int]:
+    """The model config's end-of-sequence ids and ``generation_config.json``'s."""
+    eos = model.config.eos_token_id
+    return set(defaults.get("eos_token_id", [])) | (
+        set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    )
+
+
+def _prompt_ids(tokenizer, prompt: str) -> jax.Array:
+    ids = jnp.asarray(tokenizer.encode(prompt).ids, jnp.int32)
+    if ids.shape[0] == 0:
+        raise InputError(f"the prompt {prompt!r} encodes to no tokens; give some text")
+    return ids
+
+
+_STOPPING = {"true": True, "false": False, "never": "never"}
+
+
+def beam_options(args: argparse.Namespace, defaults: dict, *, explicit_sampling: bool) -> dict | None:
+    """``num_beams``, ``length_penalty`` and ``early_stopping`` for a beam search, or ``None`` to sample
+    or decode greedily. The flags win over ``generation_config.json``, whose ``num_beams`` applies
+    unless the run samples (a sampling flag, or its own ``do_sample: true``: beam sampling is not
+    done, which a note on stderr says) or ``--greedy`` asks for one sequence. Conflicting flags raise
+    :class:`InputError`."""
+    beams = args.num_beams
+    if beams is not None and beams > 1:
+        given = [f for f, v in (("--temperature", args.temperature), ("--top-k", args.top_k),
+                                ("--top-p", args.top_p), ("--min-p", args.min_p)) if v is not None]  # fmt: skip
+        if args.greedy or given:
+            raise InputError(
+                f"--num-beams {beams} searches for the likeliest text; {', '.join(given) or '--greedy'} would "
+                "be ignored: drop one"
+            )
+    elif beams is None and not (args.greedy or explicit_sampling) and defaults.get("num_beams", 1) > 1:
+        if defaults.get("do_sample") is True:
+            print(
+                f"note: generation_config.json asks for beam sampling (num_beams {defaults['num_beams']}, "
+                "do_sample true), which eqxllm does not do; sampling one sequence",
+                file=sys.stderr,
+            )
+        else:
+            beams = defaults["num_beams"]
+    if beams is None or beams == 1:
+        beam_only = [f for f, v in (("--length-penalty", args.length_penalty),
+                                    ("--early-stopping", args.early_stopping)) if v is not None]  # fmt: skip
+        if beam_only:
+            raise InputError(f"{', '.join(beam_only)} set(s) how a beam search scores or stops: add --num-beams N")
+        return None
+    if args.repetition_penalty not in (None, 1.0):
+        raise InputError(
+            f"--repetition-penalty does not apply to beam search ({beams} beams, from "
+            f"{'--num-beams' if args.num_beams else 'generation_config.json'}): drop one"
+        )
+    if args.num_samples > beams:
+        raise InputError(f"--num-samples {args.num_samples} asks for more texts than the {beams} beams find")
+    if args.repetition_penalty is None and defaults.get("repetition_penalty", 1.0) != 1.0:
+        print("note: generation_config.json's repetition_penalty does not apply to beam search", file=sys.stderr)
+    stopping = args.early_stopping
+    return dict(
+        num_beams=beams,
+        length_penalty=defaults.get("length_penalty", 1.0) if args.length_penalty is None else args.length_penalty,
+        early_stopping=defaults.get("early_stopping", False) if stopping is None else _STOPPING[stopping],
+    )
+
+
+def print_beams(model, tokenizer, args: argparse.Namespace, search: dict, stops: set[int], out) -> None:
+    """The ``--num-samples`` best texts of a beam search, best first, each after the prompt."""
+    from eqxllm.generation import beam_search
+
+    if not stops:
+        raise InputError(
+            "beam search needs a stop token, and neither the model's config nor generation_config.json names "
+            "an eos_token_id"
+        )
+    prompt = _prompt_ids(tokenizer, args.prompt)
+    found = beam_search(
+        model, prompt, max_new_tokens=args.max_new_tokens, eos_token_id=sorted(stops), return_all=True, **search
+    )
+    joint = " => " if model.config.is_encoder_decoder else ""
+    for i, tokens in enumerate(np.asarray(found)[: args.num_samples].tolist()):
+        header = f"{'' if i == 0 else chr(10)}--- beam {i + 1} ---\n" if args.num_samples > 1 else ""
+        end = next((j for j, t in enumerate(tokens) if t in stops), len(tokens))
+        out.write(header + args.prompt + joint + tokenizer.decode(tokens[:end]) + "\n")
 
 
 def print_stream(

@@ -191,3 +191,78 @@ def test_a_bad_generation_config_value_prints_one_error_line(saved, tmp_path, ca
     out, err = capsys.readouterr()
     assert err.startswith("eqxllm generate: error: ") and "generation_config.json: " + message in err
     assert len(err.strip().splitlines()) == 1 and out == ""
+
+
+def _beams(model, tok, **options) -> list[str]:
+    """What beam_search finds for the prompt: every hypothesis's text, best first."""
+    from eqxllm.generation import beam_search
+
+    ids = jnp.asarray(tok.encode(PROMPT).ids)
+    found = beam_search(model, ids, max_new_tokens=12, return_all=True, **options)
+    eos = model.config.eos_token_id
+    texts = []
+    for row in np.asarray(found).tolist():
+        texts.append(tok.decode(row[: row.index(eos)] if eos in row else row))
+    return texts
+
+
+def test_num_beams_prints_the_best_texts_of_the_search(saved, capsys):
+    _, model, tok = saved
+    best = _beams(model, tok, num_beams=4, length_penalty=0.0, early_stopping=True)
+    assert best[0] != _expected(model, tok)  # the search finds another text than greedy decoding here
+    flags = ["--num-beams", "4", "--length-penalty", "0", "--early-stopping", "true"]
+    assert _run(capsys, saved[0], *flags) == PROMPT + best[0] + "\n"
+    two = _run(capsys, saved[0], *flags, "--num-samples", "2")
+    assert two == f"--- beam 1 ---\n{PROMPT}{best[0]}\n\n--- beam 2 ---\n{PROMPT}{best[1]}\n"
+
+
+def test_the_generation_config_num_beams_searches_unless_the_run_samples(saved, tmp_path, capsys):
+    _, model, tok = saved
+    config = {"num_beams": 3, "length_penalty": 2.0, "early_stopping": "never"}
+    path = _with_generation_config(saved, tmp_path, config)
+    searched = _beams(model, tok, num_beams=3, length_penalty=2.0, early_stopping="never")[0]
+    assert _run(capsys, path) == PROMPT + searched + "\n"
+    key = jax.random.fold_in(jax.random.key(0), 0)
+    assert searched not in (_expected(model, tok), _expected(model, tok, key=key))  # the search shows
+    # the flag wins: one beam is the command's default, sampling
+    assert _run(capsys, path, "--num-beams", "1") == PROMPT + _expected(model, tok, key=key) + "\n"
+    assert _run(capsys, path, "--greedy") == PROMPT + _expected(model, tok) + "\n"
+    assert _run(capsys, path, "--temperature", "1") == PROMPT + _expected(model, tok, key=key) + "\n"
+    # a config that samples with beams (transformers' beam sampling) samples one sequence, and says so
+    path = _with_generation_config(saved, tmp_path / "s", {"num_beams": 3, "do_sample": True})
+    assert main(["generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens", "12"]) == 0
+    out, err = capsys.readouterr()
+    assert out == PROMPT + _expected(model, tok, key=key) + "\n" and "beam sampling" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--num-beams", "4", "--top-k", "5"],
+            "--num-beams 4 searches for the likeliest text; --top-k would be ignored",
+        ),
+        (["--num-beams", "2", "--greedy"], "--greedy would be ignored"),
+        (["--num-beams", "2", "--repetition-penalty", "1.2"], "--repetition-penalty does not apply to beam search"),
+        (["--num-beams", "2", "--num-samples", "3"], "--num-samples 3 asks for more texts than the 2 beams find"),
+        (["--length-penalty", "2"], "--length-penalty set(s) how a beam search scores or stops: add --num-beams N"),
+        (["--early-stopping", "never"], "--early-stopping set(s) how a beam search scores or stops"),
+        (["--num-beams", "0"], "argument --num-beams: expected an integer >= 1, got 0"),
+        (["--early-stopping", "maybe"], "argument --early-stopping: invalid choice: 'maybe'"),
+    ],
+)
+def test_bad_beam_flags_print_one_error_line(saved, capsys, flags, message):
+    test_bad_flags_print_one_error_line(saved, capsys, flags, message)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"num_beams": 0}, "num_beams must be an integer >= 1, found 0"),
+        ({"num_beams": 2.5}, "num_beams must be an integer >= 1, found 2.5"),
+        ({"length_penalty": -1}, "length_penalty must be a number >= 0, found -1"),
+        ({"early_stopping": "soon"}, "early_stopping must be true, false or \"never\", found 'soon'"),
+    ],
+)
+def test_a_bad_beam_setting_in_the_generation_config_prints_one_error_line(saved, tmp_path, capsys, config, message):
+    test_a_bad_generation_config_value_prints_one_error_line(saved, tmp_path, capsys, config, message)
