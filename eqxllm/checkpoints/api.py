@@ -93,8 +93,8 @@ def load_config(src: str | os.PathLike, *, revision: str | None = None):
 
 def load_generation_config(src: str | os.PathLike, *, revision: str | None = None) -> dict[str, Any]:
     """What a checkpoint's ``generation_config.json`` says (``{}`` when it has none): ``eos_token_id``
-    as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``
-    when set.
+    as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``,
+    ``num_beams``, ``length_penalty``, ``early_stopping`` when set.
 
     Chat and instruct checkpoints often stop on more ids there than ``config.json`` lists (Gemma 2's
     ``<end_of_turn>``, Llama 3's ``<|eot_id|>``); ``eqxllm.generate`` reads only the model config,
