@@ -148,6 +148,12 @@ def beam_search_cached(
     return end.pool, end.pool_score
 
 
+def stopping_mode(early_stopping: EarlyStopping) -> Int[Array, ""]:
+    """``early_stopping`` as its index in :data:`STOPPING`, an array: the search takes it traced, so
+    another value does not compile again."""
+    return jnp.asarray(STOPPING.index(early_stopping), jnp.int32)
+
+
 def check_beam_options(num_beams: int, length_penalty: float, steps: int, early_stopping: Any = False) -> None:
     """Raise :class:`InputError` for ``num_beams < 1``, ``length_penalty < 0``, ``steps < 1`` or an
     ``early_stopping`` other than ``True``, ``False`` or ``"never"``."""
@@ -239,7 +245,7 @@ def beam_search(
     check_stop_ids(tuple(int(s) for s in stops), cfg.vocab_size)
     tokens, scores = _search_prompts(
         model, jnp.asarray(ids, jnp.int32), beams, steps, tuple(int(s) for s in stops), jnp.asarray(alpha, jnp.float32),
-        jnp.asarray(STOPPING.index(early_stopping), jnp.int32),
+        stopping_mode(early_stopping),
     )  # fmt: skip
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 

@@ -116,13 +116,14 @@ def check_stop_ids(stops: tuple[int, ...], vocab_size: int) -> None:
 
 
 def check_generates(model: Any) -> None:
-    """Raise :class:`InputError` for a model that gives hidden states, not tokens: T5's encoder alone."""
-    from eqxllm.models.t5_encoder import T5Encoder  # here, so that importing the sampler imports no family
-
-    if isinstance(model, T5Encoder):
+    """Raise :class:`InputError` for a model without the decoding protocol's ``decode`` (one that gives
+    hidden states, not tokens, such as T5's encoder alone), rather than an ``AttributeError`` deep in
+    the loop."""
+    if not callable(getattr(model, "decode", None)):
         raise InputError(
-            "a T5Encoder has no decoder to generate with: it gives hidden states (model(ids, mask=mask)). "
-            "Generate with an encoder-decoder T5 (a T5ForConditionalGeneration checkpoint)"
+            f"a {type(model).__name__} has no decoder to generate with: it gives hidden states "
+            "(model(ids, mask=mask)). Generate with a model that writes tokens (for T5, an encoder-decoder "
+            "T5ForConditionalGeneration checkpoint)"
         )
 
 

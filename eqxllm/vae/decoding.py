@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
 from eqxllm.generation import beam_search_cached, generate
-from eqxllm.generation.beam import STOPPING, Beams, EarlyStopping, check_beam_options, select_beams
+from eqxllm.generation.beam import Beams, EarlyStopping, check_beam_options, select_beams, stopping_mode
 
 
 class LatentSource(eqx.Module):
@@ -123,8 +123,7 @@ def beam_search_from_latent(
     steps = max_new_tokens or model.config.max_length
     check_beam_options(num_beams, length_penalty, steps, early_stopping)
     alpha = jnp.asarray(length_penalty, jnp.float32)  # traced, as the mode: new values do not compile again
-    mode = jnp.asarray(STOPPING.index(early_stopping), jnp.int32)
-    tokens, scores = _beams(model, batch, num_beams, steps, alpha, mode)
+    tokens, scores = _beams(model, batch, num_beams, steps, alpha, stopping_mode(early_stopping))
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 
 
