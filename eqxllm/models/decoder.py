@@ -22,9 +22,19 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack
 from eqxllm.nn.attention import Rotary
-from eqxllm.nn.decoding import CacheSlot, CausalLM, Dims, OutputHead, TokenSlots, causal_mask, scan_layers
+from eqxllm.nn.decoding import (
+    CacheSlot,
+    CausalLM,
+    Dims,
+    OutputHead,
+    TokenSlots,
+    causal_mask,
+    empty_cache,
+    scan_layers,
+)
 from eqxllm.nn.masks import CausalMask, Mask
 from eqxllm.nn.moe import MoE
+from eqxllm.nn.ring_cache import RingCache, RingLayout, RingSlot, ring_mask
 
 __all__ = ["DecoderBlock", "DecoderLM", "parameter_count"]
 
@@ -73,12 +83,16 @@ class DecoderBlock(eqx.Module):
         *,
         mask: Mask,
         rotary: Rotary,
-        cache: CacheSlot | None = None,
+        cache: CacheSlot | RingSlot | None = None,
     ) -> tuple[Float[Array, "seq embed"], Any, Float[Array, "seq experts"] | None]:
         """The block's output, the cache with this layer's new keys and values written (None
-        without one), and the router logits of a mixture of experts (None for a dense MLP)."""
+        without one; a sliding layer's ring with a :class:`RingSlot`), and the router logits of a
+        mixture of experts (None for a dense MLP)."""
         kv, index, layer = (None, None, None) if cache is None else cache
-        h, kv = self.attn(self.pre_attn_norm(x), mask=mask, rotary=rotary, cache=kv, cache_index=index, layer=layer)
+        h, kv = self.attn(
+            self.pre_attn_norm(x), mask=mask, rotary=rotary, cache=kv, cache_index=index, layer=layer,
+            ring=isinstance(cache, RingSlot),
+        )  # fmt: skip
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = x + h
@@ -134,9 +148,11 @@ class DecoderLM(CausalLM):
         """The final-normed hidden states, the updated cache (None without one), and the router
         logits of every mixture-of-experts layer (None for dense models), for an auxiliary loss. These
         models have no dropout (as in the references): ``key`` is accepted for a uniform signature and
-        unused. The cache keeps every slot; sliding layers see only the last ``sliding_window`` slots
-        through their mask."""
+        unused. Sliding layers see only the last ``sliding_window`` slots, through their mask; a cache
+        from :meth:`init_cache` keeps only those slots for them (a ring), and a plain one every slot."""
         del key
+        if cache is not None and cache.ring is not None:
+            return self._ring_features(input_ids, slots, cache)
         masks = self._masks(slots)
         rotaries = self._rotaries(slots.positions)
 
@@ -146,6 +162,49 @@ class DecoderLM(CausalLM):
         flags = jnp.asarray(self.config.decoder.sliding_flags, dtype=bool)
         x, cache, router_logits = scan_layers(self.blocks, layer, self._embed(input_ids), flags, cache, slots)
         return self.norm(x), cache, router_logits
+
+    def _ring_features(self, input_ids: Int[Array, " seq"], slots: TokenSlots, cache: KVCache):
+        """:meth:`_features` over a cache whose sliding layers keep rings: the layers run a period of
+        the sliding pattern at a time, so each knows statically which cache it reads and writes."""
+        spec: DecoderSpec = self.config.decoder
+        layout = RingLayout.of(spec.sliding_flags)
+        ring = cache.ring
+        if layout is None or ring is None or ring.window != spec.sliding_window:
+            raise ValueError("this cache's rings do not match the model's sliding layers; make it with init_cache")
+        masks = ring_mask(slots.q_slots, slots.kv_valid, cache.index, ring.window), causal_mask(slots)
+        rotaries = self._rotaries(slots.positions)
+
+        def layer(block, carry, p, g):
+            x, full_kv, ring_kv = carry
+            if layout.pattern[p]:
+                slot = RingSlot(ring_kv, cache.index, layout.row(p, g))
+                x, ring_kv, y = block(x, mask=masks[0], rotary=rotaries[0], cache=slot)
+            else:
+                slot = CacheSlot(full_kv, cache.index, layout.row(p, g))
+                x, full_kv, y = block(x, mask=masks[1], rotary=rotaries[1], cache=slot)
+            return (x, full_kv, ring_kv), y
+
+        carry = (self._embed(input_ids), (cache.k, cache.v), (ring.k, ring.v))
+        (x, (k, v), (rk, rv)), router_logits = self.blocks.scan_periods(layer, carry, layout.period)
+        cache = cache.advanced(k, v, slots.kv_valid, input_ids.shape[0], RingCache(k=rk, v=rv))
+        return self.norm(x), cache, router_logits
+
+    def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
+        """An empty cache for one sequence of up to ``max_len`` tokens. Sliding layers keep only their
+        last ``sliding_window`` slots (:mod:`eqxllm.nn.ring_cache`) when that is fewer than ``max_len``
+        and their pattern repeats at least every :data:`~eqxllm.nn.ring_cache.MAX_PERIOD` layers
+        (Mistral, Gemma 2/3); every other layer keeps ``max_len`` slots."""
+        spec: DecoderSpec = self.config.decoder
+        layout = RingLayout.of(spec.sliding_flags)
+        window = spec.sliding_window
+        if layout is None or window is None or window >= max_len:
+            return super().init_cache(max_len, dtype)
+        full = empty_cache(self.dims._replace(num_layers=layout.num_global), max_len, dtype)
+        ring = RingCache.empty(
+            num_layers=layout.num_sliding, window=window, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+            dtype=dtype,
+        )  # fmt: skip
+        return KVCache(k=full.k, v=full.v, valid=full.valid, index=full.index, ring=ring)
 
     # pieces of the forward pass -------------------------------------------------------------------
     def _masks(self, slots: TokenSlots):

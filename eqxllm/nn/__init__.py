@@ -35,6 +35,7 @@ from eqxllm.nn.positions import (
     rotary_angles,
     sinusoidal_positions,
 )
+from eqxllm.nn.ring_cache import RingCache
 from eqxllm.nn.stack import Stack
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "MoE",
     "RMSNorm",
     "RelativePositionBias",
+    "RingCache",
     "Stack",
     "activation",
     "apply_rotary",

@@ -14,6 +14,7 @@ from eqxllm.nn.masks import Mask
 from eqxllm.nn.materialize import materialize
 from eqxllm.nn.norms import RMSNorm
 from eqxllm.nn.positions import apply_rotary
+from eqxllm.nn.ring_cache import ring_attend
 
 LayerKV = tuple[Float[Array, "kv_seq kv_heads head_dim"], Float[Array, "kv_seq kv_heads head_dim"]]
 Rotary = tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]]
@@ -118,6 +119,7 @@ class Attention(eqx.Module):
         cache: CacheKV | None = None,
         cache_index: Int[Array, ""] | None = None,
         layer: Int[Array, ""] | None = None,
+        ring: bool = False,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "seq embed"], CacheKV | None]:
         """Attend from ``x`` to itself, to ``context``, or to precomputed ``kv`` (cached cross attention).
@@ -129,7 +131,10 @@ class Attention(eqx.Module):
         (``[layers, max_len, kv_heads, head_dim]``) and only this layer's new slots are written: carried
         through the layer scan, the whole cache is then updated in place instead of being sliced out and
         stacked back (a full copy per token); its room is checked once per pass by
-        :meth:`~eqxllm.nn.KVCache.prepare`, not per layer. ``key`` turns on dropout of the attention probabilities
+        :meth:`~eqxllm.nn.KVCache.prepare`, not per layer. With ``ring`` the stacked ``cache`` is instead
+        every sliding layer's ring of the last ``window`` slots (:mod:`eqxllm.nn.ring_cache`): the
+        queries attend over row ``layer`` as it was, then the new keys (``mask`` is
+        ``[seq, window + seq]``), and the new slots are written into the ring. ``key`` turns on dropout of the attention probabilities
         (``dropout_rate``). Returns the output and the updated cache (None without one).
         """
         seq = x.shape[0]
@@ -146,10 +151,15 @@ class Attention(eqx.Module):
         if cache is not None:
             if cache_index is None:
                 raise ValueError("a KV cache needs cache_index, the slot of the first new token")
-            if layer is None:  # a caller's own cache; a stacked one is checked once per pass, by KVCache.prepare
-                cache_index = checked_index(cache_index, k.shape[0], cache[0].shape[0])
-            new_cache = (write_slots(cache[0], k, cache_index, layer), write_slots(cache[1], v, cache_index, layer))
-            k, v = (c if layer is None else c[layer] for c in new_cache)
+            if ring:
+                if layer is None:
+                    raise ValueError("a ring cache stacks every sliding layer's rows: give layer, this one's row")
+                k, v, new_cache = ring_attend(cache, k, v, cache_index, layer)
+            else:
+                if layer is None:  # a caller's own cache; a stacked one is checked once per pass, by KVCache.prepare
+                    cache_index = checked_index(cache_index, k.shape[0], cache[0].shape[0])
+                new_cache = (write_slots(cache[0], k, cache_index, layer), write_slots(cache[1], v, cache_index, layer))
+                k, v = (c if layer is None else c[layer] for c in new_cache)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         out = dot_product_attention(
             q, k, v, mask=mask, bias=bias, scale=self.scale, softcap=self.softcap, impl=self.impl,

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from eqxllm.errors import InputError
+from eqxllm.nn.ring_cache import RingCache
 
 
 class KVCache(eqx.Module):
@@ -15,12 +16,17 @@ class KVCache(eqx.Module):
     (left padding stays ``False``); ``index`` is the next slot to write. ``jax.vmap`` over a batch of
     caches gives per-sequence state. Slots, not positions, index the cache: a left-padded prompt's
     positions are ``slot - num_pad``.
+
+    With ``ring`` (sliding-window layers, :mod:`eqxllm.nn.ring_cache`), ``k``/``v`` hold the global
+    layers only and ``ring`` the last ``window`` slots of each sliding layer; ``valid`` and ``index``
+    still count every slot.
     """
 
     k: Float[Array, "layers max_len kv_heads head_dim"]
     v: Float[Array, "layers max_len kv_heads head_dim"]
     valid: Bool[Array, " max_len"]
     index: Int[Array, ""]
+    ring: RingCache | None = None
 
     @classmethod
     def empty(cls, *, num_layers: int, max_len: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
@@ -53,9 +59,9 @@ class KVCache(eqx.Module):
         valid = jax.lax.dynamic_update_slice(self.valid, mask, (index,))
         return positions, slots, valid
 
-    def advanced(self, k, v, valid: Bool[Array, " max_len"], seq: int) -> "KVCache":
-        """The cache after writing ``seq`` tokens: new layer keys/values, validity and index."""
-        return KVCache(k=k, v=v, valid=valid, index=self.index + seq)
+    def advanced(self, k, v, valid: Bool[Array, " max_len"], seq: int, ring: RingCache | None = None) -> "KVCache":
+        """The cache after writing ``seq`` tokens: new layer keys/values (and ring), validity and index."""
+        return KVCache(k=k, v=v, valid=valid, index=self.index + seq, ring=ring)
 
 
 def checked_index(index: Int[Array, ""], seq: int, max_len: int) -> Int[Array, ""]:

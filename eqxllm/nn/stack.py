@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 Block = TypeVar("Block", bound=eqx.Module)
@@ -61,6 +62,37 @@ class Stack(eqx.Module, Generic[Block]):
             # optimisation barriers would only slow the step (the JAX docs and MaxText do the same)
             step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
         return jax.lax.scan(step, carry, (dynamic, xs))
+
+    def scan_periods(self, body: Callable[[Block, Any, int, Any], tuple[Any, Any]], carry: Any, period: int):
+        """Run ``body(block, carry, p, g) -> (carry, y)`` over the layers ``period`` at a time, for stacks
+        whose layers follow a repeating pattern that the body must know statically (e.g. which cache a
+        layer reads, :mod:`eqxllm.nn.ring_cache`): a scan over the ``num_layers // period`` whole periods
+        (``g``: the period's index, traced), each running its layers in turn with their place ``p`` in
+        the period a Python int, then the ``num_layers % period`` layers left, unrolled (``g`` an int).
+        Returns ``(carry, ys)`` with the ``y`` stacked in layer order. Meant for inference: the remat
+        policy is not applied."""
+        dynamic, static = eqx.partition(self.blocks, eqx.is_array)
+
+        def run(carry, g, count: int):
+            ys = []
+            for p in range(count):  # the layer's weights are read in place: no stacked copy is sliced out
+                i = g * period + p
+                block = eqx.combine(jax.tree.map(lambda w, i=i: w[i], dynamic), static)
+                carry, y = body(block, carry, p, g)
+                ys.append(y)
+            return carry, ys
+
+        def whole(carry, g):
+            carry, ys = run(carry, g, period)
+            return carry, jax.tree.map(lambda *y: jnp.stack(y), *ys)
+
+        groups, rest = divmod(self.num_layers, period)
+        carry, ys = jax.lax.scan(whole, carry, jnp.arange(groups))
+        ys = jax.tree.map(lambda y: y.reshape(groups * period, *y.shape[2:]), ys)
+        carry, tail = run(carry, groups, rest)
+        if tail:
+            ys = jax.tree.map(lambda y, *t: jnp.concatenate([y, jnp.stack(t)]), ys, *tail)
+        return carry, ys
 
     def with_remat(self, remat: str) -> "Stack[Block]":
         """The same weights with another rematerialisation policy."""

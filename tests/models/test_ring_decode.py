@@ -1,0 +1,84 @@
+"""Sliding layers cache only their last ``sliding_window`` slots (rings), and decoding over such a cache
+gives the logits of the full forward pass (through a left-padded prompt longer than the window, a chunk
+shorter than it and single steps; a mixture of experts' router logits too), and the tokens of a cache
+that keeps every slot in batched generation and beam search."""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqxllm
+from eqxllm.generation import beam_search
+from eqxllm.models import Gemma, GemmaConfig, Llama
+from eqxllm.models.llama_presets import llama_preset
+from eqxllm.nn.decoding import CausalLM
+
+TOL = 1e-4
+PAD = 2
+KEY = jax.random.key(3)
+CHUNKS = (9, 3, 1, 1)  # the left-padded prompt (7 real tokens), a chunk, two steps; the window is 4
+
+
+@functools.cache
+def _model(name: str):
+    if name == "gemma3":  # layers S S G S: one whole period of the pattern, then one layer left
+        return Gemma(
+            GemmaConfig.tiny(3).replace(num_hidden_layers=4, sliding_window_pattern=3, sliding_window=4), key=KEY
+        )
+    return Llama(llama_preset("mixtral-tiny").replace(model_type="mixtral", sliding_window=4), key=KEY)  # every layer
+
+
+@pytest.fixture(scope="module", params=["gemma3", "mixtral"])
+def model(request):
+    return _model(request.param)
+
+
+@eqx.filter_jit
+def _forward(model, ids, mask, cache):
+    return model.forward(ids, mask=mask, cache=cache)
+
+
+def _plain_cache(model, max_len):
+    return CausalLM.init_cache(model, max_len)  # every layer keeps every slot
+
+
+def test_the_cache_keeps_the_window_for_sliding_layers(model):
+    spec = model.config.decoder
+    cache = model.init_cache(32)
+    sliding = sum(spec.sliding_flags)
+    assert cache.ring is not None and cache.ring.k.shape == (sliding, 4, spec.num_kv_heads, spec.head_dim)
+    assert cache.k.shape == (spec.num_layers - sliding, 32, spec.num_kv_heads, spec.head_dim)
+    assert model.init_cache(4).ring is None  # a window as long as the cache: nothing to save
+
+
+def test_ring_decoding_equals_the_full_pass(model):
+    total = sum(CHUNKS)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 256, size=total))
+    mask = jnp.arange(total) >= PAD
+    full, _, full_router = _forward(model, ids, mask, None)
+    cache, start = model.init_cache(total + 2), 0
+    for seq in CHUNKS:
+        logits, cache, router = _forward(model, ids[start : start + seq], mask[start : start + seq], cache)
+        real = np.asarray(mask[start : start + seq])  # padding sees no key: its outputs are arbitrary
+        np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(full)[start : start + seq][real], atol=TOL)
+        if full_router is not None:  # the experts' router logits come back in layer order
+            expected = np.asarray(full_router)[:, start : start + seq][:, real]
+            np.testing.assert_allclose(np.asarray(router)[:, real], expected, atol=TOL)
+        start += seq
+    assert int(cache.index) == total and cache.ring is not None
+
+
+def test_generation_and_beams_are_those_of_a_cache_of_every_slot(monkeypatch):
+    model = _model("gemma3")
+    prompts = [[5, 9, 14, 3, 7, 11], [8, 2]]  # left-padded to one batch
+    options = dict(max_new_tokens=8, eos_token_id=7)
+    ring = eqxllm.generate(model, prompts, **options)
+    beams = beam_search(model, prompts[0], num_beams=3, return_all=True, **options)
+    assert ring.shape == (2, 8)
+    monkeypatch.setattr(type(model), "init_cache", _plain_cache)
+    np.testing.assert_array_equal(ring, eqxllm.generate(model, prompts, **options))
+    np.testing.assert_array_equal(beams, beam_search(model, prompts[0], num_beams=3, return_all=True, **options))
