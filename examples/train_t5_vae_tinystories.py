@@ -41,7 +41,7 @@ from eqxllm.train.tasks.vae import VAETask
 from eqxllm.vae import evaluate_sentences
 from eqxllm.vae.text import build_bank, encode_rows, interpolate_texts
 
-BANK_NEIGHBOURS = 16  # build_bank's k: a geodesic bank needs more sentences than that
+BANK_NEIGHBOURS = 16  # the geodesic bank's k (its graph's neighbours a code): it needs more sentences than that
 
 
 def pca_figure(latents: np.ndarray, texts: list[str], lengths: np.ndarray, path: Path) -> None:
@@ -186,7 +186,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     picks = rng.choice(len(heldout), size=(args.paths, 2), replace=False)
     pairs = [(heldout.texts[a], heldout.texts[b]) for a, b in picks]
-    bank = build_bank(model, task.tokenizer, task.train.texts) if args.method == "geodesic" else None
+    geodesic = args.method == "geodesic"
+    bank = build_bank(model, task.tokenizer, task.train.texts, k=BANK_NEIGHBOURS) if geodesic else None
     paths = [
         interpolate_texts(
             model, task.tokenizer, a, b, args.steps,
