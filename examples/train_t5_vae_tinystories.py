@@ -5,8 +5,9 @@
     python examples/train_t5_vae_tinystories.py --data ... --skip-training --method geodesic --refine-steps 300
 
 Training is the `t5-vae-tinystories` preset (`eqxllm train --config t5-vae-tinystories` does the same);
-an interrupted run continues with --resume. Flags are checked before training starts (--paths against
-the number of held-out sentences only once they are known).
+an interrupted run continues with --resume. Flags are checked before training starts; --paths (against
+the held-out sentences) and --method geodesic (against the training sentences) as soon as the run's
+data and tokenizer are ready, before the model is built.
 
 Afterwards the script evaluates the held-out sentences (the validation stories' sentences never seen
 in training) in batches of 64. They are also written to OUT/heldout.txt, so that `eqxllm eval --model
@@ -25,17 +26,22 @@ back (eqxllm.vae.refine).
 import argparse
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from _common import preset_run, run_parser, run_script
 
 import eqxllm
-from eqxllm.errors import ConfigError, InputError, MissingExtraError, require
+from eqxllm.checkpoints.atomic import check_destination
+from eqxllm.data.sentences import whole_sentence
+from eqxllm.errors import CheckpointError, ConfigError, InputError, MissingExtraError, require
 from eqxllm.train.loop import train
 from eqxllm.train.tasks.vae import VAETask
 from eqxllm.vae import evaluate_sentences
 from eqxllm.vae.text import build_bank, encode_rows, interpolate_texts
+
+BANK_NEIGHBOURS = 16  # the geodesic bank's k (its graph's neighbours a code): it needs more sentences than that
 
 
 def pca_figure(latents: np.ndarray, texts: list[str], lengths: np.ndarray, path: Path) -> None:
@@ -115,7 +121,36 @@ def parse_args() -> argparse.Namespace:
     model_dir = Path(args.out) / "model"
     if args.skip_training and not (model_dir / "config.json").is_file():
         raise ConfigError(f"--skip-training: {model_dir} holds no model; train first (drop --skip-training)")
+    if args.figures is not None:
+        try:  # below a file, or in a folder that cannot be written
+            check_destination(Path(args.figures))
+        except CheckpointError as e:
+            raise ConfigError(f"--figures: {e}") from None
     return args
+
+
+def sentence_check(args: argparse.Namespace) -> Callable[[VAETask], None]:
+    """The flags that depend on the run's sentences, checked against a task (by ``train`` before it
+    builds the model): --paths needs two held-out sentences a path, --method geodesic a bank of more
+    than ``BANK_NEIGHBOURS`` distinct whole training sentences (before the trained model's own filter)."""
+
+    def check(task: VAETask) -> None:
+        held = len(task.validation)
+        if 2 * args.paths > held:
+            fewer = f"--paths {held // 2} or fewer" if held > 1 else "--paths 0"
+            raise InputError(
+                f"--paths {args.paths} needs {2 * args.paths} held-out sentences, the data gives {held}; "
+                f"pass {fewer}, or more data"
+            )
+        if args.paths and args.method == "geodesic":
+            bank = len({t for t in task.train.texts if whole_sentence(t)})
+            if bank <= BANK_NEIGHBOURS:
+                raise InputError(
+                    f"--method geodesic needs more than {BANK_NEIGHBOURS} distinct training sentences for its "
+                    f"bank, the data gives {bank}; use --method slerp or more data"
+                )
+
+    return check
 
 
 def main() -> None:
@@ -128,13 +163,13 @@ def main() -> None:
         draw = False
     cfg = preset_run("t5-vae-tinystories", args)
     out = Path(args.out)
-    model_dir = out / "model" if args.skip_training else train(cfg)
+    check = sentence_check(args)
+    model_dir = out / "model" if args.skip_training else train(cfg, check_task=check)
 
-    model = eqxllm.from_pretrained(model_dir)
     task = VAETask(cfg, out, progress=False)  # the run's tokenizer and the same held-out sentences
+    check(task)  # with --skip-training, the first time
+    model = eqxllm.from_pretrained(model_dir)
     heldout = task.validation
-    if 2 * args.paths > len(heldout):
-        raise InputError(f"--paths {args.paths} needs {2 * args.paths} held-out sentences, found {len(heldout)}")
     (out / "heldout.txt").write_text("".join(f"{t}\n" for t in heldout.texts), encoding="utf-8")
     (out / "bank.txt").write_text("".join(f"{t}\n" for t in task.train.texts), encoding="utf-8")
     metrics = evaluate_sentences(model, heldout)  # batch_size=64: `eqxllm eval --batch-size 64` agrees
@@ -151,7 +186,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     picks = rng.choice(len(heldout), size=(args.paths, 2), replace=False)
     pairs = [(heldout.texts[a], heldout.texts[b]) for a, b in picks]
-    bank = build_bank(model, task.tokenizer, task.train.texts) if args.method == "geodesic" else None
+    geodesic = args.method == "geodesic"
+    bank = build_bank(model, task.tokenizer, task.train.texts, k=BANK_NEIGHBOURS) if geodesic else None
     paths = [
         interpolate_texts(
             model, task.tokenizer, a, b, args.steps,

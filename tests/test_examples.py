@@ -52,7 +52,7 @@ class _Stop(InputError):
 def _fake_train(monkeypatch, seen: list, then=None):
     """Replace ``eqxllm.train.loop.train`` (which the scripts import) by a recorder."""
 
-    def fake(cfg):
+    def fake(cfg, **options):
         seen.append(cfg)
         if then is None:
             raise _Stop("stopped before training")
@@ -99,6 +99,47 @@ def test_t5_vae_example_checks_its_flags_before_training(args, message, tmp_path
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "\n" not in err, err
     assert not seen  # refused before training
+
+
+def test_t5_vae_example_refuses_too_many_paths_before_the_model_is_built(stories, tmp_path, monkeypatch, capsys):
+    """--paths beyond the held-out sentences is refused once the run's sentences are known, by the
+    real ``train`` before it builds the model: one line, and the fresh run's folder is gone."""
+    built = []
+    monkeypatch.setattr("eqxllm.train.loop._build_run", lambda *a, **k: built.append(1))
+    out = tmp_path / "run"
+    rc = _run(monkeypatch, "train_t5_vae_tinystories.py", "--data", str(stories), "--out", str(out), "--paths", "500")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--paths 500 needs 1000 held-out sentences, the data gives" in err and "\n" not in err, err
+    assert not built and not out.exists()
+
+
+def test_t5_vae_sentence_checks(monkeypatch):
+    """The checks of the flags that depend on the data, against a task's sentences."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    check = runpy.run_path(str(EXAMPLES / "train_t5_vae_tinystories.py"))["sentence_check"]
+    task = lambda held, train: SimpleNamespace(validation=[0] * held, train=SimpleNamespace(texts=train))  # noqa: E731
+    flags = lambda paths, method="slerp": SimpleNamespace(paths=paths, method=method)  # noqa: E731
+    many = [f"Tom had {n} balls." for n in range(17)]
+    check(flags(2))(task(4, []))
+    check(flags(0, "geodesic"))(task(0, []))
+    check(flags(1, "geodesic"))(task(2, many))
+    with pytest.raises(InputError, match="--paths 3 needs 6 held-out sentences, the data gives 5; pass --paths 2"):
+        check(flags(3))(task(5, many))
+    with pytest.raises(InputError, match="more than 16 distinct training sentences .* gives 16"):
+        check(flags(1, "geodesic"))(task(2, many[:16] + many[:3] + ["said Tom."]))  # repeats and pieces count once
+
+
+def test_t5_vae_example_refuses_figures_below_a_file(tmp_path, monkeypatch, capsys):
+    seen: list = []
+    _fake_train(monkeypatch, seen)
+    (tmp_path / "file").write_text("x")
+    rc = _run(monkeypatch, "train_t5_vae_tinystories.py", "--out", str(tmp_path / "run"), "--figures",
+              str(tmp_path / "file" / "figs"))  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--figures: cannot save into" in err and "\n" not in err, err
+    assert not seen
 
 
 def test_t5_vae_figure_names_the_extra_when_matplotlib_is_missing(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ _HF_FIELDS = (
     "tie_word_embeddings",
     "bos_token_id",
     "eos_token_id",
+    "reorder_and_upcast_attn",
 )
 _EQXLLM_FIELDS = ("use_bias", "mlp", "pad_vocab_multiple")
 # a gated MLP (mlp="swiglu") has no transformers counterpart: saved under this model_type, which

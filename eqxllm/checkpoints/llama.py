@@ -100,12 +100,19 @@ def config_to_hf(cfg: LlamaConfig) -> dict[str, Any]:
     kind = cfg.model_type
     out: dict[str, Any] = {"architectures": [_ARCHITECTURES[kind]], "model_type": kind}
     out.update({name: getattr(cfg, name) for name in (*_SHARED_FIELDS, *_OWN_FIELDS[kind])})
-    # explicit where transformers' default differs from eqxllm's derivation (Mistral: 8 kv heads, Qwen3: 128)
-    out.update(num_key_value_heads=cfg.kv_heads, attention_dropout=0.0)
+    out["attention_dropout"] = 0.0
+    # None (multi-head attention) stays unwritten for llama, whose transformers default is None =
+    # num_attention_heads too, so that OpenLLaMA's and Llama 1's config.json (which leave it out) come
+    # back as they were; the others default to 8 or 32 kv heads and get the number (transformers 5
+    # refuses Mistral's and Mixtral's null)
+    if cfg.num_key_value_heads is None and kind == "llama":
+        out.pop("num_key_value_heads")
+    else:
+        out["num_key_value_heads"] = cfg.kv_heads
     if cfg.head_dim is not None or kind == "qwen3":
         out["head_dim"] = cfg.head_size
     else:
-        out.pop("head_dim")  # transformers derives it as eqxllm does
+        out.pop("head_dim")  # transformers derives it as eqxllm does (explicit for Qwen3, whose default is 128)
     if isinstance(cfg.eos_token_id, tuple):
         out["eos_token_id"] = list(cfg.eos_token_id)
     if kind in ("qwen2", "qwen3"):

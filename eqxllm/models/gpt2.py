@@ -29,7 +29,14 @@ from eqxllm.nn.stack import REMAT_POLICIES
 
 @dataclass(frozen=True, kw_only=True)
 class GPT2Config:
-    """GPT-2 hyperparameters, named as in Hugging Face's ``GPT2Config`` (plus eqxllm's own options)."""
+    """GPT-2 hyperparameters, named as in Hugging Face's ``GPT2Config`` (plus eqxllm's own options).
+
+    ``reorder_and_upcast_attn`` is kept so that ``config.json`` round-trips; it changes nothing here.
+    In `transformers` (eager attention only) it computes ``q k^T`` from float32 copies of ``q`` and
+    ``k``, scales it and takes the softmax in float32. eqxllm's attention always does that: the
+    products of bfloat16 inputs accumulate in float32 and the scale and softmax run in float32
+    (:func:`eqxllm.nn.dot_product_attention`, and ``jax.nn.dot_product_attention`` likewise).
+    """
 
     vocab_size: int = 50257
     n_positions: int = 1024
@@ -46,6 +53,7 @@ class GPT2Config:
     tie_word_embeddings: bool = True
     bos_token_id: int = 50256
     eos_token_id: int = 50256
+    reorder_and_upcast_attn: bool = False  # what eqxllm always computes: see above
     # eqxllm options (no Hugging Face counterpart; exported only when they differ from GPT-2's)
     use_bias: bool = True
     mlp: Literal["gelu", "swiglu"] = "gelu"

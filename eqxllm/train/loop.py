@@ -101,11 +101,20 @@ class _Run:
         return self.out / "model"
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    stop_after_step: int | None = None,
+    check_task: Callable[[Task], None] | None = None,
+) -> Path:
     """Run a whole training job; returns the exported model directory ``OUT/model``.
 
     ``stop_after_step`` pauses the run there (checkpoint saved, nothing exported), as a preemption
-    would; ``cfg.replace(resume=True)`` then continues it exactly.
+    would; ``cfg.replace(resume=True)`` then continues it exactly. ``check_task`` is called with the
+    task once its data and tokenizer are ready, before the model is built: what it raises stops the
+    run as bad data does (a fresh run leaves nothing behind), so that a caller can refuse options that
+    depend on the data before training rather than after.
     """
     initialize_distributed()
     keep_freed_host_memory()  # after the distributed start: it asks JAX for the backend
@@ -114,6 +123,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after_step: int | Non
     created = missing_folders(out)
     task = start_run(cfg, out, lead=lead, progress=progress)
     try:
+        if check_task is not None:
+            check_task(task)
         run = _build_run(cfg, task, out, lead=lead, progress=progress)
     except BaseException:  # bad input found while building (mesh, adapters, weights, data): leave nothing
         if lead and not cfg.resume:

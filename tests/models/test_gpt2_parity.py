@@ -128,3 +128,43 @@ def test_bfloat16_load(tmp_path):
     assert model.wte.weight.dtype == jnp.bfloat16
     logits = model(jnp.arange(8))
     assert logits.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(logits.astype(jnp.float32))))
+
+
+def test_reorder_and_upcast_attn_round_trips_and_matches_hf(tmp_path):
+    """The flag survives load and save, and a model with it computes transformers' upcast attention."""
+    kwargs = dict(CONFIGS["tied-gelu_new"], reorder_and_upcast_attn=True)
+    hf = _hf_model(kwargs, seed=6)
+    hf.config._attn_implementation = "eager"  # transformers honours the flag only in eager attention
+    hf.save_pretrained(tmp_path / "src")
+    model = eqxllm.from_pretrained(tmp_path / "src")
+    assert model.config.reorder_and_upcast_attn is True
+    ids = np.random.default_rng(6).integers(0, kwargs["vocab_size"], size=(2, 16))
+    assert np.abs(np.asarray(jax.vmap(model)(jnp.asarray(ids))) - _hf_logits(hf, ids)).max() <= TOL
+    eqxllm.save_pretrained(model, tmp_path / "dst")
+    assert transformers.GPT2Config.from_pretrained(tmp_path / "dst").reorder_and_upcast_attn is True
+
+
+def test_bfloat16_attention_is_transformers_upcast_attention():
+    """In bfloat16, eqxllm's attention equals transformers' ``_upcast_and_reordered_attn`` (float32
+    scores and softmax) exactly, and differs from its plain bfloat16 eager attention."""
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, eager_attention_forward
+
+    from eqxllm.nn import dot_product_attention
+
+    hf_cfg = transformers.GPT2Config(n_embd=64, n_head=4, reorder_and_upcast_attn=True)
+    attn = GPT2Attention(hf_cfg, layer_idx=0).eval()
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 4, 32, 16, generator=g).mul(3).bfloat16() for _ in range(2))  # large scores
+    v = torch.randn(1, 4, 32, 16, generator=g).bfloat16()
+    causal = torch.tril(torch.ones(32, 32, dtype=torch.bool))
+    additive = torch.where(causal, 0.0, torch.finfo(torch.float32).min)[None, None]
+    with torch.no_grad():
+        upcast = attn._upcast_and_reordered_attn(q, k, v, additive)[0][0].float().numpy()
+        plain = eager_attention_forward(attn, q, k, v, additive.bfloat16(), scaling=attn.scaling)[0][0]
+    to_jax = lambda x: jnp.asarray(x[0].transpose(0, 1).float().numpy(), jnp.bfloat16)  # noqa: E731
+    for impl in ("xla", "jax"):
+        ours = dot_product_attention(
+            to_jax(q), to_jax(k), to_jax(v), mask=jnp.asarray(causal.numpy()), scale=attn.scaling, impl=impl
+        )
+        np.testing.assert_array_equal(np.asarray(ours.astype(jnp.float32)), upcast)
+    assert np.abs(plain.float().numpy() - upcast).max() > 0.02  # bfloat16 scores would have shown

@@ -193,3 +193,27 @@ def test_base_model_checkpoint_loads(tmp_path):
     save_file(renamed, tmp_path / "model.safetensors", metadata={"format": "pt"})
     back = eqxllm.from_pretrained(tmp_path)
     assert bool(jnp.all(back.blocks.blocks.attn.q_proj.weight == model.blocks.blocks.attn.q_proj.weight))
+
+
+@pytest.mark.parametrize("source", ["absent", "null", 4])
+def test_openllama_kv_heads_round_trip(tmp_path, source):
+    """OpenLLaMA's config.json has no num_key_value_heads (multi-head attention, transformers' llama
+    default): it loads as 4 kv heads of 4 and is saved without the key again; an explicit 4 stays 4."""
+    model = Llama(config_preset("llama-tiny").replace(num_key_value_heads=4), key=jax.random.key(0))
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    eqxllm.save_pretrained(model, src)
+    hf = json.loads((src / "config.json").read_text())
+    assert hf["num_key_value_heads"] == 4
+    if source == "absent":
+        del hf["num_key_value_heads"]
+    elif source == "null":
+        hf["num_key_value_heads"] = None
+    (src / "config.json").write_text(json.dumps(hf))
+    back = eqxllm.from_pretrained(src)
+    assert back.config.kv_heads == 4 and back.blocks.blocks.attn.k_proj.weight.shape[1:] == (64, 64)
+    eqxllm.save_pretrained(back, dst)
+    written = json.loads((dst / "config.json").read_text())
+    assert written.get("num_key_value_heads", "absent") == ("absent" if source != 4 else 4)
+    assert eqxllm.from_pretrained(dst).config == back.config
+    transformers = pytest.importorskip("transformers")
+    assert transformers.AutoConfig.from_pretrained(dst).num_key_value_heads == 4
