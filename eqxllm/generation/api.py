@@ -42,6 +42,7 @@ def generate(
     stop_token_ids: Sequence[int] = (),
     pad_token_id: IntOption | None = None,
     return_lengths: bool = False,
+    prefill_chunk: int | None = None,
 ) -> Int[Array, "*batch new"] | tuple[Int[Array, "*batch new"], Int[Array, "*batch"]]:
     """Continue ``prompt`` by up to ``max_new_tokens`` tokens; returns only the new tokens.
 
@@ -66,6 +67,9 @@ def generate(
         stop_token_ids: more ids that end a sequence.
         pad_token_id: fills a sequence's slots after its stop token; default: the first EOS id, else 0.
         return_lengths: also return each sequence's length (up to and including its stop token).
+        prefill_chunk: fill the cache with the prompt this many tokens at a time (decoder-only models;
+            ``None``: all at once). The tokens are the same; the prefill's attention scores and
+            activations are those of a chunk, which bounds the memory of a long prompt.
 
     Raises :class:`InputError` for an empty prompt, a prompt or ``max_new_tokens`` beyond the
     context, ids outside the vocabulary, out-of-range sampling options, and a ``repetition_penalty``
@@ -74,8 +78,9 @@ def generate(
     new_tokens: int = as_scalar(max_new_tokens, "max_new_tokens")
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     decoder, ids, mask, single = _prepare(
-        model, prompt, new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id
-    )
+        model, prompt, new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id,
+        prefill_chunk,
+    )  # fmt: skip
     tokens = loop.generate_tokens(decoder, ids, mask, key, new_tokens)
     lengths = sequence_lengths(tokens, decoder.stop_ids)
     if single:
@@ -98,6 +103,7 @@ def stream(
     eos_token_id: int | Sequence[int] | None = None,
     stop_token_ids: Sequence[int] = (),
     pad_token_id: IntOption | None = None,
+    prefill_chunk: int | None = None,
 ) -> Iterator[Int[Array, "*batch chunk"]]:
     """The tokens of :func:`generate` (the same ones, for the same arguments), yielded as they come:
     first the first token alone (right after the prefill), then chunks of up to ``chunk_size``.
@@ -110,8 +116,9 @@ def stream(
     new_tokens: int = as_scalar(max_new_tokens, "max_new_tokens")
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     decoder, ids, mask, single = _prepare(
-        model, prompt, new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id
-    )
+        model, prompt, new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id,
+        prefill_chunk,
+    )  # fmt: skip
     state, first = loop.start(decoder, ids, mask, key, new_tokens)
     yield first[0, None] if single else first[:, None]
     produced = 1
@@ -134,11 +141,16 @@ def sequence_lengths(
 
 
 def _prepare(
-    model, prompt, max_new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id
-):
+    model, prompt, max_new_tokens, options, repetition_penalty, key, eos_token_id, stop_token_ids, pad_token_id,
+    prefill_chunk=None,
+):  # fmt: skip
     """Check every argument and build the loop's inputs: ``(decoder, ids, mask, single)``; ``options``
     are :func:`make_sampler`'s."""
     check_generates(model)
+    if prefill_chunk is not None and (
+        isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1
+    ):
+        raise InputError(f"prefill_chunk must be an integer >= 1 (or None), got {prefill_chunk!r}")
     config = model.config
     for value, name in ((eos_token_id, "eos_token_id"), (stop_token_ids, "stop_token_ids")):
         reject_traced(value, name)  # (a traced key is fine: jax.vmap over keys draws several samples)
@@ -161,6 +173,7 @@ def _prepare(
         pad_id=jnp.asarray(pad_token_id, jnp.int32),
         cache_dtype=_float_dtype(model),
         repetition_penalty=None if penalty is None else jnp.asarray(penalty, jnp.float32),
+        prefill_chunk=None if config.is_encoder_decoder else prefill_chunk,  # the encoder reads the prompt whole
     )
     return decoder, jnp.asarray(ids), jnp.asarray(mask), single
 

@@ -58,6 +58,15 @@ class Caches(eqx.Module):
         return cls(tree=jax.tree.map(add, one, axes), axes=axes)
 
 
+def _last_logits(model, ids: Int[Array, " seq"], cache: PyTree, mask: Bool[Array, " seq"]):
+    """The logits of a prompt's last token (left padding: the last slot is real) and the cache it fills:
+    the model's ``decode_last`` where it has one (only that token's logits are made), else ``decode``'s last row."""
+    if hasattr(model, "decode_last"):
+        return model.decode_last(ids, cache, mask=mask)
+    logits, cache = model.decode(ids, cache, mask=mask)
+    return logits[-1], cache
+
+
 class DecodeState(eqx.Module):
     """Everything that changes from one step to the next, for a batch of sequences."""
 
@@ -74,7 +83,10 @@ class Decoder(eqx.Module):
     """A model with its token choice and stop rule: the static part of a generation run.
 
     With a ``repetition_penalty`` (``None``: off) the logits of the tokens each sequence holds are
-    penalised before the sampler sees them (:mod:`eqxllm.generation.penalty`)."""
+    penalised before the sampler sees them (:mod:`eqxllm.generation.penalty`). With a
+    ``prefill_chunk`` a decoder-only model's prompt fills the cache that many tokens at a time (the
+    first ``seq % prefill_chunk`` alone, then a scan over whole chunks), so that the prefill's
+    attention and activations are those of a chunk, not of the whole prompt."""
 
     model: Any  # an eqx.Module following the protocol above (checked by use, not by type)
     sampler: Sampler
@@ -82,6 +94,7 @@ class Decoder(eqx.Module):
     pad_id: Int[Array, ""]
     cache_dtype: Any = eqx.field(static=True)
     repetition_penalty: Float[Array, ""] | None = None
+    prefill_chunk: int | None = eqx.field(static=True, default=None)
 
     def prefill(
         self, ids: Int[Array, "batch seq"], mask: Bool[Array, "batch seq"], max_new_tokens: int
@@ -98,10 +111,27 @@ class Decoder(eqx.Module):
         max_len = ids.shape[1] + max_new_tokens - 1  # the last new token is never fed back
         cache = Caches.broadcast(model.init_cache(max_len, self.cache_dtype), batch)
         decode = jax.vmap(
-            lambda i, c, m: model.decode(i, c, mask=m), in_axes=(0, cache.axes, 0), out_axes=(0, cache.axes)
+            lambda i, c, m: _last_logits(model, i, c, m), in_axes=(0, cache.axes, 0), out_axes=(0, cache.axes)
         )
-        logits, tree = decode(ids, cache.tree, mask)
-        return logits[:, -1], Caches(tree=tree, axes=cache.axes)  # left padding: the last slot is real
+        chunk = self.prefill_chunk
+        if chunk is None or ids.shape[1] <= chunk:
+            logits, tree = decode(ids, cache.tree, mask)
+            return logits, Caches(tree=tree, axes=cache.axes)
+        # the prompt's first seq % chunk tokens, then whole chunks in a scan: attention over the cache
+        # is [chunk, max_len] per head at a time, not [seq, max_len]
+        first, whole = ids.shape[1] % chunk, ids.shape[1] // chunk
+        tree = cache.tree
+        if first:
+            _, tree = decode(ids[:, :first], tree, mask[:, :first])
+        pieces = tuple(x[:, first:].reshape(batch, whole, chunk).swapaxes(0, 1) for x in (ids, mask))
+
+        def step(carry, piece):  # piece: the ids and mask of one chunk, [batch, chunk] each
+            _, tree = carry
+            return decode(piece[0], tree, piece[1]), None
+
+        logits = jax.eval_shape(decode, ids[:, :chunk], tree, mask[:, :chunk])[0]
+        (logits, tree), _ = jax.lax.scan(step, (jnp.zeros(logits.shape, logits.dtype), tree), pieces)
+        return logits, Caches(tree=tree, axes=cache.axes)
 
     def decode(self, tokens: Int[Array, " batch"], cache: Caches) -> tuple[Float[Array, "batch vocab"], Caches]:
         """Feed one token per sequence; the logits of the next."""

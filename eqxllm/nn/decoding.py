@@ -309,6 +309,16 @@ class CausalLM(eqx.Module):
         assert new_cache is not None
         return logits, new_cache
 
+    def decode_last(
+        self, input_ids: Int[Array, " seq"], cache: KVCache, *, mask: Bool[Array, " seq"] | None = None
+    ) -> tuple[Float[Array, " vocab"], KVCache]:
+        """:meth:`decode` with the logits of the last token alone (a prefill's: the next token's), so
+        that the ``[seq, vocab]`` logits of a long prompt are never made (for a 262,144-token
+        vocabulary and an 8,192-token prompt they would be 8 GiB in float32)."""
+        x, new_cache, _ = self.forward(input_ids, mask=mask, cache=cache, project=False)
+        assert new_cache is not None
+        return self._head(x[-1:])[0], new_cache
+
     def init_cache(self, max_len: int, dtype=jnp.float32) -> KVCache:
         """An empty cache for one sequence of up to ``max_len`` tokens (prompt + new ones, within the
         model's context)."""

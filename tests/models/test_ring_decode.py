@@ -1,7 +1,7 @@
 """Sliding layers cache only their last ``sliding_window`` slots (rings), and decoding over such a cache
 gives the logits of the full forward pass (through a left-padded prompt longer than the window, a chunk
 shorter than it and single steps; a mixture of experts' router logits too), and the tokens of a cache
-that keeps every slot in batched generation and beam search."""
+that keeps every slot in batched generation (also with a chunked prefill) and beam search."""
 
 import functools
 
@@ -79,6 +79,8 @@ def test_generation_and_beams_are_those_of_a_cache_of_every_slot(monkeypatch):
     ring = eqxllm.generate(model, prompts, **options)
     beams = beam_search(model, prompts[0], num_beams=3, return_all=True, **options)
     assert ring.shape == (2, 8)
+    # a prefill in chunks longer than the window (the first of one token) fills the rings the same way
+    np.testing.assert_array_equal(eqxllm.generate(model, prompts, prefill_chunk=5, **options), ring)
     monkeypatch.setattr(type(model), "init_cache", _plain_cache)
     np.testing.assert_array_equal(ring, eqxllm.generate(model, prompts, **options))
     np.testing.assert_array_equal(beams, beam_search(model, prompts[0], num_beams=3, return_all=True, **options))
