@@ -69,6 +69,9 @@ class ChatTemplates:
 def load_chat_templates(src: str | Path) -> ChatTemplates:
     """The chat templates and special tokens of the tokenizer in folder ``src`` (or Hub repository id).
 
+    From a Hub repository, ``tokenizer_config.json``, ``special_tokens_map.json`` and
+    ``chat_template.jinja`` are fetched (the folder ``chat_templates/`` only comes with a downloaded
+    checkpoint directory, which ``resolve_pretrained`` fetches with it).
     Raises :class:`ConfigError` when there is no template (a base model's tokenizer, usually) or a
     file that holds one is malformed.
     """

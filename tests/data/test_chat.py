@@ -10,6 +10,7 @@ from tokenizers import AddedToken, processors
 from eqxllm.data import chat_prompt, load_chat_templates, render_chat
 from eqxllm.data.tokenizer import gpt2_tokenizer, save_tokenizer
 from eqxllm.errors import ConfigError, InputError
+from tests.checkpoints import test_hub
 
 # Qwen2.5's layout: ChatML with a default system message when the chat has none, and namespace()
 CHATML = (
@@ -208,3 +209,14 @@ def load_chat_templates_from(template: str, **special) -> "object":
     from eqxllm.data.chat import ChatTemplates
 
     return ChatTemplates({"default": template}, special, "test")
+
+
+offline_cache = test_hub.offline_cache  # an empty Hub cache, offline (a fixture)
+
+
+def test_a_hub_repository_reads_as_its_folder(gpt2_dir, tmp_path, offline_cache):
+    path = _tokenizer_dir(gpt2_dir, tmp_path / "local", {"chat_template": TOOLS, **TOKENS["chatml"]})
+    (path / "chat_template.jinja").write_text(CHATML)
+    test_hub.fake_hub_repo(offline_cache, "org/tiny-chat", {p.name: p.read_bytes() for p in path.iterdir()})
+    assert load_chat_templates("org/tiny-chat").templates == {"default": CHATML}
+    assert chat_prompt("org/tiny-chat", CHATS["turns"]) == chat_prompt(path, CHATS["turns"])
