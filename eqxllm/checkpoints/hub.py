@@ -48,6 +48,8 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
     "merges.txt",
     "generation_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_templates/*.jinja",
 )
 
 # `owner/name` or a bare `name`, as the Hub spells repository ids (no path separators beyond one slash).

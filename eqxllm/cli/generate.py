@@ -11,6 +11,15 @@ beside the model supplies the stop ids and the defaults of ``--temperature``, ``
 best. Each of ``--num-samples`` samples starts with the prompt (then `` => `` for an encoder-decoder, whose
 text is not a continuation) and uses its own key, ``fold_in(key(seed), i)``, so a run is reproducible
 and sample ``i`` does not depend on how many were asked for.
+
+``--chat`` talks to an instruct model: ``--prompt`` becomes one user message (after ``--system``'s
+message, if given), laid out by the chat template beside the tokenizer (``chat_template.jinja`` or
+``tokenizer_config.json``'s ``chat_template``) exactly as ``transformers``' ``apply_chat_template(...,
+add_generation_prompt=True)`` lays it out, and only the reply is printed. The reply stops at the stop ids
+above or at the tokenizer's ``eos_token`` (``tokenizer_config.json``), which instruct tokenizers set to
+the end-of-turn token (Qwen2.5's ``<|im_end|>``); a checkpoint whose end-of-turn token is neither
+(Gemma's ``<end_of_turn>``, its ``eos_token`` being ``<eos>``) needs it in ``generation_config.json``'s
+``eos_token_id`` list, which is where ``transformers`` looks too.
 """
 
 import argparse
@@ -32,7 +41,13 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="Hugging Face directory or Hub repo id (with a tokenizer)")
-    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--prompt", required=True, help="the text to continue (with --chat: the user's message)")
+    p.add_argument(
+        "--chat", action="store_true",
+        help="instruct models: lay --prompt out as a user message with the tokenizer's chat template and print "
+        "only the reply",
+    )  # fmt: skip
+    p.add_argument("--system", default=None, help="with --chat: a system message before the user's")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate per sample (default 64)")
     p.add_argument(
         "--temperature", type=non_negative_float, default=None, help="softmax temperature; 0 is greedy (default 1)"
@@ -96,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--greedy always takes the most likely token; {', '.join(given)} would be ignored: drop one"
             )
+    if args.system is not None and not args.chat:
+        raise InputError("--system gives a chat's system message: add --chat (or drop --system)")
     directory = resolve_pretrained(args.model, revision=args.revision)
     if load_config(directory).model_type == "t5_vae":
         raise InputError(
@@ -108,8 +125,15 @@ def run(args: argparse.Namespace) -> int:
     defaults = read_generation_config(directory)
     explicit = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.min_p))
     search = beam_options(args, defaults, explicit_sampling=explicit)
+    stops = _stop_ids(model, defaults)
+    if args.chat:
+        prompt, end_of_turn = _chat_prompt_ids(directory, tokenizer, args)
+        stops |= end_of_turn
+    else:
+        prompt = _prompt_ids(tokenizer, args.prompt)
+    echo = not args.chat  # a chat prints the reply alone, not the template's text
     if search is not None:
-        print_beams(model, tokenizer, args, search, _stop_ids(model, defaults), out)
+        print_beams(model, tokenizer, prompt, args, search, stops, out, echo=echo)
         return 0
     args.greedy = args.greedy or (defaults.get("do_sample") is False and not explicit)
     args.temperature = defaults.get("temperature", 1.0) if args.temperature is None else args.temperature
@@ -118,8 +142,6 @@ def run(args: argparse.Namespace) -> int:
     args.min_p = defaults.get("min_p") if args.min_p is None else args.min_p
     if args.repetition_penalty is None:  # not a sampling option: it applies to greedy decoding too
         args.repetition_penalty = defaults.get("repetition_penalty", 1.0)
-    stops = _stop_ids(model, defaults)
-    prompt = _prompt_ids(tokenizer, args.prompt)
     options = (
         {} if args.greedy else dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
     )
@@ -127,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     for i in range(args.num_samples):
         header = f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n" if args.num_samples > 1 else ""
         key = None if args.greedy else jax.random.fold_in(jax.random.key(args.seed), i)
-        print_stream(model, tokenizer, prompt, args, key, options, out, stops=stops, header=header)
+        print_stream(model, tokenizer, prompt, args, key, options, out, stops=stops, header=header, echo=echo)
         out.write("\n")
     return 0
 
@@ -145,6 +167,23 @@ def _prompt_ids(tokenizer, prompt: str) -> jax.Array:
     if ids.shape[0] == 0:
         raise InputError(f"the prompt {prompt!r} encodes to no tokens; give some text")
     return ids
+
+
+def _chat_prompt_ids(directory, tokenizer, args: argparse.Namespace) -> tuple[jax.Array, set[int]]:
+    """The ids of ``--system`` and ``--prompt`` laid out by the chat template, and the tokenizer's
+    ``eos_token`` id as a stop id (empty when it has none)."""
+    from eqxllm.data.chat import load_chat_templates, render_chat, special_token_id
+
+    templates = load_chat_templates(directory)
+    messages = [{"role": "user", "content": args.prompt}]
+    if args.system is not None:
+        messages.insert(0, {"role": "system", "content": args.system})
+    text = render_chat(templates, messages, add_generation_prompt=True)
+    ids = tokenizer.encode(text, add_special_tokens=False).ids  # the template writes its own BOS
+    if not ids:
+        raise InputError(f"the chat template lays the messages out as {text!r}, which encodes to no tokens")
+    eos = special_token_id(templates, tokenizer, "eos_token")
+    return jnp.asarray(ids, jnp.int32), set() if eos is None else {eos}
 
 
 _STOPPING = {"true": True, "false": False, "never": "never"}
@@ -197,8 +236,10 @@ def beam_options(args: argparse.Namespace, defaults: dict, *, explicit_sampling:
     )
 
 
-def print_beams(model, tokenizer, args: argparse.Namespace, search: dict, stops: set[int], out) -> None:
-    """The ``--num-samples`` best texts of a beam search, best first, each after the prompt."""
+def print_beams(
+    model, tokenizer, prompt, args: argparse.Namespace, search: dict, stops: set[int], out, *, echo: bool = True
+) -> None:
+    """The ``--num-samples`` best texts of a beam search, best first, each after the prompt (unless not ``echo``)."""
     from eqxllm.generation import beam_search
 
     if not stops:
@@ -206,21 +247,30 @@ def print_beams(model, tokenizer, args: argparse.Namespace, search: dict, stops:
             "beam search needs a stop token, and neither the model's config nor generation_config.json names "
             "an eos_token_id"
         )
-    prompt = _prompt_ids(tokenizer, args.prompt)
     found = beam_search(
         model, prompt, max_new_tokens=args.max_new_tokens, eos_token_id=sorted(stops), return_all=True, **search
     )
-    joint = " => " if model.config.is_encoder_decoder else ""
+    shown = (args.prompt + (" => " if model.config.is_encoder_decoder else "")) if echo else ""
     for i, tokens in enumerate(np.asarray(found)[: args.num_samples].tolist()):
         header = f"{'' if i == 0 else chr(10)}--- beam {i + 1} ---\n" if args.num_samples > 1 else ""
         end = next((j for j, t in enumerate(tokens) if t in stops), len(tokens))
-        out.write(header + args.prompt + joint + tokenizer.decode(tokens[:end]) + "\n")
+        out.write(header + shown + tokenizer.decode(tokens[:end]) + "\n")
 
 
 def print_stream(
-    model, tokenizer, prompt, args, key, options, out, stops: set[int] | None = None, header: str = ""
+    model,
+    tokenizer,
+    prompt,
+    args,
+    key,
+    options,
+    out,
+    stops: set[int] | None = None,
+    header: str = "",
+    echo: bool = True,
 ) -> None:
-    """Generate with :func:`eqxllm.generation.stream` and print the decoded text as it grows.
+    """Generate with :func:`eqxllm.generation.stream` and print the decoded text as it grows (after
+    ``args.prompt`` when ``echo``).
 
     ``header`` and the prompt are printed once the first chunk has come, so an error in the arguments
     (found when generation starts) is not printed after them. The whole continuation is decoded again after every chunk and only the new suffix printed: a
@@ -237,7 +287,8 @@ def print_stream(
         stream(model, prompt, max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, key=key, **options)
     ):
         if i == 0:  # an encoder-decoder writes a new text, not the prompt's continuation
-            out.write(header + args.prompt + (" => " if model.config.is_encoder_decoder else ""))
+            shown = args.prompt + (" => " if model.config.is_encoder_decoder else "") if echo else ""
+            out.write(header + shown)
         new = np.asarray(chunk).tolist()
         done = next((j for j, t in enumerate(new) if t in stops), None)
         ids.extend(new if done is None else new[:done])  # the stop token and padding are not text

@@ -142,11 +142,11 @@ def test_default_patterns_fetch_safetensors_and_tokenizer_but_no_pickles():
     repo = [
         "config.json", "model.safetensors", "model-00001-of-00002.safetensors",
         "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt",
-        "generation_config.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5",
+        "generation_config.json", "chat_template.jinja", "chat_templates/tool_use.jinja", "pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5",
         "flax_model.msgpack", "README.md",
     ]  # fmt: skip
     kept = set(filter_repo_objects(repo, allow_patterns=list(DEFAULT_PATTERNS)))
-    assert kept == set(repo[:8])
+    assert kept == set(repo[:10])
 
 
 def test_sharded_checkpoint_in_the_cache_loads(offline_cache, tmp_path):

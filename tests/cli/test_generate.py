@@ -12,6 +12,7 @@ import pytest
 
 import eqxllm
 from eqxllm.cli import main
+from eqxllm.data import chat_prompt
 from eqxllm.data.tokenizer import save_tokenizer, train_bpe_tokenizer
 from tests.generation._helpers import tiny_gpt2
 
@@ -136,6 +137,8 @@ def test_help(capsys):
         "--greedy",
         "--min-p",
         "--repetition-penalty",
+        "--chat",
+        "--system",
     ):
         assert flag in out
 
@@ -266,3 +269,55 @@ def test_bad_beam_flags_print_one_error_line(saved, capsys, flags, message):
 )
 def test_a_bad_beam_setting_in_the_generation_config_prints_one_error_line(saved, tmp_path, capsys, config, message):
     test_a_bad_generation_config_value_prints_one_error_line(saved, tmp_path, capsys, config, message)
+
+
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+def _with_chat_template(saved, tmp_path, **config):
+    path = _with_generation_config(saved, tmp_path, {})
+    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, **config}))
+    return path
+
+
+def test_chat_prints_the_reply_to_the_templated_prompt_and_stops_at_the_eos_token(saved, tmp_path, capsys):
+    _, model, tok = saved
+    path = _with_chat_template(saved, tmp_path, chat_template=CHAT_TEMPLATE)
+    ids = chat_prompt(path, MESSAGES)
+    assert tok.decode(ids) == f"user: {PROMPT}\nassistant:"
+    tokens = np.asarray(eqxllm.generate(model, jnp.asarray(ids), max_new_tokens=12, eos_token_id=())).tolist()
+
+    def until(stops: set[int]) -> str:
+        return tok.decode(next((tokens[:i] for i, t in enumerate(tokens) if t in stops), tokens))
+
+    reply = until({model.config.eos_token_id})
+    assert reply.strip() and reply != _expected(model, tok)
+    assert _run(capsys, path, "--chat", "--greedy") == reply + "\n"  # the reply alone
+    # the tokenizer's eos_token (an instruct tokenizer's end of turn) stops the reply too
+    third = tokens[2]
+    assert model.config.eos_token_id not in tokens[:3]
+    path = _with_chat_template(saved, tmp_path / "eot", chat_template=CHAT_TEMPLATE, eos_token=tok.id_to_token(third))
+    cut = until({model.config.eos_token_id, third})
+    assert _run(capsys, path, "--chat", "--greedy") == cut + "\n" and len(cut) < len(reply)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--system", "Be brief."], "--system gives a chat's system message: add --chat"),
+        (["--chat", "--system", "Be brief."], "refuses these messages: System role not supported"),
+    ],
+)
+def test_bad_chat_flags_print_one_error_line(saved, tmp_path, capsys, flags, message):
+    path = _with_chat_template(saved, tmp_path, chat_template=CHAT_TEMPLATE)
+    test_bad_flags_print_one_error_line((path, None, None), capsys, flags, message)
+
+
+def test_chat_without_a_template_prints_one_error_line(saved, capsys):
+    test_bad_flags_print_one_error_line(saved, capsys, ["--chat"], "has no chat template: neither chat_template.jinja")
