@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from eqxllm.errors import InputError
 from eqxllm.models.decoder_spec import DecoderSpec
 from eqxllm.nn import MLP, Attention, Embedding, KVCache, Linear, RMSNorm, Stack
 from eqxllm.nn.attention import Rotary
@@ -169,8 +170,16 @@ class DecoderLM(CausalLM):
         spec: DecoderSpec = self.config.decoder
         layout = RingLayout.of(spec.sliding_flags)
         ring = cache.ring
-        if layout is None or ring is None or ring.window != spec.sliding_window:
-            raise ValueError("this cache's rings do not match the model's sliding layers; make it with init_cache")
+        if (
+            layout is None
+            or ring is None
+            or (ring.k.shape[0], ring.window, cache.k.shape[0])
+            != (layout.num_sliding, spec.sliding_window, layout.num_global)
+        ):  # dynamic_update_slice would clamp the rows of a smaller stack and overwrite others silently
+            raise InputError(
+                "this cache's rings do not fit the model's sliding layers (another model's cache?); make it with "
+                "model.init_cache"
+            )
         masks = ring_mask(slots.q_slots, slots.kv_valid, cache.index, ring.window), causal_mask(slots)
         rotaries = self._rotaries(slots.positions)
 

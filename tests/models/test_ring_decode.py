@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import eqxllm
+from eqxllm.errors import InputError
 from eqxllm.generation import beam_search
 from eqxllm.models import Gemma, GemmaConfig, Llama
 from eqxllm.models.llama_presets import llama_preset
@@ -53,6 +54,9 @@ def test_the_cache_keeps_the_window_for_sliding_layers(model):
     assert cache.ring is not None and cache.ring.k.shape == (sliding, 4, spec.num_kv_heads, spec.head_dim)
     assert cache.k.shape == (spec.num_layers - sliding, 32, spec.num_kv_heads, spec.head_dim)
     assert model.init_cache(4).ring is None  # a window as long as the cache: nothing to save
+    other = _model("mixtral" if spec.dense else "gemma3")  # another stack of sliding layers
+    with pytest.raises(InputError, match="rings do not fit the model's sliding layers"):
+        model.decode(jnp.asarray([1]), other.init_cache(32))
 
 
 def test_ring_decoding_equals_the_full_pass(model):
