@@ -11,6 +11,7 @@ import pytest
 import eqxllm
 from eqxllm.errors import InputError
 from eqxllm.generation import beam_search, beam_search_cached
+from eqxllm.generation.beam import stopping_mode
 from tests.generation._helpers import FakeSeq2Seq, FakeSeq2SeqConfig, tiny_gpt2
 
 EOS = 1
@@ -122,29 +123,31 @@ def _search_to_the_end(logp, width: int, alpha: float) -> list[tuple[float, tupl
     return sorted(pool, reverse=True)[:width]
 
 
-@pytest.mark.parametrize("stop", [False, "never"])
-def test_a_negative_length_penalty_stops_only_when_no_beam_can_improve(stop):
+def test_a_negative_length_penalty_stops_only_when_no_beam_can_improve():
     """With length_penalty < 0 a live beam's best possible score is its score now (a longer text sums
     more negative log-probabilities, which ``/ length ** length_penalty`` multiplies by a growing factor),
-    so both modes stop exactly: the pool equals that of a search run to max_new_tokens. Here (a table of
-    log-probabilities for 6 steps over 5 tokens, found among random ones) the pool is full early but a
-    beam still improves it; bounding the beams at max_new_tokens, as for a positive length_penalty,
+    so False and "never" stop exactly: the pool equals that of a search run to max_new_tokens. Here (a
+    table of log-probabilities for 6 steps over 5 tokens, found among random ones) the pool is full early
+    but a beam still improves it; bounding the beams at max_new_tokens, as for a positive length_penalty,
     would stop too soon and miss the second hypothesis."""
     steps, width, alpha = 6, 2, -1.0
     logp = jax.nn.log_softmax(jax.random.normal(jax.random.key(33), (steps, 5, 5)) * 2, axis=-1)
 
-    def step(token, t):
-        return logp[t, token[0]][None], t + 1
+    @jax.jit  # early_stopping traced: one compiled search for the three modes
+    def search(mode):
+        def step(token, t):
+            return logp[t, token[0]][None], t + 1
 
-    pool, scores = beam_search_cached(
-        step, jnp.asarray(0), 0, num_beams=width, steps=steps, stop_ids=(EOS,), length_penalty=alpha,
-        early_stopping=stop,
-    )  # fmt: skip
+        return beam_search_cached(
+            step, jnp.asarray(0), 0, num_beams=width, steps=steps, stop_ids=(EOS,), length_penalty=alpha,
+            early_stopping=mode,
+        )  # fmt: skip
+
     want = _search_to_the_end(np.asarray(logp), width, alpha)
-    assert [tuple(row[: row.index(EOS) + 1] if EOS in row else row) for row in np.asarray(pool).tolist()] == [
-        seq for _, seq in want
-    ]
-    np.testing.assert_allclose(np.asarray(scores), [s for s, _ in want], rtol=1e-6)
-    early, _ = beam_search_cached(step, jnp.asarray(0), 0, num_beams=width, steps=steps, stop_ids=(EOS,),
-                                  length_penalty=alpha, early_stopping=True)  # fmt: skip
+    for stop in (False, "never"):
+        pool, scores = search(stopping_mode(stop))
+        rows = [tuple(row[: row.index(EOS) + 1] if EOS in row else row) for row in np.asarray(pool).tolist()]
+        assert rows == [seq for _, seq in want], stop
+        np.testing.assert_allclose(np.asarray(scores), [score for score, _ in want], rtol=1e-6)
+    early, _ = search(stopping_mode(True))
     assert not np.array_equal(early, pool), "the pool is not full before the search ends: nothing is tested"

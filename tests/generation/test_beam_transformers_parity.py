@@ -120,34 +120,6 @@ def test_the_cases_stop_early_and_tell_the_modes_apart(family):
         assert best[2.0, "never"] != best[2.0, False]
 
 
-def test_a_negative_length_penalty_stops_as_transformers(family):
-    """With ``length_penalty < 0`` a beam's score only falls as it grows, so every mode but ``True`` bounds
-    a live beam at its current length. With this stop token (GPT-2) the pool is full after a few steps
-    but a live beam still beats its worst, so the search goes on (``True`` stops there and differs): a
-    bound taken at ``max_new_tokens``, as for ``length_penalty > 0``, would stop too soon."""
-    name, model, _, hf = family
-    if name != "gpt2":
-        pytest.skip("the T5 cases with a negative length_penalty are in the parametrized test above")
-    ids, eos = torch.tensor(PROMPTS[name]), 2
-    found = {}
-    for stop in (False, True, "never"):
-        with torch.no_grad():
-            out = hf.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=BEAMS, num_return_sequences=BEAMS,
-                max_new_tokens=NEW, eos_token_id=eos, pad_token_id=eos, length_penalty=-1.0, early_stopping=stop,
-                return_dict_in_generate=True, output_scores=True,
-            )  # fmt: skip
-        want = _hypotheses(out.sequences.reshape(len(ids), BEAMS, -1)[:, :, ids.shape[1] :].numpy(), eos)
-        tokens, scores = beam_search(
-            model, jnp.asarray(PROMPTS[name]), max_new_tokens=NEW, num_beams=BEAMS, length_penalty=-1.0,
-            early_stopping=stop, eos_token_id=eos, return_all=True, return_scores=True,
-        )  # fmt: skip
-        assert _hypotheses(np.asarray(tokens), eos) == want, stop
-        np.testing.assert_allclose(np.asarray(scores), out.sequences_scores.reshape(len(ids), BEAMS).numpy(), rtol=1e-5)
-        found[stop] = want
-    assert found[True] != found[False] == found["never"], "the stopping rules are not told apart here"
-
-
 PENALTIES = [(1.5, 1.0, False), (0.6, 2.0, "never")]  # (repetition_penalty, length_penalty, early_stopping)
 
 
