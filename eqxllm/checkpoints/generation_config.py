@@ -29,8 +29,8 @@ def read_generation_config(directory: str | Path) -> dict[str, Any]:
     ``eos_token_id`` as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
     ``repetition_penalty``, ``num_beams``, ``length_penalty`` and ``early_stopping`` when set (not
     null). A ``repetition_penalty`` that is not a number > 0, a ``min_p`` outside ``[0, 1]``, a
-    ``num_beams`` that is not an integer >= 1, a negative ``length_penalty`` or an ``early_stopping``
-    other than true, false or ``"never"`` raises :class:`CheckpointError` naming the file and the field."""
+    ``num_beams`` that is not an integer >= 1, a ``length_penalty`` that is not a finite number (of
+    either sign, as in ``transformers``) or an ``early_stopping`` other than true, false or ``"never"`` raises :class:`CheckpointError` naming the file and the field."""
     path = Path(directory) / GENERATION_CONFIG
     if not path.is_file():
         return {}
@@ -50,7 +50,7 @@ def read_generation_config(directory: str | Path) -> dict[str, Any]:
     for name, ok, expected in (
         ("repetition_penalty", lambda v: v > 0, "a number > 0 (1.0 is no penalty)"),
         ("min_p", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-        ("length_penalty", lambda v: v >= 0, "a number >= 0"),
+        ("length_penalty", lambda v: True, "a finite number"),
         ("num_beams", lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1"),
     ):
         value = raw.get(name)

@@ -26,6 +26,11 @@ def _number(text: str, what: str, ok) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    """A finite number of any sign, as ``--length-penalty`` takes."""
+    return _number(text, "a finite number", math.isfinite)
+
+
 def non_negative_float(text: str) -> float:
     """A finite number >= 0, as ``--temperature`` takes."""
     return _number(text, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)

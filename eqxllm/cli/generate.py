@@ -2,14 +2,14 @@
 
 The model loads with ``eqxllm.from_pretrained`` and the tokenizer from the same directory (or Hub
 repository). Sampling is the default (temperature 1, seed 0); ``--greedy`` (or ``--temperature 0``)
-picks the most likely token. ``--repetition-penalty`` applies to both. A ``generation_config.json``
-beside the model supplies the stop ids and the defaults of ``--temperature``, ``--top-k``,
-``--top-p``, ``--min-p``, ``--repetition-penalty`` (and greedy for ``do_sample: false``).
-``--num-beams N`` (or ``num_beams`` in ``generation_config.json``, unless it samples) runs
-``transformers``' beam search instead (:func:`eqxllm.generation.beam_search`, with
-``--length-penalty`` and ``--early-stopping``) and prints the best text, or the ``--num-samples``
-best. Each of ``--num-samples`` samples starts with the prompt (then `` => `` for an encoder-decoder, whose
-text is not a continuation) and uses its own key, ``fold_in(key(seed), i)``, so a run is reproducible
+picks the most likely token. ``--repetition-penalty`` applies to both, and to beam search. A
+``generation_config.json`` beside the model supplies the stop ids and the defaults of
+``--temperature``, ``--top-k``, ``--top-p``, ``--min-p``, ``--repetition-penalty`` (and greedy for
+``do_sample: false``). ``--num-beams N`` (or ``num_beams`` in ``generation_config.json``, unless it
+samples) runs ``transformers``' beam search instead (:func:`eqxllm.generation.beam_search`, with
+``--length-penalty``, ``--early-stopping`` and ``--repetition-penalty``) and prints the best text, or
+the ``--num-samples`` best. Each of ``--num-samples`` samples starts with the prompt (then `` => ``
+for an encoder-decoder, whose text is not a continuation) and uses its own key, ``fold_in(key(seed), i)``, so a run is reproducible
 and sample ``i`` does not depend on how many were asked for.
 
 ``--chat`` talks to an instruct model: ``--prompt`` becomes one user message (after ``--system``'s
@@ -29,7 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eqxllm.cli._numbers import non_negative_float, positive_float, positive_int, probability, unit_interval
+from eqxllm.cli._numbers import (
+    finite_float,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    probability,
+    unit_interval,
+)
 from eqxllm.errors import InputError
 
 
@@ -67,15 +74,16 @@ def add_parser(sub) -> None:
         type=positive_float,
         default=None,
         help="divide the positive logits of tokens already in the text by this (multiply the negative ones); "
-        "1 is off, above 1 discourages repeats (default 1; greedy too)",
+        "1 is off, above 1 discourages repeats (default 1; greedy and beam search too)",
     )
     p.add_argument(
         "--num-beams", type=positive_int, default=None,
         help="beam search with this many beams, as transformers' num_beams (default 1: no search)",
     )  # fmt: skip
     p.add_argument(
-        "--length-penalty", type=non_negative_float, default=None,
-        help="beam search: a text's score is its log-probability / length ** this (default 1)",
+        "--length-penalty", type=finite_float, default=None,
+        help="beam search: a text's score is its log-probability / length ** this (default 1; above 0 favours "
+        "longer texts, below 0 shorter)",
     )  # fmt: skip
     p.add_argument(
         "--early-stopping", choices=("true", "false", "never"), default=None,
@@ -190,8 +198,8 @@ _STOPPING = {"true": True, "false": False, "never": "never"}
 
 
 def beam_options(args: argparse.Namespace, defaults: dict, *, explicit_sampling: bool) -> dict | None:
-    """``num_beams``, ``length_penalty`` and ``early_stopping`` for a beam search, or ``None`` to sample
-    or decode greedily. The flags win over ``generation_config.json``, whose ``num_beams`` applies
+    """``num_beams``, ``length_penalty``, ``early_stopping`` and ``repetition_penalty`` for a beam search,
+    or ``None`` to sample or decode greedily. The flags win over ``generation_config.json``, whose ``num_beams`` applies
     unless the run samples (a sampling flag, or its own ``do_sample: true``: beam sampling is not
     done, which a note on stderr says) or ``--greedy`` asks for one sequence. Conflicting flags raise
     :class:`InputError`."""
@@ -219,20 +227,14 @@ def beam_options(args: argparse.Namespace, defaults: dict, *, explicit_sampling:
         if beam_only:
             raise InputError(f"{', '.join(beam_only)} set(s) how a beam search scores or stops: add --num-beams N")
         return None
-    if args.repetition_penalty not in (None, 1.0):
-        raise InputError(
-            f"--repetition-penalty does not apply to beam search ({beams} beams, from "
-            f"{'--num-beams' if args.num_beams else 'generation_config.json'}): drop one"
-        )
     if args.num_samples > beams:
         raise InputError(f"--num-samples {args.num_samples} asks for more texts than the {beams} beams find")
-    if args.repetition_penalty is None and defaults.get("repetition_penalty", 1.0) != 1.0:
-        print("note: generation_config.json's repetition_penalty does not apply to beam search", file=sys.stderr)
-    stopping = args.early_stopping
+    stopping, penalty = args.early_stopping, args.repetition_penalty
     return dict(
         num_beams=beams,
         length_penalty=defaults.get("length_penalty", 1.0) if args.length_penalty is None else args.length_penalty,
         early_stopping=defaults.get("early_stopping", False) if stopping is None else _STOPPING[stopping],
+        repetition_penalty=defaults.get("repetition_penalty", 1.0) if penalty is None else penalty,
     )
 
 

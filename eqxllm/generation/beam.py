@@ -9,7 +9,8 @@ beam for a pool of ``num_beams`` finished hypotheses, each scored by
     sum_t log p(y_t | y_<t) / length ** length_penalty
 
 (``length`` counts the new tokens, the stop token included; for an encoder-decoder model the
-decoder's start token is not counted); the pool keeps the ``num_beams`` best. The best
+decoder's start token is not counted); the pool keeps the ``num_beams`` best. A ``length_penalty``
+above 0 favours longer hypotheses, below 0 shorter ones; 0 compares summed log-probabilities. The best
 ``num_beams`` candidates that do not end are the next live beams (there are always that many:
 each live beam ends in at most ``n_stop_ids`` of the candidates). The search stops at
 ``max_new_tokens`` or earlier, as ``early_stopping`` says:
@@ -17,11 +18,22 @@ each live beam ends in at most ``n_stop_ids`` of the candidates). The search sto
 - ``True``: as soon as the pool holds ``num_beams`` hypotheses;
 - ``False`` (the default, as in ``transformers``): once the pool is full and the best live beam,
   scored at its current length, cannot beat the pool's worst (a heuristic: with
-  ``length_penalty > 0`` a longer continuation could still score better);
+  ``length_penalty > 0`` a longer continuation could still score better; with
+  ``length_penalty <= 0`` it is exact, as below);
 - ``"never"``: once the pool is full and the best live beam, scored as if it reached
   ``max_new_tokens`` with no further cost (with ``length_penalty > 0``; at its current length
   otherwise), cannot beat the pool's worst: the canonical search, which stops only when nothing can
-  improve.
+  improve. The bound holds for every sign of ``length_penalty``: a summed log-probability only falls
+  as a beam grows, and with ``length_penalty <= 0`` dividing it by ``length ** length_penalty`` (a
+  factor that does not shrink with length) does not raise it, so no continuation scores above the
+  beam at its current length.
+
+With a ``repetition_penalty`` the log-probabilities of the tokens a beam already holds are penalised
+(:func:`eqxllm.generation.penalty.penalize`) before they are summed, as ``transformers`` runs its
+logits processors on the log-softmax, with each beam's own tokens (its ``input_ids``): for a
+decoder-only model the prompt and the beam's new tokens; for an encoder-decoder the decoder's start
+token and the new tokens. Each live beam carries the set of tokens it holds, which follows its parent
+when the beams are reordered. A penalised log-probability is still <= 0, so the bounds above hold.
 
 The result is the pool, best first.
 
@@ -35,6 +47,7 @@ far; the search is a ``jax.lax.while_loop`` that ends when it stops (under ``jax
 sequence's search has stopped).
 """
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +58,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from eqxllm.errors import InputError
+from eqxllm.generation.penalty import check_repetition_penalty, penalize, see
 from eqxllm.generation.prompts import (
     FloatOption,
     IntOption,
@@ -76,6 +90,7 @@ class _Search(eqx.Module):
     live_total: Float[Array, " beams"]  # their summed log-probabilities, best first; -inf: no beam
     last: Int[Array, " beams"]  # each live beam's last token, the next step's input
     caches: PyTree  # the live beams' caches, one row each
+    seen: Bool[Array, "beams vocab"] | None  # the tokens each live beam holds (with a repetition penalty)
     pool: Int[Array, "beams steps"]  # the finished hypotheses, padded with the first stop id
     pool_score: Float[Array, " beams"]  # their normalised scores, best first; -inf: an empty slot
     stopped: Bool[Array, ""]
@@ -91,6 +106,8 @@ def beam_search_cached(
     stop_ids: Sequence[int],
     length_penalty: float | Float[Array, ""] = 1.0,
     early_stopping: EarlyStopping | Int[Array, ""] = False,
+    repetition_penalty: float | Float[Array, ""] | None = None,
+    seen: Bool[Array, " vocab"] | None = None,
 ) -> tuple[Int[Array, "beams steps"], Float[Array, " beams"]]:
     """The ``num_beams`` finished hypotheses of one sequence's search (module docstring), best first,
     and their normalised scores: ``steps`` new tokens each (after its stop token, ``stop_ids[0]``).
@@ -98,8 +115,16 @@ def beam_search_cached(
     decoder's start token, or a prompt's last token after a prefill). A slot that no hypothesis
     filled (only where the vocabulary is too small to give ``num_beams`` of them) scores ``-inf``. Traceable: call
     it under jit; ``length_penalty`` may be traced, and so may ``early_stopping`` as its index in
-    :data:`STOPPING`."""
+    :data:`STOPPING`.
+
+    With a ``repetition_penalty`` (``None``: off; it may be traced) ``seen`` says which tokens the text
+    holds before the search (a decoder-only model's prompt; nothing more for an encoder-decoder);
+    ``first_token`` is added to it, and each beam adds its own tokens."""
     width, alpha = num_beams, length_penalty
+    if repetition_penalty is not None and seen is None:
+        raise InputError(
+            "beam_search_cached: a repetition_penalty needs `seen`, the [vocab] mask of tokens the text holds"
+        )
     mode = early_stopping if isinstance(early_stopping, jax.Array) else STOPPING.index(early_stopping)
     when_full = jnp.asarray(mode) == STOPPING.index(True)  # stop once the pool is full
     optimistic = (jnp.asarray(mode) == STOPPING.index("never")) & (alpha > 0)  # a live beam may reach `steps`
@@ -110,6 +135,8 @@ def beam_search_cached(
     def body(s: _Search) -> _Search:
         logits, caches = jax.vmap(step)(s.last[:, None], s.caches)
         logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)  # [width, vocab]
+        if s.seen is not None:  # transformers' processors act on the log-softmax, which is not renormalised
+            logp = penalize(logp, s.seen, jnp.asarray(repetition_penalty, jnp.float32))
         vocab = logp.shape[-1]
         total, flat = jax.lax.top_k((s.live_total[:, None] + logp).reshape(-1), min(keep, width * vocab))
         parent, token = flat // vocab, flat % vocab
@@ -119,6 +146,7 @@ def beam_search_cached(
         going = jnp.where(ends, -jnp.inf, total)
         live_total, pick = jax.lax.top_k(going, width)
         caches = jax.tree.map(lambda x: x[parent[pick]], caches)
+        seen = None if s.seen is None else see(s.seen[parent[pick]], token[pick])  # each beam's follows its parent
         # those that end among the first `width` candidates join the pool, which keeps the best `width`
         joins = ends & (jnp.arange(total.shape[0]) < width) & (total > -jnp.inf)
         score = jnp.where(joins, total / (s.t + 1).astype(jnp.float32) ** alpha, -jnp.inf)
@@ -129,7 +157,7 @@ def beam_search_cached(
         reach = jnp.where(optimistic, steps, s.t + 1).astype(jnp.float32)
         hopeless = live_total[0] / reach**alpha <= pool_score[-1]
         stopped = full & (hopeless | when_full)
-        return _Search(s.t + 1, cands[pick], live_total, token[pick], caches, pool, pool_score, stopped)
+        return _Search(s.t + 1, cands[pick], live_total, token[pick], caches, seen, pool, pool_score, stopped)
 
     # only beam 0 is live at first, so that the beams do not start as copies of one another
     live_total = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf)
@@ -140,6 +168,7 @@ def beam_search_cached(
         live_total=live_total,
         last=jnp.full((width,), first_token, jnp.int32),
         caches=jax.tree.map(lambda x: jnp.broadcast_to(x, (width, *x.shape)), cache),
+        seen=None if seen is None else jnp.broadcast_to(seen.at[first_token].set(True), (width, *seen.shape)),
         pool=empty,
         pool_score=jnp.full((width,), -jnp.inf),
         stopped=jnp.asarray(False),
@@ -155,12 +184,15 @@ def stopping_mode(early_stopping: EarlyStopping) -> Int[Array, ""]:
 
 
 def check_beam_options(num_beams: int, length_penalty: float, steps: int, early_stopping: Any = False) -> None:
-    """Raise :class:`InputError` for ``num_beams < 1``, ``length_penalty < 0``, ``steps < 1`` or an
-    ``early_stopping`` other than ``True``, ``False`` or ``"never"``."""
+    """Raise :class:`InputError` for ``num_beams < 1``, a ``length_penalty`` that is not a finite
+    number, ``steps < 1`` or an ``early_stopping`` other than ``True``, ``False`` or ``"never"``."""
     if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
         raise InputError(f"num_beams must be an integer >= 1, got {num_beams!r}")
-    if length_penalty < 0:
-        raise InputError(f"length_penalty must be >= 0, got {length_penalty}")
+    finite = isinstance(length_penalty, int | float | np.number) and math.isfinite(length_penalty)
+    if isinstance(length_penalty, bool) or not finite:
+        raise InputError(
+            f"length_penalty must be a finite number (above 0 favours longer texts, below 0 shorter), got {length_penalty!r}"
+        )
     if steps < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {steps}")
     if not (isinstance(early_stopping, bool) or early_stopping == "never"):
@@ -169,8 +201,8 @@ def check_beam_options(num_beams: int, length_penalty: float, steps: int, early_
 
 @eqx.filter_jit
 def _search_prompts(
-    model, ids, num_beams: int, steps: int, stop_ids: tuple[int, ...], alpha, mode
-):  # alpha and mode (early_stopping's index in STOPPING) are arrays: new values do not compile again
+    model, ids, num_beams: int, steps: int, stop_ids: tuple[int, ...], alpha, mode, penalty
+):  # alpha, mode (early_stopping's index in STOPPING) and penalty (or None) are arrays: new values do not compile again
     cfg = model.config
 
     def one(prompt):
@@ -183,9 +215,14 @@ def _search_prompts(
             if prompt.shape[0] > 1:
                 _, cache = model.decode(prompt[:-1], cache)
             first = prompt[-1]
+        # what the repetition penalty sees first, as transformers' input_ids: a decoder-only model's prompt
+        # (all of it: beam search prompts have no padding); an encoder-decoder's start token, which the search adds
+        seen = jnp.zeros((cfg.vocab_size,), bool)
+        seen = seen if cfg.is_encoder_decoder else seen.at[prompt].set(True)
         return beam_search_cached(
             lambda t, c: model.decode(t, c), cache, first, num_beams=num_beams, steps=steps, stop_ids=stop_ids,
-            length_penalty=alpha, early_stopping=mode,
+            length_penalty=alpha, early_stopping=mode, repetition_penalty=penalty,
+            seen=None if penalty is None else seen,
         )  # fmt: skip
 
     return jax.vmap(one)(ids)
@@ -199,20 +236,25 @@ def beam_search(
     num_beams: IntOption = 4,
     length_penalty: FloatOption = 1.0,
     early_stopping: EarlyStopping = False,
+    repetition_penalty: FloatOption = 1.0,
     eos_token_id: int | Sequence[int] | None = None,
     return_scores: bool = False,
     return_all: bool = False,
 ) -> Beams:
     """The best continuation of ``prompt`` (``[seq]``, or ``[batch, seq]`` prompts of one length, as an
     array or a list of rows) found by a beam search of ``num_beams`` beams, the search of
-    ``transformers``' ``generate(num_beams=..., length_penalty=..., early_stopping=...)`` (module
-    docstring), as the new token ids: up to and including a stop token (``eos_token_id``, default
+    ``transformers``' ``generate(num_beams=..., length_penalty=..., early_stopping=...,
+    repetition_penalty=...)`` (module docstring), as the new token ids: up to and including a stop token (``eos_token_id``, default
     the config's; unlike :func:`eqxllm.generate`, ``()`` is refused: a search needs a stop id), or
     ``max_new_tokens`` of them, then the first stop id as padding. For an encoder-decoder model the
     prompt is the encoder input. With ``return_scores`` also the normalised score
     (``transformers``' ``sequences_scores``); with ``return_all`` the ``num_beams`` finished
     hypotheses, best first (``[*batch, num_beams, new]``). ``num_beams=1`` is greedy decoding (but
-    with ``early_stopping="never"`` and ``length_penalty > 0``, which may search on past a stop)."""
+    with ``early_stopping="never"`` and ``length_penalty > 0``, which may search on past a stop).
+    ``repetition_penalty`` (``1.0``: off; a finite number > 0) penalises each beam's log-probabilities
+    of the tokens it holds (the prompt's too for a decoder-only model), and the scores are sums of the
+    penalised ones, as ``transformers``' ``sequences_scores``. (So one beam with a penalty is not
+    greedy decoding with it, which penalises the logits: ``transformers`` differs the same way.)"""
     check_generates(model)
     cfg = model.config
     reject_traced(prompt, "the prompt")
@@ -231,6 +273,7 @@ def beam_search(
     beams: int = as_scalar(num_beams, "num_beams")
     alpha: float = as_scalar(length_penalty, "length_penalty")
     check_beam_options(beams, alpha, steps, early_stopping)
+    penalty = check_repetition_penalty(repetition_penalty)
     check_context(ids.shape[1], steps, cfg.max_positions, encoder_decoder=cfg.is_encoder_decoder)
     check_ids(ids, np.ones(ids.shape, bool), cfg.vocab_size)
     stops = cfg.eos_token_id if eos_token_id is None else eos_token_id
@@ -245,7 +288,7 @@ def beam_search(
     check_stop_ids(tuple(int(s) for s in stops), cfg.vocab_size)
     tokens, scores = _search_prompts(
         model, jnp.asarray(ids, jnp.int32), beams, steps, tuple(int(s) for s in stops), jnp.asarray(alpha, jnp.float32),
-        stopping_mode(early_stopping),
+        stopping_mode(early_stopping), None if penalty is None else jnp.asarray(penalty, jnp.float32),
     )  # fmt: skip
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 

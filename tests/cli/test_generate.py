@@ -238,6 +238,20 @@ def test_the_generation_config_num_beams_searches_unless_the_run_samples(saved, 
     assert out == PROMPT + _expected(model, tok, key=key) + "\n" and "beam sampling" in err
 
 
+def test_the_repetition_and_a_negative_length_penalty_apply_to_beam_search(saved, tmp_path, capsys):
+    _, model, tok = saved
+    options = dict(num_beams=4, length_penalty=-0.5)  # 4 beams, as above: the search without a penalty is compiled
+    penalised, plain = _beams(model, tok, **options, repetition_penalty=1.5)[0], _beams(model, tok, **options)[0]
+    assert penalised != plain
+    flags = ["--num-beams", "4", "--length-penalty", "-0.5", "--repetition-penalty", "1.5"]
+    assert _run(capsys, saved[0], *flags) == PROMPT + penalised + "\n"
+    # generation_config.json's penalty applies to its beam search too (no note says otherwise); the flag wins
+    path = _with_generation_config(saved, tmp_path, {"num_beams": 4, "length_penalty": -0.5, "repetition_penalty": 1.5})
+    assert _run(capsys, path, "--repetition-penalty", "1") == PROMPT + plain + "\n"
+    assert main(["generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr() == (PROMPT + penalised + "\n", "")
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -246,7 +260,10 @@ def test_the_generation_config_num_beams_searches_unless_the_run_samples(saved, 
             "--num-beams 4 searches for the likeliest text; --top-k would be ignored",
         ),
         (["--num-beams", "2", "--greedy"], "--greedy would be ignored"),
-        (["--num-beams", "2", "--repetition-penalty", "1.2"], "--repetition-penalty does not apply to beam search"),
+        (
+            ["--num-beams", "2", "--length-penalty", "inf"],
+            "argument --length-penalty: expected a finite number, got inf",
+        ),
         (["--num-beams", "2", "--num-samples", "3"], "--num-samples 3 asks for more texts than the 2 beams find"),
         (["--length-penalty", "2"], "--length-penalty set(s) how a beam search scores or stops: add --num-beams N"),
         (["--early-stopping", "never"], "--early-stopping set(s) how a beam search scores or stops"),
@@ -263,7 +280,7 @@ def test_bad_beam_flags_print_one_error_line(saved, capsys, flags, message):
     [
         ({"num_beams": 0}, "num_beams must be an integer >= 1, found 0"),
         ({"num_beams": 2.5}, "num_beams must be an integer >= 1, found 2.5"),
-        ({"length_penalty": -1}, "length_penalty must be a number >= 0, found -1"),
+        ({"length_penalty": "long"}, "length_penalty must be a finite number, found 'long'"),
         ({"early_stopping": "soon"}, "early_stopping must be true, false or \"never\", found 'soon'"),
     ],
 )

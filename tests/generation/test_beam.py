@@ -10,7 +10,8 @@ import pytest
 
 import eqxllm
 from eqxllm.errors import InputError
-from eqxllm.generation import beam_search
+from eqxllm.generation import beam_search, beam_search_cached
+from eqxllm.generation.beam import stopping_mode
 from tests.generation._helpers import FakeSeq2Seq, FakeSeq2SeqConfig, tiny_gpt2
 
 EOS = 1
@@ -50,26 +51,42 @@ def _every_output(vocab, steps):
                 yield list(words)
 
 
-@pytest.mark.parametrize("stop", [False, True, "never"])
-@pytest.mark.parametrize("alpha", [1.0, 0.0])
-def test_a_wide_enough_beam_finds_the_best_continuation(small, alpha, stop):
+WIDE = [(alpha, stop, 1.0) for alpha in (1.0, 0.0) for stop in (False, True, "never")]
+WIDE += [
+    (-1.0, "never", 1.0),
+    (1.0, False, 1.5),
+    (-1.0, False, 0.7),
+]  # (length_penalty, early_stopping, repetition_penalty)
+
+
+@pytest.mark.parametrize(("alpha", "stop", "penalty"), WIDE)
+def test_a_wide_enough_beam_finds_the_best_continuation(small, alpha, stop, penalty):
     """16 beams over 4 tokens and 3 steps lose no hypothesis that could be the best: each hypothesis
     that ends at step 1 or 2 ranks among the first 16 candidates (there are at most 12), so it joins the
     pool, and so does the likeliest 3-token one (all 3-token ones end at max_new_tokens, and the
     likeliest ranks first); the pool of 16 is not full before the last step, so no early_stopping
-    mode stops sooner. The result must be the best of every possible output, by its normalised score."""
-    steps, prompt = 3, jnp.array([2, 3, 0])
-    tokens, score = beam_search(
+    mode stops sooner. The result must be the best of every possible output, by its normalised score.
+    With a repetition penalty a token's log-probability is penalised when the prompt or the tokens
+    before it in that output hold it: a beam that penalised by another beam's tokens would score wrong."""
+    # with a penalty, a prompt that leaves 3 unseen (so that the beams' seen tokens differ), whose last
+    # token (the search's first input) is not its only one (which the search would see anyway)
+    steps, prompt = 3, jnp.array([2, 3, 0] if penalty == 1.0 else [0, 0, 2])
+    pool, pool_scores = beam_search(
         small, prompt, max_new_tokens=steps, num_beams=16, length_penalty=alpha, early_stopping=stop,
-        return_scores=True,
+        repetition_penalty=penalty, return_scores=True, return_all=True,
     )  # fmt: skip
     seqs = list(_every_output(4, steps))
     ids = jnp.asarray([prompt.tolist() + q + [0] * (steps - len(q)) for q in seqs])
     logp = np.asarray(jax.nn.log_softmax(jax.vmap(small)(ids)))  # position 2 + t predicts q[t]
-    scores = [sum(logp[row, 2 + t, q[t]] for t in range(len(q))) / len(q) ** alpha for row, q in enumerate(seqs)]
+
+    def term(row, q, t):  # log p(q[t]), penalised (a log-probability is < 0: times the penalty) if seen
+        return logp[row, 2 + t, q[t]] * (penalty if q[t] in prompt.tolist() + q[:t] else 1.0)
+
+    scores = [sum(term(row, q, t) for t in range(len(q))) / len(q) ** alpha for row, q in enumerate(seqs)]
     best = seqs[int(np.argmax(scores))]
-    assert np.asarray(tokens).tolist() == best + [EOS] * (steps - len(best))
-    assert float(score) == pytest.approx(max(scores), abs=1e-4)
+    assert np.asarray(pool[0]).tolist() == best + [EOS] * (steps - len(best))
+    # the pool holds the 16 best outputs: all that end sooner, and the 16 likeliest that run out
+    np.testing.assert_allclose(np.asarray(pool_scores), sorted(scores, reverse=True)[:16], atol=1e-4)
 
 
 def test_all_beams_come_best_first_and_options_are_checked(gpt2):
@@ -78,11 +95,59 @@ def test_all_beams_come_best_first_and_options_are_checked(gpt2):
     assert tokens.shape == (3, 4) and (np.diff(np.asarray(scores)) <= 0).all()
     with pytest.raises(InputError, match="num_beams"):
         beam_search(gpt2, jnp.array([5]), max_new_tokens=4, num_beams=0)
-    with pytest.raises(InputError, match="length_penalty"):
-        beam_search(gpt2, jnp.array([5]), max_new_tokens=4, length_penalty=-1.0)
+    with pytest.raises(InputError, match="length_penalty must be a finite number"):
+        beam_search(gpt2, jnp.array([5]), max_new_tokens=4, length_penalty=float("inf"))
+    with pytest.raises(InputError, match="repetition_penalty must be a finite number > 0"):
+        beam_search(gpt2, jnp.array([5]), max_new_tokens=4, repetition_penalty=0.0)
     with pytest.raises(InputError, match="early_stopping"):
         beam_search(gpt2, jnp.array([5]), max_new_tokens=4, early_stopping="always")
     with pytest.raises(InputError, match="context"):
         beam_search(gpt2, jnp.array([5]), max_new_tokens=64)
     with pytest.raises(InputError, match="vocabulary"):
         beam_search(gpt2, jnp.array([500]), max_new_tokens=4)
+
+
+def _search_to_the_end(logp, width: int, alpha: float) -> list[tuple[float, tuple[int, ...]]]:
+    """The pool of transformers' search (module docstring of eqxllm.generation.beam) that never stops
+    early, over a table model: ``logp[t, last, token]``, the first input 0, EOS the only stop id."""
+    steps, vocab = logp.shape[:2]
+    live, pool = [((), 0.0)], []
+    for t in range(steps):
+        cands = [
+            (seq + (tok,), total + logp[t, seq[-1] if seq else 0, tok]) for seq, total in live for tok in range(vocab)
+        ]
+        cands = sorted(cands, key=lambda c: -c[1])[: 2 * width]
+        ends = [seq[-1] == EOS or t == steps - 1 for seq, _ in cands]
+        pool += [(total / (t + 1) ** alpha, seq) for i, (seq, total) in enumerate(cands) if ends[i] and i < width]
+        live = [c for c, end in zip(cands, ends) if not end][:width]
+    return sorted(pool, reverse=True)[:width]
+
+
+def test_a_negative_length_penalty_stops_only_when_no_beam_can_improve():
+    """With length_penalty < 0 a live beam's best possible score is its score now (a longer text sums
+    more negative log-probabilities, which ``/ length ** length_penalty`` multiplies by a growing factor),
+    so False and "never" stop exactly: the pool equals that of a search run to max_new_tokens. Here (a
+    table of log-probabilities for 6 steps over 5 tokens, found among random ones) the pool is full early
+    but a beam still improves it; bounding the beams at max_new_tokens, as for a positive length_penalty,
+    would stop too soon and miss the second hypothesis."""
+    steps, width, alpha = 6, 2, -1.0
+    logp = jax.nn.log_softmax(jax.random.normal(jax.random.key(33), (steps, 5, 5)) * 2, axis=-1)
+
+    @jax.jit  # early_stopping traced: one compiled search for the three modes
+    def search(mode):
+        def step(token, t):
+            return logp[t, token[0]][None], t + 1
+
+        return beam_search_cached(
+            step, jnp.asarray(0), 0, num_beams=width, steps=steps, stop_ids=(EOS,), length_penalty=alpha,
+            early_stopping=mode,
+        )  # fmt: skip
+
+    want = _search_to_the_end(np.asarray(logp), width, alpha)
+    for stop in (False, "never"):
+        pool, scores = search(stopping_mode(stop))
+        rows = [tuple(row[: row.index(EOS) + 1] if EOS in row else row) for row in np.asarray(pool).tolist()]
+        assert rows == [seq for _, seq in want], stop
+        np.testing.assert_allclose(np.asarray(scores), [score for score, _ in want], rtol=1e-6)
+    early, _ = search(stopping_mode(True))
+    assert not np.array_equal(early, pool), "the pool is not full before the search ends: nothing is tested"

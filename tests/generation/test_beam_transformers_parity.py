@@ -1,7 +1,7 @@
 """Beam search equals transformers' ``generate(num_beams=4, do_sample=False)``: the same four finished
 hypotheses (``num_return_sequences=4``), best first, with the same ``sequences_scores``, for a GPT-2
 and a T5 with random weights, every ``length_penalty`` in (1, 0, 2) and ``early_stopping`` in
-(False, True, "never").
+(False, True, "never"), a negative ``length_penalty``, and a ``repetition_penalty`` above and below 1.
 
 The stop token is one the search meets early (the checks at the end assert that some best
 hypotheses stop before ``max_new_tokens`` and that the three ``early_stopping`` modes return
@@ -28,7 +28,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 NEW, BEAMS, VOCAB = 10, 4, 24
-CASES = [(alpha, stop) for alpha in (1.0, 0.0, 2.0) for stop in (False, True, "never")]
+# a negative length_penalty (favouring shorter texts) with the heuristic and the exact stopping rule
+CASES = [(alpha, stop) for alpha in (1.0, 0.0, 2.0) for stop in (False, True, "never")] + [
+    (-1.0, False),
+    (-1.0, "never"),
+]
 PROMPTS = {"gpt2": [[3, 7, 5, 9], [11, 2, 20, 6]], "t5": [[5, 9, 14, 3, 20], [7, 7, 2, 11, 4]]}
 EOS = {"gpt2": 13, "t5": 15}
 MORE_STOPS = {"gpt2": [13, 4], "t5": [15, 22]}
@@ -114,6 +118,36 @@ def test_the_cases_stop_early_and_tell_the_modes_apart(family):
     assert any(best[a, True] != best[a, False] for a in (1.0, 2.0)), "stopping once the pool is full changes nothing"
     if name == "gpt2":  # the canonical search looks past the heuristic's stop
         assert best[2.0, "never"] != best[2.0, False]
+
+
+PENALTIES = [(1.5, 1.0, False), (0.6, 2.0, "never")]  # (repetition_penalty, length_penalty, early_stopping)
+
+
+@pytest.mark.parametrize(("penalty", "alpha", "stop"), PENALTIES, ids=[f"rp{p:g}" for p, _, _ in PENALTIES])
+def test_a_repetition_penalty_equals_transformers(family, penalty, alpha, stop):
+    """transformers penalises the log-softmax of each beam by the tokens that beam holds (the prompt's for
+    GPT-2, the decoder's start token for T5): beams reordered with a seen-set that did not follow its parent,
+    or a penalty on the logits, would choose other hypotheses or score them otherwise."""
+    name, model, ref, hf = family
+    ids = torch.tensor(PROMPTS[name])
+    with torch.no_grad():
+        out = hf.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=BEAMS, num_return_sequences=BEAMS,
+            max_new_tokens=NEW, eos_token_id=EOS[name], pad_token_id=EOS[name], length_penalty=alpha,
+            early_stopping=stop, repetition_penalty=penalty, return_dict_in_generate=True, output_scores=True,
+        )  # fmt: skip
+    skip = 1 if name == "t5" else ids.shape[1]
+    want = _hypotheses(out.sequences.reshape(len(ids), BEAMS, -1)[:, :, skip:].numpy(), EOS[name])
+    want_scores = out.sequences_scores.reshape(len(ids), BEAMS).numpy()
+    tokens, scores = beam_search(
+        model, jnp.asarray(PROMPTS[name]), max_new_tokens=NEW, num_beams=BEAMS, length_penalty=alpha,
+        early_stopping=stop, repetition_penalty=penalty, eos_token_id=EOS[name], return_all=True, return_scores=True,
+    )  # fmt: skip
+    assert _hypotheses(np.asarray(tokens), EOS[name]) == want
+    np.testing.assert_allclose(np.asarray(scores), want_scores, rtol=1e-5, atol=1e-5)
+    assert want != ref[alpha, stop][0], "the penalty changes nothing here"
+    gaps = np.abs(np.diff(want_scores, axis=1)) / np.abs(want_scores[:, 1:])
+    assert np.all(gaps > 1e-3), "near-tied hypotheses: pick another seed"
 
 
 def test_several_stop_ids_equal_transformers(family):

@@ -84,7 +84,7 @@ def test_beam_search_checks_its_arguments(small):
     with pytest.raises(InputError, match="latents"):
         beam_search_from_latent(small, jnp.zeros((3, 4)))
     with pytest.raises(InputError, match="length_penalty"):
-        beam_search_from_latent(small, latent, length_penalty=-1.0)
+        beam_search_from_latent(small, latent, length_penalty=float("nan"))
     with pytest.raises(InputError, match="early_stopping"):
         beam_search_from_latent(small, latent, early_stopping="always")
     single = beam_search_from_latent(small, latent, num_beams=3, max_new_tokens=4)
