@@ -96,6 +96,11 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--chunk-size", type=positive_int, default=8, help="tokens per compiled call while streaming (default 8)"
     )
+    p.add_argument(
+        "--prefill-chunk", type=positive_int, default=None,
+        help="fill the cache with the prompt this many tokens at a time: the same text, with the memory of one "
+        "chunk's attention for a long prompt (default: the whole prompt at once)",
+    )  # fmt: skip
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.set_defaults(func=run)
 
@@ -133,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
     defaults = read_generation_config(directory)
     explicit = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.min_p))
     search = beam_options(args, defaults, explicit_sampling=explicit)
+    if search is not None and args.prefill_chunk is not None:
+        raise InputError(
+            "--prefill-chunk applies to sampling and greedy decoding; a beam search fills its cache in one pass: "
+            "drop one"
+        )
     stops = _stop_ids(model, defaults)
     if args.chat:
         prompt, end_of_turn = _chat_prompt_ids(directory, tokenizer, args)
@@ -286,7 +296,15 @@ def print_stream(
     ids: list[int] = []
     printed = ""
     for i, chunk in enumerate(
-        stream(model, prompt, max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, key=key, **options)
+        stream(
+            model,
+            prompt,
+            max_new_tokens=args.max_new_tokens,
+            chunk_size=args.chunk_size,
+            key=key,
+            prefill_chunk=getattr(args, "prefill_chunk", None),
+            **options,
+        )  # fmt: skip
     ):
         if i == 0:  # an encoder-decoder writes a new text, not the prompt's continuation
             shown = args.prompt + (" => " if model.config.is_encoder_decoder else "") if echo else ""

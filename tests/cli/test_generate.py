@@ -67,6 +67,10 @@ def test_greedy_prints_the_prompt_and_streams_the_continuation(saved, monkeypatc
     assert main([*argv, "--chunk-size", "2"]) == 0
     assert "".join(recorder.writes) == PROMPT + expected + "\n"
     assert len([w for w in recorder.writes if w.strip()]) >= 3  # prompt, then text in several pieces
+    recorder.truncate(0)
+    recorder.seek(0)
+    assert main([*argv, "--prefill-chunk", "3"]) == 0  # the prompt fills the cache 3 tokens at a time
+    assert recorder.getvalue() == PROMPT + expected + "\n"
 
 
 def test_samples_are_reproducible_with_their_own_keys(saved, capsys):
@@ -96,6 +100,7 @@ def test_samples_are_reproducible_with_their_own_keys(saved, capsys):
         (["--min-p", "x"], "argument --min-p: expected a number in [0, 1], got 'x'"),
         (["--repetition-penalty", "0"], "argument --repetition-penalty: expected a finite number > 0, got 0"),
         (["--repetition-penalty", "-1.2"], "argument --repetition-penalty: expected a finite number > 0, got -1.2"),
+        (["--prefill-chunk", "0"], "argument --prefill-chunk: expected an integer >= 1, got 0"),
     ],
 )
 def test_bad_flags_print_one_error_line(saved, capsys, flags, message):
@@ -269,6 +274,7 @@ def test_the_repetition_and_a_negative_length_penalty_apply_to_beam_search(saved
         (["--early-stopping", "never"], "--early-stopping set(s) how a beam search scores or stops"),
         (["--num-beams", "0"], "argument --num-beams: expected an integer >= 1, got 0"),
         (["--early-stopping", "maybe"], "argument --early-stopping: invalid choice: 'maybe'"),
+        (["--num-beams", "2", "--prefill-chunk", "4"], "--prefill-chunk applies to sampling and greedy decoding"),
     ],
 )
 def test_bad_beam_flags_print_one_error_line(saved, capsys, flags, message):
