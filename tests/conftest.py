@@ -159,29 +159,3 @@ def unchecked_annotations():
     jaxtyping.config.update("jaxtyping_disable", True)
     yield
     jaxtyping.config.update("jaxtyping_disable", before)
-
-
-# The slowest scopes run first. pytest-xdist's ``--dist loadscope`` hands whole scopes (a module, or a
-# class of tests) to the workers in collection order, so a long one collected last (train/ and vae/
-# come last alphabetically) keeps one worker busy while the other idles: longest first balances the two.
-SLOW_FIRST = (
-    "tests/test_docs_examples.py",
-    "tests/train/test_loop.py",
-    "tests/reliability/test_kill_anywhere.py",
-    "tests/notebooks/",
-    "tests/train/test_distributed.py",
-    "tests/train/test_moe_sharding.py",
-    "tests/train/test_sharding.py",
-    "tests/vae/test_vae_task.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    root = Path(__file__).resolve().parents[1]
-
-    def rank(item) -> int:
-        path = Path(str(item.fspath)).resolve()
-        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
-        return next((i for i, prefix in enumerate(SLOW_FIRST) if name.startswith(prefix)), len(SLOW_FIRST))
-
-    items.sort(key=rank)  # stable: the order inside each scope is kept
