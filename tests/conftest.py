@@ -47,6 +47,14 @@ def xla_knows(flag: str) -> bool:
     return probe.returncode == 0
 
 
+def known_xla_flags(flags: list[str]) -> set[str]:
+    """The flags of ``flags`` that this jaxlib knows: one probe of them all (a second), and one per
+    flag only if that fails."""
+    if xla_knows(" ".join(flags)):
+        return set(flags)
+    return {flag for flag in flags if xla_knows(flag)}
+
+
 def pytest_configure(config):
     """The first process of a run (the xdist controller, or the only process) sets the fast-compile
     XLA flags and makes one JAX persistent compilation cache in a fresh temporary folder, shared by
@@ -56,7 +64,8 @@ def pytest_configure(config):
     JAX reads ``XLA_FLAGS`` when it first creates a backend, which nothing has done yet here."""
     if hasattr(config, "workerinput"):
         return
-    os.environ["XLA_FLAGS"] = fast_compile_xla_flags(os.environ.get("XLA_FLAGS", ""), known=xla_knows)
+    known = known_xla_flags([f"{name}={value}" for name, value in FAST_COMPILE_FLAGS.items()])
+    os.environ["XLA_FLAGS"] = fast_compile_xla_flags(os.environ.get("XLA_FLAGS", ""), known=known.__contains__)
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
     path = tempfile.mkdtemp(prefix="eqxllm-tests-jax-cache-")

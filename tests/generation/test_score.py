@@ -1,5 +1,6 @@
 """Scoring texts with a decoder-only language model: against a direct computation, and bad input."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +31,8 @@ def lm():
 
 def _direct(lm, ids):
     row = [0, *ids]
-    logp = np.asarray(jax.nn.log_softmax(lm(jnp.asarray(row)).astype(jnp.float32), axis=-1))
+    logits = eqx.filter_jit(lm)(jnp.asarray(row))  # one compiled forward per length, not op by op
+    logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
     return float(np.mean([logp[t - 1, row[t]] for t in range(1, len(row))]))
 
 
