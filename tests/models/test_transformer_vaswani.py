@@ -98,11 +98,21 @@ def paper_params(model: T5) -> dict:
 
 
 # --- tests -------------------------------------------------------------------------------------------
+@eqx.filter_jit
+def _shifted(model: T5, key) -> T5:
+    leaves, treedef = jax.tree.flatten(model)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
 def _perturbed(cfg: T5Config, seed: int) -> T5:
     """A model whose every weight (LayerNorm gains and biases, FFN biases included) is off its init."""
-    leaves, treedef = jax.tree.flatten(T5(cfg, key=jax.random.key(seed)))
-    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
-    return jax.tree.unflatten(treedef, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    return _shifted(T5(cfg, key=jax.random.key(seed)), jax.random.key(seed + 100))
+
+
+# compiled once per shape: op by op, a tiny model's forward and decoding step are mostly dispatch
+_forward = eqx.filter_jit(lambda model, src, tgt, mask=None: model(src, tgt, mask=mask))
+_step = eqx.filter_jit(lambda model, ids, cache: model.decode(ids, cache))
 
 
 TINY = T5Config.transformer_tiny().replace(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_heads=2, dropout_rate=0.0)
@@ -121,7 +131,7 @@ def test_matches_the_papers_equations(name):
     rng = np.random.default_rng(0)
     src, tgt = rng.integers(0, cfg.vocab_size, size=13), rng.integers(0, cfg.vocab_size, size=7)
     src_mask = np.arange(13) < 10  # right-padded by 3
-    ours = model(jnp.asarray(src), jnp.asarray(tgt), mask=jnp.asarray(src_mask))
+    ours = _forward(model, jnp.asarray(src), jnp.asarray(tgt), jnp.asarray(src_mask))
     ref = paper_forward(paper_params(model), cfg, src, tgt, src_mask)
     assert np.abs(np.asarray(ours) - ref).max() <= TOL
 
@@ -131,13 +141,13 @@ def test_left_and_right_padding_give_the_same_outputs():
     cfg = CONFIGS["shared-tied"]
     model = _perturbed(cfg, seed=3)
     src, tgt = jnp.arange(1, 8), jnp.arange(2, 6)
-    alone = np.asarray(model(src, tgt))
+    alone = np.asarray(_forward(model, src, tgt))
     pad = jnp.zeros((3,), src.dtype)
     for ids, mask in [
         (jnp.concatenate([pad, src]), jnp.arange(10) >= 3),
         (jnp.concatenate([src, pad]), jnp.arange(10) < 7),
     ]:
-        assert np.abs(np.asarray(model(ids, tgt, mask=mask)) - alone).max() <= TOL
+        assert np.abs(np.asarray(_forward(model, ids, tgt, mask)) - alone).max() <= TOL
 
 
 def test_cached_decoding_matches_full_decoder():
@@ -148,7 +158,7 @@ def test_cached_decoding_matches_full_decoder():
     full = np.asarray(model.decode_full(enc, tgt))
     cache = model.init_decoder_cache(enc, None, 8)
     for t in range(tgt.shape[0]):
-        logits, cache = model.decode(tgt[t : t + 1], cache)
+        logits, cache = _step(model, tgt[t : t + 1], cache)
         assert np.abs(np.asarray(logits[0]) - full[t]).max() <= TOL
 
 
