@@ -1,7 +1,9 @@
 """Fixtures shared across the test folders, and the settings of the test processes: XLA's
 fast-compile flags, the malloc defaults, the release of compiled programs near the memory-map
-limit, and one JAX compilation cache per run (docs/installation.md, "Running the tests")."""
+limit, one JAX compilation cache per run, and a less eager garbage collector (docs/installation.md,
+"Running the tests")."""
 
+import gc
 import os
 import shutil
 import subprocess
@@ -53,6 +55,22 @@ def known_xla_flags(flags: list[str]) -> set[str]:
     if xla_knows(" ".join(flags)):
         return set(flags)
     return {flag for flag in flags if xla_knows(flag)}
+
+
+# Python's cyclic garbage collector runs a collection every 700 allocations beyond deallocations, and
+# each full collection walks every tracked object: a test process holds about a million (modules,
+# collected tests, JAX's traces and caches), and tracing allocates many short-lived objects. Rarer
+# young collections, and the objects alive once the tests are collected frozen out of the collector's
+# walks (gc.freeze), take most of that time back; the full collections still run, so cyclic garbage
+# is still freed.
+GC_THRESHOLDS = (20_000, 10, 10)
+
+
+def pytest_collection_finish(session):
+    """In each process that runs tests (every xdist worker, or the only process)."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_configure(config):

@@ -1,5 +1,6 @@
 """The settings ``tests/conftest.py`` gives every test process are in force (see docs/installation.md)."""
 
+import gc
 import os
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import (
     FAST_COMPILE_FLAGS,
+    GC_THRESHOLDS,
     fast_compile_xla_flags,
     known_xla_flags,
     memory_map_count,
@@ -17,6 +19,11 @@ from conftest import (
 )
 
 import eqxllm.train.loop as loop
+
+
+def test_the_collector_runs_less_often_and_skips_what_collection_left_alive():
+    assert gc.get_threshold() == GC_THRESHOLDS and gc.isenabled()
+    assert gc.get_freeze_count() > 100_000  # the modules and collected tests, at least
 
 
 def test_train_leaves_malloc_as_it_is_in_test_processes():

@@ -1,7 +1,8 @@
 """Prompt/completion examples tokenized once: the packed token stream plus a loss mask beside it.
 
 Each example becomes ``prompt ids + completion ids + end-of-sequence`` (prompt and completion are
-encoded separately, so the boundary is exact), appended to one flat stream exactly like stories in
+encoded separately, so the boundary is exact; a chat completion, which ends with the template's own
+end of turn, gets no end-of-sequence added, as in TRL's ``SFTTrainer``), appended to one flat stream exactly like stories in
 :mod:`eqxllm.data.token_cache`. A second file of the same length holds one byte per token: 1 where
 the token is a completion token or its closing end-of-sequence (a target that carries loss), 0 on
 prompt tokens. Windows cut from the stream take the same slices of the mask, so packing, the
@@ -38,10 +39,12 @@ def cached_examples(
     cache_dir: str | Path | None = None,
     chunk_size: int = 2048,
     progress: bool = True,
+    end: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(tokens, loss_mask)`` of every example of ``source`` (an object with ``iter_examples()`` of
-    ``(prompt, completion)`` pairs and a ``fingerprint()``), both memory-mapped and equally long."""
-    path = token_cache_path(source, tok, cache_dir, eot=eot)
+    ``(prompt, completion)`` pairs and a ``fingerprint()``), both memory-mapped and equally long.
+    ``end=False``: no ``eot`` after each completion (chat completions end their turn themselves)."""
+    path = token_cache_path(source, tok, cache_dir, eot=eot if end else -1)  # -1: no end, an id none has
     mpath = mask_path(path)
     dtype = token_dtype(tok)
     if not (path.exists() and mpath.exists()):
@@ -59,9 +62,10 @@ def cached_examples(
                         if chunk and (pair is None or len(chunk) == chunk_size):
                             prompts = _encode(tok, [p for p, _ in chunk])
                             completions = _encode(tok, [c for _, c in chunk])
+                            closing = [eot] if end else []
                             for p, c in zip(prompts, completions):
-                                out.write(np.asarray([*p, *c, eot], dtype).tobytes())
-                                mout.write(np.asarray([0] * len(p) + [1] * (len(c) + 1), np.uint8).tobytes())
+                                out.write(np.asarray([*p, *c, *closing], dtype).tobytes())
+                                mout.write(np.asarray([0] * len(p) + [1] * (len(c) + len(closing)), np.uint8).tobytes())
                             count += len(chunk)
                             bar.update(len(chunk))
                             chunk = []

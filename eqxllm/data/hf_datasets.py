@@ -7,8 +7,17 @@ A :class:`DatasetSource` is one split, read as records in a fixed order, and pla
 yields each record's ``text_field`` (or prompt + completion), and its fingerprint names the files
 (path, size, modification time) or the Hub id with its cache fingerprint, the fields and the hold-out.
 With ``prompt_field`` and ``completion_field`` each record is a pair, and :meth:`iter_examples`
-yields them for a loss on the completion only. A field must hold strings: a chat ``messages`` list or a
-number is refused, not trained on as its Python ``repr``.
+yields them for a loss on the completion only. A field must hold strings or chat messages; a number
+is refused, not trained on as its Python ``repr``.
+
+Chat messages (lists of ``{"role": ..., "content": ...}``, the conversational formats of TRL's
+``SFTTrainer``) are laid out by the chat template of the run's tokenizer (:mod:`eqxllm.data.chat`, given
+as :attr:`DatasetSource.chat`): a ``text_field`` of messages is one whole conversation (loss on every
+token); a ``prompt_field`` and ``completion_field`` of messages are the conversation so far and its
+reply, and the completion is the text the template adds for the reply after the prompt's generation
+header (loss on the reply and the end of its turn only). A template that lays the prompt out otherwise
+when a reply follows (one that drops earlier turns' reasoning, say) is refused: the completion would not
+be the reply.
 
 The validation split is the dataset's own (a folder's files named for it, by the rule of
 :mod:`eqxllm.data.layouts`; a saved or Hub dataset's ``validation``, ``valid``, ``dev`` or ``test``
@@ -18,6 +27,8 @@ of ``(seed, i)`` falls below the fraction, decided in one pass, so streaming nee
 is tokenized once into the cache without ever being held whole.
 """
 
+import hashlib
+import json
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,10 +38,11 @@ from typing import Any
 
 from eqxllm.checkpoints.hub import looks_like_repo_id
 from eqxllm.checkpoints.hub import offline_requested as offline
+from eqxllm.data.chat import ChatTemplates, render_chat
 from eqxllm.data.layouts import data_files, saved_dataset_splits, split_files
 from eqxllm.data.sources import file_identity
 from eqxllm.data.tinystories import Split
-from eqxllm.errors import DataError
+from eqxllm.errors import DataError, InputError
 
 # file suffix -> the ``datasets`` builder that reads it
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
@@ -155,6 +167,11 @@ def _hub_splits(spec: DatasetSpec) -> list[str]:
             raise DataError(f"dataset {spec.source!r} cannot be found: {e}") from e
 
 
+def is_chat(value: Any) -> bool:
+    """Whether ``value`` is a list of chat messages (dicts with a ``"role"``), not text."""
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
 def _held_out(seed: int, index: int, fraction: float) -> bool:
     return zlib.crc32(f"{seed}:{index}".encode()) < fraction * 2**32
 
@@ -171,6 +188,8 @@ class DatasetSource:
     """True: this split is carved from ``dataset_split`` by the hash hold-out."""
     saved: Path | None = None
     """A ``save_to_disk`` folder, read with ``datasets.load_from_disk``."""
+    chat: ChatTemplates | None = None
+    """The chat templates of the run's tokenizer, for records whose fields hold chat messages."""
 
     def _open(self) -> Any:
         return _load(self.spec, self.dataset_split, list(self.files) if self.files else None, self.saved)
@@ -200,11 +219,21 @@ class DatasetSource:
                 f"name the right one with {flag}"
             )
 
+    def holds_chat(self) -> bool:
+        """Whether the first record's fields hold chat messages rather than text."""
+        first = next(iter(self._open()), None)
+        return first is not None and any(is_chat(first.get(f)) for f in self._fields())
+
     def iter_examples(self) -> Iterator[tuple[str, str]]:
         """``(prompt, completion)`` of every record (paired sources only)."""
         count = 0
         for record in self._records():
-            prompt, completion = (self._text(record, f) for f in self._fields())
+            fields = self._fields()
+            values = [record[f] for f in fields]
+            if any(is_chat(v) for v in values) and None not in values:
+                prompt, completion = self._chat_pair(*values)
+            else:
+                prompt, completion = (self._text(record, f) for f in fields)
             if prompt is None or completion is None:
                 continue
             count += 1
@@ -226,16 +255,50 @@ class DatasetSource:
         self._check_count(count)
 
     def _text(self, record: dict[str, Any], field: str) -> str | None:
-        """``record[field]``: a string, or None; anything else (a chat ``messages`` list, a number) is refused
-        rather than trained on as its Python ``repr``."""
+        """``record[field]``: a string, None, or chat messages laid out as one whole conversation; anything
+        else (a number) is refused rather than trained on as its Python ``repr``."""
         value = record[field]
         if value is None or isinstance(value, str):
             return value
+        if is_chat(value):
+            return self._render(value, add_generation_prompt=False)
         raise DataError(
             f"dataset {self.spec.source!r}: field {field!r} holds {type(value).__name__} values, not text "
-            f"(such as {repr(value)[:80]}); name a field of strings, or write the records as text first "
-            "(chat messages through the tokenizer's chat template)"
+            f"(such as {repr(value)[:80]}); name a field of strings or of chat messages"
         )
+
+    def _render(self, messages: list, *, add_generation_prompt: bool) -> str:
+        if self.chat is None:
+            raise DataError(
+                f"dataset {self.spec.source!r} holds chat messages (such as {repr(messages)[:80]}), which are laid "
+                "out by the chat template of the run's tokenizer; this run has none: start from an instruct "
+                "checkpoint (--init-from) or name a tokenizer with a chat template (--data.tokenizer)"
+            )
+        try:
+            return render_chat(self.chat, messages, add_generation_prompt=add_generation_prompt)
+        except InputError as e:
+            raise DataError(f"dataset {self.spec.source!r}: {e} (messages {repr(messages)[:80]})") from e
+
+    def _chat_pair(self, prompt: Any, completion: Any) -> tuple[str, str]:
+        """The prompt's conversation with the assistant's generation header, and the text the template
+        adds after it for the completion's messages (the reply and the end of its turn)."""
+        if not (is_chat(prompt) and is_chat(completion)):
+            raise DataError(
+                f"dataset {self.spec.source!r}: a record's prompt and completion must both be chat messages or "
+                f"both text, got {type(prompt).__name__} and {type(completion).__name__} "
+                f"(such as {repr(completion)[:80]})"
+            )
+        head = self._render(prompt, add_generation_prompt=True)
+        whole = self._render([*prompt, *completion], add_generation_prompt=False)
+        if not whole.startswith(head):
+            there = slice(max(0, len(head) - 60), len(head))
+            raise DataError(
+                f"dataset {self.spec.source!r}: the chat template lays the prompt out differently once a reply "
+                f"follows it, so the completion is not a continuation of the prompt (the prompt ends "
+                f"{head[there]!r}, the conversation has {whole[there]!r} there); write such records as one "
+                "conversation in --data.text-field instead"
+            )
+        return head, whole[len(head) :]
 
     def _check_count(self, count: int) -> None:
         if count == 0 and self.holdout and self.split == "validation":
@@ -265,6 +328,9 @@ class DatasetSource:
             "paired": s.paired,
             "holdout": [s.val_fraction, s.seed] if self.holdout else None,
         }
+        if self.chat is not None:  # another template lays the same messages out as other text
+            laid_out = json.dumps([self.chat.templates, self.chat.special_tokens], sort_keys=True)
+            out["chat"] = hashlib.sha256(laid_out.encode("utf-8")).hexdigest()
         if self.saved is not None:  # a DatasetDict keeps each split in a folder of its own
             root = self.saved / self.dataset_split
             root = root if root.is_dir() else self.saved

@@ -1,5 +1,6 @@
 """From a :class:`DataConfig` to a tokenizer and token arrays: the one-way data path of a run."""
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,8 +9,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from eqxllm.data import cached_tokens, eot_id, story_sources
+from eqxllm.data.chat import load_chat_templates
 from eqxllm.data.example_cache import cached_examples
-from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources, is_dataset_file, is_dataset_folder
+from eqxllm.data.hf_datasets import DatasetSource, DatasetSpec, dataset_sources, is_dataset_file, is_dataset_folder
 from eqxllm.data.sources import TextSource
 from eqxllm.data.tinystories import Split
 from eqxllm.errors import ConfigError, DataError
@@ -69,6 +71,36 @@ def data_sources(cfg: DataConfig) -> tuple[Mapping[Split, TextSource], bool]:
     return sources, False
 
 
+def with_chat_templates(
+    sources: Mapping[Split, TextSource], cfg: DataConfig, *, init_from: str | None = None
+) -> tuple[Mapping[Split, TextSource], bool]:
+    """``sources`` given the chat templates of the run's tokenizer when their records hold chat messages
+    (:mod:`eqxllm.data.hf_datasets`), and whether they do. The templates are those beside the tokenizer
+    the run uses: the ``init_from`` checkpoint's, else ``data.tokenizer``'s; a tokenizer trained here has
+    none, and a tokenizer without one is refused, naming what to pass instead."""
+    datasets = [s for s in sources.values() if isinstance(s, DatasetSource)]
+    if not any(s.holds_chat() for s in datasets):
+        return sources, False
+    where = init_from if init_from is not None else (None if cfg.tokenizer == "train" else cfg.tokenizer)
+    if where is None:
+        raise DataError(
+            f"the records of {cfg.source!r} are chat messages, laid out by the chat template of the run's "
+            "tokenizer, and a tokenizer trained here has none: start from an instruct checkpoint (--init-from) "
+            "or name a tokenizer that has one (--data.tokenizer DIR|HUB_ID)"
+        )
+    try:
+        templates = load_chat_templates(where)
+    except ConfigError as e:
+        raise DataError(
+            f"the records of {cfg.source!r} are chat messages, laid out by the chat template of the run's "
+            f"tokenizer, and that tokenizer cannot give one: {e}"
+        ) from e
+    given: dict[Split, TextSource] = {
+        k: dataclasses.replace(s, chat=templates) if isinstance(s, DatasetSource) else s for k, s in sources.items()
+    }
+    return given, True
+
+
 def stories_of(cfg: DataConfig, *, task: str) -> Mapping[Split, TextSource]:
     """The sources of a task that reads plain texts (``seq2seq``, ``vae``): :func:`data_sources` without pairs."""
     sources, paired = data_sources(cfg)
@@ -92,6 +124,7 @@ def prepare_data(
     example, else by :func:`~eqxllm.train.tokenizer_source.run_tokenizer`: the ``init_from`` checkpoint's,
     the run's own on resume, trained or loaded) and tokenize both splits once into the token cache."""
     sources, paired = data_sources(cfg)
+    sources, chat = with_chat_templates(sources, cfg, init_from=init_from)
     if tokenizer is None:
         chosen = run_tokenizer(cfg, run_dir, sources["train"].stories, init_from=init_from, progress=progress)
         tok, eot = chosen.tokenizer, chosen.eot
@@ -101,10 +134,10 @@ def prepare_data(
     masks = {}
     if paired:
         train, masks["train"] = cached_examples(
-            sources["train"], tok, eot=eot, cache_dir=cfg.cache_dir, progress=progress
+            sources["train"], tok, eot=eot, cache_dir=cfg.cache_dir, progress=progress, end=not chat
         )
         val, masks["val"] = cached_examples(
-            sources["validation"], tok, eot=eot, cache_dir=cfg.cache_dir, progress=progress
+            sources["validation"], tok, eot=eot, cache_dir=cfg.cache_dir, progress=progress, end=not chat
         )
     else:
         train = cached_tokens(sources["train"], tok, cache_dir=cfg.cache_dir, progress=progress, eot=eot)

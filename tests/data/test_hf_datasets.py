@@ -207,7 +207,7 @@ def test_hub_snapshot_layouts(tmp_path, train, validation):
 @pytest.mark.parametrize(
     ("row", "spec", "match"),
     [
-        ({"messages": [{"role": "user", "content": "hi"}]}, dict(text_field="messages"), "'messages' holds list"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, dict(text_field="messages"), "this run has none"),
         ({"q": "2 + 2 =", "a": 4}, dict(prompt_field="q", completion_field="a"), "'a' holds int values"),
     ],
 )

@@ -219,6 +219,46 @@ def test_prompt_completion_lora_run(base, tmp_path):
     assert _first_loss(cfg) == pytest.approx(float(loss), abs=1e-6)
 
 
+def test_a_chat_lora_run_trains_on_the_replies_and_keeps_the_template(base, tmp_path):
+    """Chat records through the checkpoint's chat template: the first loss is the checkpoint's loss on the
+    replies of the first batch, and the export keeps the template."""
+    import shutil
+
+    from eqxllm.data import load_chat_templates
+    from eqxllm.train.loss import completion_loss
+
+    ckpt = tmp_path / "chat-ckpt"
+    shutil.copytree(base / "ckpt", ckpt)
+    template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    config = json.loads((ckpt / TOKENIZER_CONFIG_FILE).read_text())
+    (ckpt / TOKENIZER_CONFIG_FILE).write_text(json.dumps({**config, "chat_template": template}))
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Who had the {s.split()[-4]}?"}],
+         "completion": [{"role": "assistant", "content": s}]}
+        for s in _stories(120)
+    ]  # fmt: skip
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = _cfg(base, tmp_path / "chat", lora=LORA, steps=2).replace(init_from=str(ckpt))
+    cfg = cfg.replace(
+        data=dataclasses.replace(
+            cfg.data, source=str(path), prompt_field="prompt", completion_field="completion", val_fraction=0.2
+        )
+    )
+    export = train(cfg, progress=False)
+    assert load_chat_templates(export).templates == {"default": template}
+    data = prepare_data(cfg.data, Path(cfg.out), progress=False, init_from=str(ckpt))
+    t = cfg.train
+    where = dict(batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed)
+    batch = {"tokens": batch_at(data.train, 0, **where), "loss_mask": batch_at(data.train_mask, 0, **where)}
+    assert 0 < batch["loss_mask"][:, 1:].sum() < batch["loss_mask"][:, 1:].size
+    loss, _ = completion_loss(eqxllm.from_pretrained(ckpt), jax.tree.map(jnp.asarray, batch))
+    assert _first_loss(cfg) == pytest.approx(float(loss), abs=1e-6)
+
+
 def test_lora_base_in_bfloat16(base, tmp_path):
     from eqxllm.train.init_from import initial_model
 
