@@ -102,12 +102,15 @@ def with_chat_templates(
 
 
 def stories_of(cfg: DataConfig, *, task: str) -> Mapping[Split, TextSource]:
-    """The sources of a task that reads plain texts (``seq2seq``, ``vae``): :func:`data_sources` without pairs."""
+    """The sources of a task that reads plain texts (``seq2seq``, ``vae``): :func:`data_sources` without pairs
+    or chat messages."""
     sources, paired = data_sources(cfg)
     if paired:
         raise ConfigError(
             f"task {task!r} reads plain texts; --data.prompt-field/--data.completion-field pairs are for the 'lm' task"
         )
+    if any(isinstance(s, DatasetSource) and s.holds_chat() for s in sources.values()):
+        raise ConfigError(f"task {task!r} reads plain texts; records of chat messages are for the 'lm' task")
     return sources
 
 

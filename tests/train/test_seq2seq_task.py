@@ -34,7 +34,7 @@ def test_examples_split_at_a_sentence_end_and_shift_the_decoder():
 
 def test_plain_text_tasks_read_every_format_through_one_path(tmp_path):
     """seq2seq and vae read their stories as the lm task does (here JSON Lines through ``datasets``);
-    prompt/completion pairs are refused."""
+    prompt/completion pairs and chat messages are refused."""
     import json
 
     from eqxllm.errors import ConfigError
@@ -48,6 +48,10 @@ def test_plain_text_tasks_read_every_format_through_one_path(tmp_path):
     paired = DataConfig(source=str(path), prompt_field="q", completion_field="text")
     with pytest.raises(ConfigError, match="task 'vae' reads plain texts"):
         stories_of(paired, task="vae")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"text": [{"role": "user", "content": "hi"}]}) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="records of chat messages are for the 'lm' task"):
+        stories_of(DataConfig(source=str(chats)), task="seq2seq")
 
 
 def test_seq2seq_training_runs_and_exports_a_t5(tmp_path):
