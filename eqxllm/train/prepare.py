@@ -147,7 +147,8 @@ def prepare_data(
         val = cached_tokens(sources["validation"], tok, cache_dir=cfg.cache_dir, progress=progress, eot=eot)
     if len(val) < 2:
         raise DataError(f"the validation split of {cfg.source!r} is too small to evaluate ({len(val)} tokens)")
-    val_bytes = sum(len(s.encode("utf-8")) + len("<|endoftext|>") for s in sources["validation"].iter_stories())
+    separator = 0 if paired and chat else len("<|endoftext|>")  # chat replies end their turn themselves
+    val_bytes = sum(len(s.encode("utf-8")) + separator for s in sources["validation"].iter_stories())
     return PreparedData(
         tokenizer=tok,
         eot=eot,
