@@ -1,7 +1,7 @@
 """Fixtures shared across the test folders, and the settings of the test processes: XLA's
 fast-compile flags, the malloc defaults, the release of compiled programs near the memory-map
-limit, one JAX compilation cache per run, and a less eager garbage collector (docs/installation.md,
-"Running the tests")."""
+limit, one JAX compilation cache per run, a less eager garbage collector, and the order in which xdist
+hands out the work (docs/installation.md, "Running the tests")."""
 
 import gc
 import os
@@ -71,6 +71,35 @@ def pytest_collection_finish(session):
     gc.set_threshold(*GC_THRESHOLDS)
     gc.collect()
     gc.freeze()
+
+
+def scope_of(nodeid: str) -> str:
+    """The unit of work of ``--dist loadscope`` that holds a test: its class, else its module (as
+    xdist's ``LoadScopeScheduling._split_scope``)."""
+    return nodeid.rsplit("::", 1)[0]
+
+
+def slow_scopes_first(items: list) -> list:
+    """``items`` by unit of work, those holding a test marked ``slow`` first, then the others by
+    decreasing test count (xdist's own ``--loadscope-reorder``); each unit's tests keep their order.
+
+    xdist hands the units out in this order and a worker takes the next one when it is free, so the
+    run ends when the last unit handed out ends. By test count alone the units of one long test (a
+    notebook, a multi-process run: a minute each) came last, and the run ended with one worker busy
+    and the other idle for a minute or more; started first, they overlap with the many short ones."""
+    scopes: dict[str, list] = {}
+    for item in items:
+        scopes.setdefault(scope_of(item.nodeid), []).append(item)
+    slow = lambda tests: any(item.get_closest_marker("slow") for item in tests)
+    ordered = sorted(scopes.values(), key=lambda tests: (not slow(tests), -len(tests)))
+    return [item for tests in ordered for item in tests]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """After pytest's own ordering (by fixtures); ``--no-loadscope-reorder`` in addopts makes xdist keep
+    this order."""
+    items[:] = slow_scopes_first(items)
 
 
 def pytest_configure(config):

@@ -4,6 +4,8 @@ Only process 0 writes; other processes get a logger that does nothing.
 """
 
 import json
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,7 @@ class RunLogger:
         tensorboard_missing = False
         if enabled:
             try:  # TensorBoard is optional (pip install 'eqxllm[tensorboard]'); the JSONL log is enough
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb = summary_writer_class()(str(run_dir / "tensorboard"))
             except ImportError:
                 tensorboard_missing = True
         self.bar = tqdm(
@@ -82,6 +82,31 @@ class RunLogger:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def summary_writer_class() -> type:
+    """``tensorboardX.SummaryWriter``, imported without PyTorch (ImportError without tensorboardX).
+
+    tensorboardX imports ``torch`` whenever it is installed, only so that it can also take torch
+    tensors; a run logs Python floats, and the import costs each training process seconds and
+    hundreds of MB. While tensorboardX is first imported, ``import torch`` fails as if it were absent
+    (tensorboardX's own fallback); it imports as usual afterwards. When torch is already imported,
+    tensorboardX finds it and nothing is hidden."""
+    with _IMPORT_LOCK:
+        if "tensorboardX" in sys.modules or "torch" in sys.modules:
+            from tensorboardX import SummaryWriter
+
+            return SummaryWriter
+        sys.modules["torch"] = None  # type: ignore[assignment]  # the import system's "not installed"
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            if sys.modules.get("torch", 0) is None:
+                del sys.modules["torch"]
+        return SummaryWriter
 
 
 def drop_torn_line(path: Path) -> None:
