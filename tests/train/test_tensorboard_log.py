@@ -1,6 +1,7 @@
 """The TensorBoard log: tensorboardX is imported without PyTorch (``summary_writer_class``), and the
 events a run writes read back with their tags, steps and values."""
 
+import importlib.util
 import struct
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import pytest
 
 from ._common import REPO_ROOT
 
-pytest.importorskip("tensorboardX")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("tensorboardX") is None, reason="tensorboardX is not installed"
+)
 
 _CHECK = """
 import sys
@@ -62,10 +65,21 @@ def test_a_run_logs_to_tensorboard_without_importing_torch(tmp_path):
     assert any(tag.startswith("samples") for tag in tags)
 
 
-def test_with_torch_imported_tensorboardx_is_imported_as_it_is():
-    import torch  # noqa: F401
+_TORCH_FIRST = """
+import sys
+import torch
+from eqxllm.train.metrics import summary_writer_class
+import tensorboardX.writer
 
-    from eqxllm.train.metrics import summary_writer_class
+assert summary_writer_class() is tensorboardX.SummaryWriter
+print("tensorboardX took torch tensors:", tensorboardX.writer.numpy_compatible is torch.Tensor)
+"""
 
-    assert summary_writer_class() is sys.modules["tensorboardX"].SummaryWriter
-    assert sys.modules["torch"] is not None
+
+def test_with_torch_imported_first_tensorboardx_sees_it():
+    pytest.importorskip("torch")
+    run = subprocess.run(
+        [sys.executable, "-c", _TORCH_FIRST], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "tensorboardX took torch tensors: True" in run.stdout
