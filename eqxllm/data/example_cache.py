@@ -3,10 +3,10 @@
 Each example becomes ``prompt ids + completion ids + end-of-sequence`` (prompt and completion are
 encoded separately, so the boundary is exact; a chat completion, which ends with the template's own
 end of turn, gets no end-of-sequence added, as in TRL's ``SFTTrainer``), appended to one flat stream
-exactly like stories in :mod:`eqxllm.data.token_cache`. A second file of the same length holds one byte per token: 1 where
-the token is a completion token or its closing end-of-sequence (a target that carries loss), 0 on
-prompt tokens. Windows cut from the stream take the same slices of the mask, so packing, the
-deterministic order and exact resume are those of plain text.
+exactly like stories in :mod:`eqxllm.data.token_cache`. A second file of the same length holds one
+byte per token: 1 where the token is a completion token or its closing end-of-sequence (a target
+that carries loss), 0 on prompt tokens. Windows cut from the stream take the same slices of the
+mask, so packing, the deterministic order and exact resume are those of plain text.
 """
 
 import itertools
