@@ -138,11 +138,6 @@ def run(args: argparse.Namespace) -> int:
     defaults = read_generation_config(directory)
     explicit = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.min_p))
     search = beam_options(args, defaults, explicit_sampling=explicit)
-    if search is not None and args.prefill_chunk is not None:
-        raise InputError(
-            "--prefill-chunk applies to sampling and greedy decoding; a beam search fills its cache in one pass: "
-            "drop one"
-        )
     stops = _stop_ids(model, defaults)
     if args.chat:
         prompt, end_of_turn = _chat_prompt_ids(directory, tokenizer, args)
@@ -208,8 +203,8 @@ _STOPPING = {"true": True, "false": False, "never": "never"}
 
 
 def beam_options(args: argparse.Namespace, defaults: dict, *, explicit_sampling: bool) -> dict | None:
-    """``num_beams``, ``length_penalty``, ``early_stopping`` and ``repetition_penalty`` for a beam search,
-    or ``None`` to sample or decode greedily. The flags win over ``generation_config.json``, whose ``num_beams`` applies
+    """``num_beams``, ``length_penalty``, ``early_stopping``, ``repetition_penalty`` and ``prefill_chunk``
+    for a beam search, or ``None`` to sample or decode greedily. The flags win over ``generation_config.json``, whose ``num_beams`` applies
     unless the run samples (a sampling flag, or its own ``do_sample: true``: beam sampling is not
     done, which a note on stderr says) or ``--greedy`` asks for one sequence. Conflicting flags raise
     :class:`InputError`."""
@@ -245,6 +240,7 @@ def beam_options(args: argparse.Namespace, defaults: dict, *, explicit_sampling:
         length_penalty=defaults.get("length_penalty", 1.0) if args.length_penalty is None else args.length_penalty,
         early_stopping=defaults.get("early_stopping", False) if stopping is None else _STOPPING[stopping],
         repetition_penalty=defaults.get("repetition_penalty", 1.0) if penalty is None else penalty,
+        prefill_chunk=args.prefill_chunk,
     )
 
 

@@ -12,6 +12,7 @@ from jaxtyping import Array, Int, PRNGKeyArray
 from eqxllm.errors import InputError
 from eqxllm.generation import loop
 from eqxllm.generation.penalty import check_repetition_penalty
+from eqxllm.generation.prefill import check_prefill_chunk
 from eqxllm.generation.prompts import (
     FloatOption,
     IntOption,
@@ -147,10 +148,7 @@ def _prepare(
     """Check every argument and build the loop's inputs: ``(decoder, ids, mask, single)``; ``options``
     are :func:`make_sampler`'s."""
     check_generates(model)
-    if prefill_chunk is not None and (
-        isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1
-    ):
-        raise InputError(f"prefill_chunk must be an integer >= 1 (or None), got {prefill_chunk!r}")
+    check_prefill_chunk(prefill_chunk)
     config = model.config
     for value, name in ((eos_token_id, "eos_token_id"), (stop_token_ids, "stop_token_ids")):
         reject_traced(value, name)  # (a traced key is fine: jax.vmap over keys draws several samples)

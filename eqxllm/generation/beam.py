@@ -59,6 +59,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from eqxllm.errors import InputError
 from eqxllm.generation.penalty import check_repetition_penalty, penalize, see
+from eqxllm.generation.prefill import check_prefill_chunk, fill_cache
 from eqxllm.generation.prompts import (
     FloatOption,
     IntOption,
@@ -199,22 +200,33 @@ def check_beam_options(num_beams: int, length_penalty: float, steps: int, early_
         raise InputError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
 
 
+def prompt_cache(
+    model: Any, prompt: Int[Array, " seq"], steps: int, prefill_chunk: int | None = None
+) -> tuple[PyTree, Int[Array, ""] | int]:
+    """The one-sequence cache a search of ``steps`` new tokens starts from, and its first input: for
+    an encoder-decoder the decoder cache over the encoded prompt and the decoder's start token; for a
+    decoder-only model the cache filled with the prompt but its last token (``prefill_chunk`` tokens
+    at a time, :func:`eqxllm.generation.prefill.fill_cache`), and that last token."""
+    cfg = model.config
+    if cfg.is_encoder_decoder:
+        mask = jnp.ones(prompt.shape, bool)
+        cache = model.init_decoder_cache(model.encode(prompt, mask=mask), mask, steps, jnp.float32)
+        return cache, cfg.decoder_start_token_id
+    cache = model.init_cache(prompt.shape[0] - 1 + steps, jnp.float32)
+    if prompt.shape[0] > 1:
+        fill = lambda i, c, m: ((), model.decode(i, c)[1])  # only the cache: the search starts at the last token
+        _, cache = fill_cache(fill, prompt[:-1], cache, chunk=prefill_chunk)
+    return cache, prompt[-1]
+
+
 @eqx.filter_jit
 def _search_prompts(
-    model, ids, num_beams: int, steps: int, stop_ids: tuple[int, ...], alpha, mode, penalty
+    model, ids, num_beams: int, steps: int, stop_ids: tuple[int, ...], alpha, mode, penalty, prefill_chunk: int | None
 ):  # alpha, mode (early_stopping's index in STOPPING) and penalty (or None) are arrays: new values do not compile again
     cfg = model.config
 
     def one(prompt):
-        if cfg.is_encoder_decoder:
-            mask = jnp.ones(prompt.shape, bool)
-            cache = model.init_decoder_cache(model.encode(prompt, mask=mask), mask, steps, jnp.float32)
-            first = cfg.decoder_start_token_id
-        else:  # the prompt but its last token fills the cache; the last is the first input of the search
-            cache = model.init_cache(prompt.shape[0] - 1 + steps, jnp.float32)
-            if prompt.shape[0] > 1:
-                _, cache = model.decode(prompt[:-1], cache)
-            first = prompt[-1]
+        cache, first = prompt_cache(model, prompt, steps, prefill_chunk)
         # what the repetition penalty sees first, as transformers' input_ids: a decoder-only model's prompt
         # (all of it: beam search prompts have no padding); an encoder-decoder's start token, which the search adds
         seen = jnp.zeros((cfg.vocab_size,), bool)
@@ -240,6 +252,7 @@ def beam_search(
     eos_token_id: int | Sequence[int] | None = None,
     return_scores: bool = False,
     return_all: bool = False,
+    prefill_chunk: int | None = None,
 ) -> Beams:
     """The best continuation of ``prompt`` (``[seq]``, or ``[batch, seq]`` prompts of one length, as an
     array or a list of rows) found by a beam search of ``num_beams`` beams, the search of
@@ -254,7 +267,10 @@ def beam_search(
     ``repetition_penalty`` (``1.0``: off; a finite number > 0) penalises each beam's log-probabilities
     of the tokens it holds (the prompt's too for a decoder-only model), and the scores are sums of the
     penalised ones, as ``transformers``' ``sequences_scores``. (So one beam with a penalty is not
-    greedy decoding with it, which penalises the logits: ``transformers`` differs the same way.)"""
+    greedy decoding with it, which penalises the logits: ``transformers`` differs the same way.)
+    ``prefill_chunk`` fills a decoder-only model's cache with the prompt this many tokens at a time, as
+    :func:`eqxllm.generate`'s does (``None``: all at once; an encoder reads its prompt whole): the same
+    beams, with the attention and activations of one chunk live at a time."""
     check_generates(model)
     cfg = model.config
     reject_traced(prompt, "the prompt")
@@ -274,6 +290,8 @@ def beam_search(
     alpha: float = as_scalar(length_penalty, "length_penalty")
     check_beam_options(beams, alpha, steps, early_stopping)
     penalty = check_repetition_penalty(repetition_penalty)
+    chunk = check_prefill_chunk(prefill_chunk)
+    chunk = None if cfg.is_encoder_decoder else chunk  # an encoder reads its prompt whole
     check_context(ids.shape[1], steps, cfg.max_positions, encoder_decoder=cfg.is_encoder_decoder)
     check_ids(ids, np.ones(ids.shape, bool), cfg.vocab_size)
     stops = cfg.eos_token_id if eos_token_id is None else eos_token_id
@@ -288,7 +306,7 @@ def beam_search(
     check_stop_ids(tuple(int(s) for s in stops), cfg.vocab_size)
     tokens, scores = _search_prompts(
         model, jnp.asarray(ids, jnp.int32), beams, steps, tuple(int(s) for s in stops), jnp.asarray(alpha, jnp.float32),
-        stopping_mode(early_stopping), None if penalty is None else jnp.asarray(penalty, jnp.float32),
+        stopping_mode(early_stopping), None if penalty is None else jnp.asarray(penalty, jnp.float32), chunk,
     )  # fmt: skip
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from eqxllm.generation.penalty import penalize, see, seen_prompt
+from eqxllm.generation.prefill import fill_cache
 from eqxllm.generation.sampling import Sampler
 
 
@@ -113,24 +114,7 @@ class Decoder(eqx.Module):
         decode = jax.vmap(
             lambda i, c, m: _last_logits(model, i, c, m), in_axes=(0, cache.axes, 0), out_axes=(0, cache.axes)
         )
-        chunk = self.prefill_chunk
-        if chunk is None or ids.shape[1] <= chunk:
-            logits, tree = decode(ids, cache.tree, mask)
-            return logits, Caches(tree=tree, axes=cache.axes)
-        # the prompt's first seq % chunk tokens, then whole chunks in a scan: attention over the cache
-        # is [chunk, max_len] per head at a time, not [seq, max_len]
-        first, whole = ids.shape[1] % chunk, ids.shape[1] // chunk
-        tree = cache.tree
-        if first:
-            _, tree = decode(ids[:, :first], tree, mask[:, :first])
-        pieces = tuple(x[:, first:].reshape(batch, whole, chunk).swapaxes(0, 1) for x in (ids, mask))
-
-        def step(carry, piece):  # piece: the ids and mask of one chunk, [batch, chunk] each
-            _, tree = carry
-            return decode(piece[0], tree, piece[1]), None
-
-        logits = jax.eval_shape(decode, ids[:, :chunk], tree, mask[:, :chunk])[0]
-        (logits, tree), _ = jax.lax.scan(step, (jnp.zeros(logits.shape, logits.dtype), tree), pieces)
+        logits, tree = fill_cache(decode, ids, cache.tree, mask, self.prefill_chunk)
         return logits, Caches(tree=tree, axes=cache.axes)
 
     def decode(self, tokens: Int[Array, " batch"], cache: Caches) -> tuple[Float[Array, "batch vocab"], Caches]:

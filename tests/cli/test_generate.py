@@ -220,6 +220,8 @@ def test_num_beams_prints_the_best_texts_of_the_search(saved, capsys):
     assert best[0] != _expected(model, tok)  # the search finds another text than greedy decoding here
     flags = ["--num-beams", "4", "--length-penalty", "0", "--early-stopping", "true"]
     assert _run(capsys, saved[0], *flags) == PROMPT + best[0] + "\n"
+    # the cache filled with the prompt 2 tokens at a time
+    assert _run(capsys, saved[0], *flags, "--prefill-chunk", "2") == PROMPT + best[0] + "\n"
     two = _run(capsys, saved[0], *flags, "--num-samples", "2")
     assert two == f"--- beam 1 ---\n{PROMPT}{best[0]}\n\n--- beam 2 ---\n{PROMPT}{best[1]}\n"
 
@@ -274,7 +276,6 @@ def test_the_repetition_and_a_negative_length_penalty_apply_to_beam_search(saved
         (["--early-stopping", "never"], "--early-stopping set(s) how a beam search scores or stops"),
         (["--num-beams", "0"], "argument --num-beams: expected an integer >= 1, got 0"),
         (["--early-stopping", "maybe"], "argument --early-stopping: invalid choice: 'maybe'"),
-        (["--num-beams", "2", "--prefill-chunk", "4"], "--prefill-chunk applies to sampling and greedy decoding"),
     ],
 )
 def test_bad_beam_flags_print_one_error_line(saved, capsys, flags, message):

@@ -1,7 +1,7 @@
 """The prefill makes the logits of the prompt's last token only: ``decode_last`` gives ``decode``'s last
 row, and the compiled prefill holds no ``[seq, vocab]`` logits (for a 262,144-token vocabulary they
-would be gigabytes for a long prompt). A chunked prefill gives the same tokens and holds one chunk's
-attention at a time."""
+would be gigabytes for a long prompt). A chunked prefill gives the same tokens (sampling and beam
+search) and holds one chunk's attention at a time."""
 
 import equinox as eqx
 import jax
@@ -11,7 +11,7 @@ import pytest
 
 import eqxllm
 from eqxllm.errors import InputError
-from eqxllm.generation import loop
+from eqxllm.generation import beam, beam_search, loop
 from eqxllm.generation.sampling import make_sampler
 from tests.generation._helpers import tiny_gpt2
 
@@ -53,10 +53,45 @@ def test_a_chunked_prefill_gives_the_same_tokens():
         eqxllm.generate(model, prompts, max_new_tokens=6, prefill_chunk=0)
 
 
-def test_the_prefill_holds_one_row_of_logits_and_a_chunked_one_a_chunk_s_attention():
-    model = tiny_gpt2(0, vocab_size=VOCAB, n_positions=SEQ + 8)
+def test_a_chunked_prefill_gives_the_same_beams():
+    model = tiny_gpt2(2)
+    prompts = [[5, 9, 14, 3, 7, 11, 2, 8], [8, 2, 40, 6, 1, 17, 30, 9]]
+    options = dict(max_new_tokens=6, num_beams=3, eos_token_id=4, return_all=True, return_scores=True)
+    whole, scores = beam_search(model, prompts, **options)
+    # 7 tokens fill the cache before the search: one token then two chunks of 3; one chunk of 7
+    for chunk in (3, 7):
+        tokens, chunk_scores = beam_search(model, prompts, prefill_chunk=chunk, **options)
+        np.testing.assert_array_equal(tokens, whole)
+        np.testing.assert_allclose(chunk_scores, scores, atol=1e-5)
+    with pytest.raises(InputError, match="prefill_chunk must be an integer >= 1"):
+        beam_search(model, prompts, max_new_tokens=6, prefill_chunk=0)
+
+
+def _beam_prefill_temp(model, seq: int, chunk: int | None) -> int:
+    """The temporaries of the compiled cache that a beam search of one ``seq``-token prompt starts from."""
+    dynamic, static = eqx.partition(model, eqx.is_array)
+    fill = jax.jit(lambda m, ids: beam.prompt_cache(eqx.combine(m, static), ids, 4, chunk)[0])
+    return fill.lower(dynamic, jnp.zeros((seq,), jnp.int32)).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.fixture(scope="module")
+def long_model():
+    """A model with room for a long prompt and a large vocabulary, where a prefill's memory shows."""
+    return tiny_gpt2(0, vocab_size=VOCAB, n_positions=SEQ + 8)
+
+
+def test_the_prefill_holds_one_row_of_logits_and_a_chunked_one_a_chunk_s_attention(long_model):
+    model = long_model
     whole, chunked, every_logit = _prefill_temp(model, SEQ, None), _prefill_temp(model, SEQ, 32), SEQ * VOCAB * 4
     assert whole < every_logit / 2, (
         f"the prefill holds {whole} bytes of temporaries; every position's logits are {every_logit}"
     )
     assert chunked < whole / 3, (chunked, whole)
+
+
+def test_a_chunked_beam_search_prefill_holds_a_chunk_s_attention(long_model):
+    model = long_model
+    whole, chunked = _beam_prefill_temp(model, SEQ, None), _beam_prefill_temp(model, SEQ, 32)
+    attention = model.config.n_head * SEQ * SEQ * 4  # one layer's float32 scores over the whole prompt
+    # the chunks save more than the whole prompt's scores, and the chunked search holds less than them
+    assert chunked < attention < whole - chunked, (whole, attention, chunked)
