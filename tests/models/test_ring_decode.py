@@ -1,8 +1,9 @@
 """Sliding layers cache only their last ``sliding_window`` slots (rings), and decoding over such a cache
 gives the logits of the full forward pass (through a left-padded prompt longer than the window, a chunk
 shorter than it and single steps; a mixture of experts' router logits too), and the tokens of a cache
-that keeps every slot in batched generation (also with a chunked prefill) and beam search."""
+that keeps every slot in batched generation and beam search (also with a chunked prefill)."""
 
+import dataclasses
 import functools
 
 import equinox as eqx
@@ -43,8 +44,15 @@ def _forward(model, ids, mask, cache):
     return model.forward(ids, mask=mask, cache=cache)
 
 
-def _plain_cache(model, max_len):
-    return CausalLM.init_cache(model, max_len)  # every layer keeps every slot
+def _every_slot(model):
+    """The same model, of a subclass whose cache keeps every slot in every layer. Another type, so that
+    the compiled generation functions trace it anew: patching ``init_cache`` on the model's own class
+    would reuse the programs already compiled with rings for the same shapes."""
+    cls = type(f"EverySlot{type(model).__name__}", (type(model),), {"init_cache": CausalLM.init_cache})
+    plain = object.__new__(cls)
+    for field in dataclasses.fields(model):
+        object.__setattr__(plain, field.name, getattr(model, field.name))
+    return plain
 
 
 def test_the_cache_keeps_the_window_for_sliding_layers(model):
@@ -76,15 +84,20 @@ def test_ring_decoding_equals_the_full_pass(model):
     assert int(cache.index) == total and cache.ring is not None
 
 
-def test_generation_and_beams_are_those_of_a_cache_of_every_slot(monkeypatch):
+def test_generation_and_beams_are_those_of_a_cache_of_every_slot():
     model = _model("mixtral")  # the cheaper program; the mixed stack's batched generation is in the parity tests
     prompts = [[5, 9, 14, 3, 7, 11], [8, 2]]  # left-padded to one batch
+    long = [5, 9, 14, 3, 7, 11, 2, 8, 6, 1, 12, 4]  # 11 tokens fill a beam search's cache
     options = dict(max_new_tokens=8, eos_token_id=7)
     ring = eqxllm.generate(model, prompts, **options)
-    beams = beam_search(model, prompts[0], num_beams=3, return_all=True, **options)
     assert ring.shape == (2, 8)
     # a prefill in chunks longer than the window (the first of one token) fills the rings the same way
     np.testing.assert_array_equal(eqxllm.generate(model, prompts, prefill_chunk=5, **options), ring)
-    monkeypatch.setattr(type(model), "init_cache", _plain_cache)
-    np.testing.assert_array_equal(ring, eqxllm.generate(model, prompts, **options))
-    np.testing.assert_array_equal(beams, beam_search(model, prompts[0], num_beams=3, return_all=True, **options))
+    beams = beam_search(model, long, num_beams=3, return_all=True, **options)
+    np.testing.assert_array_equal(
+        beam_search(model, long, num_beams=3, return_all=True, prefill_chunk=5, **options), beams
+    )
+    plain = _every_slot(model)
+    assert plain.init_cache(32).ring is None and model.init_cache(32).ring is not None
+    np.testing.assert_array_equal(eqxllm.generate(plain, prompts, **options), ring)
+    np.testing.assert_array_equal(beam_search(plain, long, num_beams=3, return_all=True, **options), beams)
