@@ -69,7 +69,7 @@ from eqxllm.generation.prompts import (
     check_generates,
     check_ids,
     check_stop_ids,
-    reject_traced,
+    left_pad,
 )
 
 Step = Callable[[Int[Array, " one"], PyTree], tuple[Float[Array, "one vocab"], PyTree]]
@@ -201,43 +201,62 @@ def check_beam_options(num_beams: int, length_penalty: float, steps: int, early_
 
 
 def prompt_cache(
-    model: Any, prompt: Int[Array, " seq"], steps: int, prefill_chunk: int | None = None
+    model: Any,
+    prompt: Int[Array, " seq"],
+    steps: int,
+    prefill_chunk: int | None = None,
+    mask: Bool[Array, " seq"] | None = None,
 ) -> tuple[PyTree, Int[Array, ""] | int]:
     """The one-sequence cache a search of ``steps`` new tokens starts from, and its first input: for
     an encoder-decoder the decoder cache over the encoded prompt and the decoder's start token; for a
     decoder-only model the cache filled with the prompt but its last token (``prefill_chunk`` tokens
-    at a time, :func:`eqxllm.generation.prefill.fill_cache`), and that last token."""
+    at a time, :func:`eqxllm.generation.prefill.fill_cache`), and that last token. ``mask`` marks the
+    real tokens of a left-padded prompt (``None``: all are real)."""
     cfg = model.config
     if cfg.is_encoder_decoder:
-        mask = jnp.ones(prompt.shape, bool)
+        mask = jnp.ones(prompt.shape, bool) if mask is None else mask
         cache = model.init_decoder_cache(model.encode(prompt, mask=mask), mask, steps, jnp.float32)
         return cache, cfg.decoder_start_token_id
     cache = model.init_cache(prompt.shape[0] - 1 + steps, jnp.float32)
-    if prompt.shape[0] > 1:
-        fill = lambda i, c, m: ((), model.decode(i, c)[1])  # only the cache: the search starts at the last token
-        _, cache = fill_cache(fill, prompt[:-1], cache, chunk=prefill_chunk)
+    if prompt.shape[0] > 1:  # the last token is real: padding is on the left
+
+        def fill(ids, cache, real):  # only the cache: the search starts at the last token
+            return (), model.decode(ids, cache, mask=real)[1]
+
+        _, cache = fill_cache(fill, prompt[:-1], cache, None if mask is None else mask[:-1], prefill_chunk)
     return cache, prompt[-1]
 
 
 @eqx.filter_jit
 def _search_prompts(
-    model, ids, num_beams: int, steps: int, stop_ids: tuple[int, ...], alpha, mode, penalty, prefill_chunk: int | None
-):  # alpha, mode (early_stopping's index in STOPPING) and penalty (or None) are arrays: new values do not compile again
+    model,
+    ids,
+    mask,
+    num_beams: int,
+    steps: int,
+    stop_ids: tuple[int, ...],
+    alpha,
+    mode,
+    penalty,
+    prefill_chunk: int | None,
+):  # alpha, mode (early_stopping's index in STOPPING) and penalty (or None) are arrays: new values do not
+    # compile again; mask is None when no prompt is padded
     cfg = model.config
 
-    def one(prompt):
-        cache, first = prompt_cache(model, prompt, steps, prefill_chunk)
+    def one(prompt, real):
+        cache, first = prompt_cache(model, prompt, steps, prefill_chunk, real)
         # what the repetition penalty sees first, as transformers' input_ids: a decoder-only model's prompt
-        # (all of it: beam search prompts have no padding); an encoder-decoder's start token, which the search adds
+        # (its real tokens); an encoder-decoder's start token, which the search adds
         seen = jnp.zeros((cfg.vocab_size,), bool)
-        seen = seen if cfg.is_encoder_decoder else seen.at[prompt].set(True)
+        if not cfg.is_encoder_decoder:  # padding goes to the slot past the vocabulary, which is dropped
+            seen = seen.at[prompt if real is None else jnp.where(real, prompt, cfg.vocab_size)].set(True, mode="drop")
         return beam_search_cached(
             lambda t, c: model.decode(t, c), cache, first, num_beams=num_beams, steps=steps, stop_ids=stop_ids,
             length_penalty=alpha, early_stopping=mode, repetition_penalty=penalty,
             seen=None if penalty is None else seen,
         )  # fmt: skip
 
-    return jax.vmap(one)(ids)
+    return jax.vmap(one)(ids, mask)
 
 
 def beam_search(
@@ -254,8 +273,9 @@ def beam_search(
     return_all: bool = False,
     prefill_chunk: int | None = None,
 ) -> Beams:
-    """The best continuation of ``prompt`` (``[seq]``, or ``[batch, seq]`` prompts of one length, as an
-    array or a list of rows) found by a beam search of ``num_beams`` beams, the search of
+    """The best continuation of ``prompt`` (``[seq]``, ``[batch, seq]``, or a list of prompts of
+    different lengths, left-padded as :func:`eqxllm.generate` pads them, the padding unseen: each
+    prompt's search is that of the prompt alone) found by a beam search of ``num_beams`` beams, the search of
     ``transformers``' ``generate(num_beams=..., length_penalty=..., early_stopping=...,
     repetition_penalty=...)`` (module docstring), as the new token ids: up to and including a stop token (``eos_token_id``, default
     the config's; unlike :func:`eqxllm.generate`, ``()`` is refused: a search needs a stop id), or
@@ -273,18 +293,7 @@ def beam_search(
     beams, with the attention and activations of one chunk live at a time."""
     check_generates(model)
     cfg = model.config
-    reject_traced(prompt, "the prompt")
-    try:
-        ids = np.asarray(prompt)
-    except ValueError:  # a list of rows of different lengths
-        raise InputError(
-            "beam search takes prompts of one length ([seq] or [batch, seq]); search prompts of different "
-            "lengths one at a time"
-        ) from None
-    if ids.ndim not in (1, 2) or ids.shape[-1] == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise InputError(f"a beam search prompt is [seq] or [batch, seq] integer ids, got {ids.dtype} {ids.shape}")
-    single = ids.ndim == 1
-    ids = ids[None] if single else ids
+    ids, mask, single = left_pad(prompt)
     steps: int = as_scalar(max_new_tokens, "max_new_tokens")
     beams: int = as_scalar(num_beams, "num_beams")
     alpha: float = as_scalar(length_penalty, "length_penalty")
@@ -293,7 +302,7 @@ def beam_search(
     chunk = check_prefill_chunk(prefill_chunk)
     chunk = None if cfg.is_encoder_decoder else chunk  # an encoder reads its prompt whole
     check_context(ids.shape[1], steps, cfg.max_positions, encoder_decoder=cfg.is_encoder_decoder)
-    check_ids(ids, np.ones(ids.shape, bool), cfg.vocab_size)
+    check_ids(ids, mask, cfg.vocab_size)
     stops = cfg.eos_token_id if eos_token_id is None else eos_token_id
     stops = (stops,) if isinstance(stops, int | np.integer) else tuple(stops or ())
     if not stops:  # finished beams are padded with the first stop id, so "never stop" has no beam search
@@ -305,8 +314,9 @@ def beam_search(
         )
     check_stop_ids(tuple(int(s) for s in stops), cfg.vocab_size)
     tokens, scores = _search_prompts(
-        model, jnp.asarray(ids, jnp.int32), beams, steps, tuple(int(s) for s in stops), jnp.asarray(alpha, jnp.float32),
-        stopping_mode(early_stopping), None if penalty is None else jnp.asarray(penalty, jnp.float32), chunk,
+        model, jnp.asarray(ids), None if mask.all() else jnp.asarray(mask), beams, steps,
+        tuple(int(s) for s in stops), jnp.asarray(alpha, jnp.float32), stopping_mode(early_stopping),
+        None if penalty is None else jnp.asarray(penalty, jnp.float32), chunk,
     )  # fmt: skip
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)
 

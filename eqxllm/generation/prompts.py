@@ -94,12 +94,14 @@ def left_pad(
 
 
 def check_ids(ids: Int[np.ndarray, "batch seq"], mask: Bool[np.ndarray, "batch seq"], vocab_size: int) -> None:
-    """Raise :class:`InputError` naming the first prompt token outside ``[0, vocab_size)``."""
+    """Raise :class:`InputError` naming the first prompt token outside ``[0, vocab_size)``, by its index
+    in the prompt as given (before the left padding)."""
     bad = mask & ((ids < 0) | (ids >= vocab_size))
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
+        index = col - int((~mask[row]).sum())
         raise InputError(
-            f"prompt {row} holds token id {int(ids[row, col])} at index {col}, outside the vocabulary "
+            f"prompt {row} holds token id {int(ids[row, col])} at index {index}, outside the vocabulary "
             f"[0, {vocab_size}); encode the text with this model's tokenizer"
         )
 

@@ -43,6 +43,28 @@ def test_one_beam_is_greedy_for_an_encoder_decoder_too():
     assert (beam_search(model, prompts, max_new_tokens=5, num_beams=1) == greedy).all()
 
 
+@pytest.mark.parametrize("penalty", [1.0, 0.01])  # 0.01: a seen token is nearly certain, so seen padding would show
+def test_prompts_of_different_lengths_get_the_search_each_gets_alone(gpt2, penalty):
+    prompts = [[5, 9, 17, 30, 2], [40, 2], [7]]  # left-padded with id 0 to one batch
+    options = dict(max_new_tokens=6, num_beams=3, return_all=True, return_scores=True, repetition_penalty=penalty)
+    tokens, scores = beam_search(gpt2, prompts, **options)
+    assert tokens.shape == (3, 3, 6)
+    for i, prompt in enumerate(prompts):
+        alone, alone_scores = beam_search(gpt2, jnp.asarray(prompt), **options)
+        np.testing.assert_array_equal(tokens[i], alone)
+        np.testing.assert_allclose(scores[i], alone_scores, atol=1e-5)
+
+
+def test_an_encoder_decoder_searches_prompts_of_different_lengths_as_alone():
+    model = FakeSeq2Seq(FakeSeq2SeqConfig(eos_token_id=EOS), key=jax.random.key(0))
+    prompts = [[4, 8, 15, 16], [23, 4]]
+    tokens = beam_search(model, prompts, max_new_tokens=5, num_beams=3, return_all=True)
+    for i, prompt in enumerate(prompts):
+        np.testing.assert_array_equal(
+            tokens[i], beam_search(model, jnp.asarray(prompt), max_new_tokens=5, num_beams=3, return_all=True)
+        )
+
+
 def _every_output(vocab, steps):
     for n in range(1, steps + 1):
         for words in itertools.product(range(vocab), repeat=n):

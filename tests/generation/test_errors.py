@@ -35,6 +35,7 @@ def model():
         (jnp.ones((3,), jnp.int32), {"max_new_tokens": 0}, r"max_new_tokens must be an integer >= 1, got 0"),
         (jnp.asarray([1, 211, 2]), {}, r"prompt 0 holds token id 211 at index 1, outside the vocabulary \[0, 211\)"),
         ([[5], [3, -1]], {}, r"prompt 1 holds token id -1 at index 1"),
+        ([[5, 6, 7], [211, 3]], {}, r"prompt 1 holds token id 211 at index 0"),  # its index before the padding
         (jnp.ones((3,), jnp.int32), {"top_p": 0.0, "key": KEY}, r"top_p must be in \(0, 1\].*got 0.0"),
         (jnp.ones((3,), jnp.int32), {"top_p": 1.5, "key": KEY}, r"top_p must be in \(0, 1\].*got 1.5"),
         (jnp.ones((3,), jnp.int32), {"top_k": 0, "key": KEY}, r"top_k must be an integer >= 1.*got 0"),
@@ -95,8 +96,10 @@ def test_generation_under_jit_says_where_to_call_it(model):
 def test_beam_search_checks_its_input_like_generate(model):
     from eqxllm.generation import beam_search
 
-    with pytest.raises(InputError, match="prompts of one length"):
-        beam_search(model, [[1, 2, 3], [4, 5]], max_new_tokens=2)
+    with pytest.raises(InputError, match="prompt 1 of the batch is empty"):
+        beam_search(model, [[1, 2, 3], []], max_new_tokens=2)
+    with pytest.raises(InputError, match=r"prompt 1 holds token id 211 at index 1, outside the vocabulary \[0, 211\)"):
+        beam_search(model, [[1, 2, 3], [4, 211]], max_new_tokens=2)
     with pytest.raises(InputError, match=r"stop token id 211 is outside the vocabulary \[0, 211\)"):
         beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=211)
     with pytest.raises(InputError, match="stop token id -1"):

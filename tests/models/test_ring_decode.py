@@ -87,7 +87,7 @@ def test_ring_decoding_equals_the_full_pass(model):
 def test_generation_and_beams_are_those_of_a_cache_of_every_slot():
     model = _model("mixtral")  # the cheaper program; the mixed stack's batched generation is in the parity tests
     prompts = [[5, 9, 14, 3, 7, 11], [8, 2]]  # left-padded to one batch
-    long = [5, 9, 14, 3, 7, 11, 2, 8, 6, 1, 12, 4]  # 11 tokens fill a beam search's cache
+    long = jnp.array([5, 9, 14, 3, 7, 11, 2, 8, 6, 1, 12, 4])  # 11 tokens fill a beam search's cache
     options = dict(max_new_tokens=8, eos_token_id=7)
     ring = eqxllm.generate(model, prompts, **options)
     assert ring.shape == (2, 8)
