@@ -204,10 +204,10 @@ _STOPPING = {"true": True, "false": False, "never": "never"}
 
 def beam_options(args: argparse.Namespace, defaults: dict, *, explicit_sampling: bool) -> dict | None:
     """``num_beams``, ``length_penalty``, ``early_stopping``, ``repetition_penalty`` and ``prefill_chunk``
-    for a beam search, or ``None`` to sample or decode greedily. The flags win over ``generation_config.json``, whose ``num_beams`` applies
-    unless the run samples (a sampling flag, or its own ``do_sample: true``: beam sampling is not
-    done, which a note on stderr says) or ``--greedy`` asks for one sequence. Conflicting flags raise
-    :class:`InputError`."""
+    for a beam search, or ``None`` to sample or decode greedily. The flags win over
+    ``generation_config.json``, whose ``num_beams`` applies unless the run samples (a sampling flag, or
+    its own ``do_sample: true``: beam sampling is not done, which a note on stderr says) or
+    ``--greedy`` asks for one sequence. Conflicting flags raise :class:`InputError`."""
     beams = args.num_beams
     if beams is not None and beams > 1:
         given = [f for f, v in (("--temperature", args.temperature), ("--top-k", args.top_k),
