@@ -58,7 +58,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from eqxllm.errors import InputError
-from eqxllm.generation.penalty import check_repetition_penalty, penalize, see
+from eqxllm.generation.penalty import check_repetition_penalty, penalize, see, seen_prompt
 from eqxllm.generation.prefill import check_prefill_chunk, fill_cache
 from eqxllm.generation.prompts import (
     FloatOption,
@@ -247,9 +247,12 @@ def _search_prompts(
         cache, first = prompt_cache(model, prompt, steps, prefill_chunk, real)
         # what the repetition penalty sees first, as transformers' input_ids: a decoder-only model's prompt
         # (its real tokens); an encoder-decoder's start token, which the search adds
-        seen = jnp.zeros((cfg.vocab_size,), bool)
-        if not cfg.is_encoder_decoder:  # padding goes to the slot past the vocabulary, which is dropped
-            seen = seen.at[prompt if real is None else jnp.where(real, prompt, cfg.vocab_size)].set(True, mode="drop")
+        real = jnp.ones(prompt.shape, bool) if real is None else real
+        seen = (
+            jnp.zeros((cfg.vocab_size,), bool)
+            if cfg.is_encoder_decoder
+            else seen_prompt(prompt[None], real[None], cfg.vocab_size)[0]
+        )
         return beam_search_cached(
             lambda t, c: model.decode(t, c), cache, first, num_beams=num_beams, steps=steps, stop_ids=stop_ids,
             length_penalty=alpha, early_stopping=mode, repetition_penalty=penalty,
@@ -275,8 +278,8 @@ def beam_search(
 ) -> Beams:
     """The best continuation of ``prompt`` (``[seq]``, ``[batch, seq]``, or a list of prompts of
     different lengths, left-padded as :func:`eqxllm.generate` pads them, the padding unseen: each
-    prompt's search is that of the prompt alone) found by a beam search of ``num_beams`` beams, the search of
-    ``transformers``' ``generate(num_beams=..., length_penalty=..., early_stopping=...,
+    prompt's search is that of the prompt alone) found by a beam search of ``num_beams`` beams, the
+    search of    ``transformers``' ``generate(num_beams=..., length_penalty=..., early_stopping=...,
     repetition_penalty=...)`` (module docstring), as the new token ids: up to and including a stop token (``eos_token_id``, default
     the config's; unlike :func:`eqxllm.generate`, ``()`` is refused: a search needs a stop id), or
     ``max_new_tokens`` of them, then the first stop id as padding. For an encoder-decoder model the
