@@ -164,7 +164,9 @@ def save_pretrained(
     from a ``tokenizers.Tokenizer`` (``transformers.AutoTokenizer`` reads them, whatever the family).
 
     Weights are written first and atomically, ``config.json`` last (atomically too), so a failed
-    save never leaves a directory whose config describes weights that are not there; a directory
+    save never leaves a directory whose config describes weights that are not there: over an earlier
+    save, its ``config.json`` is removed before the first new weight file moves in, so a save cut
+    off there leaves a folder that does not load (never new weights under the old config); a directory
     that did not exist is built beside its destination and renamed into place, so it appears whole
     or not at all. ``dst`` must be a
     directory or absent; a bad ``max_shard_size`` is refused before anything is created. Saving
@@ -190,7 +192,9 @@ def save_pretrained(
 
     def write_into(target: Path) -> None:
         resaving = (target / "config.json").is_file()
-        write_checkpoint(tensors, target, max_shard_size=max_shard_size, metadata={"format": "pt"})
+        write_checkpoint(
+            tensors, target, max_shard_size=max_shard_size, metadata={"format": "pt"}, describing="config.json"
+        )
         if tokenizer_texts is not None:
             for name, text in tokenizer_texts.items():
                 atomic_write_text(target / name, text)

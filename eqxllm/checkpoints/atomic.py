@@ -142,6 +142,15 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def withdraw_description(directory: Path, describing: str | None) -> None:
+    """Remove ``directory / describing`` (the config that says what the weights beside it are) and make
+    the removal durable, before new weights move in: a save cut off between its moves then leaves a
+    folder that does not load, never the new weights read under the old config."""
+    if describing is not None and (directory / describing).exists():
+        (directory / describing).unlink()
+        fsync_dir(directory)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all (a temporary beside it, fsynced, then ``os.replace``)."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from eqxllm.checkpoints import safetensors_io
-from eqxllm.checkpoints.atomic import fsync_dir, prepare_destination, remove_created, temporary_folder
+from eqxllm.checkpoints.atomic import (
+    fsync_dir,
+    prepare_destination,
+    remove_created,
+    temporary_folder,
+    withdraw_description,
+)
 from eqxllm.checkpoints.safetensors_io import (
     _DTYPE_NAMES,
     INDEX_FILE,
@@ -188,15 +194,20 @@ def _write_index(path: Path, index: dict[str, object]) -> None:
         os.fsync(f.fileno())
 
 
-def _replace_files(directory: Path, write: Callable[[Path], list[str]]) -> list[Path]:
+def _replace_files(
+    directory: Path, write: Callable[[Path], list[str]], describing: str | None = None
+) -> list[Path]:
     """Run ``write(tmp)`` in a hidden folder inside ``directory``, then move the files it names into
     ``directory`` in that order, and remove weight files of an earlier save that were not replaced.
-    A failed write leaves ``directory`` as it was (and removes it if this save created it)."""
+    A failed write leaves ``directory`` as it was (and removes it if this save created it). The file
+    ``describing`` is withdrawn (:func:`withdraw_description`) once the write succeeded and before the
+    first move; the caller writes it again last."""
     created = prepare_destination(directory)
     try:
         with temporary_folder(directory) as tmp:
             names = write(tmp)
             fsync_dir(tmp)
+            withdraw_description(directory, describing)
             for name in names:
                 os.replace(tmp / name, directory / name)
     except BaseException:
@@ -215,6 +226,7 @@ def write_checkpoint(
     *,
     max_shard_size: int | str | None = "5GB",
     metadata: dict[str, str] | None = None,
+    describing: str | None = None,
 ) -> list[Path]:
     """Save ``tensors`` into ``directory`` as ``transformers`` does: ``model.safetensors``, or when they
     exceed ``max_shard_size`` (``None``: never shard) shards ``model-0000i-of-0000N.safetensors`` plus
@@ -225,7 +237,9 @@ def write_checkpoint(
     then moved into place with ``os.replace`` (shards first, the index last); weight files of an earlier
     save that this one does not produce are then removed. If writing fails, ``directory`` is left as it
     was. Each file is replaced atomically; the set of files is not (a crash between two moves can mix
-    shards of two saves that have the same shard count).
+    shards of two saves that have the same shard count). So a caller that writes a config describing
+    the weights names it as ``describing``: it is removed before the first move, and the caller writes
+    it again after this returns, so that a save cut off midway leaves a folder that does not load.
     """
     directory = Path(directory)
     arrays = _prepare(tensors)
@@ -247,4 +261,4 @@ def write_checkpoint(
         _write_index(tmp / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
         return [*names, INDEX_FILE]
 
-    return _replace_files(directory, write)
+    return _replace_files(directory, write, describing)

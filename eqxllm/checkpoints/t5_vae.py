@@ -112,7 +112,7 @@ def extract_t5(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     cfg = config_from_hf(hf)
     tensors = {k: v for k, v in read_checkpoint(src).items() if not k.startswith(PREFIX)}
     dst.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(tensors, dst, metadata={"format": "pt"})
+    write_checkpoint(tensors, dst, metadata={"format": "pt"}, describing="config.json")
     if (src / TOKENIZER_FILE).is_file():  # as they are, with the config transformers needs if src lacks it
         for name, made in tokenizer_files(load_tokenizer(src)).items():
             atomic_write_text(dst / name, (src / name).read_text(encoding="utf-8") if (src / name).is_file() else made)

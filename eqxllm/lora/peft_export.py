@@ -30,6 +30,7 @@ from eqxllm.checkpoints.atomic import (
     check_destination,
     fsync_dir,
     temporary_folder,
+    withdraw_description,
     write_directory,
 )
 from eqxllm.checkpoints.keymap import Param
@@ -199,6 +200,7 @@ def save_peft_adapter(
     def write_into(target: Path) -> None:  # the weights first, the config that describes them last
         with temporary_folder(target) as tmp:
             write_file(tmp / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
+            withdraw_description(target, ADAPTER_CONFIG)  # a cut-off save must not load under the old config
             os.replace(tmp / ADAPTER_WEIGHTS, target / ADAPTER_WEIGHTS)
         atomic_write_text(target / ADAPTER_CONFIG, json.dumps(cfg, indent=2) + "\n")
         fsync_dir(target)

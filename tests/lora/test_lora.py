@@ -183,6 +183,24 @@ def test_a_failed_adapter_save_changes_nothing(base, tmp_path, monkeypatch):
     assert not (tmp_path / "new").exists()
 
 
+def test_an_adapter_save_cut_off_before_its_config_leaves_no_config(base, tmp_path, monkeypatch):
+    import eqxllm.lora.peft_export as export
+
+    dst = tmp_path / "adapter"
+    export.save_peft_adapter(apply_lora(base, rank=2, alpha=4.0, targets="attn", key=jax.random.key(1)), dst)
+
+    class Cut(BaseException):  # a kill: nothing after it runs
+        pass
+
+    def cut(path, text):
+        raise Cut
+
+    monkeypatch.setattr(export, "atomic_write_text", cut)
+    with pytest.raises(Cut):  # the rank-4 mlp weights are in place, the rank-2 attn config must not stay
+        export.save_peft_adapter(apply_lora(base, rank=4, alpha=4.0, targets="mlp", key=jax.random.key(2)), dst)
+    assert sorted(p.name for p in dst.iterdir()) == [export.ADAPTER_WEIGHTS]
+
+
 @pytest.mark.usefixtures("unchecked_annotations")  # called as a user calls it, without the type hook
 @pytest.mark.parametrize(
     ("kwargs", "message"),

@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from eqxllm.errors import (
     ShapeMismatchError,
     ShardIndexError,
 )
+from eqxllm.models import GPT2
 
 from ._helpers import copy_dir, make_model_dir, snapshot
 
@@ -166,6 +168,58 @@ def test_a_killed_saves_temporaries_are_removed_by_the_next_save(model_dir, tmp_
         ["config.json", "model.safetensors", live.name]
     )  # the stale tokenizer.json went too: this save had no tokenizer
     assert remove_stale_temporaries(dst) == []
+
+
+class _Cut(BaseException):  # what a kill does to the save: nothing after it runs
+    pass
+
+
+@pytest.mark.parametrize("moment", ["first weight file moved", "all weights moved, config.json not written"])
+def test_a_resave_cut_off_midway_leaves_a_folder_that_does_not_load(model_dir, tmp_path, monkeypatch, moment):
+    import eqxllm.checkpoints.checkpoint_dir as checkpoint_dir
+
+    old = eqxllm.from_pretrained(model_dir)
+    new = GPT2(old.config.replace(layer_norm_epsilon=0.5), key=jax.random.key(1))  # same shapes
+    dst = copy_dir(model_dir, tmp_path / "dst")
+    if moment == "first weight file moved":  # between the moves of a sharded save
+        real = os.replace
+
+        def cut_after_one(src, target):
+            real(src, target)
+            raise _Cut
+
+        monkeypatch.setattr(checkpoint_dir.os, "replace", cut_after_one)
+    else:
+        real_text = eqxllm.checkpoints.api.atomic_write_text
+
+        def cut_at_config(path, text):
+            if Path(path).name == "config.json":
+                raise _Cut
+            real_text(path, text)
+
+        monkeypatch.setattr(eqxllm.checkpoints.api, "atomic_write_text", cut_at_config)
+    with pytest.raises(_Cut):
+        eqxllm.save_pretrained(new, dst, max_shard_size="20KB")
+    monkeypatch.undo()
+    # never the new weights under the old config.json: the folder does not load at all
+    with pytest.raises(CheckpointError, match="config.json"):
+        eqxllm.from_pretrained(dst)
+    assert eqxllm.from_pretrained(eqxllm.save_pretrained(new, dst)).config.layer_norm_epsilon == 0.5
+
+
+def test_a_resave_whose_weights_fail_to_write_leaves_the_old_model(model_dir, tmp_path, monkeypatch):
+    import eqxllm.checkpoints.checkpoint_dir as checkpoint_dir
+
+    dst = copy_dir(model_dir, tmp_path / "dst")
+    before = snapshot(dst)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_dir.safetensors_io, "write_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        eqxllm.save_pretrained(eqxllm.from_pretrained(model_dir), dst)
+    assert snapshot(dst) == before  # config.json included: it is withdrawn only once the weights are written
 
 
 def test_resaving_without_a_tokenizer_drops_the_stale_one(model_dir, tmp_path):
