@@ -33,7 +33,13 @@ from eqxllm.train.metrics import RunLogger, forget_replayed_rows
 from eqxllm.train.optim import init_opt_state, make_optimizer
 from eqxllm.train.plot import plot_run
 from eqxllm.train.precision import resolve_dtype
-from eqxllm.train.run_dir import best_val_loss, clear_run_files, record_resumed_config, start_run
+from eqxllm.train.run_dir import (
+    EXPORT_DIR,
+    best_val_loss,
+    clear_run_files,
+    record_resumed_config,
+    start_run,
+)
 from eqxllm.train.sharding import (
     batch_sharding,
     check_batch_size,
@@ -98,7 +104,7 @@ class _Run:
 
     @property
     def export(self) -> Path:
-        return self.out / "model"
+        return self.out / EXPORT_DIR
 
 
 def train(

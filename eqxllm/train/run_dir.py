@@ -4,7 +4,7 @@ leaves nothing behind when it fails.
 A run writes ``run_config.json`` first, then whatever its task prepares (``tokenizer.json``), then
 metrics and checkpoints. A folder of other files is never merged into; a run with checkpoints is
 continued only with ``--resume`` and the same model, data, task and ``train.seed``; a run that never saved a step
-is cleared and started afresh.
+(and exported no model) is cleared and started afresh.
 """
 
 import json
@@ -21,6 +21,7 @@ from eqxllm.checkpoints.atomic import (
     remove_created,
 )
 from eqxllm.errors import CheckpointError, ConfigError
+from eqxllm.models.runtime_options import is_runtime_option
 from eqxllm.train.config import TrainConfig
 from eqxllm.train.distributed import share_lead_outcome
 from eqxllm.train.metrics import read_metrics
@@ -29,6 +30,8 @@ from eqxllm.train.tasks import Task, make_task
 # What a run writes into --out before its first checkpoint: a run that stopped before saving a step
 # left only these, and a fresh start clears them (a stale tokenizer.json would be silently reused).
 _RUN_FILES = ("run_config.json", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png")
+# where a run exports its model (Hugging Face layout) when it ends: a run that has one is never cleared
+EXPORT_DIR = "model"
 
 
 def clear_run_files(out: Path) -> None:
@@ -45,7 +48,8 @@ def clear_run_files(out: Path) -> None:
 def check_out_dir(cfg: TrainConfig, out: Path) -> None:
     """``out`` must be absent or empty, or hold a run: never merge into a folder of other files (its
     metrics.jsonl appended to). A run with checkpoints continues only with ``--resume`` and the same
-    model, data, task and ``train.seed``; a run that never saved a step is cleared and started afresh.
+    model, data, task and ``train.seed``; a run that never saved a step is cleared and started afresh,
+    unless it exported a model (a finished run whose checkpoints were deleted): that is refused.
     Only process 0 calls it (it owns the files)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a directory (empty, or a run to --resume)")
@@ -69,6 +73,11 @@ def check_out_dir(cfg: TrainConfig, out: Path) -> None:
     if not has_ckpt:
         if cfg.resume:
             raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
+        if (out / EXPORT_DIR).exists():
+            raise ConfigError(
+                f"{out} holds a finished run (its exported {EXPORT_DIR}/) and no checkpoint; choose another --out, "
+                f"or remove {out} to train afresh there"
+            )
         clear_run_files(out)  # an earlier start that saved nothing: start afresh
         return
     if not cfg.resume:
@@ -76,8 +85,11 @@ def check_out_dir(cfg: TrainConfig, out: Path) -> None:
     _check_same_run(cfg, saved, out)
 
 
-# what a resume may not change (lora/init_from: absent from older runs' files, read as unchanged)
+# what a resume may not change (lora/init_from: absent from older runs' files, read as unchanged),
+# less what only changes how the same run is computed or where its files are (see _comparable)
 _SAME_ON_RESUME = ("model", "data", "task", "lora", "init_from")
+# the batches are a function of (train.seed, step) and of their shape: other values go on over other batches
+_SAME_BATCHES = ("seed", "batch_size", "seq_len")
 
 
 def _check_same_run(cfg: TrainConfig, saved: Path, out: Path) -> None:
@@ -86,15 +98,39 @@ def _check_same_run(cfg: TrainConfig, saved: Path, out: Path) -> None:
     except ValueError as e:
         raise ConfigError(f"{saved} is not valid JSON ({e}); it cannot be resumed") from e
     new = json.loads(cfg.to_json())
-    parts = [(part, old.get(part, new.get(part)), new.get(part)) for part in _SAME_ON_RESUME]
-    # the batches are a function of (train.seed, step): another seed would go on over other batches
-    parts.append(("train.seed", old.get("train", {}).get("seed"), new["train"]["seed"]))
+    parts = [
+        (part, _comparable(part, old.get(part, new.get(part))), _comparable(part, new.get(part)))
+        for part in _SAME_ON_RESUME
+    ]
+    parts += [(f"train.{name}", old.get("train", {}).get(name), new["train"][name]) for name in _SAME_BATCHES]
     for part, was, now in parts:
         if was != now:
             raise ConfigError(
                 f"--resume: {_first_difference(part, was, now)} differs from the run in {out}; resume with the "
                 f"same flags, or with --config-file {saved} --resume"
             )
+
+
+def _comparable(part: str, value: Any) -> Any:
+    """``value``, the run config's ``part``, less what a resume may change: the model's run-time options
+    (remat, the attention kernel, dropout: :mod:`eqxllm.models.runtime_options`) and the data's cache
+    folder; a data file that exists is compared by its resolved path (relative or absolute)."""
+    if part == "model" and isinstance(value, dict):
+        return _without_runtime_options(value)
+    if part == "data" and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "cache_dir"}
+        source = value.get("source")
+        if isinstance(source, str) and source and Path(source).exists():
+            value["source"] = str(Path(source).resolve())
+    return value
+
+
+def _without_runtime_options(fields: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    return {
+        k: _without_runtime_options(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+        for k, v in fields.items()
+        if not is_runtime_option(prefix + k)
+    }
 
 
 def _first_difference(name: str, was: Any, now: Any) -> str:

@@ -50,6 +50,20 @@ def test_resume_without_a_run(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_a_finished_run_whose_checkpoints_were_deleted_is_not_cleared(tmp_path):
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)  # what a finished run keeps once its checkpoints are removed
+    (out / "model" / "config.json").write_text("{}")
+    (out / "run_config.json").write_text(_cfg(tmp_path, out).to_json())
+    (out / "metrics.jsonl").write_text('{"kind": "train", "step": 4, "loss": 3.0}\n')
+    before = snapshot(out)
+    with pytest.raises(ConfigError, match=r"holds a finished run \(its exported model/\) and no checkpoint"):
+        train(_cfg(tmp_path, out), progress=False)
+    with pytest.raises(CheckpointError, match="holds no checkpoint to resume from"):
+        train(_cfg(tmp_path, out).replace(resume=True), progress=False)
+    assert snapshot(out) == before
+
+
 @pytest.mark.parametrize(
     ("content", "facts"),
     [

@@ -1,5 +1,6 @@
 """What a run's data and run directory keep across runs of one source: the validation hold-out does not
-follow ``train.seed``, and a resume may not change ``train.seed`` (the batches are a function of it)."""
+follow ``train.seed``, and a resume may not change ``train.seed`` or the batches' shape (the batches are a function of
+them), while it may change what only changes how the run is computed."""
 
 import dataclasses
 from pathlib import Path
@@ -41,3 +42,39 @@ def test_resume_refuses_another_train_seed(tmp_path):
     reseeded = cfg.replace(resume=True, train=dataclasses.replace(cfg.train, seed=1))
     with pytest.raises(ConfigError, match=r"--resume: train\.seed \(was 0, now 1\) differs from the run in"):
         check_out_dir(reseeded, out)
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        (dict(batch_size=16), r"train\.batch_size \(was 8, now 16\)"),
+        (dict(seq_len=8), r"train\.seq_len \(was 16, now 8\)"),
+    ],
+)
+def test_resume_refuses_batches_of_another_shape(tmp_path, train, message):
+    cfg = _cfg(tmp_path, 0)
+    out = Path(cfg.out)
+    (out / "checkpoints" / "4").mkdir(parents=True)
+    (out / "run_config.json").write_text(cfg.to_json())
+    assert (cfg.train.batch_size, cfg.train.seq_len) == (8, 16)
+    with pytest.raises(ConfigError, match=f"--resume: {message} differs"):
+        check_out_dir(cfg.replace(resume=True, train=dataclasses.replace(cfg.train, **train)), out)
+
+
+def test_resume_takes_what_only_changes_how_the_run_is_computed(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, 0)
+    out = Path(cfg.out)
+    (out / "checkpoints" / "4").mkdir(parents=True)
+    (out / "run_config.json").write_text(cfg.to_json())
+    monkeypatch.chdir(tmp_path)  # the same data file named by a relative path
+    same = cfg.replace(
+        resume=True,
+        model=cfg.model.replace(remat="dots", attention_impl="xla"),
+        data=dataclasses.replace(cfg.data, source="stories.txt", cache_dir=str(tmp_path / "elsewhere")),
+        train=dataclasses.replace(cfg.train, accum_steps=2),
+    )
+    check_out_dir(same, out)
+    (tmp_path / "other.txt").write_text((tmp_path / "stories.txt").read_text())
+    moved = same.replace(data=dataclasses.replace(same.data, source="other.txt"))
+    with pytest.raises(ConfigError, match=r"--resume: data\.source \(was .*stories\.txt', now .*other\.txt'\)"):
+        check_out_dir(moved, out)
