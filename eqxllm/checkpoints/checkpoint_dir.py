@@ -194,9 +194,7 @@ def _write_index(path: Path, index: dict[str, object]) -> None:
         os.fsync(f.fileno())
 
 
-def _replace_files(
-    directory: Path, write: Callable[[Path], list[str]], describing: str | None = None
-) -> list[Path]:
+def _replace_files(directory: Path, write: Callable[[Path], list[str]], describing: str | None = None) -> list[Path]:
     """Run ``write(tmp)`` in a hidden folder inside ``directory``, then move the files it names into
     ``directory`` in that order, and remove weight files of an earlier save that were not replaced.
     A failed write leaves ``directory`` as it was (and removes it if this save created it). The file

@@ -49,6 +49,9 @@ def _expand(argv: list[str]) -> list[str]:
         name, eq, value = argv[i].partition("=")
         if not eq and name in SHORT_FLAGS and i + 1 < len(argv):
             value, i = argv[i + 1], i + 1
+        elif not eq and name in SHORT_FLAGS:  # no value: the full name alone, which the parser refuses
+            out.append(SHORT_FLAGS[name])
+            break
         if name in SHORT_FLAGS:  # the schedule follows --max-steps by itself (TrainConfig.resolved_optim)
             out += [SHORT_FLAGS[name], value]
         else:

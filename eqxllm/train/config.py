@@ -21,6 +21,7 @@ from eqxllm.models.gpt2 import GPT2Config
 from eqxllm.models.llama_config import LlamaConfig
 from eqxllm.models.t5_config import T5Config
 from eqxllm.models.t5_vae_config import T5VAEConfig
+from eqxllm.train.json_fields import check_json_fields
 from eqxllm.train.optim import OptimConfig
 
 # Every family's config; `eqxllm train` exposes the fields of the preset's family as flags.
@@ -119,6 +120,17 @@ class TrainConfig:
             owner="train",
         )
         check_nonnegative(t, ("eval_batches", "num_samples"), owner="train")
+        if not 0 <= t.seed < 2**63:  # jax.random.key takes a signed 64-bit seed; the batch order, one >= 0
+            raise ConfigError(f"train.seed={t.seed} is out of range; give an integer from 0 to 2**63 - 1")
+        if not self.data.source.strip():  # read as a path, it would be the current folder
+            raise ConfigError(
+                "data.source is empty; give a text file or folder, a .jsonl/.json/.parquet/.csv file, a Hub "
+                "dataset id, or 'hub' (TinyStories from the Hub)"
+            )
+        if self.mesh != "auto":  # a malformed spec is refused before the data is read and tokenized
+            from eqxllm.train.sharding import parse_mesh_spec
+
+            parse_mesh_spec(self.mesh)
         if t.num_samples and not t.sample_prompt:
             raise ConfigError("train.sample_prompt is empty; give the text samples start from (or train.num_samples=0)")
         if t.batch_size % t.accum_steps:
@@ -173,6 +185,10 @@ class TrainConfig:
                 model["model_type"] = model_type  # one config class for several model types (LlamaConfig)
             # nested configs (the T5-VAE's T5) rebuild themselves from plain dicts
             from_dict = getattr(model_cls, "from_dict", None)
+            sections = {"data": DataConfig, "optim": OptimConfig, "train": LoopConfig, "lora": LoraConfig}
+            check_json_fields(cls, raw, "")
+            for section, section_cls in sections.items():
+                check_json_fields(section_cls, raw.get(section, {}), section)
             return cls(
                 model=from_dict(model) if from_dict is not None else model_cls(**model),
                 data=DataConfig(**raw["data"]),
@@ -181,7 +197,7 @@ class TrainConfig:
                 lora=LoraConfig(**raw.get("lora", {})),
                 **{k: v for k, v in raw.items() if k not in ("model", "data", "optim", "train", "lora")},
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"not a TrainConfig JSON: {e}") from e
 
 

@@ -165,6 +165,15 @@ def test_train_config_file_errors_say_why(capsys, tmp_path):
     assert_user_error(capsys, [*train, tmp_path / "none.json"], "none.json does not exist")
 
 
+@pytest.mark.parametrize("argv", [["--data"], ["--data="], ["--data", ""]])
+def test_train_data_without_a_value_is_refused(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)  # read as a path, an empty source would be this folder
+    (tmp_path / "notes.txt").write_text("not training data\n<|endoftext|>\n" * 50)
+    train = ["train", "--config", "gpt2-tinystories-test", "--out", tmp_path / "run"]
+    assert_user_error(capsys, [*train, *argv], "data.source")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_flag_errors_are_not_repeated(capsys):
     line = assert_user_error(capsys, ["train", "--bogus-flag"], "Unrecognized options: --bogus-flag")
     assert line.count("Unrecognized options") == 1

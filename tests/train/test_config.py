@@ -2,6 +2,8 @@
 every config's bad field is named with the value found."""
 
 import dataclasses
+import json
+import re
 
 import pytest
 
@@ -27,6 +29,41 @@ def test_every_preset_round_trips_through_json(name):
 def test_json_without_a_section_is_refused():
     with pytest.raises(ConfigError, match="not a TrainConfig JSON"):
         TrainConfig.from_json('{"model": {"model_type": "gpt2"}}')
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value", "message"),
+    [
+        ("optim", "learning_rate", "1e-3", "optim.learning_rate is '1e-3'; expected a finite number"),
+        ("train", "max_minutes", float("nan"), "train.max_minutes is nan; expected a finite number or null"),
+        ("train", "seed", 1.5, "train.seed is 1.5; expected an integer"),
+        ("train", "export_best", 1, "train.export_best is 1; expected true or false"),
+        ("data", "version", "v3", "data.version is 'v3'; expected one of 'v1', 'v2'"),
+        ("lora", "rank", True, "lora.rank is True; expected an integer"),
+        (None, "mesh", 4, "mesh is 4; expected a string"),
+    ],
+)
+def test_json_values_of_the_wrong_type_are_named_by_field(section, name, value, message):
+    raw = json.loads(train_preset("gpt2-tinystories-test").to_json())
+    (raw[section] if section else raw)[name] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig.from_json(json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(train=dict(seed=-1)), "train.seed=-1 is out of range"),
+        (dict(train=dict(seed=2**63)), "train.seed=9223372036854775808 is out of range"),
+        (dict(data=dict(source=" ")), "data.source is empty"),
+        (dict(mesh="dta=1"), r"mesh spec 'dta=1' names unknown axes \['dta'\]"),
+    ],
+)
+def test_what_would_fail_after_the_data_is_read_is_refused_by_the_config(changes, message):
+    cfg = train_preset("gpt2-tinystories-test")
+    sections = {k: dataclasses.replace(getattr(cfg, k), **v) for k, v in changes.items() if isinstance(v, dict)}
+    with pytest.raises(ConfigError, match=message):
+        cfg.replace(**{**changes, **sections})
 
 
 def test_for_run_sets_only_what_is_given():
