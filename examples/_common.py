@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 import eqxllm
-from eqxllm.cli import guarded
+from eqxllm.cli import OneLineParser, guarded
 from eqxllm.data import load_tokenizer
 from eqxllm.errors import ConfigError
 from eqxllm.train import train_preset
@@ -23,7 +23,7 @@ _PRESET_S = "the preset's"
 
 def run_parser(doc: str | None, *, out: str | None, minutes: float | None = 10.0) -> argparse.ArgumentParser:
     """A parser with the flags of a preset run: ``--data``, ``--out``, ``--minutes`` and ``--resume``."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="hub", help="'hub' (default), a text file or a folder of them")
     parser.add_argument("--out", default=out, help=f"run directory (default: {out or _PRESET_S})")
     shown = _PRESET_S if minutes is None else f"{minutes:g}"

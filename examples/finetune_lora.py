@@ -23,6 +23,7 @@ from pathlib import Path
 from _common import run_script
 
 import eqxllm
+from eqxllm.cli import OneLineParser
 from eqxllm.data.sentences import split_sentences
 from eqxllm.data.tinystories import iter_stories
 from eqxllm.errors import ConfigError
@@ -93,7 +94,7 @@ def base_config(base: str):
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default="runs/gpt2-tinystories/model", help="Hugging Face directory or Hub id")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="TinyStories text (<|endoftext|>-separated)")
     p.add_argument("--out", default="runs/finetune-lora")

@@ -90,6 +90,8 @@ def test_training_examples_refuse_bad_data_in_one_line(script, tmp_path, monkeyp
         (["--num-beams", "0"], "--num-beams must be >= 1"),
         (["--skip-training"], "holds no model; train first"),
         (["--skip-training", "--resume"], "contradict"),
+        (["--minutes", "abc"], "argument --minutes: invalid float value: 'abc'"),  # argparse's, in one line
+        (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
 def test_t5_vae_example_checks_its_flags_before_training(args, message, tmp_path, monkeypatch, capsys):

@@ -28,7 +28,7 @@ SUBCOMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``eqxllm eval: error: ...``, then exit 2 (no usage block)."""
 
     def error(self, message: str):  # type: ignore[override]
@@ -37,10 +37,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="eqxllm", description="Train, convert, evaluate and sample language models built with Equinox."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name, module in SUBCOMMANDS.items():
         importlib.import_module(module).add_parser(sub)
     return parser

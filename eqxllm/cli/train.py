@@ -64,11 +64,11 @@ def parse(argv: list[str]):
     """Turn ``eqxllm train`` arguments into a :class:`TrainConfig` (``--config``/``--config-file`` first)."""
     import tyro
 
-    from eqxllm.cli import _Parser
+    from eqxllm.cli import OneLineParser
     from eqxllm.errors import ConfigError
     from eqxllm.train.config import TRAIN_PRESETS, TrainConfig, train_preset
 
-    pre = _Parser(prog="eqxllm train", add_help=False)
+    pre = OneLineParser(prog="eqxllm train", add_help=False)
     pre.add_argument("--config", default="gpt2-tinystories", choices=sorted(TRAIN_PRESETS))
     pre.add_argument("--config-file", default=None)
     pre.add_argument("--init-from", default=None)
