@@ -145,8 +145,8 @@ def parse_size(size: int | str) -> int:
     if isinstance(size, str):
         match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]I?B|B)?\s*", size, re.IGNORECASE)
         value = int(float(match[1]) * _UNITS[(match[2] or "").upper()]) if match else 0
-    else:
-        value = -1 if isinstance(size, bool) else size
+    else:  # an integer (NumPy's too); a float, a bool or anything else is refused
+        value = int(size) if isinstance(size, int | np.integer) and not isinstance(size, bool) else -1
     if value <= 0:
         raise CheckpointError(f"max_shard_size={size!r}: expected a positive number of bytes or a size like '5GB'")
     return value

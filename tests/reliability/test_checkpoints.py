@@ -146,7 +146,8 @@ def test_save_into_a_path_that_is_a_file(model_dir, tmp_path):
     assert target.read_text() == "mine" and snapshot(tmp_path) == {"a-file": snapshot(tmp_path)["a-file"]}
 
 
-@pytest.mark.parametrize("size", ["0", "-5MB", "lots", "5XB"])
+@pytest.mark.usefixtures("unchecked_annotations")  # called as a user calls it, without the type hook
+@pytest.mark.parametrize("size", ["0", "-5MB", "lots", "5XB", 2.5, float("nan"), True])
 def test_bad_max_shard_size_creates_nothing(model_dir, tmp_path, size):
     model = eqxllm.from_pretrained(model_dir)
     with pytest.raises(CheckpointError, match=f"max_shard_size={size!r}"):
