@@ -47,6 +47,9 @@ def rope_scaling_from(
             "Use a checkpoint without it, or remove rope_scaling to run at the pre-training context."
         )
     kept = {k: v for k, v in params.items() if k in SCALING_FIELDS[rope_type]}
+    missing = [k for k in ("low_freq_factor", "high_freq_factor") if rope_type == "llama3" and k not in kept]
+    if missing:  # transformers refuses such a config too: a default here would be a model it cannot load
+        raise ConfigError(f"llama3 rope scaling {dict(value)} lacks {missing}; give both frequency factors")
     if rope_type in ("llama3", "yarn") and max_position_embeddings is not None:
         kept.setdefault("original_max_position_embeddings", max_position_embeddings)
     if rope_type == "yarn":
@@ -122,11 +125,25 @@ class LlamaConfig:
     def __post_init__(self):
         # the config is a static, hashed part of the model: lists and dicts (from JSON) become tuples and records
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        if isinstance(self.rope_scaling, Mapping) and "rope_theta" in self.rope_scaling:
+            put("rope_theta", self._theta_inside(self.rope_scaling))
         put("rope_scaling", rope_scaling_from(self.rope_scaling, self.max_position_embeddings))
         if self.eos_token_id is not None and not isinstance(self.eos_token_id, int):
             put("eos_token_id", tuple(self.eos_token_id))
         put("layer_types", default_layer_types(self) if self.layer_types is None else tuple(self.layer_types))
         self._validate()
+
+    def _theta_inside(self, params: Mapping[str, Any]) -> float:
+        """The base that a transformers 5 ``rope_parameters`` dict passed as ``rope_scaling`` holds: it
+        is the model's ``rope_theta`` (that field left at its default, or equal to it)."""
+        inside = params["rope_theta"]
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "rope_theta")
+        if self.rope_theta not in (default, inside):
+            raise ConfigError(
+                f"LlamaConfig.rope_scaling holds rope_theta={inside!r} but rope_theta={self.rope_theta!r}; give "
+                "the base once"
+            )
+        return inside
 
     def _validate(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -147,6 +164,12 @@ class LlamaConfig:
 
     def _validate_family(self) -> None:
         kind = self.model_type
+        if self.hidden_size % self.num_attention_heads and (self.head_dim is None or kind == "llama"):
+            raise ConfigError(  # transformers' LlamaConfig refuses it even with head_dim; the others need head_dim
+                f"LlamaConfig.hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}"
+                + ("" if kind == "llama" else "; give head_dim, the width of one head")
+            )
         if kind == "qwen2" and self.attention_bias:
             raise ConfigError("Qwen2 always has q/k/v biases and no output bias; leave attention_bias=False")
         if self.mlp_bias and kind != "llama":

@@ -72,6 +72,30 @@ def test_bad_configs():
         )
     with pytest.raises(ConfigError, match=r"rope scaling factor must be a number, got '8' \(str\)"):
         config_from_hf({"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": "8"}})
+    # transformers refuses these too: a default filled in here would export a config it cannot load
+    with pytest.raises(ConfigError, match=r"lacks \['low_freq_factor', 'high_freq_factor'\]"):
+        LlamaConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    with pytest.raises(ConfigError, match="hidden_size=64 is not divisible by num_attention_heads=5$"):
+        LlamaConfig(hidden_size=64, num_attention_heads=5, num_key_value_heads=5, head_dim=12)
+    with pytest.raises(ConfigError, match="hidden_size=64 is not divisible by num_attention_heads=5; give head_dim"):
+        LlamaConfig(model_type="mistral", hidden_size=64, num_attention_heads=5, num_key_value_heads=5)
+    assert LlamaConfig(model_type="mistral", hidden_size=64, num_attention_heads=5, num_key_value_heads=5, head_dim=12)
+
+
+def test_a_rope_theta_inside_rope_scaling_is_the_base():
+    """transformers 5's ``rope_parameters`` carries the base: passed as ``rope_scaling`` it is kept, not
+    dropped (the model would silently rotate by 10000)."""
+    for params in (
+        {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5},
+        {"rope_type": "default", "rope_theta": 5e5},
+    ):
+        assert LlamaConfig(rope_scaling=params).rope_theta == 5e5
+        assert LlamaConfig(rope_theta=5e5, rope_scaling=params).rope_theta == 5e5
+    assert (
+        LlamaConfig(rope_scaling={"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}).rope_scaling.factor == 2.0
+    )
+    with pytest.raises(ConfigError, match=r"rope_scaling holds rope_theta=500000.0 but rope_theta=1000000.0"):
+        LlamaConfig(rope_theta=1e6, rope_scaling={"rope_type": "default", "rope_theta": 5e5})
 
 
 def test_qwen_layer_types_follow_transformers():
