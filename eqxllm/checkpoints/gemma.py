@@ -21,6 +21,7 @@ import numpy as np
 
 from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map, drop_decoder_tied_head, rename_keys
 from eqxllm.checkpoints.keymap import KeyMap
+from eqxllm.checkpoints.llama import warn_attention_dropout
 from eqxllm.errors import ConfigError
 from eqxllm.models.gemma_config import FULL, SLIDING, GemmaConfig, default_layer_types
 from eqxllm.nn.positions import check_scaling_numbers
@@ -82,6 +83,7 @@ def config_from_hf(hf: dict[str, Any]) -> GemmaConfig:
             f"config.json model_type={model_type!r} is not a Gemma text model; expected {sorted(_GENERATION)}"
         )
     gen = _GENERATION[model_type]
+    warn_attention_dropout(hf)
     if hf.get("use_bidirectional_attention"):
         raise ConfigError(f"config.json sets use_bidirectional_attention=true ({model_type}); eqxllm's Gemma is causal")
     defaults = _HF_DEFAULTS[gen]

@@ -8,6 +8,7 @@ writes ``rope_parameters`` (with ``rope_theta`` inside), earlier versions ``rope
 Keys a file leaves out take transformers' defaults for its model type, not eqxllm's.
 """
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -77,12 +78,25 @@ def config_from_hf(hf: dict[str, Any]) -> LlamaConfig:
         kwargs["sliding_window"] = kwargs["sliding_window"] if kwargs["use_sliding_window"] else None
         if hf.get("layer_types") is not None:
             kwargs["layer_types"] = tuple(hf["layer_types"])
+    warn_attention_dropout(hf)
     if float(hf.get("router_jitter_noise") or 0.0):
         raise ConfigError("config.json sets router_jitter_noise; eqxllm's Mixtral router has no jitter")
     for name in _FLOAT_FIELDS:  # JSON may spell 1.0 as 1
         if kwargs.get(name) is not None:
             kwargs[name] = float(kwargs[name])
     return LlamaConfig(model_type=model_type, **kwargs, **_rope_from_hf(hf, float(defaults["rope_theta"])))
+
+
+def warn_attention_dropout(hf: dict[str, Any]) -> None:
+    """Warn when ``config.json`` trains with attention dropout: the llama-like decoder (Gemma's too)
+    has no dropout, so inference is the same, but training here runs without it and a save writes 0."""
+    rate = hf.get("attention_dropout")
+    if isinstance(rate, int | float) and not isinstance(rate, bool) and rate > 0:
+        warnings.warn(
+            f"config.json sets attention_dropout={rate}; eqxllm's {hf.get('model_type')} has no attention dropout: "
+            "inference is unchanged, training here runs without it, and save_pretrained writes 0.0",
+            stacklevel=3,
+        )
 
 
 def _rope_from_hf(hf: dict[str, Any], default_theta: float) -> dict[str, Any]:

@@ -3,6 +3,7 @@ specific errors, rotary scaling against transformers' formulas, and bad checkpoi
 
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -241,3 +242,17 @@ def test_openllama_kv_heads_round_trip(tmp_path, source):
     assert eqxllm.from_pretrained(dst).config == back.config
     transformers = pytest.importorskip("transformers")
     assert transformers.AutoConfig.from_pretrained(dst).num_key_value_heads == 4
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "gemma2"])
+def test_attention_dropout_in_config_json_is_said_to_be_unused(model_type):
+    import eqxllm.checkpoints.gemma as gemma_checkpoints
+
+    hf = {"model_type": model_type, "vocab_size": 64, "hidden_size": 32, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "head_dim": 8, "num_hidden_layers": 2, "intermediate_size": 64}  # fmt: skip
+    read = config_from_hf if model_type == "qwen2" else gemma_checkpoints.config_from_hf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read({**hf, "attention_dropout": 0.0})
+    with pytest.warns(UserWarning, match=f"attention_dropout=0.1; eqxllm's {model_type} has no attention dropout"):
+        read({**hf, "attention_dropout": 0.1})
