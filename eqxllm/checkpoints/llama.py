@@ -8,6 +8,7 @@ writes ``rope_parameters`` (with ``rope_theta`` inside), earlier versions ``rope
 Keys a file leaves out take transformers' defaults for its model type, not eqxllm's.
 """
 
+import re
 import warnings
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map, drop_decoder_tied_head, rename_keys
 from eqxllm.checkpoints.keymap import KeyMap
-from eqxllm.errors import ConfigError
+from eqxllm.errors import ConfigError, ShapeMismatchError
 from eqxllm.models.llama_config import MODEL_TYPES, LlamaConfig
 from eqxllm.nn.positions import SCALING_FIELDS, RopeScaling
 
@@ -158,8 +159,48 @@ def key_map(cfg: LlamaConfig) -> KeyMap:
 
 
 def normalize_keys(tensors: dict[str, np.ndarray], cfg: LlamaConfig) -> dict[str, np.ndarray]:
-    """Bring base-model checkpoints to ``*ForCausalLM`` keys and drop a stored copy of a tied head."""
-    return drop_decoder_tied_head(rename_keys(tensors, BASE_MODEL_RENAMES), cfg.tie_word_embeddings)
+    """Bring base-model checkpoints to ``*ForCausalLM`` keys, fused Mixtral experts to the Hub's
+    per-expert layout, and drop a stored copy of a tied head."""
+    tensors = rename_keys(tensors, BASE_MODEL_RENAMES)
+    if cfg.num_local_experts:
+        tensors = unfuse_experts(tensors, cfg)
+    return drop_decoder_tied_head(tensors, cfg.tie_word_embeddings)
+
+
+_FUSED = re.compile(r"(.*layers\.\d+\.)mlp\.(experts\.gate_up_proj|experts\.down_proj|gate\.weight)")
+
+
+def unfuse_experts(tensors: dict[str, np.ndarray], cfg: LlamaConfig) -> dict[str, np.ndarray]:
+    """transformers 5 holds a Mixtral layer's experts fused, and writes them so with
+    ``save_pretrained(..., save_original_format=False)``: ``mlp.experts.gate_up_proj``
+    ``[experts, 2 * mlp, embed]`` (each expert's ``w1`` rows, then its ``w3`` rows),
+    ``mlp.experts.down_proj`` ``[experts, embed, mlp]`` and the router ``mlp.gate.weight``. They
+    become the Hub's ``block_sparse_moe.experts.{j}.w1/w2/w3.weight`` and ``block_sparse_moe.gate.weight``
+    (slices, not copies); a checkpoint in the Hub's layout passes unchanged."""
+    experts, mlp, embed = cfg.num_local_experts, cfg.intermediate_size, cfg.hidden_size
+    shapes = {"experts.gate_up_proj": (experts, 2 * mlp, embed), "experts.down_proj": (experts, embed, mlp)}
+    out = {}
+    for key, value in tensors.items():
+        match = _FUSED.fullmatch(key)
+        if match is None:
+            out[key] = value
+            continue
+        layer, part = match[1] + "block_sparse_moe.", match[2]
+        if part == "gate.weight":
+            out[layer + "gate.weight"] = value
+            continue
+        if value.shape != shapes[part]:
+            raise ShapeMismatchError(
+                f"checkpoint tensor {key!r} has shape {list(value.shape)}; the fused experts of config.json "
+                f"({experts} experts, intermediate_size {mlp}, hidden_size {embed}) are {list(shapes[part])}"
+            )
+        for j in range(experts):
+            if part == "experts.down_proj":
+                out[f"{layer}experts.{j}.w2.weight"] = value[j]
+            else:
+                out[f"{layer}experts.{j}.w1.weight"] = value[j, :mlp]
+                out[f"{layer}experts.{j}.w3.weight"] = value[j, mlp:]
+    return out
 
 
 def _family():

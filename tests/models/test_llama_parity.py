@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 import eqxllm
 from eqxllm.models import Llama, LlamaConfig
@@ -152,6 +153,19 @@ def test_mixtral_routing_equals_transformers(pair):
     assert ours.shape == ref.shape == (_BASE["num_hidden_layers"], SEQ, 4)
     assert np.abs(np.asarray(ours) - ref).max() <= TOL
     np.testing.assert_array_equal(np.argsort(-np.asarray(ours))[..., :2], np.argsort(-ref)[..., :2])
+
+
+def test_mixtral_with_fused_experts_loads(pair, tmp_path):
+    """transformers 5 can save its in-memory layout (one ``gate_up_proj`` and one ``down_proj`` per layer,
+    the router as ``mlp.gate``); it loads as the Hub's per-expert layout does."""
+    name, hf, _, model = pair
+    if not name.startswith("mixtral"):
+        pytest.skip("dense model")
+    hf.save_pretrained(tmp_path, save_original_format=False)
+    keys = load_file(tmp_path / "model.safetensors").keys()
+    assert "model.layers.0.mlp.experts.gate_up_proj" in keys and not any("block_sparse_moe" in k for k in keys)
+    ids = np.random.default_rng(6).integers(0, _BASE["vocab_size"], size=(1, SEQ))
+    assert np.abs(eqx_logits(eqxllm.from_pretrained(tmp_path), ids) - hf_logits(hf, ids)).max() <= TOL
 
 
 def test_padded_batch_and_cache_match_full_pass(pair):
