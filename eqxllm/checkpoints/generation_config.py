@@ -24,13 +24,36 @@ def generation_config(model_cfg: Any) -> dict[str, Any]:
     return out
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# name -> (accepts, what it must be); each value read is then converted as its kind says
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "do_sample": (lambda v: isinstance(v, bool), "true or false"),
+    "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no top-k filtering)"),
+    "top_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "min_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0 (1.0 is no penalty)"),
+    "length_penalty": (_is_number, "a finite number"),
+    "num_beams": (lambda v: _is_number(v) and v >= 1 and float(v).is_integer(), "an integer >= 1"),
+    "early_stopping": (lambda v: isinstance(v, bool) or v == "never", 'true, false or "never"'),
+}
+
+
 def read_generation_config(directory: str | Path) -> dict[str, Any]:
     """The known entries of ``directory/generation_config.json`` (``{}`` when there is none):
     ``eos_token_id`` as a list, and ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
     ``repetition_penalty``, ``num_beams``, ``length_penalty`` and ``early_stopping`` when set (not
-    null). A ``repetition_penalty`` that is not a number > 0, a ``min_p`` outside ``[0, 1]``, a
-    ``num_beams`` that is not an integer >= 1, a ``length_penalty`` that is not a finite number (of
-    either sign, as in ``transformers``) or an ``early_stopping`` other than true, false or ``"never"`` raises :class:`CheckpointError` naming the file and the field."""
+    null). A ``top_k`` of 0 is no top-k filtering, as in ``transformers``, and is left out. A value of
+    the wrong type or out of range (a string for a number or a flag, a negative or fractional token
+    id, a ``min_p`` outside ``[0, 1]``) raises :class:`CheckpointError` naming the file and the field,
+    rather than being read as something else."""
     path = Path(directory) / GENERATION_CONFIG
     if not path.is_file():
         return {}
@@ -43,25 +66,23 @@ def read_generation_config(directory: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     eos = raw.get("eos_token_id")
     if eos is not None:
-        out["eos_token_id"] = [eos] if isinstance(eos, int) else [int(i) for i in eos]
-    for name, kind in (("do_sample", bool), ("temperature", float), ("top_k", int), ("top_p", float)):
-        if raw.get(name) is not None:
-            out[name] = kind(raw[name])
-    for name, ok, expected in (
-        ("repetition_penalty", lambda v: v > 0, "a number > 0 (1.0 is no penalty)"),
-        ("min_p", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-        ("length_penalty", lambda v: True, "a finite number"),
-        ("num_beams", lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1"),
-    ):
+        ids = [eos] if not isinstance(eos, list) else eos
+        if not all(_is_int(i) and i >= 0 for i in ids):
+            raise CheckpointError(
+                f"{path}: eos_token_id must be a token id (an integer >= 0) or a list of them, found {eos!r}"
+            )
+        out["eos_token_id"] = ids
+    for name, (accepts, expected) in _FIELDS.items():
         value = raw.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+        if not accepts(value):
             raise CheckpointError(f"{path}: {name} must be {expected}, found {value!r}")
-        out[name] = int(value) if name == "num_beams" else float(value)
-    stopping = raw.get("early_stopping")
-    if stopping is not None:
-        if not (isinstance(stopping, bool) or stopping == "never"):
-            raise CheckpointError(f'{path}: early_stopping must be true, false or "never", found {stopping!r}')
-        out["early_stopping"] = stopping
+        if name == "top_k" and value == 0:
+            continue
+        out[name] = (
+            value
+            if name in ("do_sample", "early_stopping")
+            else (int if name in ("top_k", "num_beams") else float)(value)
+        )
     return out

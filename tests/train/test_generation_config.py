@@ -31,19 +31,28 @@ def test_written_and_read_back(tmp_path):
         read_generation_config(tmp_path)
 
 
-def test_the_repetition_penalty_and_min_p_are_read_and_checked(tmp_path):
+def test_the_sampling_fields_are_read_and_checked(tmp_path):
     # Qwen2.5-Instruct's generation_config.json, sampling part
     qwen = {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
     (tmp_path / "generation_config.json").write_text(json.dumps({**qwen, "min_p": 0}))
     assert read_generation_config(tmp_path) == {**qwen, "min_p": 0.0}
     (tmp_path / "generation_config.json").write_text(json.dumps({"repetition_penalty": None, "min_p": None}))
     assert read_generation_config(tmp_path) == {}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"top_k": 0, "do_sample": True}))
+    assert read_generation_config(tmp_path) == {"do_sample": True}  # 0: no top-k filtering, as transformers
     for bad, found in (
         ({"repetition_penalty": 0.0}, "repetition_penalty must be a number > 0 .*found 0.0"),
         ({"repetition_penalty": -1}, "repetition_penalty must be a number > 0 .*found -1"),
         ({"repetition_penalty": True}, "repetition_penalty must be a number > 0 .*found True"),
         ({"min_p": 1.5}, r"min_p must be a number in \[0, 1\], found 1.5"),
         ({"min_p": "0.1"}, r"min_p must be a number in \[0, 1\], found '0.1'"),
+        # each of these was read as something else ("false" as true, "50256" as the ids 5, 0, 2, 5, 6,
+        # 2.7 as 2) or failed with a traceback
+        ({"do_sample": "false"}, "do_sample must be true or false, found 'false'"),
+        ({"eos_token_id": "50256"}, r"eos_token_id must be a token id \(an integer >= 0\) or a list of them"),
+        ({"eos_token_id": [1, None]}, r"eos_token_id must be a token id .*found \[1, None\]"),
+        ({"top_k": 2.7}, r"top_k must be an integer >= 0 \(0: no top-k filtering\), found 2.7"),
+        ({"temperature": "hot"}, "temperature must be a number >= 0, found 'hot'"),
     ):
         (tmp_path / "generation_config.json").write_text(json.dumps(bad))
         with pytest.raises(CheckpointError, match="generation_config.json: " + found):
