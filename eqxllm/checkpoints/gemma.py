@@ -24,6 +24,7 @@ from eqxllm.checkpoints.keymap import KeyMap
 from eqxllm.checkpoints.llama import warn_attention_dropout
 from eqxllm.errors import ConfigError
 from eqxllm.models.gemma_config import FULL, SLIDING, GemmaConfig, default_layer_types
+from eqxllm.nn.activations import hf_activation
 from eqxllm.nn.positions import check_scaling_numbers
 
 _GENERATION = {"gemma": 1, "gemma2": 2, "gemma3_text": 3}
@@ -170,7 +171,7 @@ def config_to_hf(cfg: GemmaConfig) -> dict[str, Any]:
     if isinstance(cfg.eos_token_id, tuple):
         out["eos_token_id"] = list(cfg.eos_token_id)
     out["attention_dropout"] = 0.0
-    out["hidden_act" if gen == 1 else "hidden_activation"] = cfg.hidden_activation
+    out["hidden_act" if gen == 1 else "hidden_activation"] = hf_activation(cfg.hidden_activation)
     scaling = None if cfg.rope_scaling is None else {"rope_type": "linear", "factor": cfg.rope_scaling}
     full = (
         {"rope_type": "default", "rope_theta": cfg.rope_theta}

@@ -12,6 +12,7 @@ import numpy as np
 from eqxllm.checkpoints.keymap import KeyMap, drop_tied_head, param, transpose, transpose_back
 from eqxllm.errors import ConfigError, ShapeMismatchError
 from eqxllm.models.gpt2 import GPT2Config
+from eqxllm.nn.activations import hf_activation
 
 _HF_FIELDS = (
     "vocab_size",
@@ -58,6 +59,7 @@ def config_to_hf(cfg: GPT2Config) -> dict[str, Any]:
         out = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
     out.update({k: getattr(cfg, k) for k in _HF_FIELDS})
     out["n_ctx"] = cfg.n_positions
+    out["activation_function"] = hf_activation(cfg.activation_function)
     extras = {k: getattr(cfg, k) for k in _EQXLLM_FIELDS if getattr(cfg, k) != getattr(GPT2Config(), k)}
     if extras:  # no transformers equivalent: kept so that eqxllm restores the model exactly
         out["eqxllm"] = extras

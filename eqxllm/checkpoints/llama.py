@@ -18,6 +18,7 @@ from eqxllm.checkpoints.decoder_keys import BASE_MODEL_RENAMES, decoder_key_map,
 from eqxllm.checkpoints.keymap import KeyMap
 from eqxllm.errors import ConfigError, ShapeMismatchError
 from eqxllm.models.llama_config import MODEL_TYPES, LlamaConfig
+from eqxllm.nn.activations import hf_activation
 from eqxllm.nn.positions import SCALING_FIELDS, RopeScaling
 
 _ARCHITECTURES = {
@@ -116,6 +117,7 @@ def config_to_hf(cfg: LlamaConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"architectures": [_ARCHITECTURES[kind]], "model_type": kind}
     out.update({name: getattr(cfg, name) for name in (*_SHARED_FIELDS, *_OWN_FIELDS[kind])})
     out["attention_dropout"] = 0.0
+    out["hidden_act"] = hf_activation(cfg.hidden_act)
     # None (multi-head attention) stays unwritten for llama, whose transformers default is None =
     # num_attention_heads too, so that OpenLLaMA's and Llama 1's config.json (which leave it out) come
     # back as they were; the others default to 8 or 32 kv heads and get the number (transformers 5

@@ -15,6 +15,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """A random seed: an integer in ``[0, 2**63)``, which ``jax.random.key`` takes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {value}")
+    return value
+
+
 def _number(text: str, what: str, ok) -> float:
     """``text`` as a float for which ``ok`` holds, else ``ArgumentTypeError`` saying it expected ``what``."""
     try:

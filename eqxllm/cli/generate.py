@@ -35,6 +35,7 @@ from eqxllm.cli._numbers import (
     positive_float,
     positive_int,
     probability,
+    seed,
     unit_interval,
 )
 from eqxllm.errors import InputError
@@ -90,7 +91,7 @@ def add_parser(sub) -> None:
         help="beam search: stop once num-beams texts are finished (true), once no live beam can beat them "
         "by transformers' heuristic (false, the default), or by the exact bound (never)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("--num-samples", type=positive_int, default=1, help="how many continuations to print (default 1)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
     p.add_argument(

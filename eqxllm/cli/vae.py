@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eqxllm.cli._numbers import seed
 from eqxllm.errors import DataError, InputError
 
 
@@ -79,7 +80,7 @@ def add_parser(sub) -> None:
     a.add_argument("--output", default=None, help="text file to write (default: stdout)")
     a = action("sample", "sentences written from latent draws: N(0, I), or a Gaussian fitted to real codes")
     a.add_argument("--num", type=int, default=5, help="how many (default 5)")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     a.add_argument(
         "--fit", default=None, help="UTF-8 text file, one sentence per line: draw from a Gaussian fitted to their "
         "codes (a mean and a standard deviation per dimension) instead of N(0, I)",

@@ -135,7 +135,7 @@ def render_chat(
         )
     except jinja2.TemplateError as e:
         raise InputError(f"the chat template of {templates.source} refuses these messages: {e}") from e
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
+    except Exception as e:  # a template is a program: whatever it raises is about the template or the messages
         raise InputError(
             f"the chat template of {templates.source} failed on these messages ({type(e).__name__}: {e})"
         ) from e

@@ -1,29 +1,30 @@
 """``generate`` (the whole run in one compiled call) and ``stream`` (the same tokens, chunk by chunk)."""
 
-import warnings
 from collections.abc import Iterator, Sequence
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
 from eqxllm.errors import InputError
 from eqxllm.generation import loop
 from eqxllm.generation.penalty import check_repetition_penalty
-from eqxllm.generation.prefill import check_prefill_chunk
+from eqxllm.generation.prefill import cache_dtype, check_prefill_chunk
 from eqxllm.generation.prompts import (
     FloatOption,
     IntOption,
     Prompt,
+    StopIds,
     as_scalar,
     check_context,
     check_generates,
     check_ids,
+    check_key,
+    check_pad_id,
     check_stop_ids,
+    config_stop_ids,
     left_pad,
-    reject_traced,
+    token_ids,
 )
 from eqxllm.generation.sampling import make_sampler
 
@@ -39,8 +40,8 @@ def generate(
     min_p: FloatOption | None = None,
     repetition_penalty: FloatOption = 1.0,
     key: PRNGKeyArray | None = None,
-    eos_token_id: int | Sequence[int] | None = None,
-    stop_token_ids: Sequence[int] = (),
+    eos_token_id: StopIds | None = None,
+    stop_token_ids: StopIds = (),
     pad_token_id: IntOption | None = None,
     return_lengths: bool = False,
     prefill_chunk: int | None = None,
@@ -101,8 +102,8 @@ def stream(
     min_p: FloatOption | None = None,
     repetition_penalty: FloatOption = 1.0,
     key: PRNGKeyArray | None = None,
-    eos_token_id: int | Sequence[int] | None = None,
-    stop_token_ids: Sequence[int] = (),
+    eos_token_id: StopIds | None = None,
+    stop_token_ids: StopIds = (),
     pad_token_id: IntOption | None = None,
     prefill_chunk: int | None = None,
 ) -> Iterator[Int[Array, "*batch chunk"]]:
@@ -150,15 +151,15 @@ def _prepare(
     check_generates(model)
     check_prefill_chunk(prefill_chunk)
     config = model.config
-    for value, name in ((eos_token_id, "eos_token_id"), (stop_token_ids, "stop_token_ids")):
-        reject_traced(value, name)  # (a traced key is fine: jax.vmap over keys draws several samples)
-    stops = _stop_ids(eos_token_id) + _stop_ids(stop_token_ids)
+    # (a traced key is fine: jax.vmap over keys draws several samples)
+    stops = token_ids(eos_token_id, "eos_token_id") + token_ids(stop_token_ids, "stop_token_ids")
     check_stop_ids(stops, config.vocab_size)
     if eos_token_id is None:
-        stops = _config_stop_ids(config) + stops
-    pad_token_id = as_scalar(pad_token_id, "pad_token_id")
+        stops = config_stop_ids(config, stacklevel=4) + stops
     if pad_token_id is None:
         pad_token_id = stops[0] if stops else 0
+    pad_token_id = check_pad_id(pad_token_id)
+    check_key(key)
     ids, mask, single = left_pad(prompt, pad_id=0)
     check_context(ids.shape[1], max_new_tokens, config.max_positions, encoder_decoder=config.is_encoder_decoder)
     check_ids(ids, mask, config.vocab_size)
@@ -169,36 +170,8 @@ def _prepare(
         sampler=sampler,
         stop_ids=jnp.asarray(stops, jnp.int32).reshape(-1),
         pad_id=jnp.asarray(pad_token_id, jnp.int32),
-        cache_dtype=_float_dtype(model),
+        cache_dtype=cache_dtype(model),
         repetition_penalty=None if penalty is None else jnp.asarray(penalty, jnp.float32),
         prefill_chunk=None if config.is_encoder_decoder else prefill_chunk,  # the encoder reads the prompt whole
     )
     return decoder, jnp.asarray(ids), jnp.asarray(mask), single
-
-
-def _config_stop_ids(config) -> tuple[int, ...]:
-    """The config's EOS ids; ids beyond the vocabulary (as some checkpoints that ``transformers`` loads
-    carry) can never be generated, so they are dropped with a warning rather than silently kept."""
-    ids = _stop_ids(config.eos_token_id)
-    outside = [i for i in ids if not 0 <= i < config.vocab_size]
-    if outside:
-        warnings.warn(
-            f"the model config's eos_token_id {outside} is outside the vocabulary [0, {config.vocab_size}) and can "
-            "never be generated: decoding stops only at max_new_tokens (pass eos_token_id= to set stop ids)",
-            stacklevel=4,
-        )
-    return tuple(i for i in ids if 0 <= i < config.vocab_size)
-
-
-def _stop_ids(ids: int | Sequence[int] | None) -> tuple[int, ...]:
-    if ids is None:
-        return ()
-    if isinstance(ids, int | np.integer):
-        return (int(ids),)
-    return tuple(int(i) for i in ids)
-
-
-def _float_dtype(model: eqx.Module):
-    """The dtype of the model's floating weights: the cache holds keys and values in it."""
-    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
-    return leaves[0].dtype if leaves else jnp.float32

@@ -59,17 +59,20 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from eqxllm.errors import InputError
 from eqxllm.generation.penalty import check_repetition_penalty, penalize, see, seen_prompt
-from eqxllm.generation.prefill import check_prefill_chunk, fill_cache
+from eqxllm.generation.prefill import cache_dtype, check_prefill_chunk, fill_cache
 from eqxllm.generation.prompts import (
     FloatOption,
     IntOption,
     Prompt,
+    StopIds,
     as_scalar,
     check_context,
     check_generates,
     check_ids,
     check_stop_ids,
+    config_stop_ids,
     left_pad,
+    token_ids,
 )
 
 Step = Callable[[Int[Array, " one"], PyTree], tuple[Float[Array, "one vocab"], PyTree]]
@@ -215,9 +218,9 @@ def prompt_cache(
     cfg = model.config
     if cfg.is_encoder_decoder:
         mask = jnp.ones(prompt.shape, bool) if mask is None else mask
-        cache = model.init_decoder_cache(model.encode(prompt, mask=mask), mask, steps, jnp.float32)
+        cache = model.init_decoder_cache(model.encode(prompt, mask=mask), mask, steps, cache_dtype(model))
         return cache, cfg.decoder_start_token_id
-    cache = model.init_cache(prompt.shape[0] - 1 + steps, jnp.float32)
+    cache = model.init_cache(prompt.shape[0] - 1 + steps, cache_dtype(model))
     if prompt.shape[0] > 1:  # the last token is real: padding is on the left
 
         def fill(ids, cache, real):  # only the cache: the search starts at the last token
@@ -271,7 +274,7 @@ def beam_search(
     length_penalty: FloatOption = 1.0,
     early_stopping: EarlyStopping = False,
     repetition_penalty: FloatOption = 1.0,
-    eos_token_id: int | Sequence[int] | None = None,
+    eos_token_id: StopIds | None = None,
     return_scores: bool = False,
     return_all: bool = False,
     prefill_chunk: int | None = None,
@@ -306,19 +309,24 @@ def beam_search(
     chunk = None if cfg.is_encoder_decoder else chunk  # an encoder reads its prompt whole
     check_context(ids.shape[1], steps, cfg.max_positions, encoder_decoder=cfg.is_encoder_decoder)
     check_ids(ids, mask, cfg.vocab_size)
-    stops = cfg.eos_token_id if eos_token_id is None else eos_token_id
-    stops = (stops,) if isinstance(stops, int | np.integer) else tuple(stops or ())
+    if eos_token_id is None:  # ids outside the vocabulary dropped with a warning, as generate drops them
+        stops = config_stop_ids(cfg, stacklevel=3)
+    else:
+        stops = token_ids(eos_token_id, "eos_token_id")
+        check_stop_ids(stops, cfg.vocab_size)
     if not stops:  # finished beams are padded with the first stop id, so "never stop" has no beam search
-        why = "the model's config has none" if eos_token_id is None else f"eos_token_id={eos_token_id!r} gives none"
-        known = eos_token_id is not None and cfg.eos_token_id is not None
-        default = f" (or None for the config's {cfg.eos_token_id})" if known else ""
+        config_ids = config_stop_ids(cfg, stacklevel=3, warn=False)
+        if eos_token_id is None:
+            why = "the model's config has none" + (" in the vocabulary" if cfg.eos_token_id is not None else "")
+        else:
+            why = f"eos_token_id={eos_token_id!r} gives none"
+        default = f" (or None for the config's {list(config_ids)})" if eos_token_id is not None and config_ids else ""
         raise InputError(
             f"beam search needs a stop token, which also pads finished beams: {why}; pass eos_token_id=ID{default}"
         )
-    check_stop_ids(tuple(int(s) for s in stops), cfg.vocab_size)
     tokens, scores = _search_prompts(
         model, jnp.asarray(ids), None if mask.all() else jnp.asarray(mask), beams, steps,
-        tuple(int(s) for s in stops), jnp.asarray(alpha, jnp.float32), stopping_mode(early_stopping),
+        stops, jnp.asarray(alpha, jnp.float32), stopping_mode(early_stopping),
         None if penalty is None else jnp.asarray(penalty, jnp.float32), chunk,
     )  # fmt: skip
     return select_beams(tokens, scores, single=single, return_scores=return_scores, return_all=return_all)

@@ -10,6 +10,7 @@ activations of one chunk (``[heads, chunk, cache]``) live at a time instead of t
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int, PyTree
@@ -54,3 +55,9 @@ def check_prefill_chunk(chunk: Any) -> int | None:
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise InputError(f"prefill_chunk must be an integer >= 1 (or None), got {chunk!r}")
     return chunk
+
+
+def cache_dtype(model: eqx.Module):
+    """The dtype of the model's floating weights: a KV cache holds keys and values in it."""
+    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    return leaves[0].dtype if leaves else jnp.float32

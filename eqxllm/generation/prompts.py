@@ -6,9 +6,11 @@ sequence's last prompt token sits in the same slot and new tokens are written in
 marks real tokens, and the model's KV cache counts positions over real tokens only.
 """
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, Bool, Int, Shaped
@@ -18,6 +20,8 @@ from eqxllm.errors import InputError
 # Options given as Python numbers, NumPy scalars or 0-d arrays (all read with ``as_scalar``).
 IntOption = int | np.integer | Int[Array, ""] | Int[np.ndarray, ""]
 FloatOption = float | int | np.number | Shaped[Array, ""] | Shaped[np.ndarray, ""]
+# Stop ids: one id, a sequence of them, or a 1-D integer array (all read with ``token_ids``).
+StopIds = IntOption | Sequence[IntOption] | Int[Array, " n"] | Int[np.ndarray, " n"]
 
 Prompt = (
     Int[Array, "*batch seq"]
@@ -45,6 +49,51 @@ def as_scalar(value: Any, name: str) -> Any:
     if isinstance(value, np.generic) or (_is_array(value) and value.shape == ()):
         return np.asarray(value).item()
     return value
+
+
+def token_ids(value: Any, name: str) -> tuple[int, ...]:
+    """Stop ids as a tuple of Python ints: ``value`` is None (none), one id (a Python or NumPy integer,
+    or a 0-d integer array) or a sequence of them (a 1-D integer array too). A string, a float or a
+    bool raises :class:`InputError` naming ``name``, rather than being read digit by digit or truncated."""
+    reject_traced(value, name)
+    if value is None:
+        return ()
+    if _is_array(value) or isinstance(value, np.generic):
+        arr = np.asarray(value)
+        if arr.ndim <= 1 and np.issubdtype(arr.dtype, np.integer):
+            return tuple(int(i) for i in arr.reshape(-1))
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        items = [token_ids(v, name) if _is_array(v) or isinstance(v, np.generic) else v for v in value]
+        if all(isinstance(i, tuple) and len(i) == 1 or isinstance(i, int) and not isinstance(i, bool) for i in items):
+            return tuple(i[0] if isinstance(i, tuple) else i for i in items)
+    raise InputError(f"{name} must be a token id (an integer) or a sequence of them, got {value!r}")
+
+
+def check_pad_id(value: Any) -> int:
+    """``pad_token_id`` (a Python or NumPy integer, or a 0-d integer array) as an int that the int32
+    tokens can hold (it need not be in the vocabulary: -1 marks padding plainly), else
+    :class:`InputError`."""
+    value = as_scalar(value, "pad_token_id")
+    if not isinstance(value, int) or isinstance(value, bool) or not -(2**31) <= value < 2**31:
+        raise InputError(f"pad_token_id must be an integer that int32 tokens hold, got {value!r}")
+    return value
+
+
+def check_key(key: Any) -> None:
+    """Raise :class:`InputError` unless ``key`` is None or one JAX random key: a typed key of shape
+    ``()`` (``jax.random.key``) or a raw ``uint32[2]`` or ``uint32[4]`` (``jax.random.PRNGKey``). A traced key is
+    fine (``jax.vmap`` over keys draws several samples)."""
+    if key is None:
+        return
+    typed = _is_array(key) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if typed and key.shape == ():
+        return
+    if not typed and _is_array(key) and key.shape in ((2,), (4,)) and key.dtype == np.uint32:
+        return  # a raw key of the threefry (2) or rbg (4) implementation
+    shown = f"{type(key).__name__} of shape {key.shape}" if _is_array(key) else repr(key)
+    raise InputError(f"key must be one random key (jax.random.key(seed)), got {shown}")
 
 
 def left_pad(
@@ -115,6 +164,21 @@ def check_stop_ids(stops: tuple[int, ...], vocab_size: int) -> None:
             f"stop token id {outside[0]} is outside the vocabulary [0, {vocab_size}): it can never be generated; "
             "pass ids in the vocabulary (or eos_token_id=() to stop only at max_new_tokens)"
         )
+
+
+def config_stop_ids(config: Any, *, stacklevel: int, warn: bool = True) -> tuple[int, ...]:
+    """The config's EOS ids; ids beyond the vocabulary (as some checkpoints that ``transformers`` loads
+    carry) can never be generated, so they are dropped with a warning (raised ``stacklevel`` frames up,
+    at the caller's call) rather than silently kept."""
+    ids = token_ids(config.eos_token_id, "the config's eos_token_id")
+    outside = [i for i in ids if not 0 <= i < config.vocab_size]
+    if outside and warn:
+        warnings.warn(
+            f"the model config's eos_token_id {outside} is outside the vocabulary [0, {config.vocab_size}) and can "
+            "never be generated: decoding stops only at max_new_tokens (pass eos_token_id= to set stop ids)",
+            stacklevel=stacklevel,
+        )
+    return tuple(i for i in ids if 0 <= i < config.vocab_size)
 
 
 def check_generates(model: Any) -> None:

@@ -167,8 +167,7 @@ class LlamaConfig:
         if self.hidden_size % self.num_attention_heads and (self.head_dim is None or kind == "llama"):
             raise ConfigError(  # transformers' LlamaConfig refuses it even with head_dim; the others need head_dim
                 f"LlamaConfig.hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                f"{self.num_attention_heads}"
-                + ("" if kind == "llama" else "; give head_dim, the width of one head")
+                f"{self.num_attention_heads}" + ("" if kind == "llama" else "; give head_dim, the width of one head")
             )
         if kind == "qwen2" and self.attention_bias:
             raise ConfigError("Qwen2 always has q/k/v biases and no output bias; leave attention_bias=False")

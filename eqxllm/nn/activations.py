@@ -71,6 +71,15 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+# the names transformers' ACT2FN knows for eqxllm's own aliases, written into an exported config.json
+_HF_NAMES = {"gelu_tanh": "gelu_pytorch_tanh"}
+
+
+def hf_activation(name: str) -> str:
+    """``name`` as a ``config.json`` holds it for ``transformers`` (which has no ``"gelu_tanh"``)."""
+    return _HF_NAMES.get(name, name)
+
+
 def activation(name: str) -> Callable[[Array], Array]:
     """The activation called ``name`` (a key of :data:`ACTIVATIONS`)."""
     try:

@@ -101,6 +101,7 @@ def test_samples_are_reproducible_with_their_own_keys(saved, capsys):
         (["--repetition-penalty", "0"], "argument --repetition-penalty: expected a finite number > 0, got 0"),
         (["--repetition-penalty", "-1.2"], "argument --repetition-penalty: expected a finite number > 0, got -1.2"),
         (["--prefill-chunk", "0"], "argument --prefill-chunk: expected an integer >= 1, got 0"),
+        (["--seed", str(2**64)], f"argument --seed: expected an integer from 0 to 2**63 - 1, got {2**64}"),
     ],
 )
 def test_bad_flags_print_one_error_line(saved, capsys, flags, message):
@@ -191,6 +192,7 @@ def test_the_generation_config_sets_every_sampling_default_and_flags_win(saved, 
         ({"repetition_penalty": 0}, "repetition_penalty must be a number > 0 (1.0 is no penalty), found 0"),
         ({"repetition_penalty": "high"}, "repetition_penalty must be a number > 0 (1.0 is no penalty), found 'high'"),
         ({"min_p": 1.2}, "min_p must be a number in [0, 1], found 1.2"),
+        ({"temperature": "hot"}, "temperature must be a number >= 0, found 'hot'"),  # was a traceback
     ],
 )
 def test_a_bad_generation_config_value_prints_one_error_line(saved, tmp_path, capsys, config, message):

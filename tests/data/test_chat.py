@@ -205,6 +205,12 @@ def test_the_sandbox_refuses_python_internals():
         render_chat(templates, CHATS["user"])
 
 
+def test_a_template_that_fails_while_rendering_is_an_input_error():
+    for template in ("{{ 1 / 0 }}", "{{ messages[0]['content'] | int / (messages | length - 1) }}"):
+        with pytest.raises(InputError, match=r"failed on these messages \(ZeroDivisionError"):
+            render_chat(load_chat_templates_from(template), CHATS["user"])
+
+
 def load_chat_templates_from(template: str, **special) -> "object":
     from eqxllm.data.chat import ChatTemplates
 

@@ -53,6 +53,37 @@ def test_bad_input_raises_input_error(model, prompt, kwargs, match):
         next(iter(stream(model, prompt, **kwargs)))
 
 
+@pytest.mark.usefixtures("unchecked_annotations")  # called as a user calls it, without the type hook
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [  # each was read as something else ("69" as the stop ids 6 and 9, 1.7 as 1) or failed deep inside
+        ({"eos_token_id": "69"}, r"eos_token_id must be a token id \(an integer\) or a sequence of them, got '69'"),
+        ({"eos_token_id": 69.0}, "eos_token_id must be a token id .*got 69.0"),
+        ({"eos_token_id": [69.9]}, r"eos_token_id must be a token id .*got \[69.9\]"),
+        ({"stop_token_ids": [True]}, r"stop_token_ids must be a token id .*got \[True\]"),
+        ({"pad_token_id": 1.7}, "pad_token_id must be an integer that int32 tokens hold, got 1.7"),
+        ({"pad_token_id": 2**40}, "pad_token_id must be an integer that int32 tokens hold, got 1099511627776"),
+        ({"key": 0}, "key must be one random key .*got 0"),
+        ({"key": jax.random.split(KEY, 2)}, r"key must be one random key .*of shape \(2,\)"),
+    ],
+)
+def test_bad_stop_pad_and_key_arguments_are_named(model, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        eqxllm.generate(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, **kwargs)
+
+
+def test_stop_ids_may_be_arrays(model):
+    prompt = jnp.ones((3,), jnp.int32)
+    greedy = np.asarray(eqxllm.generate(model, prompt, max_new_tokens=6, eos_token_id=()))
+    stop = int(greedy[2])
+    expected = np.asarray(eqxllm.generate(model, prompt, max_new_tokens=6, eos_token_id=stop))
+    assert int(np.argmax(expected == stop)) <= 2 and expected[-1] == stop  # stopped, then padded with it
+    for given in (jnp.asarray(stop), np.int64(stop), jnp.asarray([stop]), [jnp.asarray(stop)]):
+        np.testing.assert_array_equal(
+            np.asarray(eqxllm.generate(model, prompt, max_new_tokens=6, eos_token_id=given)), expected
+        )
+
+
 def test_numpy_prompts_and_the_whole_context_are_accepted(model):
     out = eqxllm.generate(model, np.arange(60, dtype=np.int64) % 211, max_new_tokens=4)
     assert out.shape == (4,)
@@ -106,6 +137,12 @@ def test_beam_search_checks_its_input_like_generate(model):
         beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=[3, -1])
     # generate reads () as "never stop"; a beam search needs a stop id, and the config has one
     with pytest.raises(
-        InputError, match=r"eos_token_id=\(\) gives none; pass eos_token_id=ID \(or None for the config's 50256\)"
+        InputError, match=r"eos_token_id=\(\) gives none; pass eos_token_id=ID \(or None for the config's \[7\]\)"
     ):
+        beam_search(tiny_gpt2(eos_token_id=7), jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=())
+    # this model's config eos (GPT-2's 50256) is beyond its 211 tokens: dropped with generate's warning
+    with pytest.raises(InputError, match=r"eos_token_id=\(\) gives none; pass eos_token_id=ID$"):
         beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=())
+    with pytest.warns(UserWarning, match=r"eos_token_id \[50256\] is outside the vocabulary"):
+        with pytest.raises(InputError, match="the model's config has none in the vocabulary; pass eos_token_id=ID$"):
+            beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2)

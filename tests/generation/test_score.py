@@ -53,6 +53,9 @@ def test_scoring_rejects_what_it_cannot_score(lm):
         text_log_likelihoods(lm, tok, ["fine", ""])
     with pytest.raises(InputError, match="64 positions"):
         text_log_likelihoods(lm, tok, ["x" * 64])
+    for bad in (0, -1):  # -1 gave zeros: no batch ran
+        with pytest.raises(InputError, match=f"batch_size must be an integer >= 1, got {bad}"):
+            text_log_likelihoods(lm, tok, ["fine"], batch_size=bad)
     with pytest.raises(InputError, match="decoder-only"):
         text_log_likelihoods(FakeSeq2Seq(FakeSeq2SeqConfig(), key=jax.random.key(0)), tok, ["a"])
     assert text_log_likelihoods(lm, tok, ["x" * 63]).shape == (1,)

@@ -1,5 +1,7 @@
 """GPT-2 against transformers (PyTorch, CPU, float32): random weights, both directions."""
 
+import json
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -96,6 +98,17 @@ def test_eqxllm_to_hf(tmp_path, name):
     ids = np.random.default_rng(1).integers(0, kwargs["vocab_size"], size=(2, kwargs["n_positions"]))
     ours = np.asarray(_logits(model, jnp.asarray(ids)))
     assert np.abs(ours - _hf_logits(hf, ids)).max() <= TOL
+
+
+def test_eqxllms_own_activation_name_is_saved_as_transformers_names_it(tmp_path):
+    """``gelu_tanh`` is eqxllm's alias; transformers' ACT2FN knows the function as ``gelu_pytorch_tanh``."""
+    kwargs = dict(CONFIGS["one-layer-gelu-eps"], activation_function="gelu_tanh")
+    model = _randomize(GPT2(GPT2Config(**kwargs), key=jax.random.key(1)), seed=2)
+    eqxllm.save_pretrained(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["activation_function"] == "gelu_pytorch_tanh"
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = np.random.default_rng(1).integers(0, kwargs["vocab_size"], size=(2, kwargs["n_positions"]))
+    assert np.abs(np.asarray(_logits(model, jnp.asarray(ids))) - _hf_logits(hf, ids)).max() <= TOL
 
 
 def test_left_padded_batch_matches_hf_and_unpadded(tmp_path):
