@@ -143,6 +143,8 @@ def test_beam_search_checks_its_input_like_generate(model):
     # this model's config eos (GPT-2's 50256) is beyond its 211 tokens: dropped with generate's warning
     with pytest.raises(InputError, match=r"eos_token_id=\(\) gives none; pass eos_token_id=ID$"):
         beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2, eos_token_id=())
-    with pytest.warns(UserWarning, match=r"eos_token_id \[50256\] is outside the vocabulary"):
-        with pytest.raises(InputError, match="the model's config has none in the vocabulary; pass eos_token_id=ID$"):
-            beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2)
+    with (
+        pytest.warns(UserWarning, match=r"eos_token_id \[50256\] is outside the vocabulary"),
+        pytest.raises(InputError, match="the model's config has none in the vocabulary; pass eos_token_id=ID$"),
+    ):
+        beam_search(model, jnp.ones((3,), jnp.int32), max_new_tokens=2)
