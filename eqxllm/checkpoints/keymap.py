@@ -101,6 +101,12 @@ def load_into(skeleton: eqx.Module, keymap: KeyMap, tensors: dict[str, np.ndarra
     (``None`` keeps each tensor's stored dtype)."""
     expected = {k for p in keymap.params for k in p.keys()}
     missing = sorted(expected - tensors.keys())
+    if missing == ["lm_head.weight"]:  # a base model's save (MistralModel, not MistralForCausalLM)
+        raise MissingKeyError(
+            "checkpoint lacks the output head 'lm_head.weight', which config.json says is not tied to the "
+            "embeddings: it holds a base model without a language-modelling head (transformers' *Model rather "
+            "than *ForCausalLM / *LMHeadModel); load a checkpoint saved with its head"
+        )
     if missing:
         raise MissingKeyError(
             f"checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[:5]}; "

@@ -218,6 +218,11 @@ def test_base_model_checkpoint_loads(tmp_path):
     save_file(renamed, tmp_path / "model.safetensors", metadata={"format": "pt"})
     back = eqxllm.from_pretrained(tmp_path)
     assert bool(jnp.all(back.blocks.blocks.attn.q_proj.weight == model.blocks.blocks.attn.q_proj.weight))
+    assert not cfg.tie_word_embeddings  # so a base model's save (LlamaModel) has no head to load
+    del renamed["lm_head.weight"]
+    save_file(renamed, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MissingKeyError, match=r"lacks the output head 'lm_head.weight'.*rather than \*ForCausalLM"):
+        eqxllm.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("source", ["absent", "null", 4])
