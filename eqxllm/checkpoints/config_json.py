@@ -72,11 +72,13 @@ _NON_NEGATIVE = frozenset(["initializer_range", "initializer_factor"])
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
-def _is_int(v: Any) -> bool:
+def is_json_int(v: Any) -> bool:
+    """An integer as JSON gives it (not a bool)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_json_number(v: Any) -> bool:
+    """A finite number as JSON gives it (not a bool)."""
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -89,20 +91,20 @@ def _check(cfg: dict[str, Any], where: str) -> None:
 
     for key, v in cfg.items():
         epsilon = key.endswith(("_eps", "_epsilon")) or key == "eps"
-        if epsilon and not (_is_number(v) and v > 0):
+        if epsilon and not (is_json_number(v) and v > 0):
             raise fail(key, "a positive number (a norm's epsilon)")
-        if key in _POSITIVE and not (_is_number(v) and v > 0):
+        if key in _POSITIVE and not (is_json_number(v) and v > 0):
             raise fail(key, "a positive number")
-        if key in _NON_NEGATIVE and not (_is_number(v) and v >= 0):
+        if key in _NON_NEGATIVE and not (is_json_number(v) and v >= 0):
             raise fail(key, "a number >= 0")
         if v is None:
             continue
-        if key in _SIZES and not (_is_int(v) and v >= 1):
+        if key in _SIZES and not (is_json_int(v) and v >= 1):
             raise fail(key, "an integer >= 1")
         if key in _FLAGS and not isinstance(v, bool):
             raise fail(key, "true or false (a JSON boolean, not a string)")
         if (key.endswith(("pdrop", "dropout_rate", "_dropout")) or key == "dropout") and not (
-            _is_number(v) and 0 <= v <= 1
+            is_json_number(v) and 0 <= v <= 1
         ):
             raise fail(key, "a probability in [0, 1]")
         if isinstance(v, dict) and "vocab_size" in v:  # a nested family config (T5-VAE's "t5")
@@ -112,7 +114,7 @@ def _check(cfg: dict[str, Any], where: str) -> None:
         if ids is None:
             continue
         for i in ids if isinstance(ids, list) else [ids]:
-            if not _is_int(i) or i < 0:
+            if not is_json_int(i) or i < 0:
                 raise fail(key, "token ids: integers >= 0")
 
 

@@ -5,10 +5,11 @@ from; read by ``eqxllm generate``, where an explicit flag still wins over the fi
 """
 
 import json
-import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from eqxllm.checkpoints.config_json import is_json_int, is_json_number
 from eqxllm.errors import CheckpointError
 
 GENERATION_CONFIG = "generation_config.json"
@@ -24,25 +25,21 @@ def generation_config(model_cfg: Any) -> dict[str, Any]:
     return out
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _as_is(v: Any) -> Any:
+    return v
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# name -> (accepts, what it must be); each value read is then converted as its kind says
-_FIELDS: dict[str, tuple[Any, str]] = {
-    "do_sample": (lambda v: isinstance(v, bool), "true or false"),
-    "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no top-k filtering)"),
-    "top_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "min_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0 (1.0 is no penalty)"),
-    "length_penalty": (_is_number, "a finite number"),
-    "num_beams": (lambda v: _is_number(v) and v >= 1 and float(v).is_integer(), "an integer >= 1"),
-    "early_stopping": (lambda v: isinstance(v, bool) or v == "never", 'true, false or "never"'),
+# name -> (accepts, what it must be, how it is read)
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
+    "do_sample": (lambda v: isinstance(v, bool), "true or false", _as_is),
+    "temperature": (lambda v: is_json_number(v) and v >= 0, "a number >= 0", float),
+    "top_k": (lambda v: is_json_int(v) and v >= 0, "an integer >= 0 (0: no top-k filtering)", int),
+    "top_p": (lambda v: is_json_number(v) and 0 <= v <= 1, "a number in [0, 1]", float),
+    "min_p": (lambda v: is_json_number(v) and 0 <= v <= 1, "a number in [0, 1]", float),
+    "repetition_penalty": (lambda v: is_json_number(v) and v > 0, "a number > 0 (1.0 is no penalty)", float),
+    "length_penalty": (is_json_number, "a finite number", float),
+    "num_beams": (lambda v: is_json_number(v) and v >= 1 and float(v).is_integer(), "an integer >= 1", int),
+    "early_stopping": (lambda v: isinstance(v, bool) or v == "never", 'true, false or "never"', _as_is),
 }
 
 
@@ -67,22 +64,17 @@ def read_generation_config(directory: str | Path) -> dict[str, Any]:
     eos = raw.get("eos_token_id")
     if eos is not None:
         ids = [eos] if not isinstance(eos, list) else eos
-        if not all(_is_int(i) and i >= 0 for i in ids):
+        if not all(is_json_int(i) and i >= 0 for i in ids):
             raise CheckpointError(
                 f"{path}: eos_token_id must be a token id (an integer >= 0) or a list of them, found {eos!r}"
             )
         out["eos_token_id"] = ids
-    for name, (accepts, expected) in _FIELDS.items():
+    for name, (accepts, expected, read) in _FIELDS.items():
         value = raw.get(name)
         if value is None:
             continue
         if not accepts(value):
             raise CheckpointError(f"{path}: {name} must be {expected}, found {value!r}")
-        if name == "top_k" and value == 0:
-            continue
-        out[name] = (
-            value
-            if name in ("do_sample", "early_stopping")
-            else (int if name in ("top_k", "num_beams") else float)(value)
-        )
+        if not (name == "top_k" and value == 0):  # transformers: top_k 0 filters nothing
+            out[name] = read(value)
     return out

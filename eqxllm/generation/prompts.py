@@ -53,22 +53,31 @@ def as_scalar(value: Any, name: str) -> Any:
 
 def token_ids(value: Any, name: str) -> tuple[int, ...]:
     """Stop ids as a tuple of Python ints: ``value`` is None (none), one id (a Python or NumPy integer,
-    or a 0-d integer array) or a sequence of them (a 1-D integer array too). A string, a float or a
-    bool raises :class:`InputError` naming ``name``, rather than being read digit by digit or truncated."""
+    or a 0-d integer array), a sequence of them, or a 1-D integer array. A string, a float or a bool
+    raises :class:`InputError` naming ``name``, rather than being read digit by digit or truncated."""
     reject_traced(value, name)
     if value is None:
         return ()
-    if _is_array(value) or isinstance(value, np.generic):
-        arr = np.asarray(value)
-        if arr.ndim <= 1 and np.issubdtype(arr.dtype, np.integer):
-            return tuple(int(i) for i in arr.reshape(-1))
-    elif isinstance(value, int) and not isinstance(value, bool):
-        return (value,)
-    elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        items = [token_ids(v, name) if _is_array(v) or isinstance(v, np.generic) else v for v in value]
-        if all(isinstance(i, tuple) and len(i) == 1 or isinstance(i, int) and not isinstance(i, bool) for i in items):
-            return tuple(i[0] if isinstance(i, tuple) else i for i in items)
+    one = _one_id(value)
+    if one is not None:
+        return (one,)
+    if _is_array(value) and value.ndim == 1 and np.issubdtype(value.dtype, np.integer):
+        return tuple(int(i) for i in np.asarray(value))
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        ids = [_one_id(item) for item in value]
+        if None not in ids:
+            return tuple(ids)  # type: ignore[arg-type]
     raise InputError(f"{name} must be a token id (an integer) or a sequence of them, got {value!r}")
+
+
+def _one_id(value: Any) -> int | None:
+    """``value`` as an int when it is one integer (Python, NumPy, or a 0-d integer array), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if (_is_array(value) or isinstance(value, np.generic)) and np.ndim(value) == 0:
+        arr = np.asarray(value)
+        return int(arr) if np.issubdtype(arr.dtype, np.integer) else None
+    return None
 
 
 def check_pad_id(value: Any) -> int:
@@ -83,8 +92,8 @@ def check_pad_id(value: Any) -> int:
 
 def check_key(key: Any) -> None:
     """Raise :class:`InputError` unless ``key`` is None or one JAX random key: a typed key of shape
-    ``()`` (``jax.random.key``) or a raw ``uint32[2]`` or ``uint32[4]`` (``jax.random.PRNGKey``). A traced key is
-    fine (``jax.vmap`` over keys draws several samples)."""
+    ``()`` (``jax.random.key``) or a raw ``uint32[2]`` or ``uint32[4]`` (``jax.random.PRNGKey``). A
+    traced key is fine (``jax.vmap`` over keys draws several samples)."""
     if key is None:
         return
     typed = _is_array(key) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)

@@ -38,8 +38,8 @@ def text_log_likelihoods(lm, tokenizer, texts: Sequence[str], *, batch_size: int
     """The mean log-probability per token of each of ``texts`` under the decoder-only ``lm`` (GPT-2,
     Gemma), as float32 ``[len(texts)]``; ``tokenizer`` is the model's own (a ``tokenizers.Tokenizer``).
     Raises :class:`InputError` for a ``batch_size`` that is not an integer >= 1, an encoder-decoder
-    model, an empty text, one that does not fit
-    the model's context with its start token, or a token id (or start token) outside the vocabulary."""
+    model, an empty text, one that does not fit the model's context with its start token, or a token
+    id (or start token) outside the vocabulary."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     cfg = lm.config

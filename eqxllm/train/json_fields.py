@@ -2,12 +2,12 @@
 each value is checked against its field's annotation before the config is built, so that a string
 where a number belongs is refused naming its field, not later by a comparison that names nothing."""
 
-import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from eqxllm.checkpoints.config_json import is_json_int, is_json_number
 from eqxllm.errors import ConfigError
 
 _NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
@@ -43,10 +43,10 @@ def _holds(kind: Any, value: Any) -> bool:
             if any(type(value) is type(a) and value == a for a in typing.get_args(k)):
                 return True
         elif k is float:
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            if is_json_number(value):
                 return True
         elif k is int:
-            if isinstance(value, int) and not isinstance(value, bool):
+            if is_json_int(value):
                 return True
         elif isinstance(value, k):
             return True
