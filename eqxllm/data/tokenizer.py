@@ -26,7 +26,8 @@ MERGES_FILE = "merges.txt"
 def load_tokenizer(src: str | Path) -> Tokenizer:
     """Load a tokenizer from a folder, a ``tokenizer.json`` file, or a Hub model id.
 
-    A folder (or Hub repository) must hold ``tokenizer.json`` (used as is) or GPT-2's ``vocab.json`` +
+    A folder (or Hub repository) must hold ``tokenizer.json`` (used as is, less any saved truncation
+    or padding, as ``transformers`` does) or GPT-2's ``vocab.json`` +
     ``merges.txt`` (built as ``GPT2TokenizerFast`` builds them). Hub files go through ``hf_hub_download``
     and its cache (offline with ``HF_HUB_OFFLINE=1``).
     """
@@ -49,10 +50,16 @@ def load_tokenizer(src: str | Path) -> Tokenizer:
 
 
 def _from_json(path: Path) -> Tokenizer:
+    """The tokenizer of ``path`` without the truncation and padding it may have been saved with: as
+    ``transformers`` clears them unless a call asks, so that a text is never cut to the saved
+    ``max_length`` nor filled with pad ids (which would silently corrupt a token stream)."""
     try:
-        return Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
         raise DataError(f"tokenizer file {path} is not a valid tokenizers JSON file: {e}") from e
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
 
 
 def _from_hub(repo_id: str) -> Tokenizer:

@@ -59,6 +59,22 @@ def test_tokenizer_json_in_folder_is_preferred(tmp_path, gpt2_dir):
     assert load_tokenizer(tmp_path).get_vocab_size() == trained.get_vocab_size()
 
 
+def test_a_saved_truncation_or_padding_is_not_applied(tmp_path):
+    """A tokenizer.json saved with truncation at 8 tokens cut every story to 8; with padding on, pad ids
+    went into the token stream. transformers clears both on load, and so does eqxllm."""
+    tok = train_bpe_tokenizer(SAMPLE_STORIES, 300)
+    text = " ".join(SAMPLE_STORIES)
+    whole = tok.encode(text).ids
+    assert len(whole) > 8
+    tok.enable_truncation(max_length=8)
+    tok.enable_padding(length=len(whole) + 50, pad_id=0)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    assert len(Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids) == len(whole) + 50
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.encode(text).ids == whole
+    assert loaded.truncation is None and loaded.padding is None
+
+
 def test_train_bpe_round_trips(tmp_path):
     tok = train_bpe_tokenizer(SAMPLE_STORIES, 400, min_frequency=1)
     assert 257 < tok.get_vocab_size() <= 400
