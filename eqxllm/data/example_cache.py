@@ -18,7 +18,13 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from eqxllm.checkpoints.atomic import temporary_beside
-from eqxllm.data.token_cache import token_cache_path, token_dtype
+from eqxllm.data.token_cache import (
+    begin_cache_file,
+    end_cache_file,
+    open_cache_file,
+    token_cache_path,
+    token_dtype,
+)
 from eqxllm.errors import DataError
 
 
@@ -53,6 +59,8 @@ def cached_examples(
         tmp_mask = temporary_beside(mpath, f".{mpath.name}.", ".tmp")
         try:
             with os.fdopen(tmp_tokens[0], "wb") as out, os.fdopen(tmp_mask[0], "wb") as mout:
+                begin_cache_file(out)
+                begin_cache_file(mout)
                 count = 0
                 with tqdm(desc=f"tokenizing {source.split}", unit=" examples", disable=not progress) as bar:
                     chunk: list[tuple[str, str]] = []
@@ -69,9 +77,8 @@ def cached_examples(
                             count += len(chunk)
                             bar.update(len(chunk))
                             chunk = []
-                for f in (out, mout):
-                    f.flush()
-                    os.fsync(f.fileno())
+                end_cache_file(out, dtype)
+                end_cache_file(mout, np.dtype(np.uint8))
             if count == 0:
                 raise DataError(f"the {source.split} split holds no examples")
             os.replace(tmp_mask[1], mpath)  # the mask first: the token file's presence means both are whole
@@ -80,4 +87,10 @@ def cached_examples(
             Path(tmp_tokens[1]).unlink(missing_ok=True)
             Path(tmp_mask[1]).unlink(missing_ok=True)
             raise
-    return np.memmap(path, dtype=dtype, mode="r"), np.memmap(mpath, dtype=np.uint8, mode="r")
+    tokens, mask = open_cache_file(path, dtype), open_cache_file(mpath, np.dtype(np.uint8))
+    if len(tokens) != len(mask):  # each file whole, yet not of one write: the rows would not line up
+        raise DataError(
+            f"token cache files {path} ({len(tokens)} ids) and {mpath} ({len(mask)} mask bytes) do not match: "
+            "delete both, and the run tokenizes again"
+        )
+    return tokens, mask

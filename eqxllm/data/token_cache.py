@@ -5,11 +5,16 @@ trained). The file is named by a hash of the source's fingerprint (file paths, s
 hold-out), the tokenizer's full JSON and the end-of-text id, so a change to any of them makes a new file
 and a run that changes none reuses the old one. Ids are stored as ``uint16`` when the vocabulary fits
 (GPT-2's 50257 does), else ``uint32``: half the disk and page cache of ``int32``.
+
+A file starts with a 16-byte header, a magic string and the number of ids, written last: a file that
+was cut short (a full disk, a copy interrupted) or that is not a cache file is refused on reuse with a
+:class:`DataError` naming it, rather than read as a shorter stream.
 """
 
 import hashlib
 import json
 import os
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -24,7 +29,9 @@ from eqxllm.data.sources import TextSource
 from eqxllm.data.tokenizer import eot_id
 from eqxllm.errors import DataError
 
-_FORMAT = 1  # bump when the file layout or the tokenization rules change
+_FORMAT = 2  # bump when the file layout or the tokenization rules change (2: the header)
+_HEADER = struct.Struct("<8sQ")  # magic, number of items
+_MAGIC = b"eqxllm\x00\x02"
 
 
 def default_cache_dir() -> Path:
@@ -80,6 +87,7 @@ def cached_tokens(
         fd, tmp = temporary_beside(path, f".{path.name}.", ".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
+                begin_cache_file(out)
                 count = write_tokens(
                     source.iter_stories(),
                     tok,
@@ -89,8 +97,7 @@ def cached_tokens(
                     desc=source.split,
                     eot=eot,
                 )
-                out.flush()
-                os.fsync(out.fileno())
+                end_cache_file(out, dtype)
             if count == 0:
                 raise DataError(
                     f"the {source.split} split of {[str(p) for p in getattr(source, 'files', ())]} holds no stories"
@@ -99,7 +106,38 @@ def cached_tokens(
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    return np.memmap(path, dtype=dtype, mode="r")
+    return open_cache_file(path, dtype)
+
+
+def begin_cache_file(out: BinaryIO) -> None:
+    """Start a cache file: room for its header, which :func:`end_cache_file` fills in."""
+    out.write(_HEADER.pack(_MAGIC, 0))
+
+
+def end_cache_file(out: BinaryIO, dtype: np.dtype) -> int:
+    """Write the header of the cache file ``out`` (its number of ``dtype`` items, all written), flush
+    and fsync it; returns that number."""
+    count = (out.tell() - _HEADER.size) // dtype.itemsize
+    out.seek(0)
+    out.write(_HEADER.pack(_MAGIC, count))
+    out.flush()
+    os.fsync(out.fileno())
+    return count
+
+
+def open_cache_file(path: Path, dtype: np.dtype) -> np.memmap:
+    """The items of the cache file ``path``, memory-mapped read-only; a file whose header is not ours,
+    or whose size is not what the header says, raises :class:`DataError` naming it."""
+    with open(path, "rb") as f:
+        head = f.read(_HEADER.size)
+    magic, count = _HEADER.unpack(head) if len(head) == _HEADER.size else (b"", 0)
+    size = path.stat().st_size
+    if magic != _MAGIC or count == 0 or size != _HEADER.size + count * dtype.itemsize:
+        why = "is not an eqxllm cache file" if magic != _MAGIC else f"holds {size} bytes where its header says "
+        if magic == _MAGIC:
+            why += f"{_HEADER.size + count * dtype.itemsize} ({count} items)"
+        raise DataError(f"token cache file {path} {why}: it is damaged; delete it, and the run tokenizes again")
+    return np.memmap(path, dtype=dtype, mode="r", offset=_HEADER.size, shape=(count,))
 
 
 def write_tokens(

@@ -57,6 +57,55 @@ def test_second_call_reuses_the_file(tmp_path, tok, source, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [path.name]
 
 
+@pytest.mark.parametrize("damage", ["cut short", "odd size", "empty", "not ours"])
+def test_a_damaged_cache_file_is_refused_naming_it(tmp_path, tok, source, damage):
+    """A cut cache file was read as a shorter stream (or failed with numpy's bare ValueError)."""
+    whole = cached_tokens(source, tok, cache_dir=tmp_path / "c", progress=False).tolist()
+    path = token_cache_path(source, tok, tmp_path / "c")
+    data = path.read_bytes()
+    path.write_bytes(
+        {"cut short": data[: len(data) * 2 // 3 // 2 * 2], "odd size": data[:-1], "empty": b"", "not ours": data[16:]}[
+            damage
+        ]
+    )
+    with pytest.raises(DataError, match=f"token cache file {path} .*damaged; delete it"):
+        cached_tokens(source, tok, cache_dir=tmp_path / "c", progress=False)
+    path.unlink()
+    assert cached_tokens(source, tok, cache_dir=tmp_path / "c", progress=False).tolist() == whole
+
+
+def test_example_caches_hold_equally_long_tokens_and_masks(tmp_path, tok):
+    from eqxllm.data.example_cache import cached_examples, mask_path
+
+    class Pairs:
+        split = "train"
+
+        def __init__(self, pairs):
+            self.pairs = pairs
+
+        def iter_examples(self):
+            return iter(self.pairs)
+
+        def iter_stories(self):  # the rest of a TextSource (the token cache's key reads fingerprint alone)
+            return iter(p + c for p, c in self.pairs)
+
+        def stories(self):
+            return list(self.iter_stories())
+
+        def fingerprint(self):
+            return {"pairs": self.pairs}
+
+    pairs = Pairs([("Tom saw", " a cat."), ("The sun", " was warm.")])
+    tokens, mask = cached_examples(pairs, tok, eot=eot_id(tok), cache_dir=tmp_path, progress=False)
+    assert len(tokens) == len(mask) and 0 < int(mask.sum()) < len(mask)
+    assert tokens[-1] == eot_id(tok) and mask[-1] == 1  # the closing end-of-sequence carries loss
+    path = token_cache_path(pairs, tok, tmp_path, eot=eot_id(tok))
+    other = cached_examples(Pairs([("A", " b.")]), tok, eot=eot_id(tok), cache_dir=tmp_path, progress=False)[1]
+    mask_path(path).write_bytes(Path(other.filename).read_bytes())  # a whole mask file of another stream
+    with pytest.raises(DataError, match="do not match: delete both"):
+        cached_examples(pairs, tok, eot=eot_id(tok), cache_dir=tmp_path, progress=False)
+
+
 def test_key_changes_with_tokenizer(tmp_path, tok, source):
     other = train_bpe_tokenizer(SAMPLE_STORIES, 300)
     assert other.to_str() != tok.to_str()
