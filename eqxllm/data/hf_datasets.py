@@ -142,14 +142,31 @@ def _load(spec: DatasetSpec, split: str, files: list[Path] | None, saved: Path |
                 f"load it once online or unset HF_HUB_OFFLINE ({e})"
             ) from e
         raise DataError(f"dataset {spec.source!r} cannot be loaded: {e}") from e
+    except UnicodeDecodeError as e:  # (a ValueError)
+        raise DataError(not_utf8(spec, e)) from e
     except ValueError as e:  # an unknown split, or a file with a header and no rows
         if "corresponds to no data" in str(e):
             raise DataError(f"dataset {spec.source!r} is empty: its {split} split has no records") from e
         raise DataError(f"dataset {spec.source!r} has no split {split!r}: {e}") from e
     except Exception as e:  # the builders raise their own types for malformed files
         if type(e).__module__.startswith(("datasets", "pyarrow", "pandas", "json")):
-            raise DataError(f"dataset {spec.source!r} cannot be read: {type(e).__name__}: {e}") from e
+            cause = e.__cause__ or e.__context__  # datasets wraps the reason ("An error occurred ...")
+            why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+            raise DataError(f"dataset {spec.source!r} cannot be read: {type(e).__name__}: {e}{why}") from e
         raise
+
+
+def not_utf8(spec: DatasetSpec, e: UnicodeDecodeError) -> str:
+    return f"dataset {spec.source!r} is not valid UTF-8 ({e}); re-encode its files as UTF-8"
+
+
+def records(spec: DatasetSpec, data: Any) -> Iterator[dict[str, Any]]:
+    """The records of ``data`` in order; bytes that are not UTF-8 (which pyarrow lets through until a
+    record is read) are a :class:`DataError` naming the dataset, not a ``UnicodeDecodeError``."""
+    try:
+        yield from data
+    except UnicodeDecodeError as e:
+        raise DataError(not_utf8(spec, e)) from e
 
 
 def _hub_splits(spec: DatasetSpec) -> list[str]:
@@ -197,7 +214,7 @@ class DatasetSource:
     def _records(self) -> Iterator[dict[str, Any]]:
         data = self._open()
         self._check_fields(data)
-        for i, record in enumerate(data):
+        for i, record in enumerate(records(self.spec, data)):
             if self.holdout and _held_out(self.spec.seed, i, self.spec.val_fraction) != (self.split == "validation"):
                 continue
             yield record
@@ -209,7 +226,7 @@ class DatasetSource:
     def _check_fields(self, data: Any) -> None:
         names = getattr(data, "column_names", None)
         if names is None:  # a streamed JSON file may not know its columns before the first record
-            first = next(iter(data), None)
+            first = next(records(self.spec, data), None)
             names = [] if first is None else list(first)
         missing = [f for f in self._fields() if f not in names]
         if missing and names:
@@ -221,7 +238,7 @@ class DatasetSource:
 
     def holds_chat(self) -> bool:
         """Whether the first record's fields hold chat messages rather than text."""
-        first = next(iter(self._open()), None)
+        first = next(records(self.spec, self._open()), None)
         return first is not None and any(is_chat(first.get(f)) for f in self._fields())
 
     def iter_examples(self) -> Iterator[tuple[str, str]]:

@@ -94,6 +94,20 @@ def test_bad_datasets(tmp_path, rows, spec, match):
         dataset_sources(DatasetSpec(source=str(path), val_fraction=0.0, **spec))["train"].stories()
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [  # the first was a UnicodeDecodeError reported as a bug in eqxllm; the others named no reason
+        ("notes.jsonl", b'{"text": "caf\xe9 au lait"}\n' * 5, r"is not valid UTF-8 \('utf-8' codec can't decode"),
+        ("bad.csv", b"text\ncaf\xe9\n", r"cannot be read: .*\(UnicodeDecodeError: 'utf-8' codec"),
+        ("cut.jsonl", b'{"text": "a"}\n{"text": "b', r"cannot be read: .*\(ArrowInvalid: JSON parse error"),
+    ],
+)
+def test_malformed_files_say_why(tmp_path, name, content, match):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        dataset_sources(DatasetSpec(source=str(tmp_path / name), val_fraction=0.0))["train"].stories()
+
+
 def test_empty_csv_and_held_out_everything(tmp_path):
     (tmp_path / "h.csv").write_text("text\n")
     with pytest.raises(DataError, match="is empty"):
