@@ -76,9 +76,10 @@ def evaluate_tokens(
     loss_mask: np.ndarray | None = None,
 ) -> EvalResult:
     """Loss over ``tokens`` (every token predicted once, or the first ``max_batches`` batches of
-    windows), with BPB scaled to the ``num_bytes`` of text those tokens encode. ``loss_mask`` (same
-    length as ``tokens``, 0 on prompt tokens) restricts the loss to the targets where it is 1; when
-    the evaluated windows score no target at all, loss, perplexity and bits per byte are NaN.
+    windows), with BPB scaled to the ``num_bytes`` of text the scored targets encode. ``loss_mask``
+    (same length as ``tokens``, 0 on prompt tokens) restricts the loss to the targets where it is 1,
+    and ``num_bytes`` is then the bytes of those targets alone (the completions); when the evaluated
+    windows score no target at all, loss, perplexity and bits per byte are NaN.
 
     Raises :class:`InputError` for a ``seq_len`` or ``batch_size`` below 1, and
     :class:`NonFiniteError` when the loss is NaN or infinite (non-finite weights, or logits that
@@ -110,8 +111,10 @@ def evaluate_tokens(
         count += float(n)
     # no scored token (every target a prompt token): the loss is undefined, not a perfect 0
     loss = total / count if count else math.nan
-    # scale the bits of the evaluated tokens to the bytes they stand for
-    evaluated_bytes = num_bytes * count / max(len(tokens) - 1, 1)
+    # scale the bits of the evaluated targets to the bytes they stand for: num_bytes is the text of
+    # every target the stream scores (all but the first token, or the masked-in ones)
+    targets = len(tokens) - 1 if loss_mask is None else int(np.count_nonzero(np.asarray(loss_mask)[1:]))
+    evaluated_bytes = num_bytes * count / max(targets, 1)
     bpb = total / math.log(2) / max(evaluated_bytes, 1.0) if count else math.nan
     return EvalResult(
         loss=loss,

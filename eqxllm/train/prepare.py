@@ -26,7 +26,8 @@ class PreparedData:
     train: np.ndarray
     validation: np.ndarray
     validation_bytes: int
-    """UTF-8 bytes of the validation text the tokens encode (stories + separators), for bits per byte."""
+    """UTF-8 bytes of the validation text the scored tokens encode (stories and their end tokens; for
+    prompt/completion data, completions and theirs), for bits per byte."""
     train_mask: np.ndarray | None = None
     """Prompt/completion data: 1 on tokens that carry loss (completion and its end), 0 on prompts."""
     validation_mask: np.ndarray | None = None
@@ -147,8 +148,17 @@ def prepare_data(
         val = cached_tokens(sources["validation"], tok, cache_dir=cfg.cache_dir, progress=progress, eot=eot)
     if len(val) < 2:
         raise DataError(f"the validation split of {cfg.source!r} is too small to evaluate ({len(val)} tokens)")
-    separator = 0 if paired and chat else len("<|endoftext|>")  # chat replies end their turn themselves
-    val_bytes = sum(len(s.encode("utf-8")) + separator for s in sources["validation"].iter_stories())
+    # the text the scored targets stand for: each story and its end token, or (paired data, where
+    # only completions carry loss) each completion and its end token; chat replies end their turn
+    # themselves, in their text
+    end = 0 if paired and chat else len((tok.id_to_token(eot) or "").encode("utf-8"))
+    held_out = sources["validation"]
+    if paired:  # prompt/completion records come through datasets
+        assert isinstance(held_out, DatasetSource)
+        scored = (completion for _, completion in held_out.iter_examples())
+    else:
+        scored = held_out.iter_stories()
+    val_bytes = sum(len(text.encode("utf-8")) + end for text in scored)
     return PreparedData(
         tokenizer=tok,
         eot=eot,

@@ -2,6 +2,7 @@
 streaming, the hold-out, the token cache, prompt/completion masks, and the errors of bad input."""
 
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -17,6 +18,7 @@ from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources  # noqa: E402
 from eqxllm.errors import DataError  # noqa: E402
 from eqxllm.models.gpt2 import GPT2, GPT2Config  # noqa: E402
 from eqxllm.train.config import DataConfig  # noqa: E402
+from eqxllm.train.evaluate import evaluate_tokens  # noqa: E402
 from eqxllm.train.loss import completion_loss, cross_entropy  # noqa: E402
 from eqxllm.train.prepare import prepare_data, uses_datasets  # noqa: E402
 
@@ -156,6 +158,17 @@ def test_prompt_tokens_carry_no_loss(tmp_path):
     np.testing.assert_allclose(float(loss), float(np.asarray(nll)[keep].mean()), rtol=1e-5)
     total, _ = cross_entropy(logits, tokens[:, 1:], jnp.asarray(~keep))
     assert float(total) > 0  # the prompt targets would have carried loss without the mask
+
+    # bits per byte: the bits of the completion targets over the bytes of the completions (and the
+    # end token each closes with), not over the prompts' bytes too
+    held_out = dataset_sources(DatasetSpec(source=str(path), prompt_field="prompt", completion_field="completion",
+                                           val_fraction=0.2))["validation"]  # fmt: skip
+    completion_bytes = sum(len(c.encode()) + len("<|endoftext|>") for _, c in held_out.iter_examples())
+    assert data.validation_bytes == completion_bytes
+    res = evaluate_tokens(model, np.asarray(data.validation), num_bytes=data.validation_bytes, seq_len=16,
+                          batch_size=4, loss_mask=np.asarray(data.validation_mask))  # fmt: skip
+    assert res.tokens == int(np.asarray(data.validation_mask)[1:].sum()) and res.bytes == completion_bytes
+    np.testing.assert_allclose(res.bits_per_byte, res.loss * res.tokens / math.log(2) / completion_bytes, rtol=1e-5)
 
 
 def _folder(root: Path, names: list[str]) -> Path:
