@@ -265,7 +265,8 @@ def _export(run: _Run) -> None:
     writes them."""
     model = gather(run.model)
     if run.lead:
-        export_run(model, run.export, tokenizer=run.task.tokenizer, init_from=run.cfg.init_from)
+        chat = getattr(run.task, "chat_templates", None)  # the language-modelling task's chat records
+        export_run(model, run.export, tokenizer=run.task.tokenizer, init_from=run.cfg.init_from, chat=chat)
 
 
 def _evaluate_and_sample(run: _Run) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from eqxllm.data import cached_tokens, eot_id, story_sources
-from eqxllm.data.chat import load_chat_templates
+from eqxllm.data.chat import ChatTemplates, load_chat_templates
 from eqxllm.data.example_cache import cached_examples
 from eqxllm.data.hf_datasets import DatasetSource, DatasetSpec, dataset_sources, is_dataset_file, is_dataset_folder
 from eqxllm.data.sources import TextSource
@@ -31,6 +31,14 @@ class PreparedData:
     train_mask: np.ndarray | None = None
     """Prompt/completion data: 1 on tokens that carry loss (completion and its end), 0 on prompts."""
     validation_mask: np.ndarray | None = None
+    chat: ChatTemplates | None = None
+    """Chat records: the templates that laid them out (the tokenizer's), which the export carries."""
+
+    def reply_end(self) -> int | None:
+        """The id a chat reply ends with (its template's ``eos_token``), which a model trained on chat
+        records should stop at; None for other data, or when the tokenizer lacks that token."""
+        end = None if self.chat is None else self.chat.special_tokens.get("eos_token")
+        return None if end is None else self.tokenizer.token_to_id(end)
 
 
 def uses_datasets(cfg: DataConfig) -> bool:
@@ -167,4 +175,5 @@ def prepare_data(
         validation_bytes=val_bytes,
         train_mask=masks.get("train"),
         validation_mask=masks.get("val"),
+        chat=next((s.chat for s in sources.values() if isinstance(s, DatasetSource) and s.chat), None),
     )

@@ -4,16 +4,21 @@ run's tokenizer, the loss on the reply only for prompt/completion records, and e
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 pytest.importorskip("datasets")
 
+from eqxllm.data.chat import load_chat_templates  # noqa: E402
 from eqxllm.data.hf_datasets import DatasetSpec, dataset_sources  # noqa: E402
 from eqxllm.data.tokenizer import save_tokenizer, train_bpe_tokenizer  # noqa: E402
 from eqxllm.errors import DataError  # noqa: E402
+from eqxllm.models.gpt2 import GPT2, GPT2Config  # noqa: E402
 from eqxllm.train.config import DataConfig  # noqa: E402
+from eqxllm.train.export import export_run  # noqa: E402
 from eqxllm.train.prepare import prepare_data, with_chat_templates  # noqa: E402
+from eqxllm.train.tasks.lm import LMTask  # noqa: E402
 
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
@@ -32,7 +37,9 @@ def _tokenizer_dir(root: Path, template: str | None) -> Path:
     save_tokenizer(tok, root)
     if template is not None:
         config = json.loads((root / "tokenizer_config.json").read_text())
-        (root / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+        # as ChatML tokenizers declare it: a reply's end is the end of sequence
+        (root / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template,
+                                                                "eos_token": "<|im_end|>"}))  # fmt: skip
     return root
 
 
@@ -76,6 +83,20 @@ def test_a_chat_pair_trains_on_the_reply_and_its_end_of_turn_only(tmp_path, chat
     np.testing.assert_array_equal(np.asarray(data.train_mask[:n]), [0] * len(p_ids) + [1] * len(c_ids))
     assert tok.token_to_id("<|im_end|>") in c_ids and data.train[n] == tok.token_to_id("<|im_start|>")
     assert len(data.train) == len(data.train_mask) and len(data.validation) == len(data.validation_mask)
+
+    # the model trained on these replies stops where they end, and its export chats with their template
+    # (it had no template, and stopped only at <|endoftext|>, which chat replies never hold)
+    end = tok.token_to_id("<|im_end|>")
+    assert data.reply_end() == end
+    cfg_m = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    task = LMTask.__new__(LMTask)  # the task's model config alone, without preparing the data again
+    task.data, task.tokenizer = data, tok
+    trained = task.model_config(cfg_m)
+    assert trained.eos_token_id == end and trained.bos_token_id == data.eot
+    export_run(GPT2(trained, key=jax.random.key(0)), tmp_path / "model", tokenizer=tok, chat=data.chat)
+    templates = load_chat_templates(tmp_path / "model")
+    assert templates.select() == CHATML and templates.special_tokens["eos_token"] == "<|im_end|>"
+    assert json.loads((tmp_path / "model" / "generation_config.json").read_text())["eos_token_id"] == end
 
 
 def test_a_messages_field_is_one_whole_conversation(tmp_path, chatml):

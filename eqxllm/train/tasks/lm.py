@@ -28,9 +28,18 @@ class LMTask:
         self.data = prepare_data(cfg.data, run_dir, progress=progress, init_from=cfg.init_from)
         self.tokenizer = self.data.tokenizer
 
+    @property
+    def chat_templates(self):
+        """The chat templates of the run's chat records (None for other data): the export carries them."""
+        return self.data.chat
+
     def model_config(self, model_cfg):
         eot = self.data.eot
-        return model_cfg.replace(vocab_size=self.tokenizer.get_vocab_size(), bos_token_id=eot, eos_token_id=eot)
+        # trained on chat replies, the model ends a reply with the template's end token: it stops there
+        end = self.data.reply_end()
+        return model_cfg.replace(
+            vocab_size=self.tokenizer.get_vocab_size(), bos_token_id=eot, eos_token_id=eot if end is None else end
+        )
 
     def loss_fn(self, model, batch, key):
         if isinstance(batch, dict):  # prompt/completion data: loss on completion tokens only
