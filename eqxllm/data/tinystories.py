@@ -138,6 +138,8 @@ def _stories(path: Path) -> Iterator[str]:
                     f"data file {path} is not valid UTF-8: byte {offset} ({bad!r}) "
                     f"{e.reason}; re-encode the file as UTF-8"
                 ) from None
+            if fed == 0:  # a byte-order mark some editors write is not text (as datasets drops it)
+                text = text.removeprefix("\ufeff")
             fed += len(block)
             pieces = (pending + text).split(EOT)
             separators = separators or len(pieces) > 1

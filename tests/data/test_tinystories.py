@@ -25,6 +25,12 @@ def test_split_strip_and_drop_empty(tmp_path):
     assert read_stories(path) == ["first story", "second\nstory"]
 
 
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_bytes("first\n<|endoftext|>\nsecond \ufeff<|endoftext|>\n".encode("utf-8-sig"))
+    assert read_stories(path) == ["first", "second \ufeff"]  # the mark at the start only: elsewhere it is text
+
+
 def test_truncated_last_story_is_dropped(tmp_path):
     path = write_stories(tmp_path / "s.txt", SAMPLE_STORIES[:3], tail="Half a story that stops mid-")
     assert read_stories(path) == SAMPLE_STORIES[:3]
