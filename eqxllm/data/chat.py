@@ -93,10 +93,21 @@ def load_chat_templates(src: str | Path) -> ChatTemplates:
             f"entry in {TOKENIZER_CONFIG_FILE}; a base (not instruct) model usually has none: generate from "
             "plain text instead (without --chat)"
         )
+    return ChatTemplates(templates, _declared(read, config), str(src))
+
+
+def declared_special_tokens(src: str | Path) -> dict[str, str]:
+    """The named special tokens (``bos_token``, ``eos_token``, ...) that the tokenizer in folder ``src``
+    (or Hub repository id) declares, as :func:`load_chat_templates` reads them; ``{}`` for none."""
+    read = _reader(src)
+    return _declared(read, _json(read, TOKENIZER_CONFIG_FILE))
+
+
+def _declared(read, config: dict) -> dict[str, str]:
     special = _special_tokens(config)
     if "added_tokens_decoder" not in config:  # transformers' legacy path: special_tokens_map.json overrides
         special.update(_special_tokens(_json(read, SPECIAL_TOKENS_MAP_FILE)))
-    return ChatTemplates(templates, special, str(src))
+    return special
 
 
 def render_chat(

@@ -10,7 +10,8 @@ In order of precedence:
 3. ``data.tokenizer="train"``: a byte-level BPE of ``data.vocab_size`` trained on the training texts.
 4. Otherwise ``data.tokenizer`` names a folder, a ``tokenizer.json`` file or a Hub model id.
 
-In cases 2-4 ``<|endoftext|>`` ends each example. Whatever the source, the tokenizer is saved in the
+In cases 2-4 ``<|endoftext|>`` ends each example, or, for a tokenizer named by ``data.tokenizer``
+without it (Llama's, Gemma's), the ``eos_token`` its ``tokenizer_config.json`` declares. Whatever the source, the tokenizer is saved in the
 run directory once, so that a resumed run finds it (case 2) and the export carries it.
 """
 
@@ -22,7 +23,9 @@ from tokenizers import Tokenizer
 
 from eqxllm.checkpoints.api import load_config
 from eqxllm.checkpoints.hub import resolve_pretrained
+from eqxllm.data.chat import declared_special_tokens
 from eqxllm.data.tokenizer import (
+    EOT,
     TOKENIZER_FILE,
     eot_id,
     find_tokenizer,
@@ -30,7 +33,7 @@ from eqxllm.data.tokenizer import (
     save_tokenizer,
     train_bpe_tokenizer,
 )
-from eqxllm.errors import DataError
+from eqxllm.errors import ConfigError, DataError
 from eqxllm.train.config import DataConfig
 
 
@@ -73,6 +76,25 @@ def keep_in_run(tok: Tokenizer, run_dir: Path) -> None:
         save_tokenizer(tok, run_dir)
 
 
+def end_id(tok: Tokenizer, source: str | None) -> int:
+    """The id that ends each example: ``<|endoftext|>``, else (a Llama, Gemma or Mistral tokenizer named
+    by ``--data.tokenizer``) the ``eos_token`` that its ``source`` folder or Hub repository declares."""
+    if tok.token_to_id(EOT) is not None or source is None or Path(source).is_file():
+        return eot_id(tok)
+    try:
+        declared = declared_special_tokens(source).get("eos_token")
+    except ConfigError as e:
+        raise DataError(f"--data.tokenizer {source}: {e}") from e
+    end = None if declared is None else tok.token_to_id(declared)
+    if end is None:
+        raise DataError(
+            f"--data.tokenizer {source}: the tokenizer has no {EOT!r} token and declares no eos_token in its "
+            f"vocabulary (tokenizer_config.json: {declared!r}) to end each example with; use a tokenizer that has "
+            "one, or train one (--data.tokenizer train)"
+        )
+    return end
+
+
 def run_tokenizer(
     data: DataConfig,
     run_dir: Path,
@@ -92,6 +114,6 @@ def run_tokenizer(
             tok = train_bpe_tokenizer(texts(), data.vocab_size, progress=progress)
         else:
             tok = load_tokenizer(data.tokenizer)
-        chosen = RunTokenizer(tok, eot_id(tok))
+        chosen = RunTokenizer(tok, end_id(tok, None if data.tokenizer == "train" else data.tokenizer))
     keep_in_run(chosen.tokenizer, run_dir)
     return chosen

@@ -78,3 +78,34 @@ def test_resume_takes_what_only_changes_how_the_run_is_computed(tmp_path, monkey
     moved = same.replace(data=dataclasses.replace(same.data, source="other.txt"))
     with pytest.raises(ConfigError, match=r"--resume: data\.source \(was .*stories\.txt', now .*other\.txt'\)"):
         check_out_dir(moved, out)
+
+
+def test_a_tokenizer_without_endoftext_ends_examples_with_its_declared_eos(tmp_path):
+    """A Llama- or Gemma-style tokenizer named by --data.tokenizer (no <|endoftext|>) was refused with
+    advice to train one; its tokenizer_config.json's eos_token now ends each story."""
+    import json
+
+    from tokenizers import Tokenizer as RawTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    from eqxllm.data.tokenizer import save_tokenizer
+    from eqxllm.errors import DataError
+    from eqxllm.train.prepare import prepare_data
+
+    vocab = {c: i for i, c in enumerate(sorted(set("".join(STORIES) + " ()0123456789")))}
+    tok = RawTokenizer(models.WordLevel({**vocab, "[UNK]": len(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.add_special_tokens(["<s>", "</s>"])
+    folder = tmp_path / "llama-like"
+    save_tokenizer(tok, folder)
+    cfg = _cfg(tmp_path, 0).data
+    cfg = dataclasses.replace(cfg, tokenizer=str(folder))
+    with pytest.raises(DataError, match=r"has no '<\|endoftext\|>' token and declares no eos_token"):
+        prepare_data(cfg, tmp_path / "run0", progress=False)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "bos_token": "<s>", "eos_token": "</s>"}))
+    data = prepare_data(cfg, tmp_path / "run1", progress=False)
+    end = tok.token_to_id("</s>")
+    assert data.eot == end and int(np.asarray(data.train)[-1]) == end
+    ends = sum(int((np.asarray(split) == end).sum()) for split in (data.train, data.validation))
+    assert ends == len(STORIES) * 15  # one after each of the 60 stories, in one split or the other
