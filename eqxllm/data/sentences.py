@@ -147,7 +147,12 @@ def sentence_batch(
         )
     per_epoch = len(data) // batch_size
     if per_epoch == 0:
-        raise DataError(f"{len(data)} sentences are fewer than one batch of {batch_size}; give more text")
+        dropped = (
+            f" ({data.dropped} more were dropped, empty or too long for the sequence length: --train.seq-len)"
+            if data.dropped
+            else ""
+        )
+        raise DataError(f"{len(data)} sentences are fewer than one batch of {batch_size}{dropped}; give more text")
     epoch, index = divmod(int(step), per_epoch)
     rows = _epoch_order(seed, epoch, len(data))[index * batch_size : (index + 1) * batch_size]
     local = batch_size // process_count

@@ -45,6 +45,8 @@ def test_encode_sentences_appends_the_end_token_and_bounds_the_length(tok):
     assert tok.decode(data.ids[0, :n].tolist()) == "the cat sat."
     with pytest.raises(ConfigError, match="max_length must be >= 2"):
         encode_sentences(tok, texts, max_length=1, eos_id=0, pad_id=0)
+    with pytest.raises(DataError, match=r"1 sentences are fewer than one batch of 4 \(2 more were dropped"):
+        sentence_batch(data, 0, batch_size=4, seed=0)  # the count of the dropped says what to change
 
 
 def test_unseen_drops_validation_sentences_read_in_training(tok):
