@@ -29,6 +29,7 @@ is tokenized once into the cache without ever being held whole.
 
 import hashlib
 import json
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -242,8 +243,9 @@ class DatasetSource:
         return first is not None and any(is_chat(first.get(f)) for f in self._fields())
 
     def iter_examples(self) -> Iterator[tuple[str, str]]:
-        """``(prompt, completion)`` of every record (paired sources only)."""
-        count = 0
+        """``(prompt, completion)`` of every record (paired sources only); a record whose prompt or
+        completion is null is skipped, and the skipped are counted in a warning."""
+        count = skipped = 0
         for record in self._records():
             fields = self._fields()
             values = [record[f] for f in fields]
@@ -252,24 +254,36 @@ class DatasetSource:
             else:
                 prompt, completion = (self._text(record, f) for f in fields)
             if prompt is None or completion is None:
+                skipped += 1
                 continue
             count += 1
             yield prompt, completion
         self._check_count(count)
+        self._say_skipped(skipped, count)
 
     def iter_stories(self) -> Iterator[str]:
         """The text of every record (prompt followed by completion for paired sources)."""
         if self.spec.paired:
             yield from (p + c for p, c in self.iter_examples())
             return
-        count = 0
+        count = skipped = 0
         for record in self._records():
             text = self._text(record, self.spec.text_field)
             if text is None or text == "":
+                skipped += text is None
                 continue
             count += 1
             yield text
         self._check_count(count)
+        self._say_skipped(skipped, count)
+
+    def _say_skipped(self, skipped: int, count: int) -> None:
+        if skipped:
+            warnings.warn(
+                f"dataset {self.spec.source!r}: {skipped} of the {skipped + count} records of its {self.split} "
+                f"split have a null {' or '.join(repr(f) for f in self._fields())} and were skipped",
+                stacklevel=3,
+            )
 
     def _text(self, record: dict[str, Any], field: str) -> str | None:
         """``record[field]``: a string, None, or chat messages laid out as one whole conversation; anything

@@ -110,6 +110,18 @@ def test_malformed_files_say_why(tmp_path, name, content, match):
         dataset_sources(DatasetSpec(source=str(tmp_path / name), val_fraction=0.0))["train"].stories()
 
 
+def test_records_with_a_null_field_are_skipped_and_counted(tmp_path):
+    rows = [
+        {"prompt": "Q", "completion": " a"},
+        {"prompt": "Q", "completion": None},
+        {"prompt": None, "completion": " b"},
+    ]
+    path = _write(tmp_path / "pairs.jsonl", rows)
+    spec = DatasetSpec(source=str(path), prompt_field="prompt", completion_field="completion", val_fraction=0.0)
+    with pytest.warns(UserWarning, match=r"2 of the 3 records of its train split have a null 'prompt' or 'completion'"):
+        assert list(dataset_sources(spec)["train"].iter_examples()) == [("Q", " a")]
+
+
 def test_empty_csv_and_held_out_everything(tmp_path):
     (tmp_path / "h.csv").write_text("text\n")
     with pytest.raises(DataError, match="is empty"):
