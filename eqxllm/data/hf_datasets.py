@@ -252,6 +252,12 @@ class DatasetSource:
             if any(is_chat(v) for v in values) and None not in values:
                 prompt, completion = self._chat_pair(*values)
             else:
+                if self.chat is not None and None not in values:  # the run is laid out for chat records
+                    raise DataError(
+                        f"dataset {self.spec.source!r} mixes chat records and plain text ({repr(values)[:80]}): "
+                        "its first record holds chat messages, and chat replies are packed without an end token; "
+                        "write every record one way"
+                    )
                 prompt, completion = (self._text(record, f) for f in fields)
             if prompt is None or completion is None:
                 skipped += 1
@@ -303,7 +309,8 @@ class DatasetSource:
             raise DataError(
                 f"dataset {self.spec.source!r} holds chat messages (such as {repr(messages)[:80]}), which are laid "
                 "out by the chat template of the run's tokenizer; this run has none: start from an instruct "
-                "checkpoint (--init-from) or name a tokenizer with a chat template (--data.tokenizer)"
+                "checkpoint (--init-from) or name a tokenizer with a chat template (--data.tokenizer). (A run "
+                "reads the first record to know: records that mix chat messages and plain text are refused.)"
             )
         try:
             return render_chat(self.chat, messages, add_generation_prompt=add_generation_prompt)

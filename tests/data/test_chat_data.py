@@ -132,3 +132,9 @@ def test_chat_records_are_refused_without_a_template_that_continues_the_prompt(t
     with pytest.raises(DataError, match=r"must both be chat messages or both text, got list and str"):
         prepare_data(DataConfig(source=str(mixed), tokenizer=str(chatml), cache_dir=str(tmp_path / "c2"), **fields),
                      tmp_path / "run", progress=False)  # fmt: skip
+    # chat records, then plain text ones: these were packed as chat replies, with no end token
+    rows = [{"prompt": _user("hi"), "completion": _reply("hello")}, {"prompt": "plain", "completion": " text"}] * 4
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"mixes chat records and plain text \(\['plain', ' text'\]\)"):
+        prepare_data(DataConfig(source=str(mixed), tokenizer=str(chatml), cache_dir=str(tmp_path / "c3"), **fields),
+                     tmp_path / "run", progress=False)  # fmt: skip
