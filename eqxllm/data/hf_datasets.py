@@ -71,8 +71,17 @@ class DatasetSpec:
             raise DataError("--data.prompt-field and --data.completion-field go together; give both or neither")
 
 
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")  # which datasets decompresses by itself
+
+
+def dataset_suffix(path: Path) -> str:
+    """The suffix that names ``path``'s format: ``.jsonl`` for ``notes.jsonl`` and ``notes.jsonl.gz``."""
+    suffixes = [s.lower() for s in path.suffixes]
+    return suffixes[-2] if len(suffixes) >= 2 and suffixes[-1] in _COMPRESSED else path.suffix.lower()
+
+
 def is_dataset_file(path: Path) -> bool:
-    return path.suffix.lower() in BUILDERS and path.suffix.lower() != ".txt"
+    return dataset_suffix(path) in BUILDERS and dataset_suffix(path) != ".txt"
 
 
 def is_dataset_folder(path: Path) -> bool:
@@ -131,7 +140,7 @@ def _load(spec: DatasetSpec, split: str, files: list[Path] | None, saved: Path |
                 data = data[split] if isinstance(data, datasets.DatasetDict) else data
                 return data.to_iterable_dataset() if spec.streaming else data
             if files is not None:
-                builder = BUILDERS[files[0].suffix.lower()]
+                builder = BUILDERS[dataset_suffix(files[0])]
                 return datasets.load_dataset(
                     builder, data_files={split: [str(p) for p in files]}, split=split, streaming=spec.streaming
                 )

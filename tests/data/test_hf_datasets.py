@@ -110,6 +110,16 @@ def test_malformed_files_say_why(tmp_path, name, content, match):
         dataset_sources(DatasetSpec(source=str(tmp_path / name), val_fraction=0.0))["train"].stories()
 
 
+def test_a_compressed_json_lines_file_is_read_as_json_lines(tmp_path):
+    import gzip
+
+    rows = [{"text": f"story {i}"} for i in range(6)]
+    (tmp_path / "notes.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    spec = DatasetSpec(source=str(tmp_path / "notes.jsonl.gz"), val_fraction=0.0)
+    assert uses_datasets(DataConfig(source=spec.source))  # it was read as separated text, and refused as not UTF-8
+    assert dataset_sources(spec)["train"].stories() == [r["text"] for r in rows]
+
+
 def test_records_with_a_null_field_are_skipped_and_counted(tmp_path):
     rows = [
         {"prompt": "Q", "completion": " a"},
